@@ -1,0 +1,33 @@
+"""The `wmtp` command: one Typer app, one module per command group, commands stay thin."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli import model
+from cli.common import WmtpTyper
+from wmtp import __version__
+
+app = WmtpTyper(help="Weighted multi-token prediction: train, evaluate and submit experiments.")
+app.add_typer(model.app, name="model")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wmtp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Weighted multi-token prediction on code LLMs."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,86 @@
+"""`wmtp model …`: convert Meta checkpoints, build the micro model, verify and inspect model dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import WmtpTyper
+
+app = WmtpTyper(help="Model directories: convert Meta releases, build the micro model, verify.")
+
+
+@app.command("convert-meta")
+def convert_meta_cmd(
+    src: Path = typer.Argument(..., help="Meta release dir (consolidated.pth + params.json)."),
+    dest: Path = typer.Argument(..., help="New standard model directory to write."),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.model (default: SRC/ or its parent)."),
+) -> None:
+    """Write a standard model directory (safetensors, params, tokenizer, metadata.json with SHA-256)."""
+    from wmtp.model.checkpoint import convert_meta
+
+    out = convert_meta(src, dest, tokenizer)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("micro")
+def micro_cmd(
+    out: Path = typer.Option(Path("storage/models_v2"), help="Parent directory for micro-mtp/ and micro-ref/."),
+    seed: int = typer.Option(0, help="Seed of the random initialisation."),
+    vocab_size: int = typer.Option(1024, help="SentencePiece vocabulary size."),
+) -> None:
+    """Build the micro MTP model and its micro reference LM (random init + locally trained tokenizer)."""
+    from wmtp.model.micro import build_micro_models
+
+    for name, path in build_micro_models(out, seed=seed, vocab_size=vocab_size).items():
+        typer.echo(f"wrote {name}: {path}")
+
+
+@app.command("verify")
+def verify_cmd(path: Path = typer.Argument(..., help="Standard model directory.")) -> None:
+    """Check every file against the SHA-256 recorded in metadata.json, then load the weights."""
+    from wmtp.model.checkpoint import load_model, verify_model_dir
+
+    verify_model_dir(path)
+    model = load_model(path)
+    n_params = sum(p.numel() for p in model.parameters())
+    typer.echo(f"ok: {path} ({n_params:,} parameters, {model.n_future_tokens} heads)")
+
+
+@app.command("info")
+def info_cmd(path: Path = typer.Argument(..., help="Standard model dir or Meta release dir.")) -> None:
+    """Print the params and parameter count of a model directory."""
+    from wmtp.model.checkpoint import load_model
+
+    model = load_model(path)
+    for key, value in model.args.to_params().items():
+        typer.echo(f"{key:20s} {value}")
+    typer.echo(f"{'parameters':20s} {sum(p.numel() for p in model.parameters()):,}")
+
+
+@app.command("try-step")
+def try_step_cmd(
+    path: Path = typer.Argument(..., help="Standard model directory with a tokenizer."),
+    text: str = typer.Option("def add(a, b):\n    return a + b\n", help="Text to train on."),
+    steps: int = typer.Option(3, help="AdamW steps to take."),
+) -> None:
+    """One forward/backward per step on a text with the memory-efficient MTP loss; prints per-head loss."""
+    import torch
+
+    from wmtp.model import IGNORE_INDEX, load_model, load_tokenizer, mtp_loss_memory_efficient
+
+    model, tokenizer = load_model(path, dtype="float32"), load_tokenizer(path)
+    tokens = torch.tensor([tokenizer.encode(text, bos=True, eos=True)])
+    n_heads, seq = model.n_future_tokens, tokens.shape[1]
+    labels = torch.full((1, seq, n_heads), IGNORE_INDEX)
+    for k in range(n_heads):
+        labels[0, : seq - k - 1, k] = tokens[0, k + 1 :]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = mtp_loss_memory_efficient(model, tokens, labels)
+        optimizer.step()
+        per_head = " ".join(f"{v:.4f}" for v in loss.per_head.tolist())
+        typer.echo(f"step {step}: loss {loss.total.item():.4f}  per head [{per_head}]")
