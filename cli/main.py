@@ -6,12 +6,15 @@ from typing import Optional
 
 import typer
 
-from cli import model
+from cli import data, eval as eval_cmds, model, sync
 from cli.common import WmtpTyper
 from wmtp import __version__
 
 app = WmtpTyper(help="Weighted multi-token prediction: train, evaluate and submit experiments.")
 app.add_typer(model.app, name="model")
+app.add_typer(data.app, name="data")
+app.add_typer(eval_cmds.app, name="eval")
+sync.register(app)
 
 
 def _version(value: bool) -> None:
