@@ -12,5 +12,5 @@ setup(
     packages=find_packages(include=["wmtp", "wmtp.*", "cli", "cli.*", "storage_sync", "storage_sync.*"])
     + list(ASSET_DIRS),
     package_dir=ASSET_DIRS,
-    package_data={name: ["*.yaml", "*.j2", "Dockerfile", "*.env.example"] for name in ASSET_DIRS},
+    package_data={name: ["*.yaml", "*/*.yaml", "*.j2", "Dockerfile", "*.env.example"] for name in ASSET_DIRS},
 )

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli import data, eval as eval_cmds, model, sync
+from cli import data, eval as eval_cmds, model, sync, train
 from cli.common import WmtpTyper
 from wmtp import __version__
 
@@ -15,6 +15,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
 app.add_typer(eval_cmds.app, name="eval")
 sync.register(app)
+app.command("train")(train.train)
 
 
 def _version(value: bool) -> None:

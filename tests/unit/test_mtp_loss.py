@@ -86,3 +86,17 @@ def test_uniform_weights_equal_plain_cross_entropy_of_head_one():
     loss = mtp_loss(logits, labels[:, :, :1]).total
     expected = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, 53), labels[:, :, 0].reshape(-1))
     torch.testing.assert_close(loss, expected)
+
+
+def test_recomputed_loss_and_gradients_equal_naive():
+    from wmtp.model.mtp_loss import mtp_loss_recomputed
+
+    naive_model, recompute_model = model_pair(seed=2)
+    tokens, labels, weights = make_batch(seed=2)
+    naive = mtp_loss(naive_model(tokens), labels, weights)
+    naive.total.backward()
+    recomputed = mtp_loss_recomputed(recompute_model, recompute_model.forward_trunk(tokens), labels, weights)
+    recomputed.total.backward()
+    torch.testing.assert_close(recomputed.total.detach(), naive.total.detach())
+    for (name, p_naive), p_rec in zip(naive_model.named_parameters(), recompute_model.parameters()):
+        torch.testing.assert_close(p_rec.grad, p_naive.grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -162,6 +162,42 @@ def load_model(
     )
 
 
+def populate_model_dir(
+    target: Path,
+    args: ModelArgs,
+    state: dict[str, torch.Tensor],
+    source: str,
+    tokenizer_model: Optional[Path] = None,
+    extra_metadata: Optional[dict] = None,
+) -> None:
+    """Write the standard layout into the existing, empty directory `target` (not atomic by itself)."""
+    (target / "configs").mkdir()
+    (target / "safetensors").mkdir()
+    (target / PARAMS_FILE).write_text(json.dumps(args.to_params(), indent=2) + "\n")
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(contiguous, target / WEIGHTS_FILE, metadata={"format": "pt"})
+    if tokenizer_model is not None:
+        (target / "tokenizer").mkdir()
+        shutil.copyfile(tokenizer_model, target / TOKENIZER_FILE)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in contiguous.values()})
+    files = {
+        str(p.relative_to(target)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(target.rglob("*"))
+        if p.is_file()
+    }
+    metadata = {
+        "format": "wmtp-model-v2",
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "source": source,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n_parameters": sum(v.numel() for v in contiguous.values()),
+        "params": args.to_params(),
+        "files": files,
+        **(extra_metadata or {}),
+    }
+    (target / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
 def write_model_dir(
     dest: str | os.PathLike,
     args: ModelArgs,
@@ -177,31 +213,7 @@ def write_model_dir(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        (tmp / "configs").mkdir()
-        (tmp / "safetensors").mkdir()
-        (tmp / PARAMS_FILE).write_text(json.dumps(args.to_params(), indent=2) + "\n")
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(contiguous, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        if tokenizer_model is not None:
-            (tmp / "tokenizer").mkdir()
-            shutil.copyfile(tokenizer_model, tmp / TOKENIZER_FILE)
-        dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in contiguous.values()})
-        files = {
-            str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file()
-        }
-        metadata = {
-            "format": "wmtp-model-v2",
-            "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-            "source": source,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_parameters": sum(v.numel() for v in contiguous.values()),
-            "params": args.to_params(),
-            "files": files,
-            **(extra_metadata or {}),
-        }
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        populate_model_dir(tmp, args, state, source, tokenizer_model, extra_metadata)
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

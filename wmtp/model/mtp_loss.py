@@ -126,3 +126,40 @@ def mtp_loss_memory_efficient(
     if h_trunk.requires_grad and h_detached.grad is not None:
         h_trunk.backward(h_detached.grad)
     return MTPLoss(total=total, per_head=torch.stack(per_head), extra=extra)
+
+
+def mtp_loss_recomputed(
+    model,
+    h_trunk_BSD: torch.Tensor,
+    labels_BSH: torch.Tensor,
+    weights_BSH: Optional[torch.Tensor] = None,
+    head_weights: Optional[Sequence[float]] = None,
+    num_valid_H: Optional[torch.Tensor] = None,
+) -> MTPLoss:
+    """The MTP loss as one differentiable tensor with one head's logits alive at a time.
+
+    Each head (block → norm → output → CE) runs under activation checkpointing, so its `[B, S, V]`
+    logits are freed right after its loss is computed and recomputed, head by head, during the single
+    `backward()` call. Same loss and gradients as `mtp_loss`; costs one extra forward of the heads.
+    Unlike `mtp_loss_memory_efficient` it needs only one backward call, which is what DDP's
+    gradient buckets and FSDP's reduce-scatter expect — the training loop uses this one.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    n_heads = labels_BSH.shape[2]
+    alphas = head_weights_or_uniform(n_heads, head_weights)
+
+    def one_head(h, k):
+        return head_loss(
+            model.forward_head(h, k),
+            labels_BSH[:, :, k],
+            None if weights_BSH is None else weights_BSH[:, :, k],
+            None if num_valid_H is None else num_valid_H[k],
+        )
+
+    per_head = [
+        checkpoint(one_head, h_trunk_BSD, k, use_reentrant=False) if torch.is_grad_enabled() else one_head(h_trunk_BSD, k)
+        for k in range(n_heads)
+    ]
+    total = sum(a * loss for a, loss in zip(alphas, per_head))
+    return MTPLoss(total=total, per_head=torch.stack([loss.detach() for loss in per_head]))

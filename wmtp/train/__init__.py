@@ -1,0 +1,1 @@
+"""Training: spec schema, the one loop, objectives, checkpoints, early stopping, schedule."""

@@ -1,0 +1,41 @@
+"""`python -m wmtp.train SPEC [--set k=v]… [--preset P] [--run-dir DIR] [--dry-run]` — what torchrun runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wmtp.errors import WmtpError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wmtp.train", description=__doc__)
+    parser.add_argument("spec", help="jobs/<experiment>.yaml or an experiment name")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved spec of every stage and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from wmtp.train.config import dump_spec, load_experiment
+
+    try:
+        experiment = load_experiment(args.spec, args.overrides, args.preset)
+        if args.dry_run:
+            for spec in experiment.stages:
+                print(f"# stage: {spec.stage}\n{dump_spec(spec)}---")
+            return 0
+        from wmtp.train.runner import main_process
+
+        return main_process(experiment, args.run_dir)
+    except WmtpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

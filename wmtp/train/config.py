@@ -1,0 +1,304 @@
+"""Experiment specs: YAML files in jobs/ merged and validated into one `StageSpec` per stage.
+
+Resolution, for each stage named in the experiment's `stages` list:
+
+    jobs/defaults.yaml ⊕ jobs/stages/<stage>.yaml ⊕ jobs/<experiment>.yaml (minus `stages`, `per_stage`)
+      ⊕ <experiment>.per_stage.<stage> ⊕ jobs/presets/<preset>.yaml ⊕ --set key.path=value …
+
+`⊕` is a deep merge (mappings merge key by key, anything else is replaced). Unknown keys are
+rejected; every error names the key path and what was expected (`SpecError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from wmtp.assets import asset_dir
+from wmtp.data.sampling import SamplingSpec
+from wmtp.errors import WmtpError
+
+OBJECTIVES = ("baseline", "critic", "verifiable", "rho1")
+
+
+class SpecError(WmtpError):
+    """A spec file, preset or override is malformed; the message names the key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(description="Standard model dir or Meta release dir")
+    dtype: Literal["float32", "bfloat16", "auto"] = "auto"  # auto: bf16 on CUDA, float32 on CPU
+    max_seq_len: Optional[int] = None  # override of params.json's RoPE table length
+
+
+class DataSection(Section):
+    train: str  # Alpaca JSONL with its index beside it
+    valid: Optional[str] = None  # validation JSONL; None = no validation
+    max_length: int = 2048  # tokens per sample after truncation
+    sampling: SamplingSpec = SamplingSpec(strategy="correct_only")
+    valid_samples: Optional[int] = 256  # rows of `valid` used per validation (None = all)
+    num_workers: int = 0  # DataLoader workers per rank
+
+
+class TrainSection(Section):
+    num_epochs: int = 1
+    max_steps: Optional[int] = None  # global cap on optimizer steps
+    batch_size: int = 4  # per rank, per micro-step
+    grad_accum_steps: int = 1
+    lr: float = 1e-5
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: Optional[float] = 1.0  # global-norm clip; None = off
+    head_weights: Optional[list[float]] = None  # α_k of the MTP loss; None = uniform mean
+    seed: int = 42
+    log_interval: int = 10
+    eval_interval: int = 100  # validation every N optimizer steps (and at the end)
+    save_interval: int = 100  # checkpoint every N optimizer steps (and at the end)
+    keep_last: int = 2  # step checkpoints kept besides best/ and final/
+
+
+class TDSection(Section):
+    gamma: float = 1.0
+    beta: float = 0.9
+    w_min: float = 0.1
+    w_max: float = 5.0
+    value_coef: float = 0.5
+    value_loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = 1.0
+    value_clip: Optional[float] = 0.2  # clip around the frozen stage-1 head; None = no anchor
+    value_head: Optional[str] = None  # critic's value_head.safetensors; None = from an earlier stage
+
+
+class CriticSection(Section):
+    value_loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = 1.0
+    gamma: float = 1.0
+
+
+class Rho1Section(Section):
+    reference: Optional[str] = None  # model dir (our class) or `hf:<name or path>`
+    mode: Literal["weighted", "tokenskip"] = "weighted"
+    keep_ratio: float = Field(0.6, gt=0, le=1)  # tokenskip: fraction of tokens kept
+    temperature: float = Field(1.0, gt=0)  # weighted: softmax temperature
+    w_min: float = 0.0
+    w_max: float = 3.0
+
+
+class EarlyStoppingSection(Section):
+    enabled: bool = False
+    monitor: str = "val/loss"  # metric watched for improvement (lower is better)
+    patience: int = 3  # validations without improvement before stopping
+    min_delta: float = 0.0
+    mode: Literal["any", "all", "loss_only"] = "loss_only"  # how the critic's extra criteria combine
+    grad_norm_window: int = 10  # critic: steps per window of the grad-norm ratio test
+    grad_norm_ratio: float = 0.05  # critic: stop when |mean(last) − mean(prev)| / mean(prev) < this
+    pred_var_min: Optional[float] = None  # critic: stop when prediction variance leaves [min, max]
+    pred_var_max: Optional[float] = None
+
+
+class DistributedSection(Section):
+    strategy: Literal["none", "ddp", "fsdp"] = "none"
+    nproc_per_node: int = 1
+    activation_checkpointing: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class TrackingSection(Section):
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else a local store under storage/mlflow
+    experiment: str = "weighted-mtp"
+    run_name: Optional[str] = None
+    buffer_size: int = 10000  # metric points kept while the server is unreachable
+
+
+class OutputSection(Section):
+    root: str = "storage/checkpoints"  # run dirs are <root>/<experiment>-<timestamp> unless given
+
+
+class EvalSection(Section):
+    benchmark: Literal["none", "humaneval", "mbpp"] = "none"  # end-of-run evaluation
+    n: int = 1
+    k: list[int] = [1]
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    limit: Optional[int] = None  # first N problems only
+
+
+class StageSpec(Section):
+    """One fully resolved stage of an experiment: everything `wmtp.train` needs."""
+
+    experiment: str
+    stage: str
+    objective: Literal["baseline", "critic", "verifiable", "rho1"]
+    model: ModelSection
+    data: DataSection
+    train: TrainSection = TrainSection()
+    td: TDSection = TDSection()
+    critic: CriticSection = CriticSection()
+    rho1: Rho1Section = Rho1Section()
+    early_stopping: EarlyStoppingSection = EarlyStoppingSection()
+    distributed: DistributedSection = DistributedSection()
+    tracking: TrackingSection = TrackingSection()
+    output: OutputSection = OutputSection()
+    eval: EvalSection = EvalSection()
+    targets: dict[str, dict[str, Any]] = {}  # per-target platform settings (read by the CLI)
+    env: dict[str, Any] = {}  # environment constants and secret *names* (never values)
+
+    @model_validator(mode="after")
+    def _check_objective_needs(self) -> "StageSpec":
+        if self.objective == "rho1" and not self.rho1.reference:
+            raise ValueError("rho1.reference: required for the rho1 objective (a model dir or hf:<name>)")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Experiment(BaseModel):
+    """An experiment: its name and the resolved specs of its stages, in run order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str
+    stages: list[StageSpec]
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base ⊕ override`: mappings merge recursively, other values are replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (["a","b","c"], value parsed as YAML, so 3 → int, [1,2] → list, null → None)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise SpecError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def nest(path: list[str], value: Any) -> dict:
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and first["type"] != "missing":
+        message += f" (got {first['input']!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {location}: {message}{more}"
+
+
+def jobs_dir_for(spec_path: Path) -> Path:
+    """The folder holding defaults.yaml: the spec's own folder when it has one, else the shipped jobs/."""
+    return spec_path.parent if (spec_path.parent / "defaults.yaml").is_file() else asset_dir("jobs")
+
+
+def resolve_spec_path(experiment: str) -> Path:
+    """A path to a YAML file, or the name of an experiment in the shipped jobs/."""
+    candidate = Path(experiment)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    named = asset_dir("jobs") / f"{experiment}.yaml"
+    if not named.is_file():
+        available = sorted(p.stem for p in asset_dir("jobs").glob("*.yaml") if p.stem != "defaults")
+        raise SpecError(f"experiment {experiment!r}: no jobs/{experiment}.yaml; available: {available}")
+    return named
+
+
+def load_experiment(
+    experiment: str, overrides: Optional[list[str]] = None, preset: Optional[str] = None
+) -> Experiment:
+    """Resolve and validate every stage of an experiment (a jobs/ name or a YAML path)."""
+    spec_path = resolve_spec_path(experiment)
+    jobs = jobs_dir_for(spec_path)
+    experiment_doc = read_yaml(spec_path)
+    stage_names = experiment_doc.pop("stages", None)
+    per_stage = experiment_doc.pop("per_stage", {}) or {}
+    if not isinstance(stage_names, list) or not stage_names:
+        raise SpecError(f"{spec_path}: stages: expected a non-empty list, e.g. [critic, verifiable]")
+    unknown_stage_keys = sorted(set(per_stage) - set(stage_names))
+    if unknown_stage_keys:
+        raise SpecError(f"{spec_path}: per_stage.{unknown_stage_keys[0]}: not one of the stages {stage_names}")
+    layers = [("defaults", read_yaml(jobs / "defaults.yaml"))]
+    preset_layer = []
+    if preset:
+        preset_file = jobs / "presets" / f"{preset}.yaml"
+        if not preset_file.is_file():
+            names = sorted(p.stem for p in (jobs / "presets").glob("*.yaml"))
+            raise SpecError(f"preset {preset!r}: no {preset_file}; available: {names}")
+        preset_layer = [(str(preset_file), read_yaml(preset_file))]
+    override_layers = [(f"--set {text}", nest(*parse_override(text))) for text in overrides or []]
+    name = experiment_doc.pop("name", spec_path.stem)
+    stages = []
+    for stage in stage_names:
+        stage_file = jobs / "stages" / f"{stage}.yaml"
+        stage_layers = [
+            *layers,
+            (str(stage_file), read_yaml(stage_file)),
+            (str(spec_path), experiment_doc),
+            (f"{spec_path} per_stage.{stage}", per_stage.get(stage, {}) or {}),
+            *preset_layer,
+            *override_layers,
+        ]
+        merged: dict = {}
+        for _, layer in stage_layers:
+            merged = deep_merge(merged, layer)
+        merged.setdefault("stage", stage)
+        merged["experiment"] = name
+        try:
+            stages.append(StageSpec.model_validate(merged))
+        except ValidationError as exc:
+            origin = f"{spec_path} (stage {stage})"
+            raise SpecError(format_validation_error(exc, origin)) from None
+    return Experiment(name=name, stages=stages)
+
+
+def dump_spec(spec: StageSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

@@ -1,0 +1,66 @@
+"""From a stage spec to per-rank DataLoaders over the sampled rows (index → rows → lines → batches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wmtp.data.collate import MTPCollator
+from wmtp.data.dataset import JsonlSamples
+from wmtp.data.index import DatasetIndex
+from wmtp.data.sampler import ShardedSampler
+from wmtp.data.sampling import draw_indices
+from wmtp.distributed import DistContext
+from wmtp.train.config import StageSpec
+
+
+@dataclass
+class TrainData:
+    loader: DataLoader
+    sampler: ShardedSampler
+    n_rows: int  # sampled rows (all ranks)
+    micro_batches_per_epoch: int  # per rank, a multiple of grad_accum_steps
+
+
+def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> TrainData:
+    index = DatasetIndex.load(spec.data.train)
+    rows = draw_indices(index, spec.data.sampling, seed=spec.train.seed)
+    # Curriculum order is part of the draw: shuffling it again would undo the schedule.
+    shuffle = spec.data.sampling.strategy != "curriculum"
+    sampler = ShardedSampler(len(rows), ctx.rank, ctx.world_size, seed=spec.train.seed, shuffle=shuffle, drop_last=True)
+    loader = DataLoader(
+        JsonlSamples(spec.data.train, rows),
+        batch_size=spec.train.batch_size,
+        sampler=sampler,
+        collate_fn=MTPCollator(tokenizer, n_heads, spec.data.max_length),
+        num_workers=spec.data.num_workers,
+        drop_last=True,
+    )
+    accum = spec.train.grad_accum_steps
+    micro = (len(sampler) // spec.train.batch_size) // accum * accum
+    return TrainData(loader=loader, sampler=sampler, n_rows=len(rows), micro_batches_per_epoch=micro)
+
+
+def build_valid_loader(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> DataLoader | None:
+    """The first `valid_samples` rows of the validation split, the same rows every time, split by rank."""
+    if not spec.data.valid:
+        return None
+    index = DatasetIndex.load(spec.data.valid)
+    n = len(index) if spec.data.valid_samples is None else min(len(index), spec.data.valid_samples)
+    n -= n % (ctx.world_size * spec.train.batch_size)  # every rank runs the same number of batches
+    if n == 0:
+        return None
+    rows = np.arange(n)[ctx.rank :: ctx.world_size]
+    return DataLoader(
+        JsonlSamples(spec.data.valid, rows),
+        batch_size=spec.train.batch_size,
+        shuffle=False,
+        collate_fn=MTPCollator(tokenizer, n_heads, spec.data.max_length),
+    )
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -1,0 +1,360 @@
+"""The one training loop. Experiments differ only by their objective and data sampling.
+
+    for each optimizer step:
+        take grad_accum_steps micro-batches → count valid targets over the window on all ranks
+        for each micro-batch: loss = module(batch, objective); loss.backward()
+        clip → AdamW step → LR schedule → log / validate / checkpoint / early stop / preemption
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from wmtp.distributed import DistContext, all_reduce_any, all_reduce_mean, parallelize, unwrap
+from wmtp.model import ValueHead, load_model, load_tokenizer
+from wmtp.train import checkpointing as ckpt
+from wmtp.train.config import StageSpec, dump_spec
+from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
+from wmtp.train.early_stopping import EarlyStopping
+from wmtp.train.objectives import Objective, TrainModule, build_objective
+from wmtp.train.schedule import build_scheduler
+from wmtp.tracking import Tracker, make_tracker
+
+MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
+
+
+class Preemption:
+    """Set by SIGTERM; checked (collectively) at optimizer-step boundaries."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+
+
+@dataclass
+class StageResult:
+    stage_dir: Path
+    final: Optional[Path]
+    steps: int
+    stopped_early: bool = False
+    preempted: bool = False
+    last_metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class History:
+    """Metric history on rank 0 for the end-of-run plots."""
+
+    train: list[tuple[int, dict]] = field(default_factory=list)
+    valid: list[tuple[int, dict]] = field(default_factory=list)
+    weights: list[torch.Tensor] = field(default_factory=list)
+    n_weights: int = 0
+
+    def add_weights(self, weights: Optional[torch.Tensor]) -> None:
+        if weights is not None and self.n_weights < MAX_WEIGHT_SAMPLES:
+            self.weights.append(weights.float().cpu())
+            self.n_weights += weights.numel()
+
+
+def model_dtype(spec: StageSpec, device: torch.device) -> torch.dtype:
+    if spec.model.dtype == "auto":
+        return torch.float32  # master weights stay fp32; CUDA runs the math in bf16 autocast
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec.model.dtype]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parents[2])
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def window_normalizers(batches: list[dict], ctx: DistContext, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window."""
+    valid_H = sum((b["labels"] != -100).sum(dim=(0, 1)).float() for b in batches)
+    response = sum(b["response_mask"].sum().float() for b in batches)
+    counts = torch.cat([valid_H.to(device), response.reshape(1).to(device)])
+    counts = all_reduce_mean(counts, ctx)
+    return counts[:-1], counts[-1]
+
+
+def mean_metrics(outputs: list[dict]) -> dict[str, float]:
+    keys = {k for m in outputs for k in m}
+    return {k: sum(m[k] for m in outputs if k in m) / sum(1 for m in outputs if k in m) for k in keys}
+
+
+def reduce_metrics(metrics: dict[str, float], ctx: DistContext, device) -> dict[str, float]:
+    """Average every metric over ranks (same key order everywhere so the collective lines up)."""
+    if not ctx.is_distributed:
+        return metrics
+    keys = sorted(metrics)
+    values = all_reduce_mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device), ctx)
+    return dict(zip(keys, values.tolist()))
+
+
+class Trainer:
+    """State and steps of one stage; `run()` is the loop."""
+
+    def __init__(self, spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path]):
+        self.spec, self.stage_dir, self.ctx = spec, stage_dir, ctx
+        self.device = ctx.device
+        torch.manual_seed(spec.train.seed)  # identical init of new modules (value head) on every rank
+        self.tokenizer = load_tokenizer(spec.model.path)
+        model = load_model(spec.model.path, device=self.device, dtype=model_dtype(spec, self.device),
+                           max_seq_len=spec.model.max_seq_len)
+        self.objective: Objective = build_objective(spec, self.device, earlier)
+        value_head = ValueHead(model.args.dim).to(self.device) if self.objective.uses_value_head else None
+        inner = TrainModule(model, value_head)
+        self.objective.prepare(inner, self.device)
+        self.n_heads = model.n_future_tokens
+        self.data = build_train_data(spec, self.tokenizer, self.n_heads, ctx)
+        self.valid_loader = build_valid_loader(spec, self.tokenizer, self.n_heads, ctx)
+        self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing)
+        params = self.objective.trainable_parameters(unwrap(self.module))
+        t = spec.train
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                           foreach=self.device.type == "cuda")
+        steps_per_epoch = self.data.micro_batches_per_epoch // t.grad_accum_steps
+        self.total_steps = steps_per_epoch * t.num_epochs
+        if t.max_steps is not None:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        if self.total_steps == 0:
+            from wmtp.errors import WmtpError
+
+            raise WmtpError(
+                f"{spec.data.train}: {self.data.n_rows} sampled rows give no optimizer step with batch_size="
+                f"{t.batch_size} × grad_accum_steps={t.grad_accum_steps} × {ctx.world_size} rank(s)"
+            )
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, t.warmup_steps, t.schedule, t.min_lr_ratio)
+        self.early_stopping = EarlyStopping(spec.early_stopping, use_critic_criteria=spec.objective == "critic")
+        self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf}
+        self.history = History()
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.model.dtype == "auto" else None
+
+    # ------------------------------------------------------------------ state
+
+    def train_state(self) -> dict:
+        return {**self.state, "scheduler": self.scheduler.state_dict(),
+                "early_stopping": self.early_stopping.state_dict(),
+                "sampler": {"epoch": self.state["epoch"], "position": self.state["micro_in_epoch"] * self.spec.train.batch_size},
+                "total_steps": self.total_steps, "spec_hash": self.spec.spec_hash()}
+
+    def resume_if_possible(self) -> bool:
+        latest = ckpt.latest_checkpoint(self.stage_dir)
+        if latest is None:
+            return False
+        saved = ckpt.load_checkpoint(latest, self.module, self.optimizer, self.ctx)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.early_stopping.load_state_dict(saved["early_stopping"])
+        self.state = {k: saved[k] for k in ("step", "epoch", "micro_in_epoch", "best_val")}
+        if self.ctx.is_main:
+            print(f"resumed {self.stage_dir.name} from {latest} at step {self.state['step']}")
+        return True
+
+    def save(self, name: str) -> Optional[Path]:
+        path = ckpt.save_checkpoint(name, self.stage_dir, self.module, self.optimizer, self.train_state(),
+                                    self.ctx, self.tokenizer)
+        if self.ctx.is_main and name.startswith(ckpt.STEP_PREFIX):
+            ckpt.prune_step_checkpoints(self.stage_dir, self.spec.train.keep_last)
+        return path
+
+    # ------------------------------------------------------------------ steps
+
+    def forward_backward(self, batch: dict):
+        if self.autocast is not None:
+            with self.autocast:
+                out = self.module(batch, self.objective)
+        else:
+            out = self.module(batch, self.objective)
+        out.loss.backward()
+        return out
+
+    def optimizer_step(self, window: list[dict]) -> dict[str, float]:
+        num_valid_H, num_response = window_normalizers(window, self.ctx, self.device)
+        outputs, n_tokens = [], 0
+        for raw in window:
+            batch = move_batch(raw, self.device)
+            batch["num_valid_H"], batch["num_response"] = num_valid_H, num_response
+            out = self.forward_backward(batch)
+            outputs.append(out.metrics | {"loss/total": out.loss.item()})
+            self.history.add_weights(out.token_weights)
+            n_tokens += int(batch["attention_mask"].sum())
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = mean_metrics(outputs) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        metrics["tokens"] = float(n_tokens)
+        return metrics
+
+    def clip_gradients(self) -> float:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.spec.train.grad_clip if self.spec.train.grad_clip is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+            norm = norm.full_tensor()
+        return float(norm)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.valid_loader is None:
+            return {}
+        self.module.eval()
+        outputs = []
+        for raw in self.valid_loader:
+            out = self.module(move_batch(raw, self.device), self.objective)
+            outputs.append(out.metrics | {"loss": out.loss.item()})
+        self.module.train()
+        metrics = reduce_metrics(mean_metrics(outputs), self.ctx, self.device)
+        return {f"val/{k}": v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, tracker: Tracker) -> StageResult:
+        t = self.spec.train
+        self.resume_if_possible()
+        self.module.train()
+        progress = make_progress(self.ctx.is_main, self.total_steps, self.state["step"], self.spec)
+        result = StageResult(stage_dir=self.stage_dir, final=None, steps=self.state["step"])
+        started, tokens_since = time.perf_counter(), 0.0
+        while self.state["step"] < self.total_steps and self.state["epoch"] < t.num_epochs:
+            self.data.sampler.set_epoch(self.state["epoch"])
+            self.data.sampler.load_state_dict({"epoch": self.state["epoch"],
+                                               "position": self.state["micro_in_epoch"] * t.batch_size})
+            batches = iter(self.data.loader)
+            while self.state["micro_in_epoch"] + t.grad_accum_steps <= self.data.micro_batches_per_epoch:
+                window = [next(batches) for _ in range(t.grad_accum_steps)]
+                metrics = self.optimizer_step(window)
+                self.state["micro_in_epoch"] += t.grad_accum_steps
+                self.state["step"] += 1
+                step = self.state["step"]
+                tokens_since += metrics.pop("tokens") * self.ctx.world_size
+                self.early_stopping.observe_step(metrics)
+                if step % t.log_interval == 0 or step == self.total_steps:
+                    elapsed = time.perf_counter() - started
+                    metrics["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
+                    started, tokens_since = time.perf_counter(), 0.0
+                    metrics = reduce_metrics(metrics, self.ctx, self.device)
+                    tracker.log_metrics(metrics, step)
+                    self.history.train.append((step, metrics))
+                    result.last_metrics = metrics
+                progress.update(step, metrics)
+                stop = self.after_step(step, tracker)
+                if stop or step >= self.total_steps:
+                    result.stopped_early = stop == "early"
+                    result.preempted = stop == "preempted"
+                    break
+            else:
+                self.state["epoch"] += 1
+                self.state["micro_in_epoch"] = 0
+                continue
+            break
+        progress.close()
+        result.steps = self.state["step"]
+        if result.preempted:
+            return result
+        result.final = self.finish(tracker)
+        return result
+
+    def after_step(self, step: int, tracker: Tracker) -> Optional[str]:
+        """Validation, checkpoints, early stopping and preemption — every decision taken by all ranks."""
+        t = self.spec.train
+        if Preemption.requested or self.ctx.is_distributed:
+            if all_reduce_any(Preemption.requested, self.ctx, self.device):
+                self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
+                if self.ctx.is_main:
+                    print(f"preempted: saved step {step}; rerun the same command to resume")
+                return "preempted"
+        if step % t.eval_interval == 0 and step < self.total_steps:
+            self.record_validation(step, tracker)
+            if self.early_stopping.should_stop(self.ctx, self.device):
+                if self.ctx.is_main:
+                    print(f"early stopping at step {step} ({self.early_stopping.state.stopped_reason})")
+                return "early"
+        elif self.spec.objective == "critic" and self.spec.early_stopping.mode != "loss_only":
+            if self.early_stopping.should_stop(self.ctx, self.device):
+                return "early"
+        if step % t.save_interval == 0 and step < self.total_steps:
+            self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
+        return None
+
+    def record_validation(self, step: int, tracker: Tracker) -> dict:
+        val = self.validate()
+        if not val:
+            return val
+        tracker.log_metrics(val, step)
+        self.history.valid.append((step, val))
+        self.early_stopping.observe_validation(val)
+        if val["val/loss"] < self.state["best_val"]:
+            self.state["best_val"] = val["val/loss"]
+            self.save("best")
+        return val
+
+    def finish(self, tracker: Tracker) -> Optional[Path]:
+        """Final validation, final checkpoint (with the value head when there is one), plots."""
+        step = self.state["step"]
+        self.record_validation(step, tracker)
+        final = self.save("final")
+        if self.ctx.is_main:
+            from wmtp.train.plots import write_plots
+
+            for png in write_plots(self.history, self.stage_dir / "plots", self.n_heads):
+                tracker.log_artifact(png, "plots")
+        return final
+
+
+class make_progress:
+    """A rich progress bar on rank 0 (nothing elsewhere)."""
+
+    def __init__(self, enabled: bool, total: int, start: int, spec: StageSpec):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(f"[bold]{spec.experiment}/{spec.stage}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, metrics: dict) -> None:
+        if self.bar is not None:
+            loss = metrics.get("loss/total")
+            self.bar.update(self.task, completed=step, info="" if loss is None else f"loss {loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path]) -> StageResult:
+    """Train one stage in `stage_dir` (resuming when it holds a checkpoint) and track it on rank 0."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(spec, stage_dir, ctx, earlier)
+    tags = {"experiment": spec.experiment, "stage": spec.stage, "objective": spec.objective,
+            "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve())}
+    run_name = spec.tracking.run_name or f"{spec.experiment}/{spec.stage}"
+    tracker = make_tracker(ctx.is_main, spec.tracking.uri, spec.tracking.experiment, run_name, tags,
+                           spec.tracking.buffer_size)
+    if ctx.is_main:
+        (stage_dir / "spec.yaml").write_text(dump_spec(spec))
+        tracker.log_params(spec.to_dict())
+        tracker.log_artifact(stage_dir / "spec.yaml")
+    status = "FAILED"
+    try:
+        result = trainer.run(tracker)
+        status = "KILLED" if result.preempted else "FINISHED"
+        return result
+    finally:
+        tracker.close(status)

@@ -1,0 +1,264 @@
+"""Objectives: how a batch becomes a loss and metrics. The training loop knows nothing else.
+
+Every objective runs inside `TrainModule.forward` (so DDP / FSDP see one forward per micro-step) and
+returns an `ObjectiveOutput` whose `loss` is backpropagated once by the loop.
+
+| objective  | token weights                          | trainable                       |
+|------------|----------------------------------------|---------------------------------|
+| baseline   | 1                                      | policy                          |
+| critic     | — (value loss only, trunk frozen)      | value head                      |
+| verifiable | clip(exp(δ/β), w_min, w_max) from TD   | policy + value head             |
+| rho1       | reference excess loss (soft / top-k)   | policy                          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from wmtp.errors import CheckpointError
+from wmtp.model import IGNORE_INDEX, Transformer, ValueHead
+from wmtp.model.mtp_loss import mtp_loss_recomputed
+from wmtp.train.config import StageSpec
+from wmtp.weighting import rho1 as rho1_weights
+from wmtp.weighting import td
+from wmtp.weighting.stats import masked_stats, weight_stats
+
+VALUE_HEAD_FILE = "value_head.safetensors"  # written into every checkpoint of a stage with a value head
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # differentiable scalar
+    metrics: dict[str, float] = field(default_factory=dict)  # detached floats for logging
+    per_head: Optional[torch.Tensor] = None  # [H] detached per-head MTP loss
+    token_weights: Optional[torch.Tensor] = None  # 1-D detached weights of valid tokens (histograms)
+
+
+class TrainModule(nn.Module):
+    """The policy and, when the objective has one, its value head: the unit DDP / FSDP wrap."""
+
+    def __init__(self, model: Transformer, value_head: Optional[ValueHead] = None):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+
+    def forward(self, batch: dict, objective: "Objective") -> ObjectiveOutput:
+        return objective.compute(self, batch)
+
+    def values(self, h_trunk_BSD: torch.Tensor) -> torch.Tensor:
+        return self.value_head(self.model.norm(h_trunk_BSD))
+
+
+def per_head_weights(token_weights_BS: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """`[B, S, H]` with entry (t, k) = weight of token x_{t+k+1}, the target of head k at t."""
+    bsz, seq = token_weights_BS.shape
+    out = torch.ones(bsz, seq, n_heads, dtype=token_weights_BS.dtype, device=token_weights_BS.device)
+    for k in range(n_heads):
+        out[:, : seq - k - 1, k] = token_weights_BS[:, k + 1 :]
+    return out
+
+
+def head_metrics(per_head: torch.Tensor) -> dict[str, float]:
+    return {f"loss/head_{k + 1}": v for k, v in enumerate(per_head.tolist())}
+
+
+class Objective:
+    """Base: plain MTP cross-entropy with weights given by `token_weights` (uniform here)."""
+
+    name = "baseline"
+    uses_value_head = False
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+
+    def prepare(self, module: TrainModule, device: torch.device) -> None:
+        """Freeze / load what the objective needs before the optimizer is built."""
+
+    def trainable_parameters(self, module: TrainModule) -> list[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
+
+    def mtp_output(self, module, batch, h_trunk, weights_BS=None, labels=None, extra=None) -> ObjectiveOutput:
+        labels = batch["labels"] if labels is None else labels
+        weights_BSH = None if weights_BS is None else per_head_weights(weights_BS, labels.shape[2])
+        # The loop puts the valid-target count of the whole accumulation window (all ranks) / world size
+        # in the batch, so the loss is Σ w·CE / N_global exactly as one process on the global batch.
+        num_valid_H = batch.get("num_valid_H") if labels is batch["labels"] else None
+        mtp = mtp_loss_recomputed(module.model, h_trunk, labels, weights_BSH, self.spec.train.head_weights, num_valid_H)
+        loss = mtp.total + (0.0 if extra is None else extra)
+        metrics = {"loss/mtp": mtp.total.item(), **head_metrics(mtp.per_head)}
+        return ObjectiveOutput(loss=loss, metrics=metrics, per_head=mtp.per_head)
+
+    def compute(self, module: TrainModule, batch: dict) -> ObjectiveOutput:
+        h_trunk = module.model.forward_trunk(batch["input_ids"])
+        return self.mtp_output(module, batch, h_trunk)
+
+
+class BaselineObjective(Objective):
+    name = "baseline"
+
+
+class CriticObjective(Objective):
+    """Stage 1: trunk frozen (no grad), value head regressed on the returns G_j = γ^{T−j}·R.
+
+    Its checkpoints carry `value_head.safetensors`, which the verifiable stage loads.
+    """
+
+    name = "critic"
+    uses_value_head = True
+
+    def prepare(self, module, device):
+        module.model.requires_grad_(False)
+
+    def compute(self, module, batch):
+        cfg = self.spec.critic
+        with torch.no_grad():
+            h_trunk = module.model.forward_trunk(batch["input_ids"])
+        values = module.values(h_trunk)
+        mask = batch["response_mask"]
+        returns = td.value_returns(mask, batch["is_correct"], cfg.gamma)
+        loss = td.value_loss(values, returns, mask, cfg.value_loss, cfg.huber_delta,
+                             normalizer=batch.get("num_response"))
+        selected = values.detach()[mask]
+        metrics = {
+            "loss/value": loss.item(),
+            "value/explained_variance": td.explained_variance(values, returns, mask),
+            "value/pred_var": selected.var().item() if selected.numel() > 1 else 0.0,
+            **masked_stats("value", values, mask),
+        }
+        return ObjectiveOutput(loss=loss, metrics=metrics)
+
+
+def load_value_head(path: Path, dim: int) -> ValueHead:
+    head = ValueHead(dim)
+    try:
+        state = load_file(path)
+    except Exception as exc:  # missing or corrupt file
+        raise CheckpointError(f"{path}: cannot load the critic's value head ({exc})") from None
+    expected = head.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        raise CheckpointError(f"{path}: value head keys/shapes {shapes} do not match dim={dim}")
+    head.load_state_dict(state)
+    return head
+
+
+class VerifiableObjective(Objective):
+    """Stage 2: TD-weighted MTP + value_coef · value loss (clipped around the frozen stage-1 head)."""
+
+    name = "verifiable"
+    uses_value_head = True
+
+    def __init__(self, spec, value_head_path: Optional[Path] = None):
+        super().__init__(spec)
+        path = spec.td.value_head or value_head_path
+        if path is None:
+            raise CheckpointError(
+                "td.value_head: no critic value head — run the critic stage first (stages: [critic, verifiable]) "
+                "or set td.value_head to a value_head.safetensors"
+            )
+        self.value_head_path = Path(path)
+        self.anchor: Optional[ValueHead] = None
+
+    def prepare(self, module, device):
+        stage1 = load_value_head(self.value_head_path, module.model.args.dim)
+        module.value_head.load_state_dict(stage1.state_dict())
+        if self.spec.td.value_clip is not None:
+            self.anchor = stage1.to(device).requires_grad_(False)
+
+    def compute(self, module, batch):
+        cfg = self.spec.td
+        mask, rewards = batch["response_mask"], batch["is_correct"]
+        h_trunk = module.model.forward_trunk(batch["input_ids"])
+        values = module.values(h_trunk)
+        deltas = td.td_errors(values, mask, rewards, cfg.gamma)
+        weights = td.td_weights(deltas, mask, cfg.beta, cfg.w_min, cfg.w_max)
+        returns = td.value_returns(mask, rewards, cfg.gamma)
+        anchor_values = None
+        if self.anchor is not None:
+            with torch.no_grad():
+                anchor_values = self.anchor(module.model.norm(h_trunk.detach()))
+        v_loss = td.value_loss(values, returns, mask, cfg.value_loss, cfg.huber_delta, anchor_values, cfg.value_clip,
+                               normalizer=batch.get("num_response"))
+        out = self.mtp_output(module, batch, h_trunk, weights, extra=cfg.value_coef * v_loss)
+        out.metrics.update(
+            {
+                "loss/value": v_loss.item(),
+                "value/explained_variance": td.explained_variance(values, returns, mask),
+                **masked_stats("td", deltas, mask),
+                **weight_stats(weights, mask, cfg.w_min, cfg.w_max),
+            }
+        )
+        out.token_weights = weights.detach()[mask]
+        return out
+
+
+class Rho1Objective(Objective):
+    """Reference-model excess loss Δ = L_θ(head 1) − L_ref selects (tokenskip) or weights tokens."""
+
+    name = "rho1"
+
+    def __init__(self, spec, reference: nn.Module):
+        super().__init__(spec)
+        self.reference = reference.requires_grad_(False).eval()
+
+    def reference_losses(self, batch) -> torch.Tensor:
+        next_token_labels = batch["labels"][:, :, 0]
+        with torch.no_grad():
+            logits = self.reference(batch["input_ids"])
+            logits = logits[:, :, 0] if logits.dim() == 4 else logits  # our class → head 1; HF → [B,S,V]
+        return rho1_weights.token_losses(logits, next_token_labels)
+
+    def compute(self, module, batch):
+        cfg = self.spec.rho1
+        labels = batch["labels"]
+        h_trunk = module.model.forward_trunk(batch["input_ids"])
+        with torch.no_grad():
+            policy_losses = rho1_weights.token_losses(module.model.forward_head(h_trunk, 0), labels[:, :, 0])
+        valid = labels[:, :, 0] != IGNORE_INDEX
+        excess = policy_losses - self.reference_losses(batch)
+        # Δ is indexed by the position t that predicts x_{t+1}; shift to index by the token itself.
+        excess_tok = torch.zeros_like(excess)
+        excess_tok[:, 1:] = excess[:, :-1]
+        valid_tok = torch.zeros_like(valid)
+        valid_tok[:, 1:] = valid[:, :-1]
+        metrics = masked_stats("excess_loss", excess_tok, valid_tok)
+        if cfg.mode == "tokenskip":
+            keep = rho1_weights.tokenskip_mask(excess_tok, valid_tok, cfg.keep_ratio)
+            labels = self.drop_tokens(labels, keep)
+            metrics["rho1/kept_fraction"] = keep.sum().item() / max(1, valid_tok.sum().item())
+            out = self.mtp_output(module, batch, h_trunk, labels=labels)
+        else:
+            weights = rho1_weights.soft_weights(excess_tok, valid_tok, cfg.temperature, cfg.w_min, cfg.w_max)
+            metrics.update(weight_stats(weights, valid_tok, cfg.w_min, cfg.w_max))
+            out = self.mtp_output(module, batch, h_trunk, weights)
+            out.token_weights = weights.detach()[valid_tok]
+        out.metrics.update(metrics)
+        return out
+
+    @staticmethod
+    def drop_tokens(labels_BSH: torch.Tensor, keep_tok_BS: torch.Tensor) -> torch.Tensor:
+        """Ignore every head's label whose target token was not selected (normalises by the kept count)."""
+        keep_BSH = per_head_weights(keep_tok_BS.float(), labels_BSH.shape[2]).bool()
+        return torch.where(keep_BSH, labels_BSH, torch.full_like(labels_BSH, IGNORE_INDEX))
+
+
+def build_objective(spec: StageSpec, device: torch.device, earlier_outputs: dict[str, Path]) -> Objective:
+    """The objective of `spec`; `earlier_outputs` maps stage name → its run dir (for the critic's head)."""
+    if spec.objective == "baseline":
+        return BaselineObjective(spec)
+    if spec.objective == "critic":
+        return CriticObjective(spec)
+    if spec.objective == "verifiable":
+        critic_dir = earlier_outputs.get("critic")
+        return VerifiableObjective(spec, None if critic_dir is None else critic_dir / VALUE_HEAD_FILE)
+    if spec.objective == "rho1":
+        from wmtp.train.reference import load_reference_model
+
+        return Rho1Objective(spec, load_reference_model(spec.rho1.reference, device))
+    raise ValueError(f"unknown objective {spec.objective!r}")
