@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -248,6 +249,7 @@ class Trainer:
                     started, tokens_since = time.perf_counter(), 0.0
                     metrics = reduce_metrics(metrics, self.ctx, self.device)
                     tracker.log_metrics(metrics, step)
+                    self.write_local_metrics(step, metrics)
                     self.history.train.append((step, metrics))
                     result.last_metrics = metrics
                 progress.update(step, metrics)
@@ -290,11 +292,18 @@ class Trainer:
             self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
         return None
 
+    def write_local_metrics(self, step: int, metrics: dict) -> None:
+        """Append to <stage_dir>/metrics.jsonl on rank 0: the run's numbers without any server."""
+        if self.ctx.is_main:
+            with open(self.stage_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
     def record_validation(self, step: int, tracker: Tracker) -> dict:
         val = self.validate()
         if not val:
             return val
         tracker.log_metrics(val, step)
+        self.write_local_metrics(step, val)
         self.history.valid.append((step, val))
         self.early_stopping.observe_validation(val)
         if val["val/loss"] < self.state["best_val"]:

@@ -1,0 +1,99 @@
+"""Experiment specs: every file in jobs/ loads; merging order; unknown keys and bad values are named."""
+
+from pathlib import Path
+
+import pytest
+
+from wmtp.assets import asset_dir
+from wmtp.train.config import SpecError, deep_merge, load_experiment, parse_override
+
+EXPERIMENTS = sorted(p.stem for p in asset_dir("jobs").glob("*.yaml") if p.stem != "defaults")
+
+
+def test_the_shipped_experiments_are_the_documented_ones():
+    assert EXPERIMENTS == ["baseline", "critic", "rho1", "smoke", "verifiable"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_spec_in_jobs_loads(name):
+    experiment = load_experiment(name)
+    assert experiment.name == name and experiment.stages
+    for stage in experiment.stages:
+        assert stage.objective == stage.stage
+
+
+@pytest.mark.parametrize("preset", [p.stem for p in (asset_dir("jobs") / "presets").glob("*.yaml")])
+def test_every_preset_loads(preset):
+    assert load_experiment("baseline", preset=preset).stages[0].distributed.nproc_per_node == 1
+
+
+def test_verifiable_chains_critic_then_verifiable_with_stage_defaults():
+    critic, verifiable = load_experiment("verifiable").stages
+    assert (critic.objective, verifiable.objective) == ("critic", "verifiable")
+    assert critic.data.sampling.strategy == "balanced"
+    assert verifiable.data.sampling.strategy == "curriculum"
+    assert verifiable.td.beta == 0.9 and verifiable.td.w_max == 5.0
+
+
+def test_layers_merge_in_order_defaults_stage_experiment_per_stage_preset_overrides():
+    stages = load_experiment("smoke", ["train.lr=0.5"], preset="local-light").stages
+    critic = next(s for s in stages if s.stage == "critic")
+    baseline = next(s for s in stages if s.stage == "baseline")
+    assert critic.model.path.endswith("micro-mtp")  # experiment over defaults
+    assert critic.train.lr == 0.5 and baseline.train.lr == 0.5  # --set over per_stage and experiment
+    assert baseline.train.max_steps == 20  # preset over experiment
+    rho1 = next(s for s in stages if s.stage == "rho1")
+    assert rho1.rho1.mode == "tokenskip"  # per_stage
+
+
+def test_overrides_parse_as_yaml_values():
+    assert parse_override("train.max_steps=7") == (["train", "max_steps"], 7)
+    assert parse_override("train.head_weights=[0.5, 0.5]") == (["train", "head_weights"], [0.5, 0.5])
+    assert parse_override("td.value_head=null") == (["td", "value_head"], None)
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], r"train\.lrr: unknown key"),
+        (["train.lr=fast"], r"train\.lr: Input should be a valid number.*'fast'"),
+        (["distributed.strategy=horovod"], r"distributed\.strategy: Input should be 'none', 'ddp' or 'fsdp'"),
+        (["train"], r"override 'train': expected KEY\.PATH=VALUE"),
+        (["data.sampling.correct_ratio=x"], r"data\.sampling\.correct_ratio"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_what_was_expected(overrides, message):
+    with pytest.raises(SpecError, match=message):
+        load_experiment("baseline", overrides)
+
+
+def test_unknown_experiment_and_preset_list_the_choices():
+    with pytest.raises(SpecError, match=r"no jobs/nope\.yaml; available: \['baseline'"):
+        load_experiment("nope")
+    with pytest.raises(SpecError, match=r"preset 'heavy'.*available: \['local-light'\]"):
+        load_experiment("baseline", preset="heavy")
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    jobs = tmp_path / "jobs"
+    (jobs / "stages").mkdir(parents=True)
+    for name in ("defaults.yaml", "stages/baseline.yaml"):
+        (jobs / name).write_text((asset_dir("jobs") / name).read_text())
+    (jobs / "mine.yaml").write_text("stages: [baseline]\ntrain:\n  lr: [1,\n")
+    with pytest.raises(SpecError, match=r"mine\.yaml:\d+: invalid YAML"):
+        load_experiment(str(jobs / "mine.yaml"))
+    (jobs / "mine.yaml").write_text("stages: baseline\n")
+    with pytest.raises(SpecError, match="stages: expected a non-empty list"):
+        load_experiment(str(jobs / "mine.yaml"))
+
+
+def test_rho1_without_reference_is_refused():
+    with pytest.raises(SpecError, match="rho1.reference: required"):
+        load_experiment("rho1", ["rho1.reference=null"])
+
+
+def test_spec_hash_changes_with_the_spec():
+    a = load_experiment("baseline").stages[0]
+    b = load_experiment("baseline", ["train.lr=2e-5"]).stages[0]
+    assert a.spec_hash() != b.spec_hash() and len(a.spec_hash()) == 12
