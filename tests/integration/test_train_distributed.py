@@ -1,0 +1,90 @@
+"""Real torchrun processes (gloo, CPU): DDP = one process on the same global batch, FSDP2 = DDP,
+and early stopping reached together by ranks that disagree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from wmtp.model import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(args: list[str], nproc: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def train_cmd(overrides, run_dir, spec="baseline"):
+    args = ["-m", "wmtp.train", spec, "--run-dir", str(run_dir)]
+    for o in overrides:
+        args += ["--set", o]
+    return args
+
+
+def final_weights(run_dir, stage):
+    return load_model(run_dir / stage / "checkpoints" / "final").state_dict()
+
+
+def assert_weights_close(a, b, atol):
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_ddp_matches_one_process_and_fsdp_matches_ddp(smoke_overrides, tmp_path):
+    common = smoke_overrides + [
+        "train.max_steps=3", "train.lr=1e-3", "train.warmup_steps=0", "train.eval_interval=1000",
+        "train.save_interval=1000", "train.grad_accum_steps=2",
+    ]
+    # Same global batch: 1 process × 4 per micro-batch vs 2 ranks × 2.
+    single = torchrun(train_cmd(common + ["train.batch_size=4", "distributed.strategy=none"], tmp_path / "one"), 1)
+    torchrun(train_cmd(common + ["train.batch_size=2", "distributed.strategy=ddp"], tmp_path / "ddp"), 2)
+    torchrun(train_cmd(common + ["train.batch_size=2", "distributed.strategy=fsdp"], tmp_path / "fsdp"), 2)
+    one, ddp, fsdp = (final_weights(tmp_path / d, "baseline") for d in ("one", "ddp", "fsdp"))
+    # Float32 sums in a different order (per-rank partial sums, all-reduce): ~1e-6 differences,
+    # far below a training step's change (lr 1e-3 moves weights by ~1e-3).
+    assert_weights_close(ddp, one, atol=2e-5)
+    assert_weights_close(fsdp, ddp, atol=2e-5)
+    initial = load_model(smoke_overrides[0].split("=", 1)[1]).state_dict()
+    assert any((one[k] - initial[k]).abs().max() > 1e-4 for k in one), "training must move the weights"
+    assert single.returncode == 0
+
+
+EARLY_STOP_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from wmtp.distributed import init_distributed, destroy_distributed
+    from wmtp.train.config import EarlyStoppingSection
+    from wmtp.train.early_stopping import EarlyStopping
+
+    ctx = init_distributed("gloo")
+    stopper = EarlyStopping(EarlyStoppingSection(enabled=True, patience=2), use_critic_criteria=False)
+    # Rank 0's validation loss keeps improving; rank 1's stalls after step 3 (local losses disagree).
+    step = 0
+    while not stopper.should_stop(ctx, torch.device("cpu")):
+        step += 1
+        loss = 10.0 - step if ctx.rank == 0 else max(10.0 - step, 7.0)
+        stopper.observe_validation({"val/loss": loss})
+        if step > 50:
+            sys.exit("never stopped")
+    print(f"rank {ctx.rank} stopped at step {step}", flush=True)
+    destroy_distributed()
+    """
+)
+
+
+def test_ranks_that_disagree_stop_at_the_same_step(tmp_path):
+    script = tmp_path / "early_stop.py"
+    script.write_text(EARLY_STOP_SCRIPT)
+    result = torchrun([str(script)], 2, timeout=120)
+    stops = sorted(line for line in result.stdout.splitlines() if "stopped at step" in line)
+    assert stops == ["rank 0 stopped at step 5", "rank 1 stopped at step 5"]
