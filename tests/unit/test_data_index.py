@@ -1,0 +1,161 @@
+"""The compact index: layout, metadata, staleness, and one clear message per bad line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmtp.data.index import INDEX_DTYPE, DatasetIndex, build_index, index_path, metadata_path
+from wmtp.data.schema import DataError
+
+
+def alpaca(i: int, correct: bool = True, difficulty: int = 1, output: str | None = None) -> dict:
+    return {"instruction": f"Write function number {i}.", "input": "" if i % 3 else f"example {i}",
+            "output": output if output is not None else f"def f{i}(x):\n    return x + {i}\n",
+            "task_id": f"task{i}_{'correct' if correct else 'incorrect'}_0", "is_correct": correct,
+            "metadata": {"source": "unit", "difficulty": difficulty, "has_tests": bool(i % 2)}}
+
+
+def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = None) -> Path:
+    """Records as JSONL; `raw_lines` replaces line i (1-based) by the given text verbatim."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    for number, text in (raw_lines or {}).items():
+        lines[number - 1] = text
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def mixed_file(tmp_path) -> Path:
+    records = [alpaca(i, correct=i % 3 != 0, difficulty=i % 12, output="ü" * i) for i in range(50)]
+    return write_jsonl(tmp_path / "train.jsonl", records)
+
+
+def test_index_rows_point_at_every_line(mixed_file):
+    index = build_index(mixed_file)
+    data = mixed_file.read_bytes()
+    lines = data.splitlines(keepends=True)
+    assert len(index) == len(lines) == 50
+    for row, line in enumerate(lines):
+        start, length = int(index.offsets[row]), int(index.lengths[row])
+        assert data[start : start + length] == line
+        record = json.loads(line)
+        assert bool(index.is_correct[row]) == record["is_correct"]
+        assert int(index.difficulty[row]) == record["metadata"]["difficulty"]
+    assert index.n_tokens.sum() == 0  # no tokenizer given
+
+
+def test_index_is_16_bytes_per_sample_on_disk_and_in_memory(mixed_file):
+    build_index(mixed_file)
+    loaded = DatasetIndex.load(mixed_file)
+    assert INDEX_DTYPE.itemsize == 16
+    assert loaded.nbytes == 16 * len(loaded)
+    header_bytes = 256  # the .npy header (a multiple of 64 bytes)
+    assert index_path(mixed_file).stat().st_size <= 16 * len(loaded) + header_bytes
+
+
+def test_metadata_counts_histogram_and_sha256(mixed_file):
+    build_index(mixed_file)
+    meta = json.loads(metadata_path(mixed_file).read_text())
+    records = [json.loads(line) for line in mixed_file.read_text(encoding="utf-8").splitlines()]
+    n_correct = sum(r["is_correct"] for r in records)
+    assert (meta["n_samples"], meta["n_correct"], meta["n_incorrect"]) == (50, n_correct, 50 - n_correct)
+    expected_hist = {}
+    for r in records:
+        key = str(r["metadata"]["difficulty"])
+        expected_hist[key] = expected_hist.get(key, 0) + 1
+    assert meta["difficulty_histogram"] == expected_hist
+    assert meta["jsonl_sha256"] == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
+    assert meta["sources"] == {"unit": 50}
+    assert metadata_path(mixed_file).name == "train_metadata.json"
+
+
+def test_token_counts_match_the_collator(mixed_file, micro_models):
+    from wmtp.data.collate import MTPCollator
+    from wmtp.model import load_tokenizer
+
+    tokenizer = load_tokenizer(micro_models["micro-mtp"])
+    index = build_index(mixed_file, tokenizer)
+    records = [json.loads(line) for line in mixed_file.read_text(encoding="utf-8").splitlines()]
+    collator = MTPCollator(tokenizer, n_future_tokens=2, max_length=4096)
+    lengths = collator(records)["attention_mask"].sum(dim=1).numpy()
+    np.testing.assert_array_equal(index.n_tokens, lengths)
+    assert index.metadata["tokens"]["max"] == int(lengths.max())
+
+
+def test_missing_index_names_the_file_and_the_command(mixed_file):
+    with pytest.raises(DataError, match=r"train\.jsonl: no index .*wmtp data index .*train\.jsonl"):
+        DatasetIndex.load(mixed_file)
+
+
+def test_changed_file_makes_the_index_stale(mixed_file):
+    build_index(mixed_file)
+    with open(mixed_file, "ab") as handle:
+        handle.write((json.dumps(alpaca(99)) + "\n").encode())
+    with pytest.raises(DataError, match="index is stale.*wmtp data index"):
+        DatasetIndex.load(mixed_file)
+
+
+def test_same_size_edit_is_also_stale(mixed_file):
+    build_index(mixed_file)
+    data = bytearray(mixed_file.read_bytes())
+    data[data.index(b"true")] = ord("T")  # one byte changed, size unchanged
+    mixed_file.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="stale"):
+        DatasetIndex.load(mixed_file)
+
+
+def test_missing_jsonl_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        DatasetIndex.load(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        build_index(tmp_path / "nope.jsonl")
+
+
+BAD_LINES = [
+    ('{"instruction": "x", "input": ', r"train\.jsonl:3: not valid JSON"),
+    ("", r"train\.jsonl:3: empty line"),
+    ("[1, 2]", r"train\.jsonl:3: expected a JSON object, got list"),
+    (json.dumps({k: v for k, v in alpaca(3).items() if k != "output"}), r"train\.jsonl:3: missing key 'output'"),
+    (json.dumps({**alpaca(3), "is_correct": "yes"}), r"train\.jsonl:3: 'is_correct' must be true or false"),
+    (json.dumps({**alpaca(3), "metadata": {"source": "s", "difficulty": 300, "has_tests": True}}),
+     r"train\.jsonl:3: 'metadata.difficulty' is 300; expected 0\.\.127"),
+    (json.dumps({**alpaca(3), "metadata": {"source": "s", "difficulty": 2}}),
+     r"train\.jsonl:3: 'metadata.has_tests' must be true or false"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES)
+def test_bad_line_is_reported_with_file_and_line_and_nothing_is_written(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "train.jsonl", [alpaca(i) for i in range(5)], {3: line})
+    with pytest.raises(DataError, match=message):
+        build_index(path)
+    assert not index_path(path).exists() and not metadata_path(path).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]  # no temp file left behind
+
+
+def test_truncated_last_line_is_reported_not_skipped(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [alpaca(i) for i in range(4)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])  # cut in the middle of line 4
+    with pytest.raises(DataError, match=r"train\.jsonl:4: not valid JSON"):
+        build_index(path)
+
+
+def test_complete_last_line_without_newline_is_indexed(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [alpaca(i) for i in range(3)])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    index = build_index(path)
+    assert len(index) == 3
+    assert int(index.offsets[2] + index.lengths[2]) == path.stat().st_size
+
+
+def test_corrupt_index_file_is_named(mixed_file):
+    build_index(mixed_file)
+    index_path(mixed_file).write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=r"train\.index\.npy: unreadable index"):
+        DatasetIndex.load(mixed_file)

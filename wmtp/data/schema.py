@@ -1,0 +1,97 @@
+"""The Alpaca record every prepared split holds, and the checks that name file:line when a line is bad.
+
+One JSON object per line:
+
+    {"instruction": str, "input": str, "output": str, "task_id": str, "is_correct": bool,
+     "metadata": {"source": str, "difficulty": int 0..127, "has_tests": bool, ...}}
+
+`difficulty` 0 means unknown. `metadata` may carry more keys (evaluation sets keep their tests there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from wmtp.errors import WmtpError
+
+REQUIRED_TEXT_FIELDS = ("instruction", "input", "output", "task_id")
+DIFFICULTY_MIN, DIFFICULTY_MAX = 0, 127  # stored as int8 in the index
+
+
+class DataError(WmtpError):
+    """A dataset file, line, index or option is malformed; the message names file:line or the key."""
+
+
+def where(path: str | Path, line_number: int | None = None) -> str:
+    """`file` or `file:line` (1-based), the prefix of every data error message."""
+    return f"{path}" if line_number is None else f"{path}:{line_number}"
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with one parsed line as an Alpaca record, or None when it is valid."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for name in REQUIRED_TEXT_FIELDS:
+        if name not in record:
+            return f"missing key '{name}' (expected a string)"
+        if not isinstance(record[name], str):
+            return f"'{name}' must be a string, got {type(record[name]).__name__}"
+    if not isinstance(record.get("is_correct"), bool):
+        return "'is_correct' must be true or false" if "is_correct" in record else "missing key 'is_correct' (expected true or false)"
+    return metadata_problem(record.get("metadata"))
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    if metadata is None:
+        return "missing key 'metadata' (expected {source, difficulty, has_tests})"
+    if not isinstance(metadata, dict):
+        return f"'metadata' must be an object, got {type(metadata).__name__}"
+    if not isinstance(metadata.get("source"), str):
+        return "'metadata.source' must be a string"
+    difficulty = metadata.get("difficulty")
+    if isinstance(difficulty, bool) or not isinstance(difficulty, int):
+        return f"'metadata.difficulty' must be an integer {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
+    if not DIFFICULTY_MIN <= difficulty <= DIFFICULTY_MAX:
+        return f"'metadata.difficulty' is {difficulty}; expected {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
+    if not isinstance(metadata.get("has_tests"), bool):
+        return "'metadata.has_tests' must be true or false"
+    return None
+
+
+def parse_line(raw: bytes, path: str | Path, line_number: int) -> dict:
+    """Parse and check one JSONL line; a bad line raises `DataError` naming `file:line`."""
+    text = raw.rstrip(b"\r\n")
+    if not text.strip():
+        raise DataError(f"{where(path, line_number)}: empty line (expected one JSON object per line)")
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where(path, line_number)}: not valid JSON ({exc}); line truncated or malformed") from None
+    problem = record_problem(record)
+    if problem:
+        raise DataError(f"{where(path, line_number)}: {problem}")
+    return record
+
+
+def make_record(
+    instruction: str,
+    input_text: str,
+    output: str,
+    task_id: str,
+    is_correct: bool,
+    source: str,
+    difficulty: int,
+    has_tests: bool,
+    **extra_metadata: Any,
+) -> dict:
+    """An Alpaca record in the project's schema (extra keyword arguments go into `metadata`)."""
+    return {
+        "instruction": instruction,
+        "input": input_text,
+        "output": output,
+        "task_id": task_id,
+        "is_correct": bool(is_correct),
+        "metadata": {"source": source, "difficulty": int(difficulty), "has_tests": bool(has_tests), **extra_metadata},
+    }
