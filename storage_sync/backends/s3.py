@@ -105,6 +105,8 @@ class S3Backend(Backend):
                 raise SyncError(f"s3://{self.bucket}: no such bucket") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"):
                 raise SyncError(f"{what}: access denied ({code}); check the credentials for {self.url}") from None
+            if code in ("PreconditionFailed", "412"):
+                raise SyncError(f"{what}: the object changed since the manifest was written (ETag differs)") from None
             raise SyncError(f"{what}: {code} {error.get('Message', '')}".rstrip()) from None
         except bx.BotoCoreError as exc:
             raise SyncError(f"{what}: {exc}") from None
