@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-DEST_HELP = "s3://BUCKET/PREFIX, vessl://STORAGE/VOLUME[/PATH] or a local directory."
+DEST_HELP = "s3://BUCKET/PREFIX, vessl://STORAGE/VOLUME (optionally /PATH inside it) or a local directory."
 
 
 def sync_storage(
@@ -27,10 +27,11 @@ def sync_storage(
     part_size: int = typer.Option(16, "--part-size", help="MiB; larger files go multipart in parts of this size (≥ 5)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with bytes/s."),
 ) -> None:
-    """Sync the local storage root with S3, a VESSL volume or a directory, through (path, size, SHA-256) manifests.
+    """Sync the storage root with S3, a VESSL volume or a directory through (path, size, SHA-256) manifests.
 
-    Unchanged files move nothing; every upload is verified; the remote manifest is written last, so an
-    interrupted sync is never taken for a complete one, and re-running it resumes.
+    Unchanged files move nothing and every upload is verified.
+
+    The remote manifest is written last: an interrupted sync never looks complete, and a re-run resumes it.
     """
     from storage_sync import SyncError, SyncOptions, summary_lines, sync
 

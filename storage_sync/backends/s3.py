@@ -57,6 +57,7 @@ class S3Backend(Backend):
         *,
         endpoint_url: Optional[str] = None,
         credential_refresher: Optional[Callable[[], dict]] = None,
+        initial_credentials: Optional[dict] = None,
         region: Optional[str] = None,
         path_style: bool = False,
         verify_tls: bool = True,
@@ -70,7 +71,8 @@ class S3Backend(Backend):
         self.url = url or (f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
         self.endpoint_url = endpoint_url
         self.part_size = part_size
-        self.client = _make_client(endpoint_url, credential_refresher, region, path_style, verify_tls, jobs)
+        self.client = _make_client(endpoint_url, credential_refresher, initial_credentials, region, path_style,
+                                   verify_tls, jobs)
         # Parts run on their own pool: the engine's file workers wait on parts, parts never wait on anything.
         self._parts = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="s3-part")
         self.journal = UploadJournal(journal_dir, self.url) if journal_dir else None
@@ -355,7 +357,7 @@ def _narrowest(selection: list[str]) -> list[str]:
     return [""] if "" in selection else sorted(set(selection))
 
 
-def _make_client(endpoint_url, credential_refresher, region, path_style, verify_tls, jobs):
+def _make_client(endpoint_url, credential_refresher, initial_credentials, region, path_style, verify_tls, jobs):
     """A thread-safe S3 client. Credentials come from boto3's usual chain (env, profile, instance role)
     unless `credential_refresher` supplies short-lived ones, which botocore renews before they expire."""
     try:
@@ -371,7 +373,7 @@ def _make_client(endpoint_url, credential_refresher, region, path_style, verify_
         core = BotocoreSession()
         # botocore has no public setter for refreshable credentials; the VESSL SDK sets this attribute too.
         core._credentials = RefreshableCredentials.create_from_metadata(
-            metadata=credential_refresher(), refresh_using=credential_refresher, method="vessl-federation"
+            metadata=initial_credentials or credential_refresher(), refresh_using=credential_refresher, method="vessl-federation"
         )
         session = boto3.session.Session(botocore_session=core)
     config = Config(

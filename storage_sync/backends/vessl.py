@@ -46,6 +46,7 @@ def open_vessl_volume(
         prefix,
         endpoint_url=endpoint,
         credential_refresher=(lambda: _credentials(federate(), url)) if info.s3_token is not None else None,
+        initial_credentials=_credentials(info, url) if info.s3_token is not None else None,
         region=info.region or None,
         path_style=bool(info.force_path_style),
         verify_tls=not insecure,
