@@ -69,9 +69,10 @@ def prepare_codecontests(raw: str | Path, out_dir: str | Path, tokenizer_dir: st
                          max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
     """Stream CodeContests parquet/arrow files into `<out>/processed/{train,valid,test}.jsonl`."""
     raw = Path(raw)
+    split_files = find_split_files(raw)  # a bad path fails before the tokenizer loads
     budget = make_budget(tokenizer_dir, max_tokens)
     report = PreparationReport("codecontests")
-    for split, files in sorted(find_split_files(raw).items()):
+    for split, files in sorted(split_files.items()):
         with SplitWriter(processed_path(out_dir, split), budget, preparation_metadata("codecontests", raw, budget)) as writer:
             with progress_bar(f"codecontests {split}", count_rows(files), show_progress) as advance:
                 for path in files:
@@ -157,9 +158,10 @@ def prepare_mbpp(raw: str | Path, out_dir: str | Path, tokenizer_dir: str | Path
                  max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
     """MBPP parquet/arrow (splits train/valid/test/prompt) → processed JSONL; tests kept in `metadata`."""
     raw = Path(raw)
+    split_files = find_split_files(raw)  # a bad path fails before the tokenizer loads
     budget = make_budget(tokenizer_dir, max_tokens)
     report = PreparationReport("mbpp")
-    for split, files in sorted(find_split_files(raw).items()):
+    for split, files in sorted(split_files.items()):
         with SplitWriter(processed_path(out_dir, split), budget, preparation_metadata("mbpp", raw, budget)) as writer:
             with progress_bar(f"mbpp {split}", count_rows(files), show_progress) as advance:
                 for path in files:

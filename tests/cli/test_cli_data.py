@@ -1,0 +1,125 @@
+"""`wmtp data …` through Typer's CliRunner: exit codes, reports, and one-line errors naming file:line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.unit.test_data_index import alpaca, write_jsonl
+from tests.unit.test_data_prepare import write_codecontests_parquet, write_mbpp_parquet
+from wmtp.data.index import index_path, metadata_path
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, ["data", *map(str, args)])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert all(fragment in result.output for fragment in fragments), result.output
+
+
+def test_data_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("prepare", "index", "validate"):
+        assert command in result.output
+    prepare = run("prepare", "--help")
+    for source in ("codecontests", "humaneval", "mbpp", "smoke"):
+        assert source in prepare.output
+
+
+def test_prepare_codecontests_prints_kept_and_dropped(tmp_path, micro_models):
+    raw = write_codecontests_parquet(tmp_path / "raw")
+    result = run("prepare", "codecontests", "--raw", raw, "--out", tmp_path / "cc",
+                 "--tokenizer", micro_models["micro-mtp"], "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "codecontests: prepared splits" in result.output
+    assert "problem has no description" in result.output and "over the token budget" in result.output
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "cc" / "processed" / f"{split}.jsonl").is_file()
+    assert run("validate", tmp_path / "cc").exit_code == 0
+
+
+def test_prepare_mbpp_and_humaneval_then_validate(tmp_path):
+    raw = write_mbpp_parquet(tmp_path / "raw")
+    assert run("prepare", "mbpp", "--raw", raw, "--out", tmp_path / "sets" / "mbpp").exit_code == 0
+    he = run("prepare", "humaneval", "--out", tmp_path / "sets" / "humaneval")
+    assert he.exit_code == 0 and "164" in he.output and "dropped: none" in he.output
+    result = run("validate", tmp_path / "sets")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok: ") == 5  # mbpp train/test/valid/prompt + humaneval test
+
+
+@pytest.mark.slow
+def test_prepare_smoke_writes_train_and_valid(tmp_path, micro_models):
+    result = run("prepare", "smoke", "--out", tmp_path / "smoke", "--tokenizer", micro_models["micro-mtp"], "--limit", "8")
+    assert result.exit_code == 0, result.output
+    assert "smoke: prepared splits" in result.output
+    for split in ("train", "valid"):
+        meta = json.loads((tmp_path / "smoke" / "processed" / f"{split}_metadata.json").read_text())
+        assert meta["n_correct"] >= 1 and meta["n_incorrect"] >= 1
+
+
+def test_index_command_writes_index_and_metadata(tmp_path, micro_models):
+    path = write_jsonl(tmp_path / "mine.jsonl", [alpaca(i, correct=i % 2 == 0) for i in range(10)])
+    result = run("index", path, "--tokenizer", micro_models["micro-mtp"])
+    assert result.exit_code == 0, result.output
+    assert "10 samples (5 correct, 5 incorrect), 160 bytes of index" in result.output
+    assert index_path(path).is_file() and metadata_path(path).is_file()
+
+
+def test_index_of_a_bad_line_names_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [alpaca(i) for i in range(4)], {2: '{"instruction": 1}'})
+    assert_one_line_error(run("index", path), "bad.jsonl:2: ", "'instruction' must be a string")
+    assert not index_path(path).exists()
+
+
+def test_validate_reports_every_bad_line_and_a_tampered_file(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [alpaca(i) for i in range(5)])
+    assert run("index", good).exit_code == 0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [alpaca(i) for i in range(6)], {2: "{", 5: '{"task_id": "x"}'})
+    data = good.read_bytes().replace(b"Write function number 3", b"Write function number 9")
+    good.write_bytes(data)  # same size: only the SHA-256 and the fingerprint notice
+    result = run("validate", tmp_path)
+    assert_one_line_error(result, "bad.jsonl:2: not valid JSON", "bad.jsonl:5: missing key 'instruction'",
+                          "good.jsonl: SHA-256", "wmtp data index", "problem(s) in 2 of 2 file(s)")
+
+
+def test_validate_notices_a_missing_index(tmp_path):
+    write_jsonl(tmp_path / "plain.jsonl", [alpaca(0)])
+    assert_one_line_error(run("validate", tmp_path), "plain.jsonl: no index", "wmtp data index")
+
+
+def test_validate_notices_an_index_that_disagrees_with_the_file(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(5)])
+    assert run("index", path).exit_code == 0
+    meta = json.loads(metadata_path(path).read_text())
+    meta["n_correct"] = 2
+    metadata_path(path).write_text(json.dumps(meta))
+    assert_one_line_error(run("validate", tmp_path), "t_metadata.json: 'n_correct' is 2 but the file gives 5")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["prepare", "codecontests", "--raw", "/nonexistent/cc"], ["/nonexistent/cc: raw dataset not found"]),
+    (["prepare", "mbpp", "--raw", "/nonexistent/mbpp"], ["/nonexistent/mbpp: raw dataset not found"]),
+    (["prepare", "humaneval", "--raw", "/nonexistent/he.jsonl"], ["/nonexistent/he.jsonl: HumanEval file not found"]),
+    (["prepare", "smoke", "--tokenizer", "/nonexistent/model"], ["/nonexistent/model: no tokenizer"]),
+    (["index", "/nonexistent/x.jsonl"], ["/nonexistent/x.jsonl: file not found"]),
+    (["validate", "/nonexistent/dir"], ["/nonexistent/dir: not a directory"]),
+])
+def test_bad_paths_are_one_line(args, fragments, tmp_path):
+    assert_one_line_error(run(*args, *(["--out", tmp_path / "o"] if args[0] == "prepare" else [])), *fragments)
+
+
+def test_bad_max_tokens_is_named(tmp_path, micro_models):
+    raw = write_codecontests_parquet(tmp_path / "raw")
+    result = run("prepare", "codecontests", "--raw", raw, "--out", tmp_path / "o",
+                 "--tokenizer", micro_models["micro-mtp"], "--max-tokens", "1")
+    assert_one_line_error(result, "--max-tokens: 1; expected ≥ 2")
