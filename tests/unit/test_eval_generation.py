@@ -1,0 +1,182 @@
+"""Generation: the batched KV-cache forward equals the model's, greedy equals an uncached reference,
+self-speculative decoding equals greedy (also with heads that disagree), sampling is seeded."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from wmtp.eval.decoding import CachedMTP
+from wmtp.eval.errors import EvalError
+from wmtp.eval.generation import GenerationConfig, generate
+from wmtp.model import IGNORE_INDEX, load_model, load_tokenizer, mtp_loss_memory_efficient
+
+PROMPTS = [
+    "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n",
+    "import math\n\n\ndef is_prime(n):\n",
+    "x",
+    "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The micro model's matmuls are too small to share out; extra threads only fight over a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(micro_models):
+    return load_tokenizer(micro_models["micro-mtp"])
+
+
+@pytest.fixture(scope="module")
+def model64(micro_models):
+    """float64, so that comparisons across different batch shapes are exact up to argmax ties."""
+    return load_model(micro_models["micro-mtp"], dtype="float32").double().eval()
+
+
+@pytest.fixture(scope="module")
+def disagreeing_model(model64):
+    """Extra heads perturbed far from anything head 1 would say: drafts are mostly wrong."""
+    model = copy.deepcopy(model64)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in model.extra_heads.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+    return model
+
+
+def right_padded(tokenizer, prompts):
+    ids = [tokenizer.encode(p, bos=True) for p in prompts]
+    width = max(map(len, ids))
+    tokens = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = torch.tensor(row)
+    return ids, tokens
+
+
+def uncached_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    """Reference: rerun the whole sequence through `model(tokens)` for every new token."""
+    tokens = tokenizer.encode(prompt, bos=True)
+    generated = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([tokens]), n_heads=1)[0, -1, 0].argmax())
+            if token == tokenizer.eos_id:
+                break
+            tokens.append(token)
+            generated.append(token)
+    return generated
+
+
+def test_cached_forward_equals_model_forward_for_ragged_batch(micro_models, tokenizer):
+    model = load_model(micro_models["micro-mtp"], dtype="float32").eval()
+    ids, tokens = right_padded(tokenizer, PROMPTS)
+    cached = CachedMTP(model, len(ids), tokens.shape[1] + 4, n_heads=model.n_future_tokens)
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    prefill = cached.step(tokens[:, :-2], positions[:, :-2], n_heads=4)
+    last_two = cached.step(tokens[:, -2:], positions[:, -2:], n_heads=4)  # incremental continuation
+    logits = torch.cat([prefill, last_two], dim=1)
+    with torch.no_grad():
+        for i, row in enumerate(ids):
+            reference = model(torch.tensor([row]))[0]
+            if len(row) == tokens.shape[1]:  # the longest row: every position, incremental part included
+                torch.testing.assert_close(logits[i], reference, atol=2e-5, rtol=1e-4)
+            else:
+                torch.testing.assert_close(logits[i, : len(row)], reference, atol=2e-5, rtol=1e-4)
+
+
+def test_batched_greedy_equals_uncached_reference(model64, tokenizer):
+    config = GenerationConfig(max_new_tokens=24, batch_size=3)
+    completions, stats = generate(model64, tokenizer, PROMPTS, config)
+    for prompt, completion in zip(PROMPTS, completions):
+        expected = uncached_greedy(model64, tokenizer, prompt, 24)
+        assert completion.n_tokens == len(expected)
+        ids = tokenizer.encode(prompt, bos=True)
+        assert completion.text == tokenizer.decode(ids + expected)[len(tokenizer.decode(ids)) :]
+    assert stats.n_tokens == sum(c.n_tokens for c in completions) and stats.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("which", ["micro-mtp", "heads-disagree"])
+def test_self_speculative_output_equals_greedy(model64, disagreeing_model, tokenizer, which):
+    model = model64 if which == "micro-mtp" else disagreeing_model
+    config = GenerationConfig(max_new_tokens=40, batch_size=2)
+    greedy, greedy_stats = generate(model, tokenizer, PROMPTS, config)
+    speculative, stats = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=40, batch_size=2, speculative=True))
+    assert [c.text for c in speculative] == [c.text for c in greedy]
+    assert [c.n_tokens for c in speculative] == [c.n_tokens for c in greedy]
+    assert stats.drafted > 0 and 0 <= stats.acceptance_rate <= 1
+    assert stats.forward_passes <= greedy_stats.forward_passes
+
+
+@pytest.mark.slow
+def test_self_speculative_accepts_drafts_once_the_heads_have_learned(model64, tokenizer):
+    """Overfit a copy on one text: head 1 and the drafts now agree, so most drafts are accepted."""
+    model = copy.deepcopy(model64).float().train()
+    text = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
+    tokens = torch.tensor([tokenizer.encode(text, bos=True, eos=True)])
+    labels = torch.full((1, tokens.shape[1], 4), IGNORE_INDEX)
+    for k in range(4):
+        labels[0, : tokens.shape[1] - k - 1, k] = tokens[0, k + 1 :]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        optimizer.zero_grad()
+        mtp_loss_memory_efficient(model, tokens, labels)
+        optimizer.step()
+    model = model.double().eval()
+    prompt = "def fib(n):\n"
+    greedy, _ = generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=30))
+    speculative, stats = generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=30, speculative=True))
+    assert speculative[0].text == greedy[0].text
+    assert greedy[0].text.startswith("    if n < 2:"), greedy[0].text
+    assert stats.acceptance_rate > 0.5, stats.to_dict()
+
+
+def test_stop_sequence_cuts_the_completion(model64, tokenizer):
+    free, _ = generate(model64, tokenizer, PROMPTS[:1], GenerationConfig(max_new_tokens=30))
+    text = free[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped, _ = generate(model64, tokenizer, PROMPTS[:1], GenerationConfig(max_new_tokens=30, stop=(stop,)))
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].text == text[: text.find(stop)]
+    assert free[0].finish_reason in ("length", "eos") and free[0].n_tokens <= 30
+
+
+def test_seeded_sampling_is_reproducible(model64, tokenizer):
+    def sample(seed):
+        config = GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.95, seed=seed)
+        return [c.text for c in generate(model64, tokenizer, PROMPTS, config)[0]]
+
+    assert sample(0) == sample(0)
+    assert sample(0) != sample(1)
+
+
+def test_tiny_top_p_keeps_only_the_most_likely_token(model64, tokenizer):
+    greedy, _ = generate(model64, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=15))
+    nucleus, _ = generate(model64, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=15, temperature=1.0, top_p=1e-9))
+    assert [c.text for c in nucleus] == [c.text for c in greedy]
+
+
+def test_long_prompt_is_truncated_from_the_left(model64, tokenizer):
+    long_prompt = "x = 1\n" * 2000
+    completions, _ = generate(model64, tokenizer, [long_prompt, "x"], GenerationConfig(max_new_tokens=4))
+    assert completions[0].prompt_truncated and not completions[1].prompt_truncated
+
+
+def test_bad_generation_options(micro_models, model64, tokenizer):
+    reference = load_model(micro_models["micro-ref"], dtype="float32")
+    cases = [
+        (model64, GenerationConfig(speculative=True, temperature=0.8), "--speculative decodes greedily"),
+        (reference, GenerationConfig(speculative=True), "needs a model with extra heads"),
+        (model64, GenerationConfig(max_new_tokens=5000), "--max-new-tokens 5000"),
+        (model64, GenerationConfig(top_p=0), "--top-p"),
+    ]
+    for model, config, message in cases:
+        with pytest.raises(EvalError, match=message):
+            generate(model, tokenizer, ["x"], config)
