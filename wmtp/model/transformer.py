@@ -205,9 +205,18 @@ class Transformer(nn.Module):
         self, h_trunk_BSD: torch.Tensor, head_index: int, start_pos: int = 0, kv_cache=None
     ) -> torch.Tensor:
         """Logits `[B, S, V]` (float32) of head `head_index` (0 = next token) from the trunk output."""
+        return self.output_logits(self.head_hidden(h_trunk_BSD, head_index, start_pos, kv_cache))
+
+    def head_hidden(
+        self, h_trunk_BSD: torch.Tensor, head_index: int, start_pos: int = 0, kv_cache=None
+    ) -> torch.Tensor:
+        """Output `[B, S, D]` of head block `head_index`, before the shared `norm` and `output`."""
         cos, sin = self._rope(start_pos, h_trunk_BSD.shape[1])
         cache = None if kv_cache is None else kv_cache[self.args.n_trunk_layers + head_index]
-        z = self.heads[head_index](h_trunk_BSD, cos, sin, cache)
+        return self.heads[head_index](h_trunk_BSD, cos, sin, cache)
+
+    def output_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Shared `norm` + `output` projection of head outputs `[..., D]` → logits `[..., V]` (float32)."""
         return self.output(self.norm(z)).float()
 
     def forward(self, tokens_BS: torch.Tensor, n_heads: Optional[int] = None) -> torch.Tensor:
@@ -216,11 +225,10 @@ class Transformer(nn.Module):
         if not 1 <= n_heads <= self.n_future_tokens:
             raise ValueError(f"n_heads={n_heads} must be in 1..{self.n_future_tokens}")
         h_trunk = self.forward_trunk(tokens_BS)
-        cos, sin = self._rope(0, tokens_BS.shape[1])
         # Stack the heads' [B, S, D] outputs, then one norm + output projection writes the
         # [B, S, H, V] logits in place: no copy of H logit tensors and none in the backward.
-        z_BSHD = torch.stack([head(h_trunk, cos, sin) for head in self.heads[:n_heads]], dim=2)
-        return self.output(self.norm(z_BSHD)).float()
+        z_BSHD = torch.stack([self.head_hidden(h_trunk, k) for k in range(n_heads)], dim=2)
+        return self.output_logits(z_BSHD)
 
     def new_kv_cache(self) -> list[KVCacheLayer]:
         """One empty cache per block: trunk blocks, then every head."""
