@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from cli import data, eval as eval_cmds, model, sync, train
+from cli import image, submit
 from cli.common import WmtpTyper
 from wmtp import __version__
 
@@ -16,6 +17,8 @@ app.add_typer(data.app, name="data")
 app.add_typer(eval_cmds.app, name="eval")
 sync.register(app)
 app.command("train")(train.train)
+submit.register(app)
+image.register(app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,86 @@
+"""`wmtp image build` / `wmtp image push`: the trainer image through the docker SDK (needs an engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import typer
+
+from cli.common import WmtpTyper
+from wmtp.errors import WmtpError
+
+app = WmtpTyper(help="Build and push the trainer image (docker/Dockerfile).")
+
+
+def default_image() -> str:
+    """The image jobs/defaults.yaml runs (targets.k8s.image; every target uses the same one)."""
+    from wmtp.assets import asset_dir
+    from wmtp.train.config import read_yaml
+
+    targets = read_yaml(asset_dir("jobs") / "defaults.yaml").get("targets") or {}
+    for key in ("k8s", "vessl", "local_docker"):
+        image = (targets.get(key) or {}).get("image")
+        if image:
+            return image
+    raise WmtpError("jobs/defaults.yaml: targets.*.image: no image configured; pass --tag")
+
+
+def docker_client():
+    """A docker SDK client whose engine answered a ping, or one clear line."""
+    from cli.platform.compose import require_engine
+
+    require_engine()
+    import docker
+
+    return docker.from_env()
+
+
+def split_tag(image: str) -> tuple[str, str]:
+    """`registry/name:tag` → (`registry/name`, `tag`); a registry port is not a tag."""
+    repository, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return repository, tag
+
+
+def echo_stream(events: Iterable[dict], action: str) -> None:
+    """Print the engine's progress lines; an error event becomes one clear line."""
+    for event in events:
+        if "error" in event:
+            raise WmtpError(f"{action} failed: {' '.join(str(event['error']).split())}")
+        text = event.get("stream") or event.get("status")
+        if text and text.strip():
+            typer.echo(text.rstrip())
+
+
+@app.command("build")
+def build(
+    tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml."),
+    dockerfile: Path = typer.Option(Path("docker/Dockerfile"), "--file", "-f", help="Dockerfile to build."),
+    context: Path = typer.Option(Path("."), help="Build context (the checkout)."),
+) -> None:
+    """Build the trainer image from the checkout."""
+    if not dockerfile.is_file():
+        raise WmtpError(f"{dockerfile}: Dockerfile not found")
+    image = tag or default_image()
+    client = docker_client()
+    relative = dockerfile.resolve().relative_to(context.resolve()).as_posix()
+    echo_stream(client.api.build(path=str(context), dockerfile=relative, tag=image, rm=True, decode=True),
+                f"building {image}")
+    typer.echo(f"built {image}")
+
+
+@app.command("push")
+def push(tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml.")) -> None:
+    """Push the trainer image (registry login from ~/.docker/config.json, e.g. `docker login ghcr.io`)."""
+    image = tag or default_image()
+    repository, version = split_tag(image)
+    client = docker_client()
+    echo_stream(client.api.push(repository, tag=version, stream=True, decode=True), f"pushing {image}")
+    typer.echo(f"pushed {image}")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add the `image` command group to `parent`."""
+    parent.add_typer(app, name="image")

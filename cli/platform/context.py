@@ -1,0 +1,121 @@
+"""Experiment spec → the render context of a job (everything a template may use, nothing secret).
+
+The context is built from the resolved spec and the target's validated settings only; it never
+reads secret *values* (the environment, an --env-file), so a template cannot leak one.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from cli.platform.names import validate_job_name
+from cli.platform.targets import check_target, target_settings
+from wmtp.errors import WmtpError
+from wmtp.train.config import Experiment
+
+# Inside every container: storage/ lives at /data/storage and the trainer runs in /data, so the
+# spec's relative paths (storage/models_v2/…) mean the same thing there as in a checkout.
+CONTAINER_WORKDIR = "/data"
+CONTAINER_CODE_DIR = "/code"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLATFORM_OVERRIDE_PREFIX = "targets."  # --set targets.* shape the job, the trainer never needs them
+
+
+@dataclass
+class JobContext:
+    """What a template renders: the job's identity, its trainer invocation and the target's settings."""
+
+    target: str
+    name: str
+    experiment: str  # what the container passes to `python -m wmtp.train` (a jobs/ experiment name)
+    experiment_name: str
+    stages: list[str]
+    nproc_per_node: int
+    run_dir: str  # relative to CONTAINER_WORKDIR (or absolute) for container targets
+    output_root: str
+    trainer_args: list[str]  # after `torchrun …`: -m wmtp.train EXP [--set …] [--preset P] --run-dir DIR
+    secret_names: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    workdir: str = CONTAINER_WORKDIR
+    code_dir: str = CONTAINER_CODE_DIR
+
+    def as_template_vars(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_context(
+    experiment: Experiment,
+    experiment_arg: str,
+    target: str,
+    name: str,
+    overrides: list[str],
+    preset: Optional[str],
+) -> JobContext:
+    """Validate everything a manifest needs and gather it into a JobContext."""
+    check_target(target)
+    validate_job_name(name)
+    first = experiment.stages[0]
+    settings = target_settings(target, first.targets)
+    if target != "local":
+        require_shipped_experiment(experiment_arg, target)
+    nproc = shared_nproc_per_node(experiment)
+    run_dir = posixpath.join(first.output.root, name)
+    trainer_overrides = [o for o in overrides if not o.strip().startswith(PLATFORM_OVERRIDE_PREFIX)]
+    return JobContext(
+        target=target,
+        name=name,
+        experiment=experiment_arg,
+        experiment_name=experiment.name,
+        stages=[stage.stage for stage in experiment.stages],
+        nproc_per_node=nproc,
+        run_dir=run_dir,
+        output_root=first.output.root,
+        trainer_args=trainer_args(experiment_arg, trainer_overrides, preset, run_dir),
+        secret_names=secret_names(first.env),
+        settings=settings.model_dump() if settings is not None else {},
+    )
+
+
+def trainer_args(experiment: str, overrides: list[str], preset: Optional[str], run_dir: str) -> list[str]:
+    """`-m wmtp.train EXP [--set K=V]… [--preset P] --run-dir DIR` (the torchrun program and its args)."""
+    args = ["-m", "wmtp.train", experiment]
+    for override in overrides:
+        args += ["--set", override]
+    if preset:
+        args += ["--preset", preset]
+    return args + ["--run-dir", run_dir]
+
+
+def require_shipped_experiment(experiment_arg: str, target: str) -> None:
+    """Containers see the jobs/ shipped in the image, not this machine's files: require a jobs/ name."""
+    if Path(experiment_arg).suffix in (".yaml", ".yml") or "/" in experiment_arg:
+        raise WmtpError(
+            f"experiment {experiment_arg!r}: --target {target} runs in a container that only has the "
+            "shipped jobs/; pass an experiment name (add the file to jobs/ and rebuild the image)"
+        )
+
+
+def shared_nproc_per_node(experiment: Experiment) -> int:
+    """One job has one process layout: every stage must ask for the same distributed.nproc_per_node."""
+    counts = {stage.stage: stage.distributed.nproc_per_node for stage in experiment.stages}
+    if len(set(counts.values())) > 1:
+        raise WmtpError(f"distributed.nproc_per_node differs between stages {counts}; a job runs one layout")
+    nproc = next(iter(counts.values()))
+    if nproc < 1:
+        raise WmtpError(f"distributed.nproc_per_node: expected at least 1 (got {nproc})")
+    return nproc
+
+
+def secret_names(env: dict[str, Any]) -> list[str]:
+    """`env.secrets`: the *names* of secret environment variables, checked to be plain identifiers."""
+    names = env.get("secrets", []) or []
+    if not isinstance(names, list):
+        raise WmtpError(f"env.secrets: expected a list of variable names (got {names!r})")
+    for value in names:
+        if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
+            raise WmtpError(f"env.secrets: {value!r} is not an environment variable name")
+    return list(names)

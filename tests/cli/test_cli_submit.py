@@ -1,0 +1,106 @@
+"""`wmtp submit / render / status / logs / image` through CliRunner: exit codes and what they print."""
+
+from __future__ import annotations
+
+import yaml
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("target, first_line", [
+    ("vessl", 'name: "wmtp-cli-1"'),
+    ("k8s", "apiVersion: kubeflow.org/v1"),
+    ("local-docker", 'name: "wmtp-cli-1"'),
+    ("local", "wmtp train baseline --run-dir storage/checkpoints/wmtp-cli-1"),
+])
+def test_dry_run_prints_only_the_manifest_on_stdout(target, first_line):
+    result = runner.invoke(app, ["submit", "baseline", "--target", target, "--name", "wmtp-cli-1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == first_line
+    assert result.stderr == f"# dry run: {target} job wmtp-cli-1 not submitted\n"
+
+
+def test_render_writes_the_same_manifest_as_dry_run(tmp_path):
+    out = tmp_path / "jobs" / "critic.yaml"
+    result = runner.invoke(app, ["render", "critic", "--target", "k8s", "-o", str(out), "--name", "wmtp-cli-2"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"wrote {out} (k8s job wmtp-cli-2)\n"
+    dry = runner.invoke(app, ["submit", "critic", "--target", "k8s", "--name", "wmtp-cli-2", "--dry-run"])
+    assert out.read_text() == dry.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["critic.yaml"]  # no temp file left behind
+
+
+def test_default_name_is_generated_and_valid():
+    result = runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run"])
+    name = yaml.safe_load(result.stdout)["metadata"]["name"]
+    assert name.startswith("wmtp-smoke-") and len(name) <= 63
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--name", 'bad"name: x'], "error: --name 'bad\"name: x': must be a DNS-1035 label"),
+    (["--target", "slurm"], "error: --target 'slurm': expected one of vessl, k8s, local-docker, local"),
+    (["--set", "targets.k8s.gpus_per_node=-2"], "error: targets.k8s.gpus_per_node: Input should be greater than"),
+    (["--set", "targets.k8s.image=a b"], "error: targets.k8s.image: expected a container image reference"),
+    (["--set", "targets.k8s.pvc=Storage!"], "error: targets.k8s.pvc: expected a DNS-1123 subdomain"),
+    (["--set", "targets.k8s.extra=1"], "error: targets.k8s.extra: unknown key"),
+    (["--set", "train.bogus=1"], "train.bogus: unknown key"),
+    (["--set", "env.secrets=[not-a-name]"], "error: env.secrets: 'not-a-name' is not an environment variable name"),
+])
+def test_bad_input_is_one_line_exit_2(args, expected):
+    base = ["submit", "baseline", "--dry-run"] + ([] if "--target" in args else ["--target", "k8s"])
+    line = one_error_line(runner.invoke(app, base + args))
+    assert line.startswith("error: ") and expected.removeprefix("error: ") in line
+
+
+def test_bad_vessl_and_compose_values_name_their_keys():
+    vessl = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run",
+                                "--set", "targets.vessl.storage_volume=volume://x"])
+    assert one_error_line(vessl).startswith("error: targets.vessl.storage_volume: expected STORAGE/VOLUME")
+    docker = runner.invoke(app, ["submit", "smoke", "--target", "local-docker", "--dry-run",
+                                 "--set", "targets.local_docker.mlflow_port=70000"])
+    assert one_error_line(docker).startswith("error: targets.local_docker.mlflow_port: Input should be less than")
+
+
+def test_a_local_yaml_file_cannot_go_to_a_container(tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("stages: [baseline]\n")
+    line = one_error_line(runner.invoke(app, ["submit", str(spec), "--target", "vessl", "--dry-run"]))
+    assert "only has the shipped jobs/; pass an experiment name" in line
+
+
+def test_unknown_experiment_lists_the_available_ones():
+    line = one_error_line(runner.invoke(app, ["submit", "nope", "--target", "k8s", "--dry-run"]))
+    assert "experiment 'nope': no jobs/nope.yaml; available:" in line
+
+
+def test_render_failure_leaves_no_file(tmp_path):
+    out = tmp_path / "x.yaml"
+    result = runner.invoke(app, ["render", "smoke", "--target", "k8s", "-o", str(out), "--name", "Bad"])
+    one_error_line(result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["image", "build"], ["image", "push", "--tag", "ghcr.io/x/y:1"]])
+def test_image_commands_without_an_engine_are_one_line(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM scratch\n")
+    extra = ["--file", str(dockerfile), "--context", str(tmp_path)] if command[1] == "build" else []
+    line = one_error_line(runner.invoke(app, command + extra))
+    assert line.startswith(f"error: no Docker engine reachable at unix://{tmp_path}/none.sock")
+
+
+def test_image_build_needs_a_dockerfile(tmp_path):
+    line = one_error_line(runner.invoke(app, ["image", "build", "--file", str(tmp_path / "Dockerfile")]))
+    assert line == f"error: {tmp_path / 'Dockerfile'}: Dockerfile not found"
