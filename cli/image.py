@@ -57,18 +57,29 @@ def echo_stream(events: Iterable[dict], action: str) -> None:
 @app.command("build")
 def build(
     tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml."),
-    dockerfile: Path = typer.Option(Path("docker/Dockerfile"), "--file", "-f", help="Dockerfile to build."),
-    context: Path = typer.Option(Path("."), help="Build context (the checkout)."),
+    dockerfile: Optional[Path] = typer.Option(None, "--file", "-f", help="Dockerfile; default CONTEXT/docker/Dockerfile."),
+    context: Path = typer.Option(Path("."), help="Build context: the checkout (its .dockerignore applies)."),
 ) -> None:
-    """Build the trainer image from the checkout."""
-    if not dockerfile.is_file():
-        raise WmtpError(f"{dockerfile}: Dockerfile not found")
+    """Build the trainer image from the checkout (docker/Dockerfile, context = the checkout)."""
+    relative = dockerfile_in_context(dockerfile, context)
     image = tag or default_image()
     client = docker_client()
-    relative = dockerfile.resolve().relative_to(context.resolve()).as_posix()
     echo_stream(client.api.build(path=str(context), dockerfile=relative, tag=image, rm=True, decode=True),
                 f"building {image}")
     typer.echo(f"built {image}")
+
+
+def dockerfile_in_context(dockerfile: Optional[Path], context: Path) -> str:
+    """The Dockerfile's path relative to the build context (what the engine expects), or one clear line."""
+    if not context.is_dir():
+        raise WmtpError(f"{context}: build context is not a directory")
+    dockerfile = dockerfile if dockerfile is not None else context / "docker" / "Dockerfile"
+    if not dockerfile.is_file():
+        raise WmtpError(f"{dockerfile}: Dockerfile not found")
+    try:
+        return dockerfile.resolve().relative_to(context.resolve()).as_posix()
+    except ValueError:
+        raise WmtpError(f"{dockerfile}: the Dockerfile must be inside the build context {context}") from None
 
 
 @app.command("push")

@@ -1,0 +1,156 @@
+"""docker/Dockerfile and .dockerignore agree with what the job templates run inside the image;
+`wmtp image build` builds that Dockerfile from the checkout (no engine here: a recording fake client)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import image
+from cli.main import app
+from cli.platform.context import CONTAINER_WORKDIR
+from cli.platform.jobs import prepare_job
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+runner = CliRunner()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: comments dropped, backslash continuations joined (Docker's rules)."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", "", "\n".join(lines))
+    pairs = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return instructions(DOCKERFILE.read_text())
+
+
+def last(dockerfile, keyword: str) -> str:
+    return [args for key, args in dockerfile if key == keyword][-1]
+
+
+def test_base_is_a_cuda_pytorch_runtime(dockerfile):
+    base = next(args for key, args in dockerfile if key == "ARG" and args.startswith("BASE_IMAGE=")).split("=", 1)[1]
+    assert re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", base), base
+    assert last(dockerfile, "FROM") == "${BASE_IMAGE}"
+
+
+def test_runs_as_a_non_root_user_created_in_the_image(dockerfile):
+    user = last(dockerfile, "USER")
+    assert user not in ("root", "0") and not user.startswith(("root:", "0:"))
+    assert any(key == "RUN" and re.search(rf"useradd [^&]*\b{user}\b", args) for key, args in dockerfile)
+    assert [key for key, _ in dockerfile].index("USER") > max(
+        i for i, (key, args) in enumerate(dockerfile) if key == "RUN" and "pip install" in args)
+
+
+def test_entry_point_is_torchrun_in_the_templates_workdir(dockerfile):
+    assert json.loads(last(dockerfile, "ENTRYPOINT")) == ["torchrun"]
+    cmd = json.loads(last(dockerfile, "CMD"))
+    assert cmd[cmd.index("-m") + 1] == "wmtp.train"
+    assert last(dockerfile, "WORKDIR") == CONTAINER_WORKDIR == "/data"
+    created = " ".join(args for key, args in dockerfile if key == "RUN")
+    assert "/data/storage" in created and "/code" in created
+
+
+@pytest.mark.parametrize("target", ["vessl", "k8s", "local-docker"])
+def test_every_container_target_runs_torchrun_in_data(target):
+    document = prepare_job("smoke", target, name="wmtp-image").document
+    if target == "vessl":
+        step = document["run"][0]
+        assert step["workdir"] == "/data" and step["command"].startswith("torchrun ")
+        assert "/data/storage/" in document["import"]
+    elif target == "k8s":
+        container = document["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["torchrun"] and container["workingDir"] == "/data"
+    else:
+        trainer = document["services"]["trainer"]
+        assert trainer["entrypoint"] == ["torchrun"] and trainer["working_dir"] == "/data"
+        assert document["services"]["mlflow"]["entrypoint"] == ["mlflow"]  # same image: mlflow is a dependency
+
+
+def test_project_is_installed_not_editable_and_torch_pin_dropped(dockerfile):
+    runs = [args for key, args in dockerfile if key == "RUN"]
+    installs = [args for args in runs if "pip install" in args]
+    assert installs and not any(re.search(r"pip install[^&]*(-e|--editable)\b", args) for args in installs)
+    assert any("grep -v '^torch=='" in args and "constraints" in args for args in runs)
+
+
+def test_dependency_layer_lists_pyproject_dependencies_under_the_image_constraints(tmp_path):
+    """Run the dependency RUN step here with pip replaced by `true`: its generated files must be right."""
+    step = next(args for key, args in instructions(DOCKERFILE.read_text())
+                if key == "RUN" and "constraints-image.txt" in args)
+    for name in ("pyproject.toml", "constraints.txt"):
+        (tmp_path / name).write_text((REPO_ROOT / name).read_text())
+    script = step.replace("cd /tmp/wmtp-deps", f"cd {tmp_path}").replace("python -m pip install", "true")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "EXTRAS": "s3,hf"}
+    subprocess.run(["bash", "-c", script], check=True, env=env, cwd=tmp_path)
+    requirements = (tmp_path / "requirements.txt").read_text().split()
+    assert "torch>=2.4" in requirements and "boto3>=1.34" in requirements and "transformers>=4.40" in requirements
+    constraints = (tmp_path / "constraints-image.txt").read_text().splitlines()
+    torch_pins = [line for line in constraints if line.startswith("torch==")]
+    from importlib.metadata import version
+
+    assert torch_pins == [f"torch=={version('torch')}"]  # the installed torch, never the file's pin twice
+
+
+def test_dockerignore_keeps_environments_data_and_credentials_out():
+    entries = (REPO_ROOT / ".dockerignore").read_text().split()
+    for pattern in (".venv", "storage/*", ".git", "**/__pycache__", ".env", "**/*.env", "runs"):
+        assert pattern in entries, pattern
+    for needed in ("pyproject.toml", "setup.py", "README.md", "wmtp", "cli", "jobs", "docker"):
+        assert needed not in entries
+
+
+class RecordingClient:
+    """Stands in for docker.from_env(): records the build request, streams one line back."""
+
+    def __init__(self):
+        self.calls = []
+        self.api = self
+
+    def build(self, **kwargs):
+        self.calls.append(kwargs)
+        return iter([{"stream": "Step 1/1 : FROM base\n"}])
+
+
+def test_image_build_sends_the_checkout_and_docker_dockerfile(monkeypatch):
+    client = RecordingClient()
+    monkeypatch.setattr(image, "docker_client", lambda: client)
+    result = runner.invoke(app, ["image", "build", "--context", str(REPO_ROOT), "--tag", "registry.test/wmtp:1"])
+    assert result.exit_code == 0, result.output
+    assert client.calls == [{"path": str(REPO_ROOT), "dockerfile": "docker/Dockerfile",
+                             "tag": "registry.test/wmtp:1", "rm": True, "decode": True}]
+    assert result.output.splitlines()[-1] == "built registry.test/wmtp:1"
+
+
+def test_dockerfile_outside_the_context_is_one_line(tmp_path):
+    outside = tmp_path / "Dockerfile"
+    outside.write_text("FROM scratch\n")
+    result = runner.invoke(app, ["image", "build", "--file", str(outside), "--context", str(REPO_ROOT)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {outside}: the Dockerfile must be inside the build context {REPO_ROOT}"]
+
+
+def test_image_build_without_an_engine_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    result = runner.invoke(app, ["image", "build", "--context", str(REPO_ROOT)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: no Docker engine reachable at unix://{tmp_path}/none.sock")
