@@ -77,6 +77,9 @@ def test_every_container_target_runs_torchrun_in_data(target):
     elif target == "k8s":
         container = document["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["torchrun"] and container["workingDir"] == "/data"
+        gid = re.search(r"^ARG GID=(\d+)$", DOCKERFILE.read_text(), re.M).group(1)
+        pod = document["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        assert pod["securityContext"]["fsGroup"] == int(gid)  # the image's user can write to the PVC
     else:
         trainer = document["services"]["trainer"]
         assert trainer["entrypoint"] == ["torchrun"] and trainer["working_dir"] == "/data"
