@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 ASSET_NAMES = ("jobs", "vessl", "k8s", "docker")
-CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT_ROOT = Path(__file__).resolve().parents[1]  # in an installed wheel: site-packages
 
 
 def asset_dir(name: str) -> Path:
-    """The folder `name` from the checkout when running from one, else from the installed package data."""
+    """The folder `name` from the checkout when running from one, else from the installed package data.
+
+    Installed, the folders are the `wmtp_assets.<name>` namespace packages; the copy installed beside
+    this `wmtp` package wins, so code and templates always come from the same install (a namespace
+    path can also hold another install's folders, e.g. an editable checkout's).
+    """
     if name not in ASSET_NAMES:
         raise ValueError(f"unknown asset folder {name!r}; expected one of {ASSET_NAMES}")
     in_checkout = CHECKOUT_ROOT / name
     if (CHECKOUT_ROOT / "pyproject.toml").is_file() and in_checkout.is_dir():
         return in_checkout
-    return Path(str(resources.files(f"wmtp_assets.{name}")))
+    beside = CHECKOUT_ROOT / "wmtp_assets" / name
+    if beside.is_dir():
+        return beside
+    spec = importlib.util.find_spec(f"wmtp_assets.{name}")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    raise FileNotFoundError(f"asset folder {name!r} not found: neither a checkout nor an installed wmtp_assets.{name}")

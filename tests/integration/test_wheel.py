@@ -1,0 +1,80 @@
+"""The built wheel carries jobs/ and the templates (wmtp_assets.*) and, imported from the unpacked
+wheel with the working directory outside any checkout, renders exactly what the checkout renders."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cli.platform.jobs import prepare_job
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "storage", "build", "dist", "*.egg-info", "__pycache__",
+                                     ".pytest_cache", "tests", "bench", "runs", "mlruns")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def unpacked_wheel(tmp_path_factory) -> Path:
+    """`pip wheel` of a copy of the checkout (no build isolation: no network), unzipped."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "src"
+    shutil.copytree(REPO_ROOT, source, ignore=NOT_SOURCES)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "-w", str(work / "dist"), str(source)], check=True, timeout=120)
+    (wheel,) = (work / "dist").glob("weighted_mtp-*.whl")
+    unpacked = work / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked)
+    return unpacked
+
+
+def run_from_wheel(unpacked: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(unpacked), "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_wheel_ships_every_asset_folder(unpacked_wheel):
+    assets = unpacked_wheel / "wmtp_assets"
+    for path in ("jobs/defaults.yaml", "jobs/smoke.yaml", "jobs/stages/baseline.yaml", "jobs/presets/local-light.yaml",
+                 "vessl/run.yaml.j2", "k8s/pytorchjob.yaml.j2", "docker/compose.yaml.j2", "docker/Dockerfile"):
+        assert (assets / path).is_file(), path
+    shipped = sorted(p.relative_to(assets / "jobs").as_posix() for p in (assets / "jobs").rglob("*.yaml"))
+    in_checkout = sorted(p.relative_to(REPO_ROOT / "jobs").as_posix() for p in (REPO_ROOT / "jobs").rglob("*.yaml"))
+    assert shipped == in_checkout
+
+
+def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path):
+    script = ("import wmtp, cli.platform; from wmtp.assets import asset_dir; "
+              "print(wmtp.__file__); [print(asset_dir(n)) for n in ('jobs', 'vessl', 'k8s', 'docker')]")
+    result = run_from_wheel(unpacked_wheel, tmp_path, "-c", script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(unpacked_wheel / "wmtp" / "__init__.py")
+    assert lines[1:] == [str(unpacked_wheel / "wmtp_assets" / name) for name in ("jobs", "vessl", "k8s", "docker")]
+
+
+@pytest.mark.parametrize("target", ["k8s", "vessl"])
+def test_wheel_renders_the_same_manifest_as_the_checkout(unpacked_wheel, tmp_path, target):
+    out = tmp_path / "x.yaml"
+    result = run_from_wheel(unpacked_wheel, tmp_path, "-m", "cli.main", "render", "smoke", "--target", target,
+                            "-o", str(out), "--name", "wmtp-wheel")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {out} ({target} job wmtp-wheel)\n"
+    assert out.read_text() == prepare_job("smoke", target, name="wmtp-wheel").manifest
+
+
+def test_wheel_validates_compose_and_resolves_experiments(unpacked_wheel, tmp_path):
+    compose = run_from_wheel(unpacked_wheel, tmp_path, "-m", "cli.main", "submit", "smoke", "--target",
+                             "local-docker", "--dry-run", "--name", "wmtp-wheel")
+    assert compose.returncode == 0, compose.stderr
+    assert f'"{tmp_path}/storage"' in compose.stdout  # the bind mount is relative to the cwd, not the checkout
+    trainer = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp.train", "smoke", "--dry-run")
+    assert trainer.returncode == 0, trainer.stderr
+    assert trainer.stdout.startswith("# stage: critic")
