@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: build the micro model (once) and train it for a few steps on CPU.
+# The main job on the embedded default: the `smoke` experiment end to end on CPU —
+# critic → verifiable, baseline, rho1 on the micro model and the smoke dataset, tracked in the
+# local MLflow store (storage/mlflow). Builds the micro model and the smoke dataset once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-models=storage/models_v2
-[ -d "$models/micro-mtp" ] || .venv/bin/wmtp model micro --out "$models"
-.venv/bin/wmtp model try-step "$models/micro-mtp"
+wmtp=.venv/bin/wmtp
+[ -d storage/models_v2/micro-mtp ] || $wmtp model micro --out storage/models_v2
+[ -f storage/datasets_v2/smoke/processed/train.jsonl ] ||
+  $wmtp data prepare smoke --out storage/datasets_v2/smoke --tokenizer storage/models_v2/micro-mtp
+run_dir=storage/checkpoints/smoke-$(date +%Y%m%d-%H%M%S)
+$wmtp train smoke --run-dir "$run_dir" "$@"
+echo "runs tracked in $(pwd)/storage/mlflow (mlflow ui --backend-store-uri sqlite:///$(pwd)/storage/mlflow/mlflow.db)"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -65,6 +66,10 @@ class MlflowTracker(Tracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
+        # The store's schema-migration chatter ("Creating initial MLflow database tables...") is not
+        # the user's concern; real problems still come through as warnings.
+        for noisy in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, tags
