@@ -234,3 +234,18 @@ def test_token_loss_refuses_a_reference_with_another_tokenizer(micro_models, val
     other = convert_meta(meta_tiny_dir, tmp_path / "tiny")
     with pytest.raises(EvalError, match="vocab_size|tokenizer"):
         token_loss_report(micro_models["micro-mtp"], str(other), valid_split)
+
+
+# ---------------------------------------------------------------- the spec's eval block
+
+
+def test_spec_eval_block_is_off_by_default_and_checked_when_set():
+    from wmtp.train.config import SpecError, load_experiment
+
+    assert all(stage.eval is None for stage in load_experiment("smoke").stages)
+    [stage] = load_experiment("baseline", ["eval.limit=2", "eval.max_new_tokens=64"]).stages
+    assert (stage.eval.benchmark, stage.eval.n, stage.eval.ks, stage.eval.limit) == ("humaneval", 1, [1], 2)
+    for override, message in [("eval.ks=[3]", "ks: pass@3 needs 1 ≤ k ≤ n"), ("eval.n=4", "temperature > 0"),
+                              ("eval.benchmark=mbpp", "data: MBPP needs"), ("eval.top_k=3", "eval.top_k: unknown key")]:
+        with pytest.raises(SpecError, match=message):
+            load_experiment("baseline", [override])

@@ -128,12 +128,32 @@ class OutputSection(Section):
 
 
 class EvalSection(Section):
-    benchmark: Literal["none", "humaneval", "mbpp"] = "none"  # end-of-run evaluation
-    n: int = 1
-    k: list[int] = [1]
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    limit: Optional[int] = None  # first N problems only
+    """End-of-stage evaluation of the final checkpoint (rank 0; `wmtp.eval.runner.evaluate`)."""
+
+    benchmark: Literal["humaneval", "mbpp"] = "humaneval"
+    data: Optional[str] = None  # benchmark file (MBPP: required; HumanEval: the shipped 164 problems)
+    n: int = Field(1, ge=1)  # samples per problem (n > 1 needs temperature > 0)
+    ks: list[int] = [1]  # pass@k reported (each ≤ n), besides 1/5/10 where ≤ n
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    speculative: bool = False  # self-speculative decoding with the MTP heads (greedy only)
+    limit: Optional[int] = Field(None, ge=1)  # first N problems only
+    timeout_s: float = Field(10.0, gt=0)  # per program
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalSection":
+        too_large = [k for k in self.ks if k > self.n or k < 1]
+        if too_large:
+            raise ValueError(f"ks: pass@{too_large[0]} needs 1 ≤ k ≤ n (n={self.n})")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n: {self.n} greedy samples would all be the same; set temperature > 0 or n: 1")
+        if self.speculative and self.temperature > 0:
+            raise ValueError("speculative: decodes greedily; needs temperature 0")
+        if self.benchmark == "mbpp" and not self.data:
+            raise ValueError("data: MBPP needs the path of its JSONL or parquet file")
+        return self
 
 
 class StageSpec(Section):
@@ -152,7 +172,7 @@ class StageSpec(Section):
     distributed: DistributedSection = DistributedSection()
     tracking: TrackingSection = TrackingSection()
     output: OutputSection = OutputSection()
-    eval: EvalSection = EvalSection()
+    eval: Optional[EvalSection] = None  # end-of-stage evaluation; null = off
     targets: dict[str, dict[str, Any]] = {}  # per-target platform settings (read by the CLI)
     env: dict[str, Any] = {}  # environment constants and secret *names* (never values)
 

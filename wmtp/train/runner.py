@@ -3,6 +3,12 @@
     <run_dir>/<stage>/spec.yaml  checkpoints/{step_*,best,final}  plots/
 A later stage finds an earlier one's final checkpoint (the verifiable stage loads the critic's value
 head from it). A run dir that already holds checkpoints is resumed: finished stages are skipped.
+
+A stage with an `eval:` block is evaluated on its final checkpoint by rank 0 (`<stage>/eval/samples.jsonl`
+and `summary.json`; pass@k also logged to the stage's MLflow run): right after the stage in a single
+process, after the last stage when distributed (the other ranks then leave instead of waiting in a
+collective for as long as generation takes). A finished stage whose evaluation is missing is
+evaluated when the run dir is run again.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Optional
 
 from wmtp.distributed import DistContext, broadcast_object, destroy_distributed, init_distributed
 from wmtp.train.checkpointing import TRAIN_STATE
-from wmtp.train.config import Experiment
+from wmtp.train.config import Experiment, StageSpec
 from wmtp.train.loop import Preemption, StageResult, train_stage
 
 
@@ -32,6 +38,7 @@ def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistCon
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(experiment)), ctx))
     earlier: dict[str, Path] = {}
     results = []
+    to_evaluate: list[tuple[StageSpec, Path]] = []
     for spec in experiment.stages:
         stage_dir = run_dir / spec.stage
         final = stage_dir / "checkpoints" / "final"
@@ -39,16 +46,78 @@ def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistCon
             if ctx.is_main:
                 print(f"{spec.stage}: already finished in {stage_dir}, skipping")
             earlier[spec.stage] = final
+            if spec.eval is not None and not (stage_dir / "eval" / "summary.json").is_file():
+                to_evaluate.append((spec, stage_dir))
             continue
         result = train_stage(spec, stage_dir, ctx, earlier)
         results.append(result)
         if result.preempted:
-            break
+            return results  # exit promptly: the rerun resumes this stage (and evaluates what is pending)
         earlier[spec.stage] = result.final
         if ctx.is_main:
             print(f"{spec.stage}: {result.steps} steps, final checkpoint {result.final}"
                   + (" (stopped early)" if result.stopped_early else ""))
+        if spec.eval is not None:
+            to_evaluate.append((spec, stage_dir))
+        if not ctx.is_distributed:
+            evaluate_stages(to_evaluate, ctx)
+    evaluate_stages(to_evaluate, ctx)
     return results
+
+
+def evaluate_stages(pending: list[tuple[StageSpec, Path]], ctx: DistContext) -> None:
+    """Evaluate (rank 0) and empty `pending`."""
+    while pending:
+        spec, stage_dir = pending.pop(0)
+        if ctx.is_main:
+            evaluate_stage(spec, stage_dir)
+
+
+def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
+    """Run the stage's `eval:` on its final checkpoint into `<stage_dir>/eval/`; returns the summary.
+
+    A bad evaluation input (e.g. a missing MBPP file) is reported and skipped: the trained
+    checkpoints stay valid and `wmtp eval run <stage_dir>` can evaluate them later.
+    """
+    from wmtp.errors import WmtpError
+    from wmtp.eval.runner import evaluate
+
+    cfg = spec.eval
+    run_id = stage_run_id(spec, stage_dir)
+    try:
+        result = evaluate(stage_dir / "checkpoints" / "final", cfg.benchmark, n=cfg.n, ks=cfg.ks,
+                          temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                          out_dir=stage_dir / "eval", speculative=cfg.speculative, limit=cfg.limit,
+                          seed=spec.train.seed, timeout=cfg.timeout_s, data=cfg.data, batch_size=cfg.batch_size,
+                          progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
+                          tracking_uri=spec.tracking.uri)
+    except WmtpError as exc:
+        print(f"{spec.stage}: evaluation skipped: {exc}", file=sys.stderr)
+        return None
+    passes = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("pass@"))
+    print(f"{spec.stage}: {cfg.benchmark} {passes} ({result.summary['n_tasks']} problems), {result.summary_path}")
+    return result.summary
+
+
+def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
+    """The latest MLflow run of this stage (tagged with its run dir by the training loop), or None."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from wmtp.tracking import resolve_tracking_uri
+
+        client = MlflowClient(tracking_uri=resolve_tracking_uri(spec.tracking.uri))
+        experiment = client.get_experiment_by_name(spec.tracking.experiment)
+        if experiment is None:
+            return None
+        run_dir = str(stage_dir.resolve()).replace("'", "\\'")
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_dir = '{run_dir}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+    except Exception as exc:  # tracking is best effort: the summary is written either way
+        print(f"warning: MLflow run of {spec.stage} not found ({type(exc).__name__}: {str(exc)[:200]})",
+              file=sys.stderr)
+        return None
 
 
 def main_process(experiment: Experiment, run_dir: Optional[Path]) -> int:
