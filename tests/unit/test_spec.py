@@ -56,8 +56,8 @@ def test_overrides_parse_as_yaml_values():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["train.lrr=1"], r"train\.lrr: unknown key"),
-        (["train.lr=fast"], r"train\.lr: Input should be a valid number.*'fast'"),
+        (["train.lrr=1"], r"from --set train\.lrr=1: train\.lrr: unknown key"),
+        (["train.lr=fast"], r"from --set train\.lr=fast: train\.lr: Input should be a valid number.*'fast'"),
         (["distributed.strategy=horovod"], r"distributed\.strategy: Input should be 'none', 'ddp' or 'fsdp'"),
         (["train"], r"override 'train': expected KEY\.PATH=VALUE"),
         (["data.sampling.correct_ratio=x"], r"data\.sampling\.correct_ratio"),
@@ -66,6 +66,15 @@ def test_overrides_parse_as_yaml_values():
 def test_bad_overrides_name_the_key_and_what_was_expected(overrides, message):
     with pytest.raises(SpecError, match=message):
         load_experiment("baseline", overrides)
+
+
+def test_a_bad_value_from_a_file_names_the_file_not_an_override(tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("stages: [baseline]\ntrain: {lr: fast}\n")
+    with pytest.raises(SpecError) as caught:
+        load_experiment(str(spec), ["train.batch_size=2"])
+    assert "mine.yaml (stage baseline): train.lr:" in str(caught.value)
+    assert "--set" not in str(caught.value)
 
 
 def test_unknown_experiment_and_preset_list_the_choices():

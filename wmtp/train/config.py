@@ -243,8 +243,24 @@ def nest(path: list[str], value: Any) -> dict:
     return value
 
 
-def format_validation_error(exc: ValidationError, origin: str) -> str:
+def layer_setting(layers: list[tuple[str, dict]], loc: tuple) -> Optional[str]:
+    """Name of the last layer that sets the key path `loc` (the one whose value won the merge)."""
+    for name, layer in reversed(layers):
+        node: Any = layer
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return name
+    return None
+
+
+def format_validation_error(exc: ValidationError, origin: str, layers: list[tuple[str, dict]] = ()) -> str:
     first = exc.errors()[0]
+    setter = layer_setting(list(layers), tuple(first["loc"]))
+    if setter is not None and setter.startswith("--set"):
+        origin = f"{origin}, from {setter}"
     location = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
@@ -316,7 +332,7 @@ def load_experiment(
             stages.append(StageSpec.model_validate(merged))
         except ValidationError as exc:
             origin = f"{spec_path} (stage {stage})"
-            raise SpecError(format_validation_error(exc, origin)) from None
+            raise SpecError(format_validation_error(exc, origin, stage_layers)) from None
     return Experiment(name=name, stages=stages)
 
 
