@@ -161,10 +161,16 @@ def api_client():
     from kubernetes import client, config
 
     # The client reads $KUBECONFIG once, at import; read it now so an --env-file or a later export counts.
+    kubeconfig = os.environ.get("KUBECONFIG") or None
     try:
-        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None, persist_config=False)
+        return config.new_client_from_config(config_file=kubeconfig, persist_config=False)
     except config.ConfigException:
         pass
+    except Exception as exc:  # a file that is not YAML, or YAML that is not a kubeconfig: name it, no traceback
+        # Only the error's type and line: its text could quote the file, and a kubeconfig holds tokens.
+        mark = getattr(exc, "problem_mark", None)
+        where = (kubeconfig or "~/.kube/config") + (f":{mark.line + 1}" if mark is not None else "")
+        raise WmtpError(f"{where}: not a usable kubeconfig ({type(exc).__name__})") from None
     try:
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)

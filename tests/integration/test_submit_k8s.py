@@ -167,3 +167,14 @@ def test_no_credentials_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == ("error: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), "
                                      "or run inside a cluster")
+
+
+def test_malformed_kubeconfig_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("users:\n- name: me\n  user: {token: s3cr3t-t0ken-value\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-7"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {kubeconfig}:")
+    assert "not a usable kubeconfig (" in lines[0] and "s3cr3t" not in result.output
