@@ -181,14 +181,21 @@ def run_id(name: str) -> int:
 
 
 def status(name: str, settings: dict[str, Any]) -> list[str]:
-    vessl = import_sdk()
-    run = vessl.read_run(run_id=run_id(name), **sdk_scope(settings))
+    vessl, number = import_sdk(), run_id(name)
+    try:
+        run = vessl.read_run(run_id=number, **sdk_scope(settings))
+    except Exception as exc:  # VesslApiException (unknown run, wrong organization) or a network error
+        raise WmtpError(f"VESSL could not read run {number}: {one_line(exc)}") from None
     return [f"VESSL run {run.id}: {run.status}"]
 
 
 def logs(name: str, settings: dict[str, Any], tail: int) -> list[str]:
-    vessl = import_sdk()
-    return [entry.message for entry in vessl.list_run_logs(run_id=run_id(name), tail=tail, **sdk_scope(settings))]
+    vessl, number = import_sdk(), run_id(name)
+    try:
+        entries = vessl.list_run_logs(run_id=number, tail=tail, **sdk_scope(settings))
+    except Exception as exc:
+        raise WmtpError(f"VESSL could not read the logs of run {number}: {one_line(exc)}") from None
+    return [entry.message for entry in entries]
 
 
 def one_line(exc: Exception) -> str:

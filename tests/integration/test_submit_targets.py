@@ -36,9 +36,13 @@ FAKE_VESSL = textwrap.dedent('''
         return types.SimpleNamespace(id=4242, status="pending")
     def read_run(run_id, **kwargs):
         calls.append(("read_run", run_id, kwargs))
+        if os.environ.get("FAKE_VESSL_NO_RUN"):
+            raise RuntimeError("(404)  Reason: Not Found:   Run not found")
         return types.SimpleNamespace(id=run_id, status="running")
     def list_run_logs(run_id, tail=200, after=0, **kwargs):
         calls.append(("list_run_logs", run_id, tail, kwargs))
+        if os.environ.get("FAKE_VESSL_NO_RUN"):
+            raise RuntimeError("(404)  Reason: Not Found:   Run not found")
         return [types.SimpleNamespace(message="step 1: loss 7.03", timestamp=1.0)]
 ''')
 
@@ -50,7 +54,8 @@ def fake_vessl(tmp_path, monkeypatch):
     (package / "__init__.py").write_text(FAKE_VESSL)
     monkeypatch.syspath_prepend(str(package.parent))
     monkeypatch.delitem(sys.modules, "vessl", raising=False)
-    for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REJECT"):
+    for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REJECT",
+                "FAKE_VESSL_NO_RUN"):
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
     yield lambda: sys.modules["vessl"]
@@ -80,6 +85,15 @@ def test_vessl_status_and_logs_use_the_run_id(fake_vessl):
     assert fake_vessl().calls == [("read_run", 4242, {}), ("list_run_logs", 4242, 10, {})]
     by_name = runner.invoke(app, ["status", "wmtp-v1", "--target", "vessl"])
     assert by_name.exit_code == 2 and "pass the numeric run id" in by_name.output
+
+
+def test_vessl_status_and_logs_of_an_unknown_run_are_one_line(fake_vessl, monkeypatch):
+    monkeypatch.setenv("FAKE_VESSL_NO_RUN", "1")
+    status = runner.invoke(app, ["status", "99", "--target", "vessl"])
+    logs = runner.invoke(app, ["logs", "99", "--target", "vessl"])
+    assert status.exit_code == logs.exit_code == 2
+    assert status.output == "error: VESSL could not read run 99: (404) Reason: Not Found: Run not found\n"
+    assert logs.output == "error: VESSL could not read the logs of run 99: (404) Reason: Not Found: Run not found\n"
 
 
 def test_vessl_without_a_token_is_one_line(fake_vessl, monkeypatch):
