@@ -118,6 +118,12 @@ def run_compose(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([*command, *args], text=True, capture_output=True)
 
 
+def last_line(result: subprocess.CompletedProcess) -> str:
+    """The last non-empty line compose wrote to stderr (its error), so a failure stays one line."""
+    lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
 def submit(manifest: str, context: JobContext, jobs_dir: Path = Path("runs")) -> list[str]:
     """Write the compose file under runs/<name>/ and start it detached."""
     require_engine()
@@ -127,7 +133,7 @@ def submit(manifest: str, context: JobContext, jobs_dir: Path = Path("runs")) ->
     path.write_text(manifest)
     result = run_compose(["-f", str(path), "-p", context.name, "up", "-d"])
     if result.returncode != 0:
-        raise WmtpError(f"docker compose up failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise WmtpError(f"docker compose up failed: {last_line(result)}")
     return [f"started compose project {context.name} (file {path}); MLflow at "
             f"http://127.0.0.1:{context.settings['mlflow_port']}",
             f"follow it: wmtp status {context.name} --target local-docker ; wmtp logs {context.name} --target local-docker"]
@@ -137,7 +143,7 @@ def status(name: str) -> list[str]:
     require_engine()
     result = run_compose(["-p", name, "ps", "--all"])
     if result.returncode != 0:
-        raise WmtpError(f"docker compose ps failed: {result.stderr.strip()}")
+        raise WmtpError(f"docker compose ps failed: {last_line(result)}")
     return result.stdout.splitlines()
 
 
@@ -145,5 +151,5 @@ def logs(name: str, tail: int) -> list[str]:
     require_engine()
     result = run_compose(["-p", name, "logs", "--tail", str(tail), "trainer"])
     if result.returncode != 0:
-        raise WmtpError(f"docker compose logs failed: {result.stderr.strip()}")
+        raise WmtpError(f"docker compose logs failed: {last_line(result)}")
     return result.stdout.splitlines()

@@ -151,3 +151,18 @@ def test_local_submit_runs_wmtp_train_in_a_child_process(tmp_path, capfd):
 def test_status_and_logs_of_local_jobs_explain_why_not(command):
     result = runner.invoke(app, [command, "wmtp-l1", "--target", "local"])
     assert result.exit_code == 2 and f"{command} is not available for --target local" in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "logs"])
+def test_compose_failures_are_one_line(command, monkeypatch):
+    import subprocess
+
+    from cli.platform import compose
+
+    monkeypatch.setattr(compose, "require_engine", lambda: None)
+    monkeypatch.setattr(compose, "run_compose", lambda args: subprocess.CompletedProcess(
+        args, 1, stdout="", stderr="WARN[0000] a warning\nno such service: trainer\n"))
+    result = runner.invoke(app, [command, "wmtp-gone", "--target", "local-docker"])
+    assert result.exit_code == 2
+    verb = "ps" if command == "status" else "logs"
+    assert result.output == f"error: docker compose {verb} failed: no such service: trainer\n"
