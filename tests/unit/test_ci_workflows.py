@@ -28,7 +28,8 @@ def run_lines(workflow: dict) -> list[str]:
 def readme_test_command() -> str:
     """The README's second set-up command (the first code block: run the demo; run the tests)."""
     block = re.search(r"```bash\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S).group(1)
-    return [line.split("#")[0].strip() for line in block.splitlines() if "test" in line][0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    return next(command for command in commands if "test" in command)
 
 
 def test_test_workflow_runs_exactly_the_readme_test_command():
