@@ -65,6 +65,17 @@ def test_ks_reported_are_the_requested_and_1_5_10_up_to_n():
         parse_ks("1;10")
 
 
+def test_a_stage_dir_means_its_final_checkpoint(tmp_path):
+    from wmtp.eval.runner import default_out_dir, resolve_model_dir
+
+    final = tmp_path / "run-1" / "baseline" / "checkpoints" / "final"
+    (final / "configs").mkdir(parents=True)
+    (final / "configs" / "params.json").write_text("{}")
+    assert resolve_model_dir(tmp_path / "run-1" / "baseline") == final
+    assert resolve_model_dir(final) == final
+    assert default_out_dir(final, "mbpp").name.startswith("run-1-baseline-final-mbpp-")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
