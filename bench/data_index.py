@@ -11,7 +11,9 @@ own, draws 50,000 balanced samples (correct_ratio 0.5, seeded) and materialises 
          installed into a throwaway venv under /tmp on first use (`--skip-hf` leaves (b) out).
 
 Time to first batch = from process start of the measurement (after imports) to the first 32 records
-in hand; the OS page cache is warm for all three (the file was just written and indexed).
+in hand; the OS page cache is warm for all three (the file was just written and indexed). The three
+run `--rounds` times in alternating order (ours, a, b, then b, a, ours, …; (b)'s cache emptied every
+time) and the table shows medians, so a busy spell on a shared machine does not favour one side.
 
     .venv/bin/python bench/data_index.py                 # full size: ~1 GB file, several minutes
     .venv/bin/python bench/data_index.py --lines 100000  # quick check
@@ -45,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="where the JSONL goes (default: a temp dir, removed)")
     parser.add_argument("--skip-hf", action="store_true", help="leave out (b) Hugging Face datasets")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds, order alternated; medians reported")
     parser.add_argument("--measure", choices=["ours", "jsonloads", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
@@ -184,6 +187,14 @@ def run_child(python: Path, mode: str, args, extra: list[str] | None = None) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_result(values: list[dict]) -> dict:
+    """Field-wise median of one contender's rounds (numbers); other fields from the first round."""
+    import statistics
+
+    return {k: statistics.median(v[k] for v in values) if isinstance(values[0][k], (int, float)) else values[0][k]
+            for k in values[0]}
+
+
 def print_table(results: dict, build: dict) -> None:
     print(f"\nindex build: {build['mb']:.0f} MB, {build['lines']:,} lines in {build['seconds']:.1f} s → "
           f"{build['mb'] / build['seconds']:.0f} MB/s; index {build['index_bytes'] / build['lines']:.1f} bytes/sample on disk, "
@@ -233,19 +244,30 @@ def main() -> None:
         build_index(args.file)
         build = {"seconds": time.perf_counter() - started, "mb": size / MB, "lines": args.lines,
                  "index_bytes": index_path(args.file).stat().st_size}
-        results = {}
-        print("ours …", flush=True)
-        results["ours"] = {**run_child(Path(sys.executable), "ours", args), "samples": args.samples}
-        print("(a) json.loads of every line …", flush=True)
-        results["jsonloads"] = run_child(Path(sys.executable), "jsonloads", args)
         hf_python = None if args.skip_hf else ensure_hf_python()
+        contenders = {"ours": Path(sys.executable), "jsonloads": Path(sys.executable)}
         if hf_python is not None:
-            print("(b) datasets.load_dataset('json'), cold cache …", flush=True)
-            cache = workdir / "hf-cache"
-            shutil.rmtree(cache, ignore_errors=True)
-            results["hf"] = run_child(hf_python, "hf", args, ["--cache-dir", str(cache)])
+            contenders["hf"] = hf_python
         elif args.skip_hf:
             print("note: (b) skipped (--skip-hf)")
+        labels = {"ours": "ours", "jsonloads": "(a) json.loads of every line", "hf": "(b) datasets.load_dataset('json'), cold cache"}
+        runs: dict[str, list[dict]] = {key: [] for key in contenders}
+        for rnd in range(args.rounds):
+            # Alternate the order (ours, a, b / b, a, ours / …) so a busy spell on a shared machine hits all alike.
+            for key in (list(contenders) if rnd % 2 == 0 else list(contenders)[::-1]):
+                print(f"round {rnd + 1}/{args.rounds}: {labels[key]} …", flush=True)
+                extra = None
+                if key == "hf":
+                    cache = workdir / "hf-cache"
+                    shutil.rmtree(cache, ignore_errors=True)  # cold every time
+                    extra = ["--cache-dir", str(cache)]
+                runs[key].append(run_child(contenders[key], key, args, extra))
+        results = {key: median_result(values) for key, values in runs.items()}
+        results["ours"]["samples"] = args.samples
+        if args.rounds > 1:
+            print(f"(medians over {args.rounds} rounds; first-batch seconds per round: "
+                  + "; ".join(f"{key} " + ", ".join(f"{r['first_batch_s']:.2f}" for r in values) for key, values in runs.items())
+                  + ")")
         print_table(results, build)
     finally:
         if args.workdir is None:
