@@ -1,4 +1,4 @@
-"""A torch dataset over chosen rows of a JSONL split: seek + read of each line, never the whole file."""
+"""A map-style dataset over chosen rows of a JSONL split: seek + read of each line, never the whole file."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from wmtp.data.index import DatasetIndex
 from wmtp.data.schema import DataError, parse_line
 
 
-class JsonlSamples(Dataset):
+class JsonlSamples:
     """`dataset[i]` is the parsed record of line `rows[i] + 1` of `jsonl_path`.
+
+    A map-style dataset (`__len__` + `__getitem__`) that a torch `DataLoader` takes as is; it does
+    not subclass `torch.utils.data.Dataset` so that reading data never has to import torch.
 
     Only the offsets and lengths of the chosen rows stay in memory (12 bytes each). The file is
     opened lazily once per process, so DataLoader workers each get their own handle. A line that
