@@ -106,3 +106,13 @@ def test_spec_hash_changes_with_the_spec():
     a = load_experiment("baseline").stages[0]
     b = load_experiment("baseline", ["train.lr=2e-5"]).stages[0]
     assert a.spec_hash() != b.spec_hash() and len(a.spec_hash()) == 12
+
+
+def test_a_missing_eval_file_is_refused_before_training(tmp_path):
+    from wmtp.distributed import DistContext
+    from wmtp.train.runner import run_experiment
+
+    experiment = load_experiment("smoke", ["eval.benchmark=mbpp", f"eval.data={tmp_path / 'mbpp.jsonl'}"])
+    with pytest.raises(SpecError, match=r"stage critic: eval\.data: .*mbpp\.jsonl does not exist"):
+        run_experiment(experiment, tmp_path / "run", DistContext())
+    assert not (tmp_path / "run").exists()

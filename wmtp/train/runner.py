@@ -20,7 +20,7 @@ from typing import Optional
 
 from wmtp.distributed import DistContext, broadcast_object, destroy_distributed, init_distributed
 from wmtp.train.checkpointing import TRAIN_STATE
-from wmtp.train.config import Experiment, StageSpec
+from wmtp.train.config import Experiment, SpecError, StageSpec
 from wmtp.train.loop import Preemption, StageResult, train_stage
 
 
@@ -33,8 +33,17 @@ def stage_is_finished(stage_dir: Path) -> bool:
     return (stage_dir / "checkpoints" / "final" / TRAIN_STATE).is_file()
 
 
+def check_eval_inputs(experiment: Experiment) -> None:
+    """Refuse a missing `eval.data` file before training rather than after hours of it."""
+    for spec in experiment.stages:
+        if spec.eval is not None and spec.eval.data and not Path(spec.eval.data).exists():
+            raise SpecError(f"stage {spec.stage}: eval.data: {spec.eval.data} does not exist "
+                            f"(expected the {spec.eval.benchmark} file to evaluate the final checkpoint on)")
+
+
 def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistContext) -> list[StageResult]:
     """Train the stages in order; stop after a preempted stage (its rerun resumes it)."""
+    check_eval_inputs(experiment)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(experiment)), ctx))
     earlier: dict[str, Path] = {}
     results = []
