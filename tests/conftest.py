@@ -21,3 +21,21 @@ def micro_models(tmp_path_factory) -> dict[str, Path]:
     from wmtp.model.micro import build_micro_models
 
     return build_micro_models(tmp_path_factory.mktemp("models_v2"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The micro model's matmuls are too small to share out; extra threads only fight over a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_tracking_env(monkeypatch):
+    """No MLflow server or run from the developer's shell leaks into a test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -12,21 +12,9 @@ from cli.main import app
 from tests.unit.test_eval_benchmarks import MBPP_ROWS
 from wmtp.eval.benchmarks import load_humaneval
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_tracking_env")
+
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def no_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
 
 
 def invoke(*args):

@@ -13,21 +13,14 @@ from wmtp.eval.errors import EvalError
 from wmtp.eval.generation import GenerationConfig, generate
 from wmtp.model import IGNORE_INDEX, load_model, load_tokenizer, mtp_loss_memory_efficient
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [
     "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n",
     "import math\n\n\ndef is_prime(n):\n",
     "x",
     "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The micro model's matmuls are too small to share out; extra threads only fight over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

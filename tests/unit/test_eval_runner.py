@@ -16,23 +16,10 @@ from wmtp.eval.errors import EvalError
 from wmtp.eval.passk import pass_at_k
 from wmtp.eval.runner import evaluate, parse_ks, report_ks, score_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_tracking_env")
+
 SUMMARY_KEYS = {"benchmark", "model", "n_tasks", "n_samples", "samples_per_task", "pass@1", "mean_completion_tokens",
                 "decoding_tokens_per_second", "examples", "config", "statuses", "generation", "files"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The micro model's matmuls are too small to share out; extra threads only fight over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def no_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
 
 
 @pytest.fixture
