@@ -8,7 +8,6 @@ import json
 from collections import defaultdict
 
 import pytest
-import torch
 
 from wmtp.eval import generation
 from wmtp.eval.benchmarks import load_humaneval
