@@ -7,7 +7,8 @@ Up (local → destination):
   3. a file is unchanged when the manifest records its size and hash and the listing still shows the
      object with the ETag recorded then — no request per file. Anything else is checked in parallel:
      an object that an interrupted run already uploaded is recognised by the SHA-256 it carries (HEAD),
-     everything else is uploaded and verified;
+     everything else is uploaded and verified. A file that must be sent whatever its content (nothing
+     of its size is stored under its key) is not hashed beforehand: the upload hashes it as it reads it;
   4. with `--delete`, remote objects no local file accounts for are removed;
   5. the manifest is written last, and only if every file made it.
 Down (destination → local) reads the remote manifest, fetches what the local tree lacks into temp
@@ -318,7 +319,12 @@ class _Upload(_Run):
 
     def _reconcile(self, f: LocalFile, old: Optional[FileEntry], listed: Optional[RemoteObject]) -> _Outcome:
         """Decide for one file — unchanged, already uploaded by an interrupted run, or send — and act."""
-        sha = self._local_sha(f)
+        sha = self.cache.lookup(f)
+        if sha is None and (listed is None or listed.size != f.size) and not self.opts.dry_run:
+            # Nothing of this size is stored under the key, so the file goes whatever its hash:
+            # the upload computes the hash in the same read that sends the bytes.
+            return self._send(f, None, old, listed)
+        sha = sha or sha256_file(f.path)
         reason = None
         if _recorded(old, listed, f.size, sha):
             reason = self._verify_remote(f.rel, sha)
@@ -333,12 +339,20 @@ class _Upload(_Run):
                     self._progress.skip(f.size)
                     return _Outcome(f.rel, FileEntry(f.size, sha, info.etag), local=f, sha256=sha)
         reason = reason or _upload_reason(old, listed, sha)
-        transfer = Transfer(f.rel, f.size, reason)
         if self.opts.dry_run:
-            return _Outcome(f.rel, None, transfer, local=f, sha256=sha)
+            return _Outcome(f.rel, None, Transfer(f.rel, f.size, reason), local=f, sha256=sha)
+        return self._send(f, sha, old, listed, reason)
+
+    def _send(self, f: LocalFile, sha: Optional[str], old: Optional[FileEntry], listed: Optional[RemoteObject],
+              reason: Optional[str] = None) -> _Outcome:
+        """Upload (the backend verifies it); `sha` None: the backend hashes the file as it sends it."""
         info = self.backend.upload(f, sha, self._progress.advance)
+        sha = info.sha256
+        if sha is None:
+            raise SyncError(f"{self.backend.url}/{f.rel}: the upload reported no SHA-256")
         if self.opts.verify and self.backend.read_sha256(f.rel) != sha:
             raise SyncError(f"{self.backend.url}/{f.rel}: re-read after upload does not match the file's SHA-256")
+        transfer = Transfer(f.rel, f.size, reason or _upload_reason(old, listed, sha))
         return _Outcome(f.rel, FileEntry(f.size, sha, info.etag), transfer, local=f, sha256=sha)
 
     def _verify_remote(self, rel: str, sha: str) -> Optional[str]:

@@ -56,8 +56,11 @@ class Backend(ABC):
         """Size, ETag and recorded SHA-256 of one object; None when it does not exist."""
 
     @abstractmethod
-    def upload(self, f: LocalFile, sha256: str, on_bytes: OnBytes) -> ObjectInfo:
-        """Store `f` under `f.rel` and verify the stored object (size and SHA-256) before returning."""
+    def upload(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
+        """Store `f` under `f.rel` and verify the stored object (size and SHA-256) before returning.
+
+        `sha256` None means the file was not hashed beforehand: the backend hashes the bytes it reads
+        for the upload and returns that hash as the `ObjectInfo`'s `sha256` (never None here)."""
 
     @abstractmethod
     def download(self, rel: str, entry: FileEntry, dest: Path, on_bytes: OnBytes) -> None:

@@ -50,15 +50,16 @@ class LocalDirBackend(Backend):
         # No metadata store here: the "recorded" hash is the content's own, read from local disk.
         return ObjectInfo(stat.st_size, _etag(stat), sha256_file(path))
 
-    def upload(self, f: LocalFile, sha256: str, on_bytes: OnBytes) -> ObjectInfo:
-        """Copy to a temp file beside the target while hashing, compare with the manifest hash, then rename."""
+    def upload(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
+        """Copy to a temp file beside the target while hashing, compare with the manifest hash (if the
+        engine had one), then rename; the hash of the copied bytes is what the manifest records."""
         dest = self._path(f.rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
         try:
             written = _copy_hashing(f.path, tmp, on_bytes)
             check_unchanged(f)
-            if written != sha256:
+            if sha256 is not None and written != sha256:
                 raise FileChangedError(f"{f.path}: content no longer matches its hash; re-run the sync")
             os.replace(tmp, dest)
         finally:
@@ -66,7 +67,7 @@ class LocalDirBackend(Backend):
         stat = dest.stat()
         if stat.st_size != f.size:
             raise SyncError(f"{dest}: size {stat.st_size} after copy, expected {f.size}")
-        return ObjectInfo(stat.st_size, _etag(stat), sha256)
+        return ObjectInfo(stat.st_size, _etag(stat), written)
 
     def download(self, rel: str, entry: FileEntry, dest: Path, on_bytes: OnBytes) -> None:
         source = self._path(rel)

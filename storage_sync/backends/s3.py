@@ -3,9 +3,15 @@
 Every object carries its file's SHA-256 twice: as user metadata (`x-amz-meta-sha256`, which lets a
 re-run recognise objects an interrupted sync already uploaded) and as S3's own `ChecksumSHA256`
 (full-object for a single PUT, per part for multipart), which a real S3 validates on arrival and
-returns on HEAD. After each upload a HEAD checks size, metadata hash and — when the server reports
-one — the checksum. Multipart uploads in flight are journaled locally so a re-run reuses the parts
-already stored instead of sending them again.
+returns on HEAD. An upload is verified by the server's answer to the write itself: the checksum it
+reports for the stored object must equal the one computed from the bytes sent; a server that reports
+none gets a HEAD that checks size, metadata hash and checksum. Multipart uploads in flight are
+journaled locally so a re-run reuses the parts already stored instead of sending them again.
+
+A file of one part is read once: into memory, hashed there (its SHA-256 is both the manifest's hash
+and the object's checksum) and sent from there. A multipart file is read twice: hashed whole first
+(the upload's metadata must name its SHA-256 before the first part goes out), then part by part, each
+part hashed for its own checksum and sent.
 """
 
 from __future__ import annotations
@@ -21,9 +27,17 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from storage_sync.backends.base import Backend, ObjectInfo, OnBytes, RemoteObject, check_unchanged
+from storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
 from storage_sync.errors import SyncError
-from storage_sync.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, FileEntry, LocalFile, Manifest, is_selected
+from storage_sync.manifest import (
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    FileEntry,
+    LocalFile,
+    Manifest,
+    is_selected,
+    sha256_file,
+)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's lower bound for every part but the last
@@ -194,27 +208,34 @@ class S3Backend(Backend):
         on_bytes(len(data))
 
     # -- writing ------------------------------------------------------------------------------
-    def upload(self, f: LocalFile, sha256: str, on_bytes: OnBytes) -> ObjectInfo:
+    def upload(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
+        """`sha256` may be None (not hashed yet): the upload hashes the file as it reads it."""
         if f.size <= self.part_size:
-            expected_checksum = self._put_single(f, sha256, on_bytes)
-        else:
-            expected_checksum = self._put_multipart(f, sha256, on_bytes)
-        return self._verify(f, sha256, expected_checksum)
+            return self._put_single(f, sha256, on_bytes)
+        return self._put_multipart(f, sha256, on_bytes)
 
-    def _put_single(self, f: LocalFile, sha256: str, on_bytes: OnBytes) -> str:
-        with open(f.path, "rb") as src:
-            data = src.read()
+    def _put_single(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
+        with open(f.path, "rb", buffering=0) as src:
+            data = src.read(f.size + 1)
+        if len(data) != f.size:
+            raise FileChangedError(f"{f.path}: changed during the sync; re-run to upload the new version")
         check_unchanged(f)
-        checksum = b64(bytes.fromhex(sha256))
+        # The one read of the file: its SHA-256 is both the manifest's hash and the object's checksum.
+        digest = hashlib.sha256(data).digest() if sha256 is None else bytes.fromhex(sha256)
+        checksum = b64(digest)
         with self._errors(f"uploading {f.rel} to {self.url}"):
-            self.client.put_object(
+            response = self.client.put_object(
                 Bucket=self.bucket, Key=self.key(f.rel), Body=data, ContentLength=len(data),
-                Metadata={SHA256_METADATA: sha256}, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                Metadata={SHA256_METADATA: digest.hex()}, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
             )
         on_bytes(len(data))
-        return checksum
+        return self._confirm(f, digest.hex(), checksum, response)
 
-    def _put_multipart(self, f: LocalFile, sha256: str, on_bytes: OnBytes) -> str:
+    def _put_multipart(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
+        if sha256 is None:
+            # The metadata of a multipart upload is fixed when it starts, so the whole file is hashed first.
+            sha256 = sha256_file(f.path)
+            check_unchanged(f)
         part_size = part_size_for(f.size, self.part_size)
         key = self.key(f.rel)
         upload_id, stored = self._resumable_upload(f.rel, sha256, part_size)
@@ -235,13 +256,13 @@ class S3Backend(Backend):
             parts = _all_results(futures)
         check_unchanged(f)
         with self._errors(f"completing {f.rel} on {self.url}"):
-            self.client.complete_multipart_upload(
+            response = self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{k: p[k] for k in ("PartNumber", "ETag", "ChecksumSHA256")} for p in parts]},
             )
         if self.journal:
             self.journal.forget(f.rel)
-        return composite_checksum([p["digest"] for p in parts])
+        return self._confirm(f, sha256, composite_checksum([p["digest"] for p in parts]), response)
 
     def _put_part(self, f: LocalFile, fd: int, upload_id: str, number: int, offset: int, length: int,
                   stored: Optional[dict], on_bytes: OnBytes) -> dict:
@@ -292,6 +313,16 @@ class S3Backend(Backend):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key(rel), UploadId=upload_id)
         self.journal.forget(rel)
 
+    def _confirm(self, f: LocalFile, sha256: str, expected_checksum: str, response: dict) -> ObjectInfo:
+        """Check the server's answer to a write: the checksum it reports for the stored object must be the
+        one computed from the bytes sent. A server that reports none is asked again with a HEAD."""
+        reported = response.get("ChecksumSHA256")
+        etag = response.get("ETag")
+        if not reported or not etag:
+            return self._verify(f, sha256, expected_checksum)
+        _check_checksum(f"{self.url}/{f.rel}", reported, expected_checksum)
+        return ObjectInfo(f.size, etag, sha256)
+
     def _verify(self, f: LocalFile, sha256: str, expected_checksum: str) -> ObjectInfo:
         response = self._head(f.rel)
         where = f"{self.url}/{f.rel}"
@@ -304,9 +335,8 @@ class S3Backend(Backend):
         if recorded != sha256:
             raise SyncError(f"{where}: stored sha256 metadata {recorded} differs from the file's {sha256}")
         checksum = response.get("ChecksumSHA256")
-        # Composite checksums read "<base64>-<parts>" on S3; some compatible servers drop the suffix.
-        if checksum and checksum.split("-")[0] != expected_checksum.split("-")[0]:
-            raise SyncError(f"{where}: server checksum {checksum} differs from the expected {expected_checksum}")
+        if checksum:
+            _check_checksum(where, checksum, expected_checksum)
         return ObjectInfo(size, response["ETag"], recorded)
 
     def delete(self, rels: list[str]) -> None:
@@ -335,6 +365,12 @@ def _all_results(futures: list) -> list:
     the caller closes as soon as this returns."""
     wait(futures)
     return [future.result() for future in futures]
+
+
+def _check_checksum(where: str, reported: str, expected: str) -> None:
+    # Composite checksums read "<base64>-<parts>" on S3; some compatible servers drop the suffix.
+    if reported.split("-")[0] != expected.split("-")[0]:
+        raise SyncError(f"{where}: server checksum {reported} differs from the expected {expected}")
 
 
 def _same_part(stored: dict, data: bytes, checksum: str) -> bool:

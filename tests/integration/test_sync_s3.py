@@ -6,6 +6,7 @@ re-sent" is checked by the store, not by the sync's own report.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, sync
+from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
+from storage_sync.backends import s3 as s3_backend
 from storage_sync.backends.s3 import S3Backend
 from storage_sync.manifest import PARTIAL_SUFFIX
+from tests.unit.test_sync_local import ReadCounter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -140,6 +143,72 @@ def test_large_file_goes_multipart_with_verified_checksums_and_pulls_back(s3, bu
     pulled = run(s3_env / "pulled", bucket, moto_endpoint, direction="down", part_size=5 * MiB)
     assert len(pulled.transferred) == 2
     assert local_manifest(s3_env / "pulled") == local_manifest(root)
+
+
+def on_client(monkeypatch, event: str, handler) -> None:
+    """Register `handler` for a botocore event on the client of every S3Backend the test creates."""
+    original_init = S3Backend.__init__
+
+    def init_and_register(self, *args, **kw):
+        original_init(self, *args, **kw)
+        self.client.meta.events.register(event, handler)
+
+    monkeypatch.setattr(S3Backend, "__init__", init_and_register)
+
+
+def test_cold_upload_reads_single_part_files_once_and_verifies_from_the_response(s3, bucket, moto_endpoint, s3_env,
+                                                                                  monkeypatch):
+    files = {"models_v2/m/model.safetensors": 3 * MiB + 5, "models_v2/m/params.json": 120, "big.bin": 12 * MiB + 17}
+    root = make_tree(s3_env / "storage", files)
+    reads = ReadCounter(monkeypatch, root, [manifest, engine, s3_backend])
+    heads: list[str] = []
+    on_client(monkeypatch, "provide-client-params.s3.HeadObject", lambda params, **_: heads.append(params["Key"]))
+
+    report = run(root, bucket, moto_endpoint, part_size=5 * MiB)
+    assert sorted(t.rel for t in report.transferred) == sorted(files) and report.manifest_written
+    # A file of one part is read once: hashed in memory and sent from there. A multipart file is read
+    # twice: its SHA-256 must be in the upload's metadata before the first part goes out.
+    assert dict(reads.bytes) == {**files, "big.bin": 2 * files["big.bin"]}
+    # The PUT's answer carries the stored object's checksum, so single-part uploads need no HEAD.
+    assert "team/models_v2/m/params.json" not in heads and "team/models_v2/m/model.safetensors" not in heads
+    recorded = remote_manifest(s3, bucket, "team")
+    assert {k: (v["size"], v["sha256"]) for k, v in recorded.items()} == local_manifest(root)
+    for rel, entry in recorded.items():
+        head = s3.head_object(Bucket=bucket, Key=f"team/{rel}")
+        assert head["Metadata"]["sha256"] == entry["sha256"] and head["ETag"] == entry["etag"]
+
+    reads.bytes.clear()
+    assert run(root, bucket, moto_endpoint, part_size=5 * MiB).transferred == [] and not reads.bytes
+
+
+def test_upload_fails_when_the_server_reports_another_checksum(s3, bucket, moto_endpoint, s3_env, monkeypatch):
+    root = make_tree(s3_env / "storage", {"a.bin": 1000, "b.bin": 2000})
+
+    def misreport(parsed, **_):
+        if parsed.get("ChecksumSHA256"):
+            parsed["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+
+    on_client(monkeypatch, "after-call.s3.PutObject", misreport)
+    with pytest.raises(SyncError, match=r"a\.bin|b\.bin") as failure:
+        run(root, bucket, moto_endpoint)
+    assert "server checksum" in str(failure.value) and "differs from the expected" in str(failure.value)
+    assert f"team/{MANIFEST_NAME}" not in versions(s3, bucket)
+
+
+def test_server_reporting_no_checksum_gets_a_head(s3, bucket, moto_endpoint, s3_env, monkeypatch):
+    root = make_tree(s3_env / "storage", {"a.bin": 1000, "b.bin": 2000})
+    heads: list[str] = []
+    monkeypatch.setattr(S3Backend, "_head", lambda self, rel, _real=S3Backend._head: heads.append(rel) or _real(self, rel))
+    on_client(monkeypatch, "after-call.s3.PutObject", lambda parsed, **_: parsed.pop("ChecksumSHA256", None))
+    report = run(root, bucket, moto_endpoint)
+    assert len(report.transferred) == 2 and sorted(heads) == ["a.bin", "b.bin"]
+
+    (root / "a.bin").write_bytes(b"x" * 1000)
+    stored_metadata = {"sha256": "0" * 64}  # a store that lost the metadata: the HEAD check must notice
+    monkeypatch.setattr(S3Backend, "_head", lambda self, rel, _real=S3Backend._head: {
+        **_real(self, rel), "Metadata": stored_metadata})
+    with pytest.raises(SyncError, match=r"a\.bin: stored sha256 metadata 0+ differs from the file's"):
+        run(root, bucket, moto_endpoint)
 
 
 def test_interrupted_multipart_upload_reuses_stored_parts(s3, bucket, moto_endpoint, s3_env, monkeypatch):

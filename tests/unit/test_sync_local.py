@@ -1,12 +1,79 @@
 """The sync engine against a local-directory destination: manifests, no-op re-syncs, repairs, pulls."""
 
+import builtins
+import collections
+import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
-from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, sync
+from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
+from storage_sync.backends import local as local_backend
 from storage_sync.manifest import PARTIAL_SUFFIX
+
+
+class ReadCounter:
+    """Bytes read from each file under `root` by the given sync modules, however they read them: through
+    the file objects they `open` (read, readinto) or with `os.pread` on those files' descriptors."""
+
+    def __init__(self, monkeypatch, root: Path, modules):
+        self.root = root.resolve()
+        self.bytes: collections.Counter = collections.Counter()
+        self._fds: dict[int, str] = {}
+        real_open, real_pread = builtins.open, os.pread
+        counter = self
+
+        class Counted:
+            def __init__(self, f, rel):
+                self._f, self._rel = f, rel
+
+            def read(self, *args):
+                data = self._f.read(*args)
+                counter.bytes[self._rel] += len(data)
+                return data
+
+            def readinto(self, buffer):
+                n = self._f.readinto(buffer)
+                counter.bytes[self._rel] += n or 0
+                return n
+
+            def fileno(self):
+                fd = self._f.fileno()
+                counter._fds[fd] = self._rel
+                return fd
+
+            def close(self):
+                counter._fds = {fd: rel for fd, rel in counter._fds.items() if rel != self._rel}
+                self._f.close()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.close()
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+        def counting_open(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if isinstance(file, (str, os.PathLike)) and "r" in mode:
+                path = Path(file).resolve()
+                if counter.root in path.parents:
+                    return Counted(f, path.relative_to(counter.root).as_posix())
+            return f
+
+        def counting_pread(fd, length, offset):
+            data = real_pread(fd, length, offset)
+            if fd in counter._fds:
+                counter.bytes[counter._fds[fd]] += len(data)
+            return data
+
+        for module in modules:
+            monkeypatch.setattr(module, "open", counting_open, raising=False)
+        monkeypatch.setattr(os, "pread", counting_pread)
 
 
 @pytest.fixture
@@ -40,6 +107,19 @@ def test_first_sync_copies_all_and_second_copies_nothing(tree, tmp_path):
     second = run(tree, dest)
     assert second.transferred == [] and second.unchanged == 3 and not second.manifest_written
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == mtimes  # nothing was rewritten
+
+
+def test_cold_sync_reads_each_file_once_and_records_its_sha256(tree, tmp_path, monkeypatch):
+    reads = ReadCounter(monkeypatch, tree, [manifest, engine, local_backend])
+    dest = tmp_path / "backup"
+    files = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+    assert len(run(tree, dest).transferred) == 3
+    assert dict(reads.bytes) == {rel: len(data) for rel, data in files.items()}  # one read: hash while copying
+    assert {rel: (e["size"], e["sha256"]) for rel, e in manifest_of(dest).items()} == {
+        rel: (len(data), hashlib.sha256(data).hexdigest()) for rel, data in files.items()}
+
+    reads.bytes.clear()
+    assert run(tree, dest).transferred == [] and not reads.bytes  # the hashes went to the cache
 
 
 def test_one_changed_file_is_one_transfer(tree, tmp_path):
