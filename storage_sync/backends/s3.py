@@ -11,12 +11,16 @@ journaled locally so a re-run reuses the parts already stored instead of sending
 A file of one part is read once: into memory, hashed there (its SHA-256 is both the manifest's hash
 and the object's checksum) and sent from there. A multipart file is read twice: hashed whole first
 (the upload's metadata must name its SHA-256 before the first part goes out), then part by part, each
-part hashed for its own checksum and sent.
+part hashed for its own checksum and sent. The SigV4 payload hash that botocore would compute over
+every request body once more (it signs bodies on plain-http endpoints) is taken from the request's
+own SHA-256 checksum header instead — the same digest of the same bytes; a server that validates
+either refuses a body that matches neither.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -423,7 +427,64 @@ def _make_client(endpoint_url, credential_refresher, initial_credentials, region
         response_checksum_validation="when_required",
         s3={"addressing_style": "path" if path_style else "auto"},
     )
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, verify=verify_tls)
+    client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, verify=verify_tls)
+    _sign_with_checksum_payload(client)
+    return client
+
+
+# -- signing without hashing every body twice ---------------------------------------------------
+CHECKSUM_PAYLOAD_SIGNER = "wmtp-s3v4-checksum-payload"
+_UPLOAD_OPERATIONS = ("PutObject", "UploadPart")
+
+
+def _checksum_payload_signer():
+    """botocore's S3 SigV4 signer, except that the payload hash of a request that carries an
+    `x-amz-checksum-sha256` header is that header's digest (hex instead of base64) rather than a second
+    SHA-256 pass over the body. Both name the SHA-256 of the same body, and S3 validates both, so a body
+    that does not match is refused exactly as before; only the client's CPU is spared."""
+    from botocore.auth import S3SigV4Auth
+
+    class ChecksumPayloadS3SigV4Auth(S3SigV4Auth):
+        def payload(self, request):
+            checksum = request.headers.get("x-amz-checksum-sha256")
+            streaming = getattr(self, "_is_streaming_checksum_payload", lambda _: False)(request)
+            if checksum and not streaming and self._should_sha256_sign_payload(request):
+                try:
+                    digest = base64.b64decode(checksum, validate=True)
+                except (binascii.Error, ValueError):
+                    digest = b""
+                if len(digest) == 32:
+                    return digest.hex()
+            return super().payload(request)
+
+    return ChecksumPayloadS3SigV4Auth
+
+
+def _sign_with_checksum_payload(client) -> None:
+    """Use the checksum-payload signer for uploads where botocore would pick its plain `s3v4` signer
+    (the pure-Python one); with anything else (awscrt, SigV4a, S3 Express) botocore signs as usual."""
+    try:
+        import botocore.auth
+        import botocore.handlers
+    except ImportError:  # pragma: no cover - botocore comes with boto3
+        return
+    if botocore.auth.AUTH_TYPE_MAPS.get("s3v4") is not botocore.auth.S3SigV4Auth:
+        return
+    choose = getattr(botocore.handlers, "set_operation_specific_signer", None)
+    if choose is None:
+        return
+    if CHECKSUM_PAYLOAD_SIGNER not in botocore.auth.AUTH_TYPE_MAPS:
+        botocore.auth.AUTH_TYPE_MAPS[CHECKSUM_PAYLOAD_SIGNER] = _checksum_payload_signer()
+
+    def choose_signer(context, signing_name, **kwargs):
+        try:
+            chosen = choose(context=context, signing_name=signing_name, **kwargs)
+        except Exception:  # an internal that moved: let botocore decide as it always does
+            return None
+        return CHECKSUM_PAYLOAD_SIGNER if chosen == "s3v4" else None
+
+    for operation in _UPLOAD_OPERATIONS:
+        client.meta.events.register_first(f"choose-signer.s3.{operation}", choose_signer)
 
 
 class UploadJournal:

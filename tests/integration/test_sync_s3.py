@@ -211,6 +211,42 @@ def test_server_reporting_no_checksum_gets_a_head(s3, bucket, moto_endpoint, s3_
         run(root, bucket, moto_endpoint)
 
 
+def test_upload_bodies_are_signed_with_their_checksum_not_hashed_again(s3, bucket, moto_endpoint, s3_env, monkeypatch):
+    """Over plain http botocore signs every body with its SHA-256; uploads reuse the digest they send
+    as x-amz-checksum-sha256 instead of hashing the body a second time, and the signature still names it."""
+    import botocore.auth
+
+    root = make_tree(s3_env / "storage", {"small.bin": 1000, "big.bin": 11 * MiB})
+    hashed_by_botocore: list[str] = []  # methods of the requests whose non-empty body botocore hashed
+    real_payload = botocore.auth.S3SigV4Auth.payload
+
+    def spying_payload(self, request):
+        if request.body:
+            hashed_by_botocore.append(request.method)
+        return real_payload(self, request)
+
+    monkeypatch.setattr(botocore.auth.S3SigV4Auth, "payload", spying_payload)
+    sent: list[tuple[bytes, bytes, bytes]] = []
+
+    def record(request, **_):
+        if request.method == "PUT":
+            body = request.body
+            if hasattr(body, "read"):  # botocore may wrap a bytes body in a seekable stream
+                position = body.tell()
+                body, _ = body.read(), body.seek(position)
+            sent.append((request.headers.get("X-Amz-Content-SHA256"), request.headers.get("x-amz-checksum-sha256"), body))
+
+    on_client(monkeypatch, "before-send.s3", record)
+
+    run(root, bucket, moto_endpoint, part_size=5 * MiB)
+    bodies = [(payload, checksum, body) for payload, checksum, body in sent if body]
+    assert len(bodies) == 1 + 3 + 1  # small.bin, three parts of big.bin, the manifest
+    for payload, checksum, body in bodies:
+        digest = hashlib.sha256(body).digest()
+        assert payload.decode() == digest.hex() and checksum.decode() == base64.b64encode(digest).decode()
+    assert "PUT" not in hashed_by_botocore
+
+
 def test_interrupted_multipart_upload_reuses_stored_parts(s3, bucket, moto_endpoint, s3_env, monkeypatch):
     root = make_tree(s3_env / "storage", {"big.bin": 16 * MiB})
     real_put_part = S3Backend._put_part
