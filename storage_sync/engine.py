@@ -3,7 +3,8 @@
 Up (local → destination):
   1. scan the selected local files; the hash cache supplies SHA-256 for files whose size and mtime
      are unchanged, so a no-op re-sync reads no file content;
-  2. read the remote manifest (the last complete sync) and list the remote objects;
+  2. meanwhile (on two threads) read the remote manifest (the last complete sync) and list the remote
+     objects;
   3. a file is unchanged when the manifest records its size and hash and the listing still shows the
      object with the ETag recorded then — no request per file. Anything else is checked in parallel:
      an object that an interrupted run already uploaded is recognised by the SHA-256 it carries (HEAD),
@@ -275,10 +276,15 @@ def _as_done(futures: list[Future]):
 
 class _Upload(_Run):
     def run(self) -> SyncReport:
-        local = scan_local(self.root, self.selection)
-        remote_manifest = self.backend.read_manifest()
+        # The manifest and the listing are round trips to the store; the scan is local work (and the
+        # whole of it for a no-op re-sync of many small files), so they overlap.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync-remote") as remote:
+            manifest_read = remote.submit(self.backend.read_manifest)
+            listed = remote.submit(self.backend.list_objects, self.selection)
+            local = scan_local(self.root, self.selection)
+            remote_manifest = manifest_read.result()
+            listing = listed.result()
         old = remote_manifest.files if remote_manifest else {}
-        listing = self.backend.list_objects(self.selection)
         entries: dict[str, FileEntry] = {}
         pending: list[LocalFile] = []
         for f in local.values():

@@ -135,16 +135,28 @@ class S3Backend(Backend):
     def list_objects(self, selection: Iterable[str]) -> dict[str, RemoteObject]:
         selection = list(selection)
         found: dict[str, RemoteObject] = {}
-        paginator = self.client.get_paginator("list_objects_v2")
         for rel_prefix in _narrowest(selection):
             list_prefix = self.key(rel_prefix) if rel_prefix else (self.prefix + "/" if self.prefix else "")
             with self._errors(f"listing {self.url}"):
-                for page in paginator.paginate(Bucket=self.bucket, Prefix=list_prefix):
+                for page in self._pages(list_prefix):
                     for obj in page.get("Contents", ()):
                         rel = self._rel(obj["Key"])
                         if _is_object(rel) and is_selected(rel, selection):
                             found[rel] = RemoteObject(obj["Size"], obj["ETag"])
         return found
+
+    def _pages(self, prefix: str) -> Iterator[dict]:
+        """ListObjectsV2 pages, following continuation tokens. (botocore's paginator would first load
+        its pagination model, which scans every service's data directory: a noticeable part of a
+        no-op sync.)"""
+        request = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self.client.list_objects_v2(**request)
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
 
     def head(self, rel: str) -> Optional[ObjectInfo]:
         response = self._head(rel)
@@ -407,15 +419,16 @@ def _make_client(endpoint_url, credential_refresher, initial_credentials, region
         from botocore.session import Session as BotocoreSession
     except ImportError:
         raise SyncError("S3 destinations need boto3: pip install 'weighted-mtp[s3]'") from None
-    if credential_refresher is None:
-        session = boto3.session.Session()
-    else:
-        core = BotocoreSession()
+    core = BotocoreSession()
+    # Timestamps (LastModified of every listed object, ...) stay strings: nothing here reads them, and
+    # parsing them is most of the client's work in listing a large prefix.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_unparsed_timestamp)
+    if credential_refresher is not None:
         # botocore has no public setter for refreshable credentials; the VESSL SDK sets this attribute too.
         core._credentials = RefreshableCredentials.create_from_metadata(
             metadata=initial_credentials or credential_refresher(), refresh_using=credential_refresher, method="vessl-federation"
         )
-        session = boto3.session.Session(botocore_session=core)
+    session = boto3.session.Session(botocore_session=core)
     config = Config(
         max_pool_connections=2 * jobs + 4,
         retries={"max_attempts": 5, "mode": "standard"},
@@ -430,6 +443,10 @@ def _make_client(endpoint_url, credential_refresher, initial_credentials, region
     client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, verify=verify_tls)
     _sign_with_checksum_payload(client)
     return client
+
+
+def _unparsed_timestamp(value):
+    return value
 
 
 # -- signing without hashing every body twice ---------------------------------------------------
