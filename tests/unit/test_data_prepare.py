@@ -240,3 +240,15 @@ def test_humaneval_bad_raw_line_is_named(tmp_path):
 def test_max_tokens_below_two_is_rejected(tmp_path, tokenizer_dir):
     with pytest.raises(DataError, match="--max-tokens: 1; expected ≥ 2"):
         prepare_humaneval(tmp_path / "out", tokenizer_dir, max_tokens=1)
+
+
+@pytest.mark.parametrize("content", [b"bogus\n", b""], ids=["corrupt", "empty"])
+@pytest.mark.parametrize("prepare,write,folder", [(prepare_codecontests, write_codecontests_parquet, "data"),
+                                                  (prepare_mbpp, write_mbpp_parquet, "full")], ids=["codecontests", "mbpp"])
+def test_unreadable_raw_parquet_is_named_and_nothing_written(tmp_path, prepare, write, folder, content):
+    raw = write(tmp_path / "raw") / folder
+    (raw / "validation-00000-of-00001.parquet").unlink(missing_ok=True)
+    (raw / "valid-00000-of-00001.parquet").write_bytes(content)  # the last split: the others would be written first
+    with pytest.raises(DataError, match=r"valid-00000-of-00001\.parquet: unreadable parquet file \(.+\)$"):
+        prepare(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

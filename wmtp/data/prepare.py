@@ -30,7 +30,7 @@ import numpy as np
 
 from wmtp.data.mutation import Mutant, candidate_mutants
 from wmtp.data.progress import progress_bar
-from wmtp.data.raw import count_rows, find_split_files, iter_rows
+from wmtp.data.raw import check_files, find_split_files, iter_rows
 from wmtp.data.schema import DIFFICULTY_MAX, DataError, make_record
 from wmtp.data.writer import PreparationReport, SplitWriter, TokenBudget
 
@@ -69,12 +69,13 @@ def prepare_codecontests(raw: str | Path, out_dir: str | Path, tokenizer_dir: st
                          max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
     """Stream CodeContests parquet/arrow files into `<out>/processed/{train,valid,test}.jsonl`."""
     raw = Path(raw)
-    split_files = find_split_files(raw)  # a bad path fails before the tokenizer loads
+    split_files = find_split_files(raw)  # a bad path or file fails before the tokenizer loads or anything is written
+    n_rows = {split: check_files(files, CODECONTESTS_REQUIRED, "CodeContests") for split, files in split_files.items()}
     budget = make_budget(tokenizer_dir, max_tokens)
     report = PreparationReport("codecontests")
     for split, files in sorted(split_files.items()):
         with SplitWriter(processed_path(out_dir, split), budget, preparation_metadata("codecontests", raw, budget)) as writer:
-            with progress_bar(f"codecontests {split}", count_rows(files), show_progress) as advance:
+            with progress_bar(f"codecontests {split}", n_rows[split], show_progress) as advance:
                 for path in files:
                     for row_number, row in enumerate(iter_rows(path, CODECONTESTS_COLUMNS, CODECONTESTS_REQUIRED, "CodeContests")):
                         write_codecontests_problem(writer, row, f"{path}: row {row_number}")
@@ -158,12 +159,13 @@ def prepare_mbpp(raw: str | Path, out_dir: str | Path, tokenizer_dir: str | Path
                  max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
     """MBPP parquet/arrow (splits train/valid/test/prompt) → processed JSONL; tests kept in `metadata`."""
     raw = Path(raw)
-    split_files = find_split_files(raw)  # a bad path fails before the tokenizer loads
+    split_files = find_split_files(raw)  # a bad path or file fails before the tokenizer loads or anything is written
+    n_rows = {split: check_files(files, MBPP_REQUIRED, "MBPP") for split, files in split_files.items()}
     budget = make_budget(tokenizer_dir, max_tokens)
     report = PreparationReport("mbpp")
     for split, files in sorted(split_files.items()):
         with SplitWriter(processed_path(out_dir, split), budget, preparation_metadata("mbpp", raw, budget)) as writer:
-            with progress_bar(f"mbpp {split}", count_rows(files), show_progress) as advance:
+            with progress_bar(f"mbpp {split}", n_rows[split], show_progress) as advance:
                 for path in files:
                     for row_number, row in enumerate(iter_rows(path, MBPP_COLUMNS, MBPP_REQUIRED, "MBPP")):
                         writer.add(mbpp_record(row, f"{path}: row {row_number}"))

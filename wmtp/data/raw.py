@@ -7,6 +7,7 @@ memory. The split of each file comes from its name (`train-00000-of-00039.parque
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -49,13 +50,22 @@ def find_split_files(raw: Path) -> dict[str, list[Path]]:
     return splits
 
 
-def count_rows(paths: list[Path]) -> int | None:
-    """Rows in the files when the format says so cheaply (parquet footers), else None."""
-    total = 0
+def check_files(paths: list[Path], required: list[str], expected: str) -> int | None:
+    """Open every file and check its columns before anything is written; the total rows, or None.
+
+    A corrupt, empty or truncated file, or one without the `required` columns, raises `DataError`
+    naming it. The row count comes from parquet footers; arrow streams do not say it cheaply (None).
+    """
+    total: int | None = 0
     for path in paths:
-        if path.suffix != ".parquet":
-            return None
-        total += pq.ParquetFile(path).metadata.num_rows
+        with unreadable_as_data_error(path):
+            if path.suffix == ".parquet":
+                parquet = pq.ParquetFile(path)
+                check_columns(path, parquet.schema_arrow, required, expected)
+                total = None if total is None else total + parquet.metadata.num_rows
+            else:
+                check_columns(path, open_arrow(path).schema, required, expected)
+                total = None
     return total
 
 
@@ -67,12 +77,19 @@ def check_columns(path: Path, schema: pa.Schema, required: list[str], expected: 
 
 def iter_rows(path: Path, columns: list[str], required: list[str], expected: str) -> Iterator[dict]:
     """Rows of one file as dicts of the `columns` present (all `required` must be), batch by batch."""
-    try:
+    with unreadable_as_data_error(path):
         if path.suffix == ".parquet":
             yield from _parquet_rows(path, columns, required, expected)
         else:
             yield from _arrow_rows(path, columns, required, expected)
-    except (pa.ArrowInvalid, OSError) as exc:
+
+
+@contextlib.contextmanager
+def unreadable_as_data_error(path: Path) -> Iterator[None]:
+    """pyarrow's errors for a file that is not valid parquet/arrow become one line naming the file."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:  # ArrowInvalid, ArrowNotImplementedError (codec), IO errors
         raise DataError(f"{path}: unreadable {path.suffix[1:]} file ({exc})") from None
 
 
@@ -86,12 +103,7 @@ def _parquet_rows(path: Path, columns: list[str], required: list[str], expected:
 
 
 def _arrow_rows(path: Path, columns: list[str], required: list[str], expected: str) -> Iterator[dict]:
-    source = pa.memory_map(str(path), "r")
-    try:
-        reader = pa.ipc.open_stream(source)  # what `datasets` writes
-    except pa.ArrowInvalid:
-        source.seek(0)
-        reader = pa.ipc.open_file(source)
+    reader = open_arrow(path)
     check_columns(path, reader.schema, required, expected)
     present = [name for name in columns if name in reader.schema.names]
     batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
@@ -99,3 +111,13 @@ def _arrow_rows(path: Path, columns: list[str], required: list[str], expected: s
     for batch in batches:
         for start in range(0, batch.num_rows, BATCH_ROWS):
             yield from batch.slice(start, BATCH_ROWS).select(present).to_pylist()
+
+
+def open_arrow(path: Path) -> pa.ipc.RecordBatchStreamReader | pa.ipc.RecordBatchFileReader:
+    """An Arrow IPC stream (what `datasets` writes) or, failing that, an Arrow IPC file; reads only the schema."""
+    source = pa.memory_map(str(path), "r")
+    try:
+        return pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_file(source)
