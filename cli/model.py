@@ -19,10 +19,13 @@ def convert_meta_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer.model (default: SRC/ or its parent)."),
 ) -> None:
     """Write a standard model directory (safetensors, params, tokenizer, metadata.json with SHA-256)."""
-    from wmtp.model.checkpoint import convert_meta
+    from wmtp.model.checkpoint import TOKENIZER_FILE, convert_meta
 
     out = convert_meta(src, dest, tokenizer)
     typer.echo(f"wrote {out}")
+    if not (out / TOKENIZER_FILE).is_file():
+        typer.echo(f"warning: no tokenizer.model in {src} or its parent; {out} has no {TOKENIZER_FILE} "
+                   "(pass --tokenizer FILE to include one)", err=True)
 
 
 @app.command("micro")
@@ -40,13 +43,13 @@ def micro_cmd(
 
 @app.command("verify")
 def verify_cmd(path: Path = typer.Argument(..., help="Standard model directory.")) -> None:
-    """Check every file against the SHA-256 recorded in metadata.json, then load the weights."""
-    from wmtp.model.checkpoint import load_model, verify_model_dir
+    """Check every file against the size and SHA-256 recorded in metadata.json, then load the weights."""
+    from wmtp.model.checkpoint import load_model
 
-    verify_model_dir(path)
-    model = load_model(path)
+    model = load_model(path, verify=True)
     n_params = sum(p.numel() for p in model.parameters())
-    typer.echo(f"ok: {path} ({n_params:,} parameters, {model.n_future_tokens} heads)")
+    heads = model.n_future_tokens
+    typer.echo(f"ok: {path} ({n_params:,} parameters, {heads} head{'s' if heads != 1 else ''})")
 
 
 @app.command("info")

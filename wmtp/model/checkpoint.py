@@ -9,7 +9,8 @@ Standard directory (what `wmtp model convert-meta` and `wmtp model micro` write)
 
 Meta release directory: `consolidated.pth` + `params.json` (+ `tokenizer.model`).
 Every mismatch between params and weights is an error naming the key; nothing is loaded with
-`strict=False`.
+`strict=False`. A standard directory's files are checked against metadata.json before loading: the
+sizes always (cheap), the SHA-256 hashes with `verify=True` (`wmtp model verify`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +42,7 @@ META_PARAMS = "params.json"
 # Keys some Meta checkpoints carry that are derived from params, not learned.
 DERIVED_KEYS = frozenset({"rope.freqs", "freqs_cis"})
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 22) -> str:
@@ -140,26 +142,80 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     max_seq_len: Optional[int] = None,
+    verify: bool = False,
 ) -> Transformer:
     """Load a Meta release directory or a standard model directory.
 
     `dtype=None` keeps the stored dtype. `max_seq_len` overrides the RoPE table length.
+
+    A standard directory is checked against its metadata.json first: every listed file must exist with
+    the recorded size (always; a truncated or replaced file is one error naming it), and with
+    `verify=True` also with the recorded SHA-256 (reads every byte once; catches a flipped byte).
+    A standard directory without metadata.json (e.g. written by hand) is accepted with a `UserWarning`
+    saying nothing could be checked; with `verify=True` it is an error, and so is a Meta release
+    directory (it records no hashes; convert it with `wmtp model convert-meta` to get them).
     """
     path = Path(path)
     dtype = parse_dtype(dtype)
     if not path.is_dir():
         raise CheckpointError(f"{path}: model directory not found")
     if is_standard_dir(path):
+        check_against_metadata(path, hashes=verify)
         args = ModelArgs.from_json_file(path / PARAMS_FILE, max_seq_len=max_seq_len)
         weights = path / WEIGHTS_FILE
         return build_from_state(args, read_safetensors(weights), str(weights), device, dtype)
     if is_meta_dir(path):
+        if verify:
+            raise CheckpointError(
+                f"{path}: a Meta release directory records no SHA-256 to verify against; "
+                "convert it with `wmtp model convert-meta` first"
+            )
         args = ModelArgs.from_json_file(path / META_PARAMS, max_seq_len=max_seq_len)
         return build_from_state(args, read_meta_state_dict(path), str(path / META_WEIGHTS), device, dtype)
     raise CheckpointError(
         f"{path}: neither a standard model directory ({PARAMS_FILE} + {WEIGHTS_FILE}) "
         f"nor a Meta release directory ({META_PARAMS} + {META_WEIGHTS})"
     )
+
+
+def read_metadata(path: Path) -> Optional[dict]:
+    """metadata.json of a standard directory, or None when there is none."""
+    meta_path = path / METADATA_FILE
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("files", {}), dict):
+        raise CheckpointError(f"{meta_path}: expected an object with a 'files' mapping")
+    return metadata
+
+
+def check_against_metadata(path: Path, hashes: bool) -> None:
+    """Every file metadata.json lists: present, recorded size, and (with `hashes`) recorded SHA-256."""
+    metadata = read_metadata(path)
+    if metadata is None:
+        if hashes:
+            raise CheckpointError(f"{path / METADATA_FILE}: not found, so nothing can be verified")
+        warnings.warn(f"{path}: no {METADATA_FILE}; file sizes and hashes not checked", UserWarning, stacklevel=3)
+        return
+    for rel, info in metadata.get("files", {}).items():
+        file = path / rel
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in metadata.json but missing")
+        size = file.stat().st_size
+        if size != info.get("size"):
+            raise CheckpointError(
+                f"{file}: {size} bytes, metadata.json records {info.get('size')} (corrupt or modified)"
+            )
+        if hashes:
+            digest = sha256_file(file)
+            if digest != info.get("sha256"):
+                raise CheckpointError(
+                    f"{file}: SHA-256 {digest} does not match metadata.json's {info.get('sha256')} "
+                    "(corrupt or modified)"
+                )
 
 
 def populate_model_dir(
@@ -226,39 +282,35 @@ def save_model(model: Transformer, dest, source: str, tokenizer_model: Optional[
     return write_model_dir(dest, model.args, model.state_dict(), source, tokenizer_model, kw or None)
 
 
+def find_meta_tokenizer(src: Path) -> Optional[Path]:
+    """The tokenizer.model Meta ships next to a release (in it, or in its parent as for Llama 2/3 downloads)."""
+    for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def convert_meta(src: str | os.PathLike, dest: str | os.PathLike, tokenizer_model: Optional[Path] = None) -> Path:
-    """Convert a Meta release directory into a standard model directory (weights validated first)."""
+    """Convert a Meta release directory into a standard model directory (weights validated first).
+
+    `tokenizer_model=None` takes SRC/tokenizer.model or SRC/../tokenizer.model when there is one; with
+    neither, the directory is written without tokenizer/ (the CLI says so).
+    """
     src = Path(src)
     if not src.is_dir():
         raise CheckpointError(f"{src}: Meta release directory not found")
+    if tokenizer_model is not None and not Path(tokenizer_model).is_file():
+        raise CheckpointError(f"{tokenizer_model}: tokenizer file not found")
     args = ModelArgs.from_json_file(src / META_PARAMS)
     state = read_meta_state_dict(src)
     with torch.device("meta"):
         check_state_dict(Transformer(args), state, str(src / META_WEIGHTS))
     if tokenizer_model is None:
-        for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
-            if candidate.is_file():
-                tokenizer_model = candidate
-                break
-    elif not Path(tokenizer_model).is_file():
-        raise CheckpointError(f"{tokenizer_model}: tokenizer file not found")
+        tokenizer_model = find_meta_tokenizer(src)
     source = f"meta:{src.resolve()} (sha256 {sha256_file(src / META_WEIGHTS)})"
     return write_model_dir(dest, args, state, source, tokenizer_model)
 
 
 def verify_model_dir(path: str | os.PathLike) -> None:
     """Check every file listed in metadata.json against its recorded size and SHA-256."""
-    path = Path(path)
-    meta_path = path / METADATA_FILE
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
-    for rel, info in metadata.get("files", {}).items():
-        file = path / rel
-        if not file.is_file():
-            raise CheckpointError(f"{file}: listed in metadata.json but missing")
-        if file.stat().st_size != info["size"] or sha256_file(file) != info["sha256"]:
-            raise CheckpointError(f"{file}: SHA-256 does not match metadata.json (corrupt or modified)")
+    check_against_metadata(Path(path), hashes=True)
