@@ -155,10 +155,22 @@ def pod_violations(role: str, pod: dict, settings: dict) -> list[str]:
 
 # ---------------------------------------------------------------- the API
 
+INSTALL_HINT = ("the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
+                "(or use --dry-run / wmtp render to get the PyTorchJob without it)")
+
+
+def kubernetes_modules():
+    """`(kubernetes.client, kubernetes.config)`, or one line saying how to install the optional extra."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise WmtpError(INSTALL_HINT) from None
+    return client, config
+
 
 def api_client():
     """A `kubernetes` ApiClient from the kubeconfig (KUBECONFIG or ~/.kube/config), else in-cluster."""
-    from kubernetes import client, config
+    client, config = kubernetes_modules()
 
     # The client reads $KUBECONFIG once, at import; read it now so an --env-file or a later export counts.
     kubeconfig = os.environ.get("KUBECONFIG") or None
@@ -201,7 +213,7 @@ def api_message(exc) -> str:
 
 def submit(doc: dict, context: JobContext, server_dry_run: bool) -> list[str]:
     """Create the PyTorchJob (`dryRun=All` with server_dry_run); return what to tell the user."""
-    from kubernetes import client
+    client, _ = kubernetes_modules()
 
     namespace = context.settings["namespace"]
     with api_client() as api:
@@ -216,7 +228,7 @@ def submit(doc: dict, context: JobContext, server_dry_run: bool) -> list[str]:
 
 
 def status(name: str, settings: dict[str, Any]) -> list[str]:
-    from kubernetes import client
+    client, _ = kubernetes_modules()
 
     with api_client() as api:
         job = call_api("read the PyTorchJob", client.CustomObjectsApi(api).get_namespaced_custom_object,
@@ -230,7 +242,7 @@ def status(name: str, settings: dict[str, Any]) -> list[str]:
 
 def logs(name: str, settings: dict[str, Any], tail: int) -> list[str]:
     """The Master pod's trainer output (rank 0 prints progress; pods are named <job>-master-0)."""
-    from kubernetes import client
+    client, _ = kubernetes_modules()
 
     with api_client() as api:
         text = call_api("read the Master pod's log", client.CoreV1Api(api).read_namespaced_pod_log,

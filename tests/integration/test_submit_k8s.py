@@ -178,3 +178,17 @@ def test_malformed_kubeconfig_is_one_line_naming_the_file(tmp_path, monkeypatch)
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {kubeconfig}:")
     assert "not a usable kubeconfig (" in lines[0] and "s3cr3t" not in result.output
+
+
+@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-8"], ["status", "wmtp-k8s-8"],
+                                     ["logs", "wmtp-k8s-8"]])
+def test_without_the_kubernetes_package_says_how_to_install_it(command, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # what a machine without the optional extra sees
+    result = runner.invoke(app, [*command, "--target", "k8s"])
+    assert result.exit_code == 2, result.output
+    assert result.output == ("error: the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
+                             "(or use --dry-run / wmtp render to get the PyTorchJob without it)\n")
+    dry = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--dry-run"])
+    assert dry.exit_code == 0 and "kind: PyTorchJob" in dry.stdout
