@@ -9,11 +9,11 @@ telemetry switches are read from the environment when the package is imported.
 
 from __future__ import annotations
 
-import os
 import posixpath
 from typing import Any
 
 from cli.platform.context import JobContext
+from storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
 from wmtp.errors import WmtpError
 
 TOP_LEVEL_KEYS = {"name", "description", "tags", "resources", "image", "import", "mount", "run", "export",
@@ -23,7 +23,6 @@ RESOURCE_KEYS = {"cluster", "preset"}
 RUN_STEP_KEYS = {"command", "workdir"}
 PORT_KEYS = {"name", "type", "port"}
 VOLUME_PREFIXES = ("volume://", "git://", "hf://", "s3://", "gs://", "vessl-dataset://", "vessl-model://")
-TELEMETRY_OPT_OUT = {"VESSL_DATA_COLLECTION_OPT_OUT": "true", "ENABLE_SENTRY": "false"}
 
 
 def extra_context(context: JobContext) -> dict[str, Any]:
@@ -143,8 +142,7 @@ def check_ports(ports: Any) -> str | None:
 
 def import_sdk():
     """The `vessl` module with its telemetry opted out, or one line saying how to get it."""
-    for key, value in TELEMETRY_OPT_OUT.items():
-        os.environ.setdefault(key, value)  # read at import time by vessl.util.constant
+    opt_out_of_vessl_telemetry()  # read at import time by vessl.util.constant
     try:
         import vessl
     except ImportError:

@@ -17,6 +17,7 @@ from typing import Optional
 from storage_sync.backends.s3 import S3Backend
 from storage_sync.destination import VesslLocation
 from storage_sync.errors import SyncError
+from storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
 
 INSTALL_HINT = "pip install 'weighted-mtp[vessl]'"
 TOKEN_HINT = "set VESSL_ACCESS_TOKEN (and VESSL_DEFAULT_ORGANIZATION) or run `vessl configure`"
@@ -58,8 +59,8 @@ def open_vessl_volume(
 
 
 def _import_sdk(url: str):
-    # The SDK reports errors to Sentry unless told not to; read at its import, so set it first.
-    os.environ.setdefault("ENABLE_SENTRY", "false")
+    # The SDK collects usage data and reports errors to Sentry unless told not to; read at its import.
+    opt_out_of_vessl_telemetry()
     try:
         import vessl
     except ImportError:

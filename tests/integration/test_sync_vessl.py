@@ -52,6 +52,7 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)  # only the federated credentials can sign these requests
     monkeypatch.delenv("ENABLE_SENTRY", raising=False)
+    monkeypatch.delenv("VESSL_DATA_COLLECTION_OPT_OUT", raising=False)
     calls = fake_sdk(monkeypatch, federate=s3_volume(bucket, moto_endpoint))
     root = make_tree(s3_env / "storage", {"models_v2/m/model.safetensors": 40_000, "models_v2/m/params.json": 30})
 
@@ -60,7 +61,8 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
     assert "uploaded 2 file(s)" in result.output and "vessl://team/models/v2" in result.output
     assert SESSION_TOKEN not in result.output and SECRET_KEY not in result.output
     assert calls == [{"storage": "team", "volume": "models", "type": "write"}]
-    assert __import__("os").environ["ENABLE_SENTRY"] == "false"  # the SDK's telemetry stays off
+    environ = __import__("os").environ  # the SDK's telemetry stays off
+    assert (environ["ENABLE_SENTRY"], environ["VESSL_DATA_COLLECTION_OPT_OUT"]) == ("false", "true")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {"volumes/team/models/v2/models_v2/m/model.safetensors",
                     "volumes/team/models/v2/models_v2/m/params.json", "volumes/team/models/v2/.wmtp-manifest.json"}
@@ -68,6 +70,28 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
     pulled = sync(SyncOptions(dest="vessl://team/models/v2", root=s3_env / "pulled", direction="down", progress=False))
     assert len(pulled.transferred) == 2 and calls[-1]["type"] == "read"
     assert (s3_env / "pulled/models_v2/m/model.safetensors").read_bytes() == (root / "models_v2/m/model.safetensors").read_bytes()
+
+
+def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch):
+    """Both switches, the same ones `wmtp submit --target vessl` sets, are in the environment at import."""
+    from cli.platform import vessl as submit_vessl
+    from storage_sync.backends import vessl as sync_vessl
+    from storage_sync.vessl_telemetry import VESSL_TELEMETRY_OPT_OUT
+
+    package = tmp_path / "sdk" / "vessl"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import os, types\n"
+        "at_import = {k: os.environ.get(k) for k in ('VESSL_DATA_COLLECTION_OPT_OUT', 'ENABLE_SENTRY')}\n"
+        "vessl_api = types.SimpleNamespace(user=object())\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    for name, importer in (("sync", lambda: sync_vessl._import_sdk("vessl://team/models")),
+                           ("submit", submit_vessl.import_sdk)):
+        monkeypatch.delitem(sys.modules, "vessl", raising=False)
+        for key in VESSL_TELEMETRY_OPT_OUT:
+            monkeypatch.delenv(key, raising=False)
+        assert importer().at_import == {"VESSL_DATA_COLLECTION_OPT_OUT": "true", "ENABLE_SENTRY": "false"}, name
+    monkeypatch.delitem(sys.modules, "vessl", raising=False)
 
 
 def test_missing_sdk_is_one_clear_line(s3_env, monkeypatch):
