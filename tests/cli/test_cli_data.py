@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.unit.test_data_index import alpaca, write_jsonl
+from tests.unit.test_data_index import BAD_LINE_IDS, BAD_LINES, alpaca, write_jsonl
 from tests.unit.test_data_prepare import write_codecontests_parquet, write_mbpp_parquet
 from wmtp.data.index import index_path, metadata_path
 
@@ -23,6 +24,15 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert all(fragment in result.output for fragment in fragments), result.output
+
+
+def assert_errors(result, *patterns: str) -> None:
+    """Exit 2, no traceback, and each regex matches one whole `error: …` line of the output."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line.removeprefix("error: ") for line in result.output.splitlines() if line.startswith("error: ")]
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, lines)
 
 
 def test_data_help_lists_the_commands():
@@ -79,6 +89,15 @@ def test_index_of_a_bad_line_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [alpaca(i) for i in range(4)], {2: '{"instruction": 1}'})
     assert_one_line_error(run("index", path), "bad.jsonl:2: ", "'instruction' must be a string")
     assert not index_path(path).exists()
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES, ids=BAD_LINE_IDS)
+def test_every_bad_line_message_reaches_index_and_validate(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(5)], {3: line})
+    assert_errors(run("index", path), re.escape(f"{path}:3: ") + message)
+    assert not index_path(path).exists()
+    assert_errors(run("validate", tmp_path), re.escape(f"{path}:3: ") + message,
+                  re.escape(f"{tmp_path}: 1 problem(s) in 1 of 1 file(s)"))
 
 
 def test_validate_reports_every_bad_line_and_a_tampered_file(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,14 @@ def alpaca(i: int, correct: bool = True, difficulty: int = 1, output: str | None
 
 
 def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = None) -> Path:
-    """Records as JSONL; `raw_lines` replaces line i (1-based) by the given text verbatim."""
+    """Records as JSONL; `raw_lines` replaces line i (1-based) by the given text verbatim.
+
+    A lone surrogate `\\udcXX` in a raw line is written as the byte 0xXX (to make non-UTF-8 lines).
+    """
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     for number, text in (raw_lines or {}).items():
         lines[number - 1] = text
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -116,24 +120,50 @@ def test_missing_jsonl_is_named(tmp_path):
         build_index(tmp_path / "nope.jsonl")
 
 
+def with_metadata(**metadata) -> str:
+    """Line 3 of the bad-line tests with `metadata` keys replaced (a value of ... removes the key)."""
+    base = {"source": "unit", "difficulty": 1, "has_tests": True}
+    merged = {k: v for k, v in {**base, **metadata}.items() if v is not ...}
+    return json.dumps({**alpaca(3), "metadata": merged})
+
+
+def without(key: str) -> str:
+    return json.dumps({k: v for k, v in alpaca(3).items() if k != key})
+
+
+# (line 3 of a file, a regex for the whole message after "<file>:3: "); exact text except exception details
 BAD_LINES = [
-    ('{"instruction": "x", "input": ', r"train\.jsonl:3: not valid JSON"),
-    ("", r"train\.jsonl:3: empty line"),
-    ("[1, 2]", r"train\.jsonl:3: expected a JSON object, got list"),
-    (json.dumps({k: v for k, v in alpaca(3).items() if k != "output"}), r"train\.jsonl:3: missing key 'output'"),
-    (json.dumps({**alpaca(3), "is_correct": "yes"}), r"train\.jsonl:3: 'is_correct' must be true or false"),
-    (json.dumps({**alpaca(3), "metadata": {"source": "s", "difficulty": 300, "has_tests": True}}),
-     r"train\.jsonl:3: 'metadata.difficulty' is 300; expected 0\.\.127"),
-    (json.dumps({**alpaca(3), "metadata": {"source": "s", "difficulty": 2}}),
-     r"train\.jsonl:3: 'metadata.has_tests' must be true or false"),
+    ('{"instruction": "x", "input": ', r"not valid JSON \(.+\); line truncated or malformed"),
+    ("", re.escape("empty line (expected one JSON object per line)")),
+    ("\udcff" + json.dumps(alpaca(3))[1:], r"not UTF-8 \('utf-8' codec can't decode byte 0xff in position 0: .+\)"),
+    ("[1, 2]", re.escape("expected a JSON object, got array")),
+    (without("output"), re.escape("missing key 'output' (expected a string)")),
+    (json.dumps({**alpaca(3), "task_id": 7}), re.escape("'task_id' must be a string, got integer")),
+    (without("is_correct"), re.escape("missing key 'is_correct' (expected true or false)")),
+    (json.dumps({**alpaca(3), "is_correct": "yes"}), re.escape("'is_correct' must be true or false, got string")),
+    (without("metadata"), re.escape("missing key 'metadata' (expected an object {source, difficulty, has_tests})")),
+    (json.dumps({**alpaca(3), "metadata": "unit"}),
+     re.escape("'metadata' must be an object {source, difficulty, has_tests}, got string")),
+    (with_metadata(source=...), re.escape("missing key 'metadata.source' (expected a string)")),
+    (with_metadata(source=3), re.escape("'metadata.source' must be a string, got integer")),
+    (with_metadata(difficulty=...), re.escape("missing key 'metadata.difficulty' (expected an integer 0..127)")),
+    (with_metadata(difficulty="3"), re.escape("'metadata.difficulty' must be an integer 0..127, got string")),
+    (with_metadata(difficulty=True), re.escape("'metadata.difficulty' must be an integer 0..127, got boolean")),
+    (with_metadata(difficulty=300), re.escape("'metadata.difficulty' is 300; expected 0..127 (0 = unknown)")),
+    (with_metadata(has_tests=...), re.escape("missing key 'metadata.has_tests' (expected true or false)")),
+    (with_metadata(has_tests=1), re.escape("'metadata.has_tests' must be true or false, got integer")),
 ]
+BAD_LINE_IDS = ["json", "empty", "utf8", "array", "no-output", "task_id-int", "no-is_correct", "is_correct-str",
+                "no-metadata", "metadata-str", "no-source", "source-int", "no-difficulty", "difficulty-str",
+                "difficulty-bool", "difficulty-300", "no-has_tests", "has_tests-int"]
 
 
-@pytest.mark.parametrize("line,message", BAD_LINES)
+@pytest.mark.parametrize("line,message", BAD_LINES, ids=BAD_LINE_IDS)
 def test_bad_line_is_reported_with_file_and_line_and_nothing_is_written(tmp_path, line, message):
     path = write_jsonl(tmp_path / "train.jsonl", [alpaca(i) for i in range(5)], {3: line})
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError) as error:
         build_index(path)
+    assert re.fullmatch(re.escape(f"{path}:3: ") + message, str(error.value)), str(error.value)
     assert not index_path(path).exists() and not metadata_path(path).exists()
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]  # no temp file left behind
 

@@ -43,36 +43,51 @@ def is_valid_record(record: Any) -> bool:
         return False
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (what a user sees in the file)."""
+    names = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+             dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
 def record_problem(record: Any) -> str | None:
     """What is wrong with one parsed line as an Alpaca record, or None when it is valid."""
     if is_valid_record(record):
         return None
     if not isinstance(record, dict):
-        return f"expected a JSON object, got {type(record).__name__}"
+        return f"expected a JSON object, got {json_type(record)}"
     for name in REQUIRED_TEXT_FIELDS:
         if name not in record:
             return f"missing key '{name}' (expected a string)"
         if not isinstance(record[name], str):
-            return f"'{name}' must be a string, got {type(record[name]).__name__}"
-    if not isinstance(record.get("is_correct"), bool):
-        return "'is_correct' must be true or false" if "is_correct" in record else "missing key 'is_correct' (expected true or false)"
-    return metadata_problem(record.get("metadata"))
+            return f"'{name}' must be a string, got {json_type(record[name])}"
+    if "is_correct" not in record:
+        return "missing key 'is_correct' (expected true or false)"
+    if not isinstance(record["is_correct"], bool):
+        return f"'is_correct' must be true or false, got {json_type(record['is_correct'])}"
+    if "metadata" not in record:
+        return "missing key 'metadata' (expected an object {source, difficulty, has_tests})"
+    return metadata_problem(record["metadata"])
+
+
+METADATA_FIELDS = {  # key: (what it must be, its Python type)
+    "source": ("a string", str),
+    "difficulty": (f"an integer {DIFFICULTY_MIN}..{DIFFICULTY_MAX}", int),
+    "has_tests": ("true or false", bool),
+}
 
 
 def metadata_problem(metadata: Any) -> str | None:
-    if metadata is None:
-        return "missing key 'metadata' (expected {source, difficulty, has_tests})"
     if not isinstance(metadata, dict):
-        return f"'metadata' must be an object, got {type(metadata).__name__}"
-    if not isinstance(metadata.get("source"), str):
-        return "'metadata.source' must be a string"
-    difficulty = metadata.get("difficulty")
-    if isinstance(difficulty, bool) or not isinstance(difficulty, int):
-        return f"'metadata.difficulty' must be an integer {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
-    if not DIFFICULTY_MIN <= difficulty <= DIFFICULTY_MAX:
-        return f"'metadata.difficulty' is {difficulty}; expected {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
-    if not isinstance(metadata.get("has_tests"), bool):
-        return "'metadata.has_tests' must be true or false"
+        return f"'metadata' must be an object {{source, difficulty, has_tests}}, got {json_type(metadata)}"
+    for name, (expected, kind) in METADATA_FIELDS.items():
+        if name not in metadata:
+            return f"missing key 'metadata.{name}' (expected {expected})"
+        value = metadata[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"'metadata.{name}' must be {expected}, got {json_type(value)}"
+    if not DIFFICULTY_MIN <= metadata["difficulty"] <= DIFFICULTY_MAX:
+        return f"'metadata.difficulty' is {metadata['difficulty']}; expected {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
     return None
 
 
