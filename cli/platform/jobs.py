@@ -9,10 +9,10 @@ from typing import Any, Optional
 
 from cli.envfile import read_env_file
 from cli.platform import compose, k8s, local, vessl
-from cli.platform.context import JobContext, build_context
+from cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, build_context
 from cli.platform.names import default_job_name
 from cli.platform.render import TEMPLATES, parse_manifest, render_manifest
-from cli.platform.targets import check_target, target_settings
+from cli.platform.targets import check_target, target_settings, url_credentials
 from wmtp.errors import WmtpError
 
 # A secret shorter than this could match ordinary manifest text by chance; real tokens are longer.
@@ -41,6 +41,7 @@ def prepare_job(
 
     check_target(target)
     overrides = list(overrides or [])
+    refuse_url_credentials(overrides)
     env_values = read_env_file(env_file) if env_file else {}
     resolved = load_experiment(experiment, overrides, preset)
     context = build_context(resolved, experiment, target, name or default_job_name(resolved.name),
@@ -69,6 +70,17 @@ def validate(target: str, document: Any, manifest: str, context: JobContext) -> 
         k8s.validate_pytorchjob(document, context)
     elif target == "local-docker":
         compose.validate_compose(document, manifest, context)
+
+
+def refuse_url_credentials(overrides: list[str]) -> None:
+    """A trainer override is written into the manifest as given: a URL in it must carry no credentials.
+    (targets.* overrides are checked, key by key, by the target's settings model.)"""
+    for text in overrides:
+        key, _, value = text.partition("=")
+        found = url_credentials(value.strip())
+        if found and not key.strip().startswith(PLATFORM_OVERRIDE_PREFIX):
+            raise WmtpError(f"--set {key.strip()}: a URL with credentials ({found}) would be written into the "
+                            "manifest in plain text; pass them as secrets (env.secrets) instead")
 
 
 def refuse_secret_values(text: str, names: list[str], env_values: dict[str, str]) -> None:

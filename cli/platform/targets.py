@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, Optional, Type
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from wmtp.errors import WmtpError
 
@@ -29,6 +31,39 @@ def matching(pattern: str, expected: str):
     return AfterValidator(check)
 
 
+CREDENTIALS_IN_URL = "credentials_in_url"
+
+
+def url_credentials(value: str) -> Optional[str]:
+    """What in `value` looks like a credential: a password (`user:pass@`), or any user in an http(s) URL
+    (`https://TOKEN@host` is how tokens are pasted); None when there is none. An ssh user alone is no secret."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.netloc or "@" not in parts.netloc:
+        return None
+    userinfo = parts.netloc.rpartition("@")[0]
+    if ":" in userinfo:
+        return "user:password@"
+    if parts.scheme.lower() in ("http", "https"):
+        return "user@ or token@"
+    return None
+
+
+def check_no_credentials(value: str) -> str:
+    found = url_credentials(value)
+    if found:
+        # A custom error type, so describe_error does not echo the value (it holds the credential).
+        raise PydanticCustomError(CREDENTIALS_IN_URL, "must not contain credentials ({found}); it would be "
+                                  "written into the manifest in plain text — pass them as secrets "
+                                  "(env.secrets, e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)",
+                                  {"found": found})
+    return value
+
+
+NoCredentials = AfterValidator(check_no_credentials)
+
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
 ImageRef = Annotated[str, matching(
@@ -43,9 +78,10 @@ Quantity = Annotated[str, matching(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T
 PlainName = Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_', '-'")]
 VesslVolume = Annotated[str, matching(
     r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "STORAGE/VOLUME (used as volume://STORAGE/VOLUME)")]
-GitUrl = Annotated[str, matching(r"(https://|ssh://|git@)[^\s'\"]+", "a git URL (https://…, ssh://… or git@…)")]
+GitUrl = Annotated[str, matching(r"(https://|ssh://|git@)[^\s'\"]+", "a git URL (https://…, ssh://… or git@…)"),
+                   NoCredentials]
 GitRef = Annotated[str, matching(r"[\w./-]+", "a branch, tag or commit")]
-HttpUrl = Annotated[str, matching(r"https?://[^\s'\"]+", "an http(s):// URL")]
+HttpUrl = Annotated[str, matching(r"https?://[^\s'\"]+", "an http(s):// URL"), NoCredentials]
 HostPath = Annotated[str, matching(r"[^\x00-\x1f'\"]+", "a path without quotes or control characters")]
 
 
@@ -128,4 +164,6 @@ def describe_error(exc: ValidationError, prefix: str) -> str:
     if first["type"] == "missing":
         return f"{prefix}.{key}: required"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == CREDENTIALS_IN_URL:
+        return f"{prefix}.{key}: {message}"  # never the value: it holds the credential
     return f"{prefix}.{key}: {message} (got {first['input']!r})"

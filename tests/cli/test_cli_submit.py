@@ -104,3 +104,14 @@ def test_image_commands_without_an_engine_are_one_line(command, tmp_path, monkey
 def test_image_build_needs_a_dockerfile(tmp_path):
     line = one_error_line(runner.invoke(app, ["image", "build", "--file", str(tmp_path / "Dockerfile")]))
     assert line == f"error: {tmp_path / 'Dockerfile'}: Dockerfile not found"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("targets.vessl.mlflow_uri=https://alice:hunter2-pass@mlflow.example.com", "targets.vessl.mlflow_uri"),
+    ("train.tracking_uri=https://alice:hunter2-pass@mlflow.example.com", "--set train.tracking_uri"),
+])
+def test_credentials_in_a_url_never_reach_the_manifest(override, key):
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run", "--set", override])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {key}: ") and "credentials (user:password@)" in result.output
+    assert "hunter2" not in result.output and len(result.output.strip().splitlines()) == 1

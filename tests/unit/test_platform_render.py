@@ -113,3 +113,31 @@ def test_jinja_environment_is_strict():
 
     env = template_environment("k8s")
     assert env.undefined is jinja2.StrictUndefined
+
+
+def vessl_settings(**changes):
+    base = {"image": "ghcr.io/x/y:1", "cluster": "c", "preset": "p", "storage_volume": "s/v",
+            "checkpoint_volume": "s/c"}
+    return {"vessl": {**base, **changes}}
+
+
+@pytest.mark.parametrize("key, url", [
+    ("mlflow_uri", "https://alice:hunter2-pass@mlflow.example.com"),
+    ("mlflow_uri", "http://ghp_tokenvalue123@mlflow.example.com:5000/"),
+    ("code_repo", "https://x-access-token:ghs_tokenvalue123@github.com/org/repo.git"),
+    ("code_repo", "https://ghp_tokenvalue123@github.com/org/repo.git"),
+    ("code_repo", "ssh://git:hunter2-pass@example.com/org/repo.git"),
+])
+def test_credentials_in_a_url_setting_are_refused_without_echoing_them(key, url):
+    with pytest.raises(WmtpError) as info:
+        target_settings("vessl", vessl_settings(**{key: url}))
+    message = str(info.value)
+    assert message.startswith(f"targets.vessl.{key}: must not contain credentials (") and "\n" not in message
+    assert "hunter2" not in message and "tokenvalue" not in message
+
+
+@pytest.mark.parametrize("key, url", [("mlflow_uri", "https://mlflow.example.com:5000/path"),
+                                      ("code_repo", "git@github.com:org/repo.git"),
+                                      ("code_repo", "ssh://git@github.com/org/repo.git")])
+def test_urls_without_credentials_pass(key, url):
+    assert getattr(target_settings("vessl", vessl_settings(**{key: url})), key) == url
