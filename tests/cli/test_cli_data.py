@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.unit.test_data_index import BAD_LINE_IDS, BAD_LINES, alpaca, write_jsonl
+from tests.unit.test_data_index import (BAD_LINE_IDS, BAD_LINES, BROKEN_INDEX_IDS, BROKEN_INDEXES, alpaca,
+                                        broken_index_message, write_jsonl)
 from tests.unit.test_data_prepare import write_codecontests_parquet, write_mbpp_parquet
 from wmtp.data.index import index_path, metadata_path
 
@@ -123,6 +125,54 @@ def test_validate_notices_an_index_that_disagrees_with_the_file(tmp_path):
     meta["n_correct"] = 2
     metadata_path(path).write_text(json.dumps(meta))
     assert_one_line_error(run("validate", tmp_path), "t_metadata.json: 'n_correct' is 2 but the file gives 5")
+
+
+def indexed_file(tmp_path, n: int = 5):
+    path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(n)])
+    assert run("index", path).exit_code == 0
+    return path
+
+
+def test_validate_names_the_line_where_the_index_disagrees(tmp_path):
+    path = indexed_file(tmp_path)
+    rows = np.load(index_path(path))
+    rows["difficulty"][2] = 9
+    np.save(index_path(path), rows)
+    assert_errors(run("validate", tmp_path),
+                  re.escape(f"{path}:3: index difficulty is 9 but the line gives 1 (1 of 5 rows differ); "
+                            f"run `wmtp data index {path}`"))
+
+
+def test_validate_notices_a_line_added_after_indexing(tmp_path):
+    path = indexed_file(tmp_path)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(alpaca(5)) + "\n")
+    assert_errors(run("validate", tmp_path),
+                  re.escape(f"{index_path(path)}: 5 rows but the file has 6 lines; run `wmtp data index {path}`"),
+                  re.escape(f"{path}: SHA-256 ") + ".+" + re.escape(" (changed after indexing); run `wmtp data index ")
+                  + ".+")
+
+
+def test_validate_lists_20_bad_lines_then_counts_the_rest(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(25)], {i: "{" for i in range(1, 26)})
+    result = run("validate", tmp_path)
+    assert_errors(result, re.escape(f"{path}:20: not valid JSON (") + ".+",
+                  re.escape(f"{path}: … and 5 more bad lines (only the first 20 are listed)"),
+                  re.escape(f"{tmp_path}: 21 problem(s) in 1 of 1 file(s)"))
+    assert f"{path}:21:" not in result.output
+
+
+def test_validate_of_a_folder_without_jsonl(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert_errors(run("validate", tmp_path),
+                  re.escape(f"{tmp_path}: no .jsonl files found (searched recursively for prepared <split>.jsonl files)"))
+
+
+@pytest.mark.parametrize("breaks,pattern", BROKEN_INDEXES, ids=BROKEN_INDEX_IDS)
+def test_validate_names_a_broken_index_or_metadata_file(tmp_path, breaks, pattern):
+    path = indexed_file(tmp_path)
+    breaks(path)
+    assert_errors(run("validate", tmp_path), broken_index_message(path, pattern))
 
 
 @pytest.mark.parametrize("args,fragments", [

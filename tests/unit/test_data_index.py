@@ -189,3 +189,48 @@ def test_corrupt_index_file_is_named(mixed_file):
     index_path(mixed_file).write_bytes(b"not numpy")
     with pytest.raises(DataError, match=r"train\.index\.npy: unreadable index"):
         DatasetIndex.load(mixed_file)
+
+
+def test_index_row_count_must_match_its_metadata(mixed_file):
+    build_index(mixed_file)
+    meta = json.loads(metadata_path(mixed_file).read_text())
+    metadata_path(mixed_file).write_text(json.dumps({**meta, "n_samples": 49}))
+    with pytest.raises(DataError) as error:
+        DatasetIndex.load(mixed_file)
+    assert str(error.value) == (f"{index_path(mixed_file)}: 50 rows but the metadata says 49; "
+                                f"run `wmtp data index {mixed_file}`")
+
+
+def write_metadata_text(path, text: str) -> None:
+    metadata_path(path).write_text(text)
+
+
+def edit_metadata(path, **changes) -> None:
+    meta = json.loads(metadata_path(path).read_text())
+    metadata_path(path).write_text(json.dumps({**meta, **changes}))
+
+
+BROKEN_INDEXES = [  # (how to break t.jsonl's index, the whole message: {index} and {meta} are the files, {hint} the fix)
+    (lambda p: write_metadata_text(p, "{"), r"{meta}: not valid JSON \(.+\); {hint}"),
+    (lambda p: write_metadata_text(p, "[1]"), r"{meta}: expected a JSON object, got array; {hint}"),
+    (lambda p: edit_metadata(p, index_format="wmtp-index-v0"),
+     r"{meta}: index_format is 'wmtp-index-v0'; expected 'wmtp-index-v1'; {hint}"),
+    (lambda p: np.save(index_path(p), np.zeros(5)),
+     r"{index}: unexpected index layout float64 \(5,\) \(expected a 1-D array of 16-byte wmtp-index-v1 records\); {hint}"),
+    (lambda p: index_path(p).write_bytes(b"not numpy"), r"{index}: unreadable index \(.+\); {hint}"),
+]
+BROKEN_INDEX_IDS = ["metadata-json", "metadata-array", "index_format", "layout", "unreadable"]
+
+
+def broken_index_message(path, pattern: str) -> str:
+    return pattern.format(index=re.escape(str(index_path(path))), meta=re.escape(str(metadata_path(path))),
+                          hint=re.escape(f"run `wmtp data index {path}`"))
+
+
+@pytest.mark.parametrize("breaks,pattern", BROKEN_INDEXES, ids=BROKEN_INDEX_IDS)
+def test_broken_index_or_metadata_is_refused_when_loading(mixed_file, breaks, pattern):
+    build_index(mixed_file)
+    breaks(mixed_file)
+    with pytest.raises(DataError) as error:
+        DatasetIndex.load(mixed_file)
+    assert re.fullmatch(broken_index_message(mixed_file, pattern), str(error.value)), str(error.value)

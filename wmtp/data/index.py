@@ -27,7 +27,7 @@ import numpy as np
 
 from wmtp.data.files import atomic_output, file_fingerprint, write_json_atomic
 from wmtp.data.progress import progress_bar
-from wmtp.data.schema import DataError, parse_line
+from wmtp.data.schema import DataError, json_type, parse_line
 from wmtp.data.template import MAX_INDEXED_TOKENS, count_tokens
 
 INDEX_FORMAT = "wmtp-index-v1"
@@ -245,8 +245,11 @@ def read_metadata(jsonl_path: Path) -> dict:
         metadata = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_file}: not valid JSON ({exc}); {rebuild_hint(jsonl_path)}") from None
-    if not isinstance(metadata, dict) or metadata.get("index_format") != INDEX_FORMAT:
-        raise DataError(f"{meta_file}: index_format is not {INDEX_FORMAT!r}; {rebuild_hint(jsonl_path)}")
+    if not isinstance(metadata, dict):
+        raise DataError(f"{meta_file}: expected a JSON object, got {json_type(metadata)}; {rebuild_hint(jsonl_path)}")
+    if metadata.get("index_format") != INDEX_FORMAT:
+        raise DataError(f"{meta_file}: index_format is {metadata.get('index_format')!r}; expected {INDEX_FORMAT!r}; "
+                        f"{rebuild_hint(jsonl_path)}")
     return metadata
 
 
@@ -264,5 +267,6 @@ def read_rows(jsonl_path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: unreadable index ({exc}); {rebuild_hint(jsonl_path)}") from None
     if rows.dtype != INDEX_DTYPE or rows.ndim != 1:
-        raise DataError(f"{path}: unexpected index layout {rows.dtype}; {rebuild_hint(jsonl_path)}")
+        raise DataError(f"{path}: unexpected index layout {rows.dtype} {rows.shape} (expected a 1-D array of "
+                        f"{INDEX_DTYPE.itemsize}-byte {INDEX_FORMAT} records); {rebuild_hint(jsonl_path)}")
     return rows

@@ -48,7 +48,7 @@ def find_jsonl_files(directory: str | Path) -> list[Path]:
         raise DataError(f"{directory}: not a directory (expected a prepared dataset folder)")
     files = sorted(p for p in directory.rglob("*.jsonl") if p.is_file())
     if not files:
-        raise DataError(f"{directory}: no .jsonl files found")
+        raise DataError(f"{directory}: no .jsonl files found (searched recursively for prepared <split>.jsonl files)")
     return files
 
 
@@ -72,7 +72,8 @@ def validate_file(jsonl_path: str | Path, tokenizer=None, show_progress: bool = 
                 continue
             builder.add(offset, len(raw), record, count_tokens(tokenizer, record) if tokenizer is not None else 0)
     if check.bad_lines > MAX_LINE_PROBLEMS:
-        check.problems.append(f"{jsonl_path}: … and {check.bad_lines - MAX_LINE_PROBLEMS} more bad lines")
+        check.problems.append(f"{jsonl_path}: … and {check.bad_lines - MAX_LINE_PROBLEMS} more bad lines "
+                              f"(only the first {MAX_LINE_PROBLEMS} are listed)")
     if check.bad_lines:
         return check  # the index of a file with bad lines is meaningless: fix the lines first
     check.problems.extend(index_problems(jsonl_path, builder.finish(), scanner.sha256, tokenizer is not None))
@@ -107,7 +108,7 @@ def index_problems(jsonl_path: Path, scanned: np.ndarray, sha256: str, compare_t
         if len(differs):
             row = int(differs[0])
             problems.append(f"{jsonl_path}:{row + 1}: index {name} is {stored[name][row]} but the line gives "
-                            f"{scanned[name][row]} ({len(differs)} rows differ); {rebuild_hint(jsonl_path)}")
+                            f"{scanned[name][row]} ({len(differs)} of {len(stored)} rows differ); {rebuild_hint(jsonl_path)}")
     problems.extend(metadata_count_problems(meta_file, metadata, scanned))
     return problems
 
