@@ -6,13 +6,16 @@ import json
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
 from tests.unit.test_data_index import (BAD_LINE_IDS, BAD_LINES, BROKEN_INDEX_IDS, BROKEN_INDEXES, alpaca,
                                         broken_index_message, write_jsonl)
-from tests.unit.test_data_prepare import write_codecontests_parquet, write_mbpp_parquet
+from tests.unit.test_data_prepare import (CODECONTESTS_SCHEMA, MBPP_SANITIZED_SCHEMA, MBPP_SCHEMA, contest_problem,
+                                          write_codecontests_parquet, write_mbpp_parquet)
 from wmtp.data.index import index_path, metadata_path
 
 runner = CliRunner()
@@ -192,3 +195,85 @@ def test_bad_max_tokens_is_named(tmp_path, micro_models):
     result = run("prepare", "codecontests", "--raw", raw, "--out", tmp_path / "o",
                  "--tokenizer", micro_models["micro-mtp"], "--max-tokens", "1")
     assert_one_line_error(result, "--max-tokens: 1; expected ≥ 2")
+
+
+def raw_parquet(tmp_path, rows: list[dict], schema: pa.Schema, name: str = "train.parquet"):
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "raw" / name)
+    return tmp_path / "raw" / name
+
+
+def with_field(schema: pa.Schema, name: str, kind: pa.DataType) -> pa.Schema:
+    return schema.set(schema.get_field_index(name), pa.field(name, kind))
+
+
+MBPP_ROW = {"task_id": 601, "text": "Add.", "code": "def add(a, b):\n    return a + b",
+            "test_list": ["assert add(1, 2) == 3"], "test_setup_code": "", "challenge_test_list": []}
+SANITIZED_ROW = {"source_file": "f", "task_id": 82, "prompt": "Volume.", "code": "x = 1", "test_imports": "import math",
+                 "test_list": ["assert x == 1"]}
+
+
+def bad_codecontests(tmp_path, **changes) -> list:
+    row = {**contest_problem("1_A. Sum"), **changes}
+    schema = CODECONTESTS_SCHEMA
+    if isinstance(changes.get("solutions"), str):
+        schema = with_field(schema, "solutions", pa.string())
+    return ["codecontests", "--raw", raw_parquet(tmp_path, [row], schema)]
+
+
+def bad_mbpp(tmp_path, row: dict, schema: pa.Schema) -> list:
+    return ["mbpp", "--raw", raw_parquet(tmp_path, [row], schema)]
+
+
+def raw_files(tmp_path, files: dict[str, bytes]):
+    (tmp_path / "raw").mkdir()
+    for name, content in files.items():
+        (tmp_path / "raw" / name).write_bytes(content)
+    return tmp_path / "raw"
+
+
+def humaneval_raw(tmp_path) -> list:
+    (tmp_path / "he.jsonl").write_text('{"task_id": "HumanEval/0",\n')
+    return ["humaneval", "--raw", tmp_path / "he.jsonl"]
+
+
+# (the `prepare` arguments, made in tmp_path; a regex for the whole error line, where {tmp} is tmp_path)
+BAD_RAW = {
+    "solutions-not-struct": (lambda t: bad_codecontests(t, solutions="print(1)"),
+                             r"{tmp}/raw/train\.parquet: row 0: 'solutions' is not "
+                             r"\{{language: \[int\], solution: \[str\]\}} \(got 'print\(1\)'\)"),
+    "difficulty-200": (lambda t: bad_codecontests(t, difficulty=200),
+                       r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is 200; expected an integer 0\.\.127"),
+    "difficulty-null": (lambda t: bad_codecontests(t, difficulty=None),
+                        r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is None; expected an integer 0\.\.127"),
+    "test_list-string": (lambda t: bad_mbpp(t, {**MBPP_ROW, "test_list": "assert add(1, 2) == 3"},
+                                            with_field(MBPP_SCHEMA, "test_list", pa.string())),
+                         r"{tmp}/raw/train\.parquet: row 0: 'test_list' is not a list of strings "
+                         r"\(got 'assert add\(1, 2\) == 3'\)"),
+    "code-null": (lambda t: bad_mbpp(t, {**MBPP_ROW, "code": None}, MBPP_SCHEMA),
+                  r"{tmp}/raw/train\.parquet: row 0: 'code' is not a string \(got None\)"),
+    "test_imports-string": (lambda t: bad_mbpp(t, SANITIZED_ROW,
+                                               with_field(MBPP_SANITIZED_SCHEMA, "test_imports", pa.string())),
+                            r"{tmp}/raw/train\.parquet: row 0: 'test_imports' is not a list of strings \(got 'import math'\)"),
+    "corrupt-parquet": (lambda t: ["mbpp", "--raw", raw_files(t, {"test.parquet": b"bogus\n"})],
+                        r"{tmp}/raw/test\.parquet: unreadable parquet file \(Parquet file size is 6 bytes.+\)"),
+    "empty-parquet": (lambda t: ["codecontests", "--raw", raw_files(t, {"train-00000-of-00001.parquet": b""})],
+                      r"{tmp}/raw/train-00000-of-00001\.parquet: unreadable parquet file \(.+\)"),
+    "corrupt-arrow": (lambda t: ["codecontests", "--raw", raw_files(t, {"valid.arrow": b"bogus"})],
+                      r"{tmp}/raw/valid\.arrow: unreadable arrow file \(.+\)"),
+    "no-raw-files": (lambda t: ["mbpp", "--raw", raw_files(t, {"README.md": b"# MBPP"})],
+                     r"{tmp}/raw: no \.parquet or \.arrow files found"),
+    "unsupported-type": (lambda t: ["mbpp", "--raw", raw_files(t, {"train.csv": b"a,b"}) / "train.csv"],
+                         r"{tmp}/raw/train\.csv: unsupported file type \(expected \.parquet or \.arrow\)"),
+    "humaneval-json": (humaneval_raw, r"{tmp}/he\.jsonl:1: not valid JSON \(Expecting .+\)"),
+    "smoke-limit": (lambda t: ["smoke", "--limit", "0"], r"--limit: 0; expected at least 1 \(HumanEval problems to use\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RAW, ids=list(BAD_RAW))
+def test_bad_raw_data_is_one_line_and_nothing_is_written(tmp_path, micro_models, case):
+    make_args, pattern = BAD_RAW[case]
+    result = run("prepare", *make_args(tmp_path), "--out", tmp_path / "out", "--tokenizer", micro_models["micro-mtp"],
+                 "--no-progress")
+    assert_errors(result, pattern.format(tmp=re.escape(str(tmp_path))))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

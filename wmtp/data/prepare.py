@@ -120,7 +120,7 @@ def python_solutions(column, name: str, where: str) -> PythonSolutions:
     if column is None:
         return PythonSolutions()
     if not isinstance(column, dict) or not isinstance(column.get("language"), list) or not isinstance(column.get("solution"), list):
-        raise DataError(f"{where}: '{name}' is not {{language: [int], solution: [str]}}")
+        raise DataError(f"{where}: '{name}' is not {{language: [int], solution: [str]}} (got {short_repr(column)})")
     languages, texts = column["language"], column["solution"]
     if len(languages) != len(texts):
         raise DataError(f"{where}: '{name}' has {len(languages)} languages for {len(texts)} solutions")
@@ -132,6 +132,12 @@ def python_solutions(column, name: str, where: str) -> PythonSolutions:
         else:
             kept.n_other += 1
     return kept
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: enough of a bad raw value to recognise it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def checked_difficulty(value, where: str) -> int:
@@ -185,9 +191,9 @@ def mbpp_record(row: dict, where: str) -> dict:
         raise DataError(f"{where}: no 'text' (or 'prompt') description; expected the Hugging Face MBPP schema")
     tests = row.get("test_list")
     if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
-        raise DataError(f"{where}: 'test_list' is not a list of strings")
+        raise DataError(f"{where}: 'test_list' is not a list of strings (got {short_repr(tests)})")
     if not isinstance(row.get("code"), str):
-        raise DataError(f"{where}: 'code' is not a string")
+        raise DataError(f"{where}: 'code' is not a string (got {short_repr(row.get('code'))})")
     return make_record(
         description, "\n".join(tests), unix_newlines(row["code"]), f"MBPP/{row['task_id']}", True, "mbpp", 0, bool(tests),
         test_list=tests, test_setup_code=mbpp_setup_code(row, where),
@@ -204,7 +210,7 @@ def mbpp_setup_code(row: dict, where: str) -> str:
     if imports is None:
         return ""
     if not isinstance(imports, list) or not all(isinstance(line, str) for line in imports):
-        raise DataError(f"{where}: 'test_imports' is not a list of strings")
+        raise DataError(f"{where}: 'test_imports' is not a list of strings (got {short_repr(imports)})")
     return "\n".join(imports)
 
 
@@ -363,10 +369,10 @@ def prepare_smoke(out_dir: str | Path, tokenizer_dir: str | Path, max_tokens: in
     one-token mutants (or `return None`) that fail them. Difficulty 1..11 by solution length
     (`length_difficulties`). Records over `max_tokens` with the tokenizer of `tokenizer_dir` are dropped.
     """
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit: {limit}; expected at least 1 (HumanEval problems to use)")
     budget = make_budget(tokenizer_dir, max_tokens)
     problems = read_humaneval(limit=limit)
-    if not problems:
-        raise DataError("--limit: expected at least 1 HumanEval problem")
     difficulties = length_difficulties(problems)
     with progress_bar("smoke: running tests", len(problems), show_progress) as advance:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
