@@ -185,7 +185,7 @@ def _clean_relative(path: str) -> str:
 class _Progress:
     """A rich progress bar with bytes and bytes/s on stderr; a no-op when disabled."""
 
-    def __init__(self, enabled: bool, description: str, total: int):
+    def __init__(self, enabled: bool, description: str, total: int, console=None):
         self._lock = threading.Lock()
         self._total = total
         self._bar = None
@@ -194,7 +194,7 @@ class _Progress:
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                        TransferSpeedColumn)
 
-            console = Console(stderr=True)
+            console = console or Console(stderr=True)
             if not console.is_terminal:
                 return  # logs and pipes get the summary line only, not a frozen bar
             self._bar = Progress(
@@ -221,7 +221,11 @@ class _Progress:
         if self._bar:
             with self._lock:
                 self._total -= n
-                self._bar.update(self._task, total=self._total)
+                # Progress.update(total=…) resets the task's speed samples, so the rate read "?" after every
+                # skipped file (and at the end when the last file was a skip); set the total in place instead.
+                task = next(t for t in self._bar.tasks if t.id == self._task)
+                task.total = self._total
+                self._bar.update(self._task)  # marks the task finished when nothing is left
 
 
 @dataclass
