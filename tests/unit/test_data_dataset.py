@@ -37,9 +37,27 @@ def test_dataloader_workers_each_read_their_own_handle(indexed):
     assert task_ids == [alpaca(i, correct=i % 2 == 0)["task_id"] for i in rows]
 
 
-def test_rows_out_of_range_are_rejected(indexed):
-    with pytest.raises(DataError, match=r"train\.jsonl: row 40 is out of range; the file has 40 rows"):
-        JsonlSamples(indexed, np.array([0, 40]))
+@pytest.mark.parametrize("rows,message", [
+    ([0, 40], "row 40 is out of range; the file has 40 rows"),
+    ([-1, 3], "row -1 is out of range; the file has 40 rows"),
+    ([[0, 1], [2, 3]], "rows must be a 1-D array of row numbers, got shape (2, 2)"),
+])
+def test_bad_rows_are_rejected(indexed, rows, message):
+    with pytest.raises(DataError) as error:
+        JsonlSamples(indexed, np.array(rows))
+    assert str(error.value) == f"{indexed}: {message}"
+
+
+def test_file_cut_short_after_indexing_names_file_and_line(indexed):
+    index = build_index(indexed)
+    data = indexed.read_bytes()
+    indexed.write_bytes(data[: int(index.offsets[39]) + 10])  # line 40 loses its end
+    dataset = JsonlSamples(indexed, np.array([0, 39]), index=index)
+    assert dataset[0]["task_id"] == alpaca(0)["task_id"]
+    with pytest.raises(DataError) as error:
+        dataset[1]
+    assert str(error.value) == (f"{indexed}:40: line is cut short (file truncated after indexing?); "
+                                f"run `wmtp data index {indexed}`")
 
 
 def test_line_broken_after_indexing_names_file_and_line(indexed):
