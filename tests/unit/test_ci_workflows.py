@@ -75,6 +75,16 @@ def test_smoke_credentials_come_from_secrets_and_are_never_printed():
 
 
 @pytest.mark.parametrize("name", ["test.yml", "smoke.yml"])
+def test_bootstrap_can_find_the_pinned_cpu_torch_wheel(name):
+    """constraints.txt pins a `+cpu` local version that PyPI does not serve; the runner needs PyTorch's index."""
+    pins = [line.split("#")[0].strip() for line in (REPO_ROOT / "constraints.txt").read_text().splitlines()]
+    torch_pin = next(pin for pin in pins if pin.startswith("torch=="))
+    (job,) = load(name)["jobs"].values()
+    if "+cpu" in torch_pin:
+        assert job["env"]["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize("name", ["test.yml", "smoke.yml"])
 def test_workflow_steps_are_well_formed(name):
     workflow = load(name)
     for job in workflow["jobs"].values():
