@@ -147,6 +147,10 @@ BAD_SPECS = [
      "weights", r"negative; expected shares ≥ 0"),
     ({"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"low": 0}}]},
      "weights", "sum to 0"),
+    ({"strategy": "curriculum", "curriculum_bins": {}}, "curriculum_bins", r"expected at least one bin, e\.g\. \{low: \[1, 3\]\}"),
+    ({"strategy": "curriculum", "curriculum_bins": {"a": [1, 200]}}, "curriculum_bins",
+     r"bin 'a' is \[1, 200\]; expected \[low, high\] with 0 ≤ low ≤ high ≤ 127"),
+    ({"strategy": "curriculum", "curriculum_schedule": []}, "", r"curriculum_schedule: expected at least one window"),
 ]
 
 
