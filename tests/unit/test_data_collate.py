@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -116,15 +118,71 @@ def test_long_response_keeps_at_least_half_the_budget():
     assert tiny.ids == [100, 200] and tiny.prompt_length == 1
 
 
+def kept_prompt_length(n_prompt: int, n_response: int, max_length: int) -> int:
+    """The documented policy, written out independently of `truncate`."""
+    if n_prompt + n_response <= max_length:
+        return n_prompt
+    return min(n_prompt, max(max_length // 2, max_length - n_response))
+
+
+def expected_ids(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], int]:
+    kept = kept_prompt_length(len(prompt), len(response), max_length)
+    kept_prompt = prompt if kept == len(prompt) else prompt[:1] + prompt[len(prompt) - (kept - 1):]
+    return kept_prompt + response[: max_length - kept], kept
+
+
 def test_truncated_batch_still_labels_only_response(tokenizer):
     recs = [record("word " * 300, "x = 1\n" * 80), record("short", "y = 2\n")]
-    batch = MTPCollator(tokenizer, n_future_tokens=4, max_length=48)(recs)
-    assert batch["input_ids"].shape[1] <= 48
-    assert batch["response_mask"][0].sum() >= 24
+    n_heads, max_length = 4, 48
+    batch = MTPCollator(tokenizer, n_future_tokens=n_heads, max_length=max_length)(recs)
+    assert batch["input_ids"].shape[1] <= max_length
+    assert batch["response_mask"][0].sum() >= max_length // 2
     labelled = batch["labels"] != IGNORE_INDEX
     assert labelled.any()
     for b, t, k in torch.nonzero(labelled).tolist():
         assert batch["response_mask"][b, t + k + 1]
+    ids, kept = expected_ids(encode_prompt(tokenizer, recs[0]), encode_response(tokenizer, recs[0]["output"]), max_length)
+    assert kept == max_length // 2 and batch["input_ids"][0].tolist() == ids
+    assert not batch["response_mask"][0, :kept].any() and batch["response_mask"][0, kept:].all()
+    for k in range(n_heads):  # head k+1's first label is at t = kept - k - 1, and it is the first response token
+        labelled_t = torch.nonzero(labelled[0, :, k]).flatten()
+        assert int(labelled_t[0]) == kept - k - 1 and int(batch["labels"][0, kept - k - 1, k]) == ids[kept]
+
+
+WORDS = ["def", "return", "x", "+", "1", "for", "in", "range", "(", ")", ":", "\n", "    ", "é", "値", "if", "=="]
+
+
+def random_record(rng: random.Random, i: int) -> dict:
+    def text(max_words: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, max_words)))
+
+    input_text = text(30) if rng.random() < 0.3 else ""
+    return record(text(120), text(120), input_text=input_text, correct=rng.random() < 0.5, task_id=f"r{i}")
+
+
+def test_random_records_label_exactly_the_response_tokens_that_fit(tokenizer):
+    rng = random.Random(1234)
+    n_records = n_truncated = 0
+    for trial in range(12):
+        max_length, n_heads = rng.choice([2, 3, rng.randint(4, 64), rng.randint(64, 400)]), rng.randint(1, 4)
+        recs = [random_record(rng, n_records + j) for j in range(rng.randint(1, 5))]
+        n_records += len(recs)
+        batch = MTPCollator(tokenizer, n_future_tokens=n_heads, max_length=max_length)(recs)
+        S = batch["input_ids"].shape[1]
+        for b, rec in enumerate(recs):
+            prompt, response = encode_prompt(tokenizer, rec), encode_response(tokenizer, rec["output"])
+            ids, kept = expected_ids(prompt, response, max_length)
+            n = len(ids)
+            n_truncated += n < len(prompt) + len(response)
+            assert batch["input_ids"][b, :n].tolist() == ids and n <= max_length, (trial, b)
+            assert batch["response_mask"][b].tolist() == [False] * kept + [True] * (n - kept) + [False] * (S - n)
+            assert n - kept >= min(len(response), max_length - max_length // 2)  # the response is never dropped whole
+            for t in range(S):
+                for k in range(n_heads):
+                    j = t + k + 1
+                    expected = ids[j] if kept <= j < n else IGNORE_INDEX  # prompt and padding: never a label
+                    assert int(batch["labels"][b, t, k]) == expected, (trial, b, t, k)
+    assert n_records >= 24 and n_truncated >= 8  # the seed exercises truncation, not only records that fit
 
 
 def test_bad_arguments_are_named(tokenizer):
