@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +30,15 @@ def test_chosen_rows_are_the_parsed_lines(indexed):
     assert len(dataset) == 5
     for i, row in enumerate(rows):
         assert dataset[i] == json.loads(lines[row])
+
+
+def test_a_plain_map_style_class_that_needs_no_torch(indexed):
+    from torch.utils.data import Dataset
+
+    assert not isinstance(JsonlSamples(indexed, np.arange(3)), Dataset)
+    code = f"import sys; from wmtp.data.dataset import JsonlSamples; JsonlSamples({str(indexed)!r}, [0])[0]; " \
+           "print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_dataloader_workers_each_read_their_own_handle(indexed):

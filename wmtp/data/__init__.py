@@ -4,7 +4,7 @@
 - `template` the prompt template and token counting
 - `index`    `build_index`, `DatasetIndex` (16 bytes per sample) and `*_metadata.json`
 - `sampling` `SamplingSpec`, `draw_indices` (correct_only, balanced, curriculum)
-- `dataset`  `JsonlSamples` (seek + read of the chosen lines)
+- `dataset`  `JsonlSamples` (seek + read of the chosen lines; a plain map-style class a DataLoader accepts)
 - `sampler`  `ShardedSampler` (disjoint rank shards, resumable position)
 - `collate`  `MTPCollator` (prompt masking, H label rows, padding, truncation)
 - `prepare`  CodeContests / MBPP / HumanEval / smoke preparation

@@ -1,4 +1,8 @@
-"""A map-style dataset over chosen rows of a JSONL split: seek + read of each line, never the whole file."""
+"""`JsonlSamples`: chosen rows of a JSONL split, read by seek + read of each line, never the whole file.
+
+A plain map-style class (`__len__` + `__getitem__`), not a `torch.utils.data.Dataset` subclass;
+`torch.utils.data.DataLoader` accepts it as is (workers included).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from wmtp.data.schema import DataError, parse_line
 
 
 class JsonlSamples:
-    """`dataset[i]` is the parsed record of line `rows[i] + 1` of `jsonl_path`.
+    """`samples[i]` is the parsed record of line `rows[i] + 1` of `jsonl_path`.
 
-    A map-style dataset (`__len__` + `__getitem__`) that a torch `DataLoader` takes as is; it does
-    not subclass `torch.utils.data.Dataset` so that reading data never has to import torch.
+    A plain map-style class, not a torch `Dataset`: `__len__` and `__getitem__` are all a
+    `DataLoader` needs, and leaving torch out means reading data never imports it.
 
     Only the offsets and lengths of the chosen rows stay in memory (12 bytes each). The file is
     opened lazily once per process, so DataLoader workers each get their own handle. A line that
