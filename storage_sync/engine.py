@@ -10,8 +10,9 @@ Up (local → destination):
      an object that an interrupted run already uploaded is recognised by the SHA-256 it carries (HEAD),
      everything else is uploaded and verified. A file that must be sent whatever its content (nothing
      of its size is stored under its key) is not hashed beforehand: the upload hashes it as it reads it;
-  4. with `--delete`, remote objects no local file accounts for are removed;
-  5. the manifest is written last, and only if every file made it.
+  4. the manifest is written once every file made it (never before: it is what says a sync is complete);
+  5. with `--delete`, remote objects no local file accounts for are removed after the manifest, which
+     no longer names them, so an interrupted delete leaves unlisted leftovers, not a false manifest.
 Down (destination → local) reads the remote manifest, fetches what the local tree lacks into temp
 files, checks each against the manifest's SHA-256 and renames it into place.
 """
@@ -309,12 +310,15 @@ class _Upload(_Run):
                 f"{len(failures)} of {len(pending)} file(s) failed, so the manifest of {self.backend.url} "
                 f"was not updated (re-run to resume); first: {failures[0]}"
             )
+        self._finish_manifest(old, remote_manifest is not None, entries, listing, local)
         stale = sorted(rel for rel in listing if rel not in local)
         if self.opts.delete and stale:
+            # After the manifest: it no longer names these objects, so a crash halfway through the
+            # deletes leaves only unlisted leftovers (removed by the re-run), never a manifest that
+            # vouches for an object that is gone.
             if not self.opts.dry_run:
                 self.backend.delete(stale)
             self.report.deleted = stale
-        self._finish_manifest(old, remote_manifest is not None, entries, listing, local)
         return self.report
 
     def _record(self, outcome: _Outcome, entries: dict[str, FileEntry]) -> None:

@@ -166,6 +166,25 @@ def test_delete_removes_only_what_the_source_lacks(tree, tmp_path):
     assert "datasets_v2/train.jsonl" not in manifest_of(dest)
 
 
+def test_delete_interrupted_after_the_manifest_leaves_no_false_entry(tree, tmp_path, monkeypatch):
+    dest = tmp_path / "backup"
+    run(tree, dest)
+    (tree / "datasets_v2/train.jsonl").unlink()
+
+    def crash(self, rels):
+        raise OSError("connection lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_backend.LocalDirBackend, "delete", crash)
+        with pytest.raises(OSError):
+            run(tree, dest, delete=True)
+    # The manifest already says the file is gone; the object is a leftover the re-run removes.
+    assert "datasets_v2/train.jsonl" not in manifest_of(dest)
+    assert (dest / "datasets_v2/train.jsonl").exists()
+    again = run(tree, dest, delete=True)
+    assert again.deleted == ["datasets_v2/train.jsonl"] and not (dest / "datasets_v2/train.jsonl").exists()
+
+
 def test_dry_run_moves_nothing(tree, tmp_path):
     dest = tmp_path / "backup"
     report = run(tree, dest, dry_run=True)
