@@ -1,22 +1,30 @@
-"""MLflow tracking on rank 0, resilient to an unreachable or failing server.
+"""MLflow tracking on rank 0, resilient to an unreachable, failing or hanging server.
 
 - URI: the spec's `tracking.uri`, else `$MLFLOW_TRACKING_URI`, else a local sqlite store under
   `storage/mlflow/` (the embedded default).
-- A failure never stops training: the first one prints a single warning, calls are buffered
-  (bounded; oldest metric points dropped first) and retried at the next log call and at `close()`.
+- A failure never stops training: the first one prints a single warning, calls are buffered and
+  retried after a back-off that doubles from `retry_initial_s` up to `retry_max_s` (no retry on every
+  log call), and at `close()`. Every MLflow HTTP request made here gets a short timeout and no
+  retries of MLflow's own (`http_timeout_s`), so a server that accepts but never answers costs at
+  most one timeout per back-off interval.
+- The buffer is bounded (oldest metric batches dropped first).
 - Credentials come from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_* for
-  artifacts) and are never logged: params are the resolved spec, which holds secret *names* only.
+  artifacts) and are never logged: params are the resolved spec, which holds secret *names* only,
+  and URIs are printed with userinfo and query strings redacted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 LOCAL_STORE = Path("storage/mlflow")
 
@@ -31,6 +39,39 @@ def resolve_tracking_uri(configured: Optional[str]) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
+def redact_uri(uri: str) -> str:
+    """`https://user:pass@host/p?token=x` → `https://***@host/p?***` (userinfo, query, fragment hidden)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparsable URI>"
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return uri  # nothing to hide (and `sqlite:////abs` keeps its slashes)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                       "***" if parts.fragment else ""))
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact(text: str, uri: Optional[str] = None) -> str:
+    """Every URL in `text` redacted as by `redact_uri`; `uri`'s userinfo, query and fragment wherever
+    they still appear (MLflow and requests quote the URL, or its path and query, in their errors)."""
+    text = _URL.sub(lambda m: redact_uri(m.group(0)), text)
+    if uri and "://" in uri:
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            return text
+        for secret in (parts.netloc.rpartition("@")[0], parts.query, parts.fragment):
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     """Nested dict → {"a.b.c": "value"} with values as strings (MLflow params)."""
     out = {}
@@ -41,6 +82,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)[:6000]
     return out
+
+
+@contextmanager
+def http_limits(timeout_s: int, max_retries: int) -> Iterator[None]:
+    """MLflow reads these per request (mlflow.utils.rest_utils.http_request); set them only around
+    our own calls so other MLflow users in the process keep theirs."""
+    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s))),  # MLflow parses an int
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max(0, int(max_retries)))}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class Tracker:
@@ -60,10 +119,9 @@ class NullTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], max_buffer: int = 10000):
-        # Fail fast instead of MLflow's default minutes of retries: we buffer and retry ourselves.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], max_buffer: int = 10000,
+                 http_timeout_s: int = 5, retry_initial_s: float = 5.0,
+                 retry_max_s: float = 120.0):
         from mlflow.tracking import MlflowClient
 
         # The store's schema-migration chatter ("Creating initial MLflow database tables...") is not
@@ -75,42 +133,63 @@ class MlflowTracker(Tracker):
         self.experiment, self.run_name, self.tags = experiment, run_name, tags
         self.pending: deque[tuple[str, tuple]] = deque()
         self.max_buffer = max_buffer
+        self.http_timeout_s = http_timeout_s
+        self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self.retry_delay = retry_initial_s
+        self.retry_at = 0.0  # time.monotonic() before which no request is attempted
         self.warned = False
         self.run_id = None
-        try:
-            self._start_run()
-        except Exception as exc:  # unreachable at start: the run is created at the first successful flush
-            self._warn(exc)
+        with http_limits(self.http_timeout_s, 0):
+            try:
+                self._start_run()
+            except Exception as exc:  # unreachable at start: the run is created at the first successful flush
+                self._failed(exc)
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        artifact_location = None
+        if self.uri.startswith("sqlite:///"):
+            artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
     def _start_run(self) -> None:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            artifact_location = None
-            if self.uri.startswith("sqlite:///"):
-                artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=artifact_location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = self._experiment_id()
         self.run_id = self.client.create_run(exp_id, tags=self.tags, run_name=self.run_name).info.run_id
 
-    def _warn(self, exc: Exception) -> None:
+    # -- failures, back-off, buffer ------------------------------------------------------------------
+    def _failed(self, exc: Exception) -> None:
+        self.retry_at = time.monotonic() + self.retry_delay
+        self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
         if not self.warned:
-            print(f"warning: MLflow at {self.uri} failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                  "buffering and retrying — training continues", file=sys.stderr)
+            message = redact(f"{type(exc).__name__}: {exc}", self.uri)[:300]  # redacted, then cut
+            print(f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering and "
+                  "retrying with back-off — training continues",
+                  file=sys.stderr)
             self.warned = True
 
-    def _flush(self) -> bool:
-        """Send buffered calls in order; stop at the first failure (kept for the next retry)."""
-        while self.pending:
-            kind, args = self.pending[0]
-            try:
-                if self.run_id is None:
-                    self._start_run()
-                getattr(self, f"_do_{kind}")(*args)
-            except Exception as exc:  # any client/server failure: keep it, retry later
-                self._warn(exc)
-                return False
-            self.pending.popleft()
+    def _flush(self, force: bool = False) -> bool:
+        """Send buffered calls in order; stop at the first failure (kept for the next retry).
+
+        Between failures only `force` (close) tries before the back-off interval is over."""
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self.retry_at:
+            return False
+        with http_limits(self.http_timeout_s, 0):
+            while self.pending:
+                kind, args = self.pending[0]
+                try:
+                    if self.run_id is None:
+                        self._start_run()
+                    getattr(self, f"_do_{kind}")(*args)
+                except Exception as exc:  # any client/server failure: keep it, retry later
+                    self._failed(exc)
+                    return False
+                self.pending.popleft()
+        self.retry_delay = self.retry_initial_s
         return True
 
     def _enqueue(self, kind: str, *args) -> None:
@@ -125,6 +204,7 @@ class MlflowTracker(Tracker):
                 break
         self._flush()
 
+    # -- the calls -----------------------------------------------------------------------------------
     def _do_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -142,8 +222,9 @@ class MlflowTracker(Tracker):
         self.client.log_artifact(self.run_id, path, artifact_path)
 
     def _do_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _do_terminate(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -163,14 +244,15 @@ class MlflowTracker(Tracker):
         self._enqueue("tags", tags)
 
     def close(self, status: str = "FINISHED", retries: int = 3, wait_s: float = 2.0) -> None:
-        self._enqueue("terminate", status)
-        for _ in range(retries):
-            if self._flush():
+        """Terminate the run, trying `retries` times (back-off ignored) before giving up."""
+        self.pending.append(("terminate", (status,)))
+        for attempt in range(retries):
+            if self._flush(force=True):
                 return
-            time.sleep(wait_s)
-        if self.pending:
-            print(f"warning: MLflow unreachable at the end; {len(self.pending)} buffered call(s) not delivered",
-                  file=sys.stderr)
+            if attempt + 1 < retries:
+                time.sleep(wait_s)
+        print(f"warning: MLflow at {redact_uri(self.uri)} unreachable at the end; {len(self.pending)} "
+              "buffered call(s) not delivered", file=sys.stderr)
 
 
 def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int) -> Tracker:

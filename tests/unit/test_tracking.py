@@ -1,0 +1,167 @@
+"""MLflow tracker: hanging server, back-off, redaction."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from wmtp import tracking
+from wmtp.tracking import MlflowTracker, redact, redact_uri
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def hanging_server():
+    """A loopback server that accepts connections and never answers; yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+class FakeClient:
+    """Just the MlflowClient calls the tracker makes; `down` makes every call fail like a dead server."""
+
+    def __init__(self):
+        self.down = False
+        self.calls = 0
+        self.metrics: list[tuple[str, int]] = []
+        self.params: dict[str, str] = {}
+        self.status = None
+
+    def _call(self):
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("server down")
+
+    def get_experiment_by_name(self, name):
+        self._call()
+        return None
+
+    def create_experiment(self, name, artifact_location=None):
+        self._call()
+        return "1"
+
+    def create_run(self, exp_id, tags=None, run_name=None):
+        self._call()
+        return type("Run", (), {"info": type("Info", (), {"run_id": "r1"})()})()
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self._call()
+        self.metrics += [(m.key, m.step) for m in metrics]
+        self.params.update({p.key: p.value for p in params})
+
+    def set_terminated(self, run_id, status=None):
+        self._call()
+        self.status = status
+
+
+@pytest.fixture
+def down_tracker(capsys):
+    """A tracker whose server refused it at start (one warning), then talks to a FakeClient that is down."""
+    tracker = MlflowTracker(f"http://127.0.0.1:{closed_port()}", "e", "r", {}, max_buffer=10)
+    tracker.client = FakeClient()
+    tracker.client.down = True
+    capsys.readouterr()
+    return tracker
+
+
+def test_hanging_server_costs_one_timeout_not_one_per_log_call(hanging_server, capsys):
+    # MLflow's default is a 120 s timeout with retries; before, ours was 10 s on every call.
+    start = time.monotonic()
+    tracker = MlflowTracker(hanging_server, "e", "r", {})
+    for step in range(1, 21):
+        tracker.log_metrics({"loss": 1.0 / step}, step)
+    elapsed = time.monotonic() - start
+    assert elapsed < 15, f"{elapsed:.1f} s for 20 log calls against a hanging server"
+    assert len(tracker.pending) == 20
+    assert capsys.readouterr().err.count("buffering and retrying") == 1
+    # The short limits applied only around the tracker's own requests.
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] != "5"
+
+
+def test_http_limits_are_read_by_mlflow_per_request_and_restored(monkeypatch):
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with tracking.http_limits(3, 0):
+        assert (MLFLOW_HTTP_REQUEST_TIMEOUT.get(), MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()) == (3, 0)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_failures_back_off_doubling_up_to_a_cap(down_tracker, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: now[0])
+    tracker, client = down_tracker, down_tracker.client
+    tracker.retry_initial_s, tracker.retry_max_s = 5.0, 20.0
+    tracker.retry_delay, tracker.retry_at = 5.0, 0.0
+    tracker.max_buffer = 1000
+
+    attempts = []
+    for second in range(0, 80):  # one log call per second for 80 s
+        now[0] = 1000.0 + second
+        before = client.calls
+        tracker.log_metrics({"loss": 1.0}, second)
+        if client.calls > before:
+            attempts.append(second)
+    assert attempts == [0, 5, 15, 35, 55, 75]  # waits 5, 10, 20, then capped at 20
+
+    client.down = False
+    now[0] += 20
+    tracker.log_metrics({"loss": 0.5}, 100)
+    assert not tracker.pending and tracker.retry_delay == 5.0  # delivered, back-off reset
+    assert [s for _, s in client.metrics] == list(range(80)) + [100]
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("https://user:s3cret@mlflow.example.org/path?token=abc#frag", "https://***@mlflow.example.org/path?***#***"),
+    ("http://:tok@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+    ("https://mlflow.example.org", "https://mlflow.example.org"),
+    ("sqlite:////abs/storage/mlflow/mlflow.db", "sqlite:////abs/storage/mlflow/mlflow.db"),
+])
+def test_redact_uri(uri, shown):
+    assert redact_uri(uri) == shown
+
+
+def test_redact_in_free_text():
+    text = "API request to https://u:pw@h/api/2.0/x?run_id=1 failed; user u:pw"
+    assert redact(text, "https://u:pw@h") == "API request to https://***@h/api/2.0/x?*** failed; user ***"
+
+
+def test_warnings_never_print_credentials_from_the_uri(capsys):
+    port = closed_port()
+    tracker = MlflowTracker(f"http://alice:s3cret@127.0.0.1:{port}/?token=t0k3n", "e", "r", {})
+    tracker.log_metrics({"loss": 1.0}, 1)
+    tracker.close(retries=1)
+    err = capsys.readouterr().err
+    assert "buffering and retrying" in err and "not delivered" in err
+    assert f"http://***@127.0.0.1:{port}/?***" in err
+    assert "s3cret" not in err and "alice" not in err and "t0k3n" not in err
