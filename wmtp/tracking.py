@@ -7,7 +7,8 @@
   log call), and at `close()`. Every MLflow HTTP request made here gets a short timeout and no
   retries of MLflow's own (`http_timeout_s`), so a server that accepts but never answers costs at
   most one timeout per back-off interval.
-- The buffer is bounded (oldest metric batches dropped first).
+- The buffer holds at most `max_buffer` metric points (oldest dropped first; params, tags, artifacts
+  are kept); drops and what was never delivered are reported once, at `close()`.
 - Credentials come from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_* for
   artifacts) and are never logged: params are the resolved spec, which holds secret *names* only,
   and URIs are printed with userinfo and query strings redacted.
@@ -132,7 +133,9 @@ class MlflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, tags
         self.pending: deque[tuple[str, tuple]] = deque()
-        self.max_buffer = max_buffer
+        self.max_buffer = max_buffer  # metric points
+        self.buffered_points = 0
+        self.dropped_points = 0
         self.http_timeout_s = http_timeout_s
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.retry_delay = retry_initial_s
@@ -165,8 +168,8 @@ class MlflowTracker(Tracker):
         self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
         if not self.warned:
             message = redact(f"{type(exc).__name__}: {exc}", self.uri)[:300]  # redacted, then cut
-            print(f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering and "
-                  "retrying with back-off — training continues",
+            print(f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering up to "
+                  f"{self.max_buffer} metric points and retrying with back-off — training continues",
                   file=sys.stderr)
             self.warned = True
 
@@ -189,20 +192,38 @@ class MlflowTracker(Tracker):
                     self._failed(exc)
                     return False
                 self.pending.popleft()
+                if kind == "metrics":
+                    self.buffered_points -= len(args[0])
         self.retry_delay = self.retry_initial_s
         return True
 
+    def _trim(self) -> None:
+        """Drop the oldest metric points beyond `max_buffer`; params, artifacts and tags are kept."""
+        excess = self.buffered_points - self.max_buffer
+        i = 0
+        while excess > 0 and i < len(self.pending):
+            kind, args = self.pending[i]
+            if kind != "metrics":
+                i += 1
+                continue
+            metrics = args[0]
+            if len(metrics) <= excess:
+                del self.pending[i]
+                n = len(metrics)
+            else:
+                for key in list(metrics)[:excess]:
+                    del metrics[key]
+                n = excess
+            excess -= n
+            self.buffered_points -= n
+            self.dropped_points += n
+
     def _enqueue(self, kind: str, *args) -> None:
         self.pending.append((kind, args))
-        while len(self.pending) > self.max_buffer:
-            # Drop the oldest metric batch, never params/artifacts/tags.
-            for i, (k, _) in enumerate(self.pending):
-                if k == "metrics":
-                    del self.pending[i]
-                    break
-            else:
-                break
+        if kind == "metrics":
+            self.buffered_points += len(args[0])
         self._flush()
+        self._trim()
 
     # -- the calls -----------------------------------------------------------------------------------
     def _do_params(self, params: dict) -> None:
@@ -244,15 +265,23 @@ class MlflowTracker(Tracker):
         self._enqueue("tags", tags)
 
     def close(self, status: str = "FINISHED", retries: int = 3, wait_s: float = 2.0) -> None:
-        """Terminate the run, trying `retries` times (back-off ignored) before giving up."""
+        """Terminate the run, trying `retries` times (back-off ignored) before giving up; one summary line."""
         self.pending.append(("terminate", (status,)))
         for attempt in range(retries):
             if self._flush(force=True):
-                return
+                break
             if attempt + 1 < retries:
                 time.sleep(wait_s)
-        print(f"warning: MLflow at {redact_uri(self.uri)} unreachable at the end; {len(self.pending)} "
-              "buffered call(s) not delivered", file=sys.stderr)
+        dropped = (f"{self.dropped_points} metric point(s) dropped while it was unreachable "
+                   f"(buffer of {self.max_buffer} full, oldest first)")
+        if self.pending:
+            others = len(self.pending) - sum(1 for kind, _ in self.pending if kind == "metrics")
+            print(f"warning: MLflow at {redact_uri(self.uri)} unreachable at the end; {self.buffered_points} "
+                  f"metric point(s) and {others} other buffered call(s) not delivered"
+                  + (f"; {dropped}" if self.dropped_points else ""), file=sys.stderr)
+        elif self.dropped_points:
+            print(f"warning: MLflow at {redact_uri(self.uri)}: buffered calls delivered, but {dropped}",
+                  file=sys.stderr)
 
 
 def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int) -> Tracker:

@@ -1,4 +1,4 @@
-"""MLflow tracker: hanging server, back-off, redaction."""
+"""MLflow tracker: hanging server, back-off, the metric-point buffer, redaction."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def test_hanging_server_costs_one_timeout_not_one_per_log_call(hanging_server, c
         tracker.log_metrics({"loss": 1.0 / step}, step)
     elapsed = time.monotonic() - start
     assert elapsed < 15, f"{elapsed:.1f} s for 20 log calls against a hanging server"
-    assert len(tracker.pending) == 20
-    assert capsys.readouterr().err.count("buffering and retrying") == 1
+    assert tracker.buffered_points == 20
+    assert capsys.readouterr().err.count("buffering up to") == 1
     # The short limits applied only around the tracker's own requests.
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ or os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] != "5"
 
@@ -141,6 +141,36 @@ def test_failures_back_off_doubling_up_to_a_cap(down_tracker, monkeypatch):
     assert [s for _, s in client.metrics] == list(range(80)) + [100]
 
 
+def test_buffer_bound_counts_metric_points_and_drops_the_oldest(down_tracker, capsys):
+    tracker, client = down_tracker, down_tracker.client  # max_buffer=10 points
+    tracker.log_params({"a": {"b": 1}})
+    for step in (1, 2, 3):  # 12 points
+        tracker.log_metrics({"m0": 0.0, "m1": 1.0, "m2": 2.0, "m3": 3.0}, step)
+    assert tracker.buffered_points == 10 and tracker.dropped_points == 2
+    assert [kind for kind, _ in tracker.pending] == ["params", "metrics", "metrics", "metrics"]
+    for step in range(4, 10):  # 24 more: only the last 10 points are kept, params never dropped
+        tracker.log_metrics({"m0": 0.0, "m1": 1.0, "m2": 2.0, "m3": 3.0}, step)
+    assert tracker.buffered_points == 10 and tracker.dropped_points == 26
+    assert [kind for kind, _ in tracker.pending] == ["params", "metrics", "metrics", "metrics"]
+
+    client.down = False
+    tracker.close(retries=1)
+    assert client.params == {"a.b": "1"} and client.status == "FINISHED"
+    assert client.metrics == [("m2", 7), ("m3", 7)] + [(f"m{i}", s) for s in (8, 9) for i in range(4)]
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "26 metric point(s) dropped" in err and "buffer of 10 full" in err
+
+
+def test_undelivered_at_the_end_is_reported_in_points(down_tracker, capsys):
+    for step in (1, 2):
+        down_tracker.log_metrics({"a": 1.0, "b": 2.0, "c": float("nan")}, step)
+    down_tracker.close(retries=2, wait_s=0)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1
+    assert "4 metric point(s) and 1 other buffered call(s) not delivered" in err
+    assert "dropped" not in err
+
+
 @pytest.mark.parametrize("uri, shown", [
     ("https://user:s3cret@mlflow.example.org/path?token=abc#frag", "https://***@mlflow.example.org/path?***#***"),
     ("http://:tok@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
@@ -162,6 +192,6 @@ def test_warnings_never_print_credentials_from_the_uri(capsys):
     tracker.log_metrics({"loss": 1.0}, 1)
     tracker.close(retries=1)
     err = capsys.readouterr().err
-    assert "buffering and retrying" in err and "not delivered" in err
+    assert "buffering up to" in err and "not delivered" in err
     assert f"http://***@127.0.0.1:{port}/?***" in err
     assert "s3cret" not in err and "alice" not in err and "t0k3n" not in err
