@@ -9,6 +9,8 @@
   most one timeout per back-off interval.
 - The buffer holds at most `max_buffer` metric points (oldest dropped first; params, tags, artifacts
   are kept); drops and what was never delivered are reported once, at `close()`.
+- With `run_id_path` (the stage dir's `mlflow_run_id`), the run id is written there and a resumed
+  stage reopens that run instead of starting a new one.
 - Credentials come from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_* for
   artifacts) and are never logged: params are the resolved spec, which holds secret *names* only,
   and URIs are printed with userinfo and query strings redacted.
@@ -28,6 +30,7 @@ from typing import Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 LOCAL_STORE = Path("storage/mlflow")
+RUN_ID_FILE = "mlflow_run_id"  # in the stage dir: the MLflow run a resumed stage continues
 
 
 def local_store_uri(root: Path = LOCAL_STORE) -> str:
@@ -119,9 +122,13 @@ class NullTracker(Tracker):
     pass
 
 
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 class MlflowTracker(Tracker):
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], max_buffer: int = 10000,
-                 http_timeout_s: int = 5, retry_initial_s: float = 5.0,
+                 run_id_path: Optional[Path] = None, http_timeout_s: int = 5, retry_initial_s: float = 5.0,
                  retry_max_s: float = 120.0):
         from mlflow.tracking import MlflowClient
 
@@ -132,6 +139,7 @@ class MlflowTracker(Tracker):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, tags
+        self.run_id_path = Path(run_id_path) if run_id_path is not None else None
         self.pending: deque[tuple[str, tuple]] = deque()
         self.max_buffer = max_buffer  # metric points
         self.buffered_points = 0
@@ -141,6 +149,7 @@ class MlflowTracker(Tracker):
         self.retry_delay = retry_initial_s
         self.retry_at = 0.0  # time.monotonic() before which no request is attempted
         self.warned = False
+        self.resumed = False
         self.run_id = None
         with http_limits(self.http_timeout_s, 0):
             try:
@@ -158,9 +167,40 @@ class MlflowTracker(Tracker):
             artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
+    def _saved_run_id(self) -> Optional[str]:
+        if self.run_id_path is None:
+            return None
+        try:
+            return self.run_id_path.read_text().strip() or None
+        except OSError:
+            return None
+
     def _start_run(self) -> None:
         exp_id = self._experiment_id()
+        saved = self._saved_run_id()
+        if saved is not None:
+            try:
+                run = self.client.get_run(saved)
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise  # the server failed: retry later rather than split the stage into two runs
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                from mlflow.entities import RunTag
+
+                self.client.update_run(saved, status="RUNNING")
+                self.client.log_batch(saved, tags=[RunTag(k, str(v)) for k, v in self.tags.items()])
+                self.run_id, self.resumed = saved, True
+                return
         self.run_id = self.client.create_run(exp_id, tags=self.tags, run_name=self.run_name).info.run_id
+        if self.run_id_path is not None:
+            try:
+                tmp = self.run_id_path.with_name(self.run_id_path.name + ".tmp")
+                tmp.write_text(self.run_id + "\n")
+                tmp.replace(self.run_id_path)
+            except OSError as exc:
+                print(f"warning: could not keep the MLflow run id in {self.run_id_path} ({exc}); "
+                      "a resumed stage will start a new run", file=sys.stderr)
 
     # -- failures, back-off, buffer ------------------------------------------------------------------
     def _failed(self, exc: Exception) -> None:
@@ -284,7 +324,13 @@ class MlflowTracker(Tracker):
                   file=sys.stderr)
 
 
-def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int) -> Tracker:
+def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int,
+                 stage_dir: Optional[Path] = None) -> Tracker:
+    """The tracker of one stage. Its MLflow run id is kept in `<stage_dir>/mlflow_run_id` (default: the
+    `run_dir` tag, which the training loop sets to the stage dir) so that a resumed stage continues it."""
     if not is_main:
         return NullTracker()
-    return MlflowTracker(resolve_tracking_uri(uri), experiment, run_name, tags, max_buffer)
+    if stage_dir is None and tags.get("run_dir"):
+        stage_dir = Path(tags["run_dir"])
+    run_id_path = Path(stage_dir) / RUN_ID_FILE if stage_dir is not None else None
+    return MlflowTracker(resolve_tracking_uri(uri), experiment, run_name, tags, max_buffer, run_id_path=run_id_path)

@@ -1,4 +1,4 @@
-"""MLflow tracker: hanging server, back-off, the metric-point buffer, redaction."""
+"""MLflow tracker: hanging server, back-off, the metric-point buffer, run-id persistence, redaction."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from wmtp import tracking
-from wmtp.tracking import MlflowTracker, redact, redact_uri
+from wmtp.tracking import MlflowTracker, make_tracker, redact, redact_uri
 
 
 def closed_port() -> int:
@@ -169,6 +170,46 @@ def test_undelivered_at_the_end_is_reported_in_points(down_tracker, capsys):
     assert err.count("warning") == 1
     assert "4 metric point(s) and 1 other buffered call(s) not delivered" in err
     assert "dropped" not in err
+
+
+def test_resumed_stage_continues_its_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stage_dir = tmp_path / "run" / "baseline"
+    stage_dir.mkdir(parents=True)
+    tags = {"experiment": "baseline", "run_dir": str(stage_dir)}  # as the training loop tags it
+
+    first = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100)
+    first.log_metrics({"loss": 1.0}, 1)
+    first.log_metrics({"loss": 0.9}, 2)
+    first.close("KILLED")  # preempted
+    assert (stage_dir / "mlflow_run_id").read_text().strip() == first.run_id
+
+    second = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100)
+    assert second.run_id == first.run_id and second.resumed
+    second.log_metrics({"loss": 0.8}, 3)
+    second.close("FINISHED")
+
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("wmtp-test").experiment_id])
+    assert run.info.run_id == first.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+
+
+def test_a_saved_run_id_unknown_to_the_store_starts_a_new_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "mlflow_run_id").write_text("0123456789abcdef0123456789abcdef\n")
+    tracker = make_tracker(True, uri, "wmtp-test", "r", {}, 100, stage_dir=tmp_path)
+    assert tracker.run_id and not tracker.resumed
+    assert (tmp_path / "mlflow_run_id").read_text().strip() == tracker.run_id
+    tracker.close()
+
+
+def test_no_run_id_is_kept_without_a_stage_dir(tmp_path):
+    tracker = make_tracker(True, f"sqlite:///{tmp_path / 'mlflow.db'}", "wmtp-test", "r", {}, 100)
+    assert tracker.run_id_path is None and tracker.run_id
+    tracker.close()
 
 
 @pytest.mark.parametrize("uri, shown", [
