@@ -10,7 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.servers import mlflow_server, moto_s3
+from tests.integration.servers import S3_CREDENTIALS, MlflowServer, free_port, mlflow_server, moto_s3, wait_http
+from wmtp.tracking import MlflowTracker
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +65,62 @@ def test_server_killed_mid_run_does_not_stop_training(smoke_overrides, tmp_path)
     assert output.count("buffering up to") == 1  # warned once, not once per step
     assert "metric point(s) and" in output and "buffered call(s) not delivered" in output  # said what was lost
     assert (run_dir / "baseline" / "checkpoints" / "final").is_dir()
+
+
+def start_mlflow_server(root, s3_endpoint: str, bucket: str, port: int) -> MlflowServer:
+    """`mlflow server` as servers.mlflow_server starts it, on a given port (to start it again after a kill)."""
+    env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1",
+    ]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    server = MlflowServer(proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_http(f"{server.uri}/health", timeout=120, proc=proc)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def test_what_is_logged_during_an_outage_arrives_when_the_server_is_back(tmp_path, capsys):
+    port = free_port()
+    plot = tmp_path / "loss_per_head.png"
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    with moto_s3("mlflow-artifacts") as s3:
+        server = start_mlflow_server(tmp_path, s3, "mlflow-artifacts", port)
+        try:
+            tracker = MlflowTracker(server.uri, "wmtp-test", "outage", {"experiment": "baseline"},
+                                    retry_initial_s=0.2, retry_max_s=0.5)
+            tracker.log_params({"train": {"max_steps": 12}})
+            for step in (1, 2, 3):
+                tracker.log_metrics({"loss/total": 1.0 / step, "lr": 0.1}, step)
+            assert not tracker.pending and not tracker.warned
+
+            server.kill()  # mid-run
+            for step in range(4, 11):
+                tracker.log_metrics({"loss/total": 1.0 / step, "lr": 0.1}, step)
+            tracker.log_artifact(plot, "plots")
+            assert tracker.warned and tracker.buffered_points == 14
+
+            server = start_mlflow_server(tmp_path, s3, "mlflow-artifacts", port)  # same port and backend store
+            time.sleep(0.6)  # past the capped back-off: the next log call flushes the buffer
+            tracker.log_metrics({"loss/total": 1.0 / 11, "lr": 0.1}, 11)
+            assert not tracker.pending and tracker.buffered_points == 0
+            tracker.log_metrics({"loss/total": 1.0 / 12, "lr": 0.1}, 12)
+            tracker.close()
+
+            client = MlflowClient(server.uri)
+            [run] = client.search_runs([client.get_experiment_by_name("wmtp-test").experiment_id])
+            assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
+            assert run.data.params["train.max_steps"] == "12"
+            for key in ("loss/total", "lr"):
+                assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 13))
+            assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_per_head.png"}
+        finally:
+            server.kill()
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "buffering up to" in err  # one warning, nothing lost at the end
