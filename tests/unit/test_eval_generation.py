@@ -75,7 +75,7 @@ def test_cached_forward_equals_model_forward_for_ragged_batch(micro_models, toke
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     prefill = cached.step(tokens[:, :-2], positions[:, :-2], n_heads=4)
     last_two = cached.step(tokens[:, -2:], positions[:, -2:], n_heads=4)  # incremental continuation
-    logits = torch.cat([prefill, last_two], dim=1)
+    logits = torch.cat([prefill.full(), last_two.full()], dim=1)
     with torch.no_grad():
         for i, row in enumerate(ids):
             reference = model(torch.tensor([row]))[0]
@@ -83,6 +83,33 @@ def test_cached_forward_equals_model_forward_for_ragged_batch(micro_models, toke
                 torch.testing.assert_close(logits[i], reference, atol=2e-5, rtol=1e-4)
             else:
                 torch.testing.assert_close(logits[i, : len(row)], reference, atol=2e-5, rtol=1e-4)
+
+
+def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_models, tokenizer):
+    model = load_model(micro_models["micro-mtp"], dtype="float32").eval()
+    ids, tokens = right_padded(tokenizer, PROMPTS)
+    batch, width, n_heads = tokens.shape[0], tokens.shape[1], model.n_future_tokens
+    cached = CachedMTP(model, batch, width + n_heads, n_heads=n_heads)
+    projected = []
+    hook = model.output.register_forward_hook(lambda module, args, out: projected.append(out.shape[:-1].numel()))
+    try:
+        positions = torch.arange(width).expand_as(tokens)
+        prefill = cached.step(tokens, positions, n_heads)
+        rows, last = torch.arange(batch), torch.tensor([len(r) - 1 for r in ids])
+        at_last = prefill[rows, last]  # as generation's prefill: every head at each row's last token
+        step = cached.step(tokens[:, :n_heads], (last + 1)[:, None] + torch.arange(n_heads), n_heads)
+        head1 = step[:, :, 0]  # as speculative decoding: head 1 everywhere, the others at one position
+        accepted = torch.tensor([0, 1, 2, 3])
+        drafts = step[rows, accepted, 1:]
+        assert projected == [batch * n_heads, batch * n_heads, batch * (n_heads - 1)]
+        full = step.full()
+    finally:
+        hook.remove()
+    assert step.shape == full.shape == (batch, n_heads, n_heads, model.output.out_features)
+    torch.testing.assert_close(prefill.full()[rows, last], at_last, atol=1e-5, rtol=1e-5)
+    for got, expected in ((head1, full[:, :, 0]), (drafts, full[rows, accepted, 1:]), (step[..., :5], full[..., :5]),
+                          (step[:, 1, 2, 7], full[:, 1, 2, 7])):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_batched_greedy_equals_uncached_reference(model64, tokenizer):

@@ -16,6 +16,10 @@ them. Rejected speculative drafts are dropped the same way — nothing is trunca
 The blocks' submodules are used as they are (norms, feed-forward, the q/k/v/o projections named as in
 Meta's checkpoint); only attention is recomputed here, with the same arithmetic as
 `wmtp.model.transformer.Attention` (tests compare the logits with the model's own forward).
+
+Every head block runs at every position (its cache needs the keys and values), but the vocabulary
+projection — the largest matmul of a small model — is left until the logits are indexed: decoding
+uses head 1's logits at every position and the other heads' at one position per row only.
 """
 
 from __future__ import annotations
@@ -41,8 +45,47 @@ class BatchKVCache:
         self.values = [v.index_select(0, rows) for v in self.values]
 
 
+class HeadLogits:
+    """The logits `[B, S, H, V]` (float32) of a step, projected to the vocabulary only where indexed.
+
+    An index over the batch / position / head dims (`logits[:, :, 0]`, `logits[rows, positions]`,
+    `logits[rows, accepted, 1:]`) selects the heads' final hidden states first, then applies the final
+    norm and the output projection to those alone: per vector, the same arithmetic as projecting all.
+    An index that reaches the vocabulary dim (or `...`), and `full()`, project everything.
+    """
+
+    def __init__(self, model: Transformer, hidden_BSHD: torch.Tensor):
+        self.model = model
+        self.hidden = hidden_BSHD
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.hidden.shape[:-1], self.model.output.out_features))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        key = index if isinstance(index, tuple) else (index,)
+        if any(k is Ellipsis for k in key) or sum(_dims_indexed(k) for k in key) >= self.hidden.dim():
+            return self.full()[index]
+        return self._project(self.hidden[key])
+
+    def full(self) -> torch.Tensor:
+        return self._project(self.hidden)
+
+    @torch.inference_mode()
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.output(self.model.norm(hidden)).float()
+
+
+def _dims_indexed(key) -> int:
+    if key is None or isinstance(key, bool):
+        return 0
+    if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
+        return key.dim()
+    return 1
+
+
 class CachedMTP:
-    """`step(tokens, positions, n_heads)` → logits `[B, S, n_heads, V]` (float32), caching keys/values."""
+    """`step(tokens, positions, n_heads)` → `HeadLogits` `[B, S, n_heads, V]`, caching keys/values."""
 
     def __init__(self, model: Transformer, batch: int, max_len: int, n_heads: int = 1):
         if max_len > model.rope_cos.shape[0]:
@@ -60,8 +103,11 @@ class CachedMTP:
         self.cache.keep_rows(rows)
 
     @torch.inference_mode()
-    def step(self, tokens_BS: torch.Tensor, positions_BS: torch.Tensor, n_heads: int = 1) -> torch.Tensor:
-        """Run tokens at the given positions through the trunk and the first `n_heads` heads."""
+    def step(self, tokens_BS: torch.Tensor, positions_BS: torch.Tensor, n_heads: int = 1) -> HeadLogits:
+        """Run tokens at the given positions through the trunk and the first `n_heads` heads.
+
+        Returns their logits, projected to the vocabulary where they are indexed (see `HeadLogits`).
+        """
         if n_heads > self.n_heads:
             raise ValueError(f"cache was built for {self.n_heads} heads, asked for {n_heads}")
         model = self.model
@@ -77,7 +123,7 @@ class CachedMTP:
             h = self._block(block, index, h, where)
         heads = model.heads
         z_BSHD = torch.stack([self._block(heads[k], self.n_trunk + k, h, where) for k in range(n_heads)], dim=2)
-        return model.output(model.norm(z_BSHD)).float()
+        return HeadLogits(model, z_BSHD)
 
     def _block(self, block, cache_index: int, x_BSD: torch.Tensor, where) -> torch.Tensor:
         h = x_BSD + self._attention(block.attention, cache_index, block.attention_norm(x_BSD), where)
