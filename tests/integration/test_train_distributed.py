@@ -68,7 +68,7 @@ EARLY_STOP_SCRIPT = textwrap.dedent(
     from wmtp.train.early_stopping import EarlyStopping
 
     ctx = init_distributed("gloo")
-    stopper = EarlyStopping(EarlyStoppingSection(enabled=True, patience=2), use_critic_criteria=False)
+    stopper = EarlyStopping(EarlyStoppingSection(enabled=True, patience=2))
     # Rank 0's validation loss keeps improving; rank 1's stalls after step 3 (local losses disagree).
     step = 0
     while not stopper.should_stop(ctx, torch.device("cpu")):

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from wmtp.weighting import rho1, td
@@ -60,6 +61,27 @@ def test_explained_variance_is_one_for_perfect_predictions():
     mask, _, rewards = example()
     returns = td.value_returns(mask, rewards, 1.0)
     assert td.explained_variance(returns, returns, mask) == 1.0
+
+
+def test_explained_variance_pools_batches_whose_own_returns_are_constant():
+    # Two batches of one sequence each (γ = 1): each batch's returns are constant, so a per-batch
+    # explained variance is nan; summed statistics give the explained variance of both together.
+    mask, values, rewards = example()
+    returns = td.value_returns(mask, rewards, 1.0)
+    rows = [slice(0, 1), slice(1, 2)]
+    assert all(math.isnan(td.explained_variance(values[r], returns[r], mask[r])) for r in rows)
+    sums = [td.explained_variance_sums(values[r], returns[r], mask[r]) for r in rows]
+    pooled = td.explained_variance_from_sums({k: sums[0][k] + sums[1][k] for k in td.EV_SUM_KEYS})
+    assert pooled == pytest.approx(td.explained_variance(values, returns, mask), rel=1e-6)
+    assert math.isnan(td.explained_variance_from_sums(sums[0]))
+
+
+def test_tokenskip_keeps_exactly_kept_count_tokens_even_with_ties():
+    excess = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    valid = torch.ones_like(excess, dtype=torch.bool)
+    for ratio in (0.2, 0.5, 0.6, 1.0):
+        assert int(rho1.tokenskip_mask(excess, valid, ratio).sum()) == rho1.kept_count(5, ratio)
+    assert rho1.kept_count(0, 0.6) == 0 and rho1.kept_count(1, 0.1) == 1
 
 
 def test_tokenskip_keeps_the_top_fraction_of_valid_tokens():

@@ -26,7 +26,7 @@ IGNORE_INDEX = -100
 @dataclass
 class MTPLoss:
     total: torch.Tensor  # scalar (detached in the memory-efficient path)
-    per_head: torch.Tensor  # [H] unweighted mean loss of each head (detached)
+    per_head: torch.Tensor  # [H] loss of each head: Σ w·CE / n_valid with the token weights given (detached)
     extra: Optional[torch.Tensor] = None  # value of `extra_loss_fn` if one was given (detached)
 
 

@@ -99,7 +99,9 @@ class Rho1Section(Section):
 
 class EarlyStoppingSection(Section):
     enabled: bool = False
-    monitor: str = "val/loss"  # metric watched for improvement (lower is better)
+    # Validation metric watched for improvement (lower is better) by early stopping and for `best`;
+    # null = the objective's default: val/ce (unweighted MTP cross-entropy) or, for the critic, val/loss.
+    monitor: Optional[str] = None
     patience: int = 3  # validations without improvement before stopping
     min_delta: float = 0.0
     mode: Literal["any", "all", "loss_only"] = "loss_only"  # how the critic's extra criteria combine

@@ -22,11 +22,31 @@ class EarlyStoppingState:
     stopped_reason: str | None = None
 
 
+STEP_SIGNALS = ("grad_norm", "pred_var")  # checked every optimizer step, not only after validation
+
+
 class EarlyStopping:
-    def __init__(self, cfg: EarlyStoppingSection, use_critic_criteria: bool):
+    """`signals`: what the objective provides (`Objective.early_stopping_signals`): "loss" (the
+    monitored validation metric stopped improving) and, for the critic, "grad_norm" and "pred_var".
+    `monitor`: the validation metric watched when the spec does not name one."""
+
+    def __init__(self, cfg: EarlyStoppingSection, signals: tuple[str, ...] = ("loss",), monitor: str = "val/loss"):
         self.cfg = cfg
-        self.use_critic_criteria = use_critic_criteria
+        self.signals = tuple(signals)
+        self.monitor = cfg.monitor or monitor
         self.state = EarlyStoppingState()
+
+    @property
+    def step_signals(self) -> tuple[str, ...]:
+        """The per-step signals in use (none under mode loss_only)."""
+        if self.cfg.mode == "loss_only":
+            return ()
+        return tuple(s for s in self.signals if s in STEP_SIGNALS)
+
+    @property
+    def checks_every_step(self) -> bool:
+        """True when `should_stop` must also be asked after steps without validation."""
+        return self.cfg.enabled and bool(self.step_signals)
 
     def observe_step(self, metrics: dict[str, float]) -> None:
         """Record per-step signals the critic criteria watch (grad norm, prediction variance)."""
@@ -36,7 +56,7 @@ class EarlyStopping:
             self.state.last_pred_var = metrics["value/pred_var"]
 
     def observe_validation(self, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.cfg.monitor)
+        value = metrics.get(self.monitor)
         if value is None or math.isnan(value):
             return
         if value < self.state.best - self.cfg.min_delta:
@@ -46,8 +66,9 @@ class EarlyStopping:
 
     def local_verdicts(self) -> dict[str, bool]:
         verdicts = {"loss": self.state.bad_validations >= self.cfg.patience}
-        if self.use_critic_criteria and self.cfg.mode != "loss_only":
+        if "grad_norm" in self.step_signals:
             verdicts["grad_norm"] = self.grad_norm_plateaued()
+        if "pred_var" in self.step_signals:
             verdicts["pred_var"] = self.pred_var_out_of_range()
         return verdicts
 

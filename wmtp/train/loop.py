@@ -1,15 +1,19 @@
 """The one training loop. Experiments differ only by their objective and data sampling.
 
     for each optimizer step:
-        take grad_accum_steps micro-batches → count valid targets over the window on all ranks
+        take grad_accum_steps micro-batches → count the objective's targets over the window on all ranks
         for each micro-batch: loss = module(batch, objective); loss.backward()
-        clip → AdamW step → LR schedule → log / validate / checkpoint / early stop / preemption
+        clip → AdamW step → LR schedule → log / validate / early stop / checkpoint / preemption
+
+Nothing here depends on which experiment runs: what differs is asked of the objective (its loss
+normaliser, metric names, early-stopping signals and default monitor).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import signal
 import subprocess
 import time
@@ -17,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from wmtp.distributed import DistContext, all_reduce_any, all_reduce_mean, parallelize, unwrap
 from wmtp.model import ValueHead, load_model, load_tokenizer
@@ -25,11 +31,12 @@ from wmtp.train import checkpointing as ckpt
 from wmtp.train.config import StageSpec, dump_spec
 from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
 from wmtp.train.early_stopping import EarlyStopping
-from wmtp.train.objectives import Objective, TrainModule, build_objective
+from wmtp.train.objectives import Objective, TrainModule, build_objective, pooled_metrics
 from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
+LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s"]  # what the loop adds to the objective's
 
 
 class Preemption:
@@ -39,6 +46,7 @@ class Preemption:
 
     @classmethod
     def install(cls) -> None:
+        cls.requested = False  # a fresh run in this process (tests run several)
         signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
 
 
@@ -82,27 +90,94 @@ def git_commit() -> str:
         return "unknown"
 
 
-def window_normalizers(batches: list[dict], ctx: DistContext, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window."""
-    valid_H = sum((b["labels"] != -100).sum(dim=(0, 1)).float() for b in batches)
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def window_normalizers(batches: list[dict], ctx: DistContext, device,
+                       objective: Optional[Objective] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window.
+
+    N_global is the objective's target count (`Objective.target_counts`: valid targets, or for
+    tokenskip the kept tokens) summed over the window's micro-batches on every rank. Each micro-batch
+    divides its Σ w·CE by N_global/W; DDP / FSDP average gradients over the W ranks, so the step's
+    gradient is that of Σ_global w·CE / N_global, whatever grad_accum_steps and the world size are.
+    """
+    count = objective.target_counts if objective is not None else lambda b: (b["labels"] != -100).sum(dim=(0, 1)).float()
+    valid_H = sum(count(b) for b in batches)
     response = sum(b["response_mask"].sum().float() for b in batches)
     counts = torch.cat([valid_H.to(device), response.reshape(1).to(device)])
     counts = all_reduce_mean(counts, ctx)
     return counts[:-1], counts[-1]
 
 
-def mean_metrics(outputs: list[dict]) -> dict[str, float]:
-    keys = {k for m in outputs for k in m}
-    return {k: sum(m[k] for m in outputs if k in m) / sum(1 for m in outputs if k in m) for k in keys}
+def metric_kind(key: str, window: bool = False) -> str:
+    """How values of `key` combine: min, max, sum or mean.
+
+    Over an accumulation window (`window=True`) the `loss/…` values are summed: each micro-batch's
+    loss is its share of the window loss (divided by the window's count, see `window_normalizers`).
+    Over ranks they are averaged (each rank's sum is W × its share of Σ/N_global).
+    """
+    if key.endswith("/min"):
+        return "min"
+    if key.endswith("/max"):
+        return "max"
+    if window and key.startswith("loss/"):
+        return "sum"
+    return "mean"
 
 
-def reduce_metrics(metrics: dict[str, float], ctx: DistContext, device) -> dict[str, float]:
-    """Average every metric over ranks (same key order everywhere so the collective lines up)."""
+def combine_metrics(outputs: list[dict], window: bool) -> dict[str, float]:
+    """One value per key over micro-batches (`window`) or validation batches; keys absent are skipped."""
+    combined = {}
+    for key in sorted({k for m in outputs for k in m}):
+        values = [m[key] for m in outputs if key in m]
+        kind = metric_kind(key, window)
+        combined[key] = {"min": min, "max": max, "sum": sum}.get(kind, lambda v: sum(v) / len(v))(values)
+    return combined
+
+
+def reduce_metrics(metrics: dict[str, float], keys: list[str], ctx: DistContext, device) -> dict[str, float]:
+    """Combine every rank's metrics over the fixed, agreed list `keys` (mean, or min / max for …/min, …/max).
+
+    Every rank sends the same vector whatever it observed: a key a rank lacks (e.g. weight statistics
+    of a micro-batch without response tokens) is left out of that key's mean / min / max, and a key no
+    rank has is dropped. A key that is not in `keys` is a programming error, raised on every run
+    (one process included) rather than silently lost or misaligned under torchrun.
+    """
+    unknown = sorted(set(metrics) - set(keys))
+    if unknown:
+        raise ValueError(f"metrics {unknown} are not declared by the objective (metric_names / LOOP_METRICS)")
     if not ctx.is_distributed:
-        return metrics
-    keys = sorted(metrics)
-    values = all_reduce_mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device), ctx)
-    return dict(zip(keys, values.tolist()))
+        return {k: metrics[k] for k in keys if k in metrics}
+    kinds = [metric_kind(k) for k in keys]
+    present = torch.tensor([k in metrics for k in keys], dtype=torch.float64, device=device)
+    values = torch.tensor([metrics.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
+    is_mean = torch.tensor([kind == "mean" for kind in kinds], device=device)
+    sums = torch.cat([torch.where(is_mean, values * present, 0.0), present])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    # MIN of the min-kind values and of the negated max-kind values; a rank without the key sends +inf.
+    sign = torch.tensor([-1.0 if kind == "max" else 1.0 for kind in kinds], dtype=torch.float64, device=device)
+    extremes = torch.where(present.bool(), sign * values, math.inf)
+    dist.all_reduce(extremes, op=dist.ReduceOp.MIN)
+    total, count = sums[: len(keys)], sums[len(keys):]
+    reduced = {}
+    for i, (key, kind) in enumerate(zip(keys, kinds)):
+        if count[i] > 0:
+            reduced[key] = float(total[i] / count[i]) if kind == "mean" else float(sign[i] * extremes[i])
+    return reduced
+
+
+def sum_totals(totals: list[dict], keys: list[str], ctx: DistContext, device) -> dict[str, float]:
+    """Σ of each key over batches and ranks (float64), for dataset-level validation metrics."""
+    if not keys:
+        return {}
+    summed = torch.tensor([sum(t.get(k, 0.0) for t in totals) for k in keys], dtype=torch.float64, device=device)
+    if ctx.is_distributed:
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, summed.tolist()))
 
 
 class Trainer:
@@ -111,7 +186,7 @@ class Trainer:
     def __init__(self, spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path]):
         self.spec, self.stage_dir, self.ctx = spec, stage_dir, ctx
         self.device = ctx.device
-        torch.manual_seed(spec.train.seed)  # identical init of new modules (value head) on every rank
+        seed_everything(spec.train.seed)  # identical init of new modules (value head) on every rank
         self.tokenizer = load_tokenizer(spec.model.path)
         model = load_model(spec.model.path, device=self.device, dtype=model_dtype(spec, self.device),
                            max_seq_len=spec.model.max_seq_len)
@@ -123,6 +198,8 @@ class Trainer:
         self.data = build_train_data(spec, self.tokenizer, self.n_heads, ctx)
         self.valid_loader = build_valid_loader(spec, self.tokenizer, self.n_heads, ctx)
         self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing)
+        # Seed + rank from here on: whatever is random after the (identical) init differs between ranks.
+        seed_everything(spec.train.seed + ctx.rank)
         params = self.objective.trainable_parameters(unwrap(self.module))
         t = spec.train
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
@@ -139,10 +216,31 @@ class Trainer:
                 f"{t.batch_size} × grad_accum_steps={t.grad_accum_steps} × {ctx.world_size} rank(s)"
             )
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, t.warmup_steps, t.schedule, t.min_lr_ratio)
-        self.early_stopping = EarlyStopping(spec.early_stopping, use_critic_criteria=spec.objective == "critic")
+        self.early_stopping = EarlyStopping(spec.early_stopping, self.objective.early_stopping_signals,
+                                            self.objective.default_monitor)
+        self.check_monitor()
         self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf}
         self.history = History()
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.model.dtype == "auto" else None
+
+    # ------------------------------------------------------------------ metrics
+
+    def train_metric_names(self) -> list[str]:
+        return LOOP_METRICS + self.objective.metric_names(self.n_heads)
+
+    def validation_names(self) -> list[str]:
+        """Every validation metric this objective can log (without the `val/` prefix)."""
+        o = self.objective
+        return ["loss", *o.metric_names(self.n_heads), *o.pooled_names(self.n_heads)]
+
+    def check_monitor(self) -> None:
+        """A monitor the objective never logs would silently disable `best` and early stopping."""
+        available = [f"val/{k}" for k in dict.fromkeys(self.validation_names())]
+        if self.early_stopping.monitor not in available:
+            from wmtp.train.config import SpecError
+
+            raise SpecError(f"early_stopping.monitor: {self.early_stopping.monitor!r} is not a validation metric "
+                            f"of the {self.objective.name} objective; expected one of {available}")
 
     # ------------------------------------------------------------------ state
 
@@ -183,7 +281,7 @@ class Trainer:
         return out
 
     def optimizer_step(self, window: list[dict]) -> dict[str, float]:
-        num_valid_H, num_response = window_normalizers(window, self.ctx, self.device)
+        num_valid_H, num_response = window_normalizers(window, self.ctx, self.device, self.objective)
         outputs, n_tokens = [], 0
         for raw in window:
             batch = move_batch(raw, self.device)
@@ -196,7 +294,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = mean_metrics(outputs) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        metrics = combine_metrics(outputs, window=True) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         metrics["tokens"] = float(n_tokens)
         return metrics
 
@@ -210,15 +308,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Batch means of the objective's metrics, plus dataset-level metrics pooled over all batches
+        and ranks (`pooled_metrics`: unweighted CE per head, value explained variance)."""
         if self.valid_loader is None:
             return {}
         self.module.eval()
-        outputs = []
+        outputs, totals = [], []
         for raw in self.valid_loader:
             out = self.module(move_batch(raw, self.device), self.objective)
             outputs.append(out.metrics | {"loss": out.loss.item()})
+            totals.append(out.totals)
         self.module.train()
-        metrics = reduce_metrics(mean_metrics(outputs), self.ctx, self.device)
+        names = ["loss", *self.objective.metric_names(self.n_heads)]
+        metrics = reduce_metrics(combine_metrics(outputs, window=False), names, self.ctx, self.device)
+        summed = sum_totals(totals, self.objective.total_names(self.n_heads), self.ctx, self.device)
+        metrics |= pooled_metrics(summed, self.spec.train.head_weights)
         return {f"val/{k}": v for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ loop
@@ -247,7 +351,7 @@ class Trainer:
                     elapsed = time.perf_counter() - started
                     metrics["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
                     started, tokens_since = time.perf_counter(), 0.0
-                    metrics = reduce_metrics(metrics, self.ctx, self.device)
+                    metrics = reduce_metrics(metrics, self.train_metric_names(), self.ctx, self.device)
                     tracker.log_metrics(metrics, step)
                     self.write_local_metrics(step, metrics)
                     self.history.train.append((step, metrics))
@@ -271,25 +375,33 @@ class Trainer:
         return result
 
     def after_step(self, step: int, tracker: Tracker) -> Optional[str]:
-        """Validation, checkpoints, early stopping and preemption — every decision taken by all ranks."""
+        """Validation, early stopping, checkpoints, then preemption — every decision taken by all ranks.
+
+        Preemption comes last so that a SIGTERM during an eval step still validates that step before
+        saving: the resumed run starts at step+1 and would otherwise never validate it (`best`, early
+        stopping and metrics.jsonl would differ from an uninterrupted run).
+        """
         t = self.spec.train
+        stop = False
+        if step % t.eval_interval == 0 and step < self.total_steps:
+            self.record_validation(step, tracker)
+            stop = self.early_stopping.should_stop(self.ctx, self.device)
+        elif self.early_stopping.checks_every_step:
+            stop = self.early_stopping.should_stop(self.ctx, self.device)
+        if stop:
+            if self.ctx.is_main:
+                print(f"early stopping at step {step} ({self.early_stopping.state.stopped_reason})")
+            return "early"  # finish() saves the final checkpoint
+        saved = step % t.save_interval == 0 and step < self.total_steps
+        if saved:
+            self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
         if Preemption.requested or self.ctx.is_distributed:
             if all_reduce_any(Preemption.requested, self.ctx, self.device):
-                self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
+                if not saved:
+                    self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
                 if self.ctx.is_main:
                     print(f"preempted: saved step {step}; rerun the same command to resume")
                 return "preempted"
-        if step % t.eval_interval == 0 and step < self.total_steps:
-            self.record_validation(step, tracker)
-            if self.early_stopping.should_stop(self.ctx, self.device):
-                if self.ctx.is_main:
-                    print(f"early stopping at step {step} ({self.early_stopping.state.stopped_reason})")
-                return "early"
-        elif self.spec.objective == "critic" and self.spec.early_stopping.mode != "loss_only":
-            if self.early_stopping.should_stop(self.ctx, self.device):
-                return "early"
-        if step % t.save_interval == 0 and step < self.total_steps:
-            self.save(f"{ckpt.STEP_PREFIX}{step:06d}")
         return None
 
     def write_local_metrics(self, step: int, metrics: dict) -> None:
@@ -306,15 +418,17 @@ class Trainer:
         self.write_local_metrics(step, val)
         self.history.valid.append((step, val))
         self.early_stopping.observe_validation(val)
-        if val["val/loss"] < self.state["best_val"]:
-            self.state["best_val"] = val["val/loss"]
+        monitored = val.get(self.early_stopping.monitor, math.nan)  # same on every rank (reduced)
+        if monitored < self.state["best_val"]:  # False for nan
+            self.state["best_val"] = monitored
             self.save("best")
         return val
 
     def finish(self, tracker: Tracker) -> Optional[Path]:
         """Final validation, final checkpoint (with the value head when there is one), plots."""
         step = self.state["step"]
-        self.record_validation(step, tracker)
+        if not self.history.valid or self.history.valid[-1][0] != step:  # not just validated (early stop)
+            self.record_validation(step, tracker)
         final = self.save("final")
         if self.ctx.is_main:
             from wmtp.train.plots import write_plots

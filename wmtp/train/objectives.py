@@ -23,7 +23,7 @@ from torch import nn
 
 from wmtp.errors import CheckpointError
 from wmtp.model import IGNORE_INDEX, Transformer, ValueHead
-from wmtp.model.mtp_loss import mtp_loss_recomputed
+from wmtp.model.mtp_loss import head_weights_or_uniform, mtp_loss_recomputed
 from wmtp.train.config import StageSpec
 from wmtp.weighting import rho1 as rho1_weights
 from wmtp.weighting import td
@@ -38,6 +38,9 @@ class ObjectiveOutput:
     metrics: dict[str, float] = field(default_factory=dict)  # detached floats for logging
     per_head: Optional[torch.Tensor] = None  # [H] detached per-head MTP loss
     token_weights: Optional[torch.Tensor] = None  # 1-D detached weights of valid tokens (histograms)
+    # Validation only: sums and counts (keys of `Objective.total_names`) that the loop adds up over every
+    # batch and rank before `pooled_metrics` turns them into dataset-level numbers.
+    totals: dict[str, float] = field(default_factory=dict)
 
 
 class TrainModule(nn.Module):
@@ -68,14 +71,91 @@ def head_metrics(per_head: torch.Tensor) -> dict[str, float]:
     return {f"loss/head_{k + 1}": v for k, v in enumerate(per_head.tolist())}
 
 
+def stat_names(prefix: str) -> list[str]:
+    """The keys `masked_stats(prefix, …)` returns."""
+    return [f"{prefix}/{stat}" for stat in ("mean", "std", "min", "max")]
+
+
+WEIGHT_METRICS = [*stat_names("weight"), "weight/frac_clipped", "weight/entropy"]
+VALUE_TOTALS = list(td.EV_SUM_KEYS)
+
+
+def mtp_metric_names(n_heads: int) -> list[str]:
+    return ["loss/mtp", *(f"loss/head_{k}" for k in range(1, n_heads + 1))]
+
+
+def ce_total_names(n_heads: int) -> list[str]:
+    return [f"ce/{part}/head_{k}" for k in range(1, n_heads + 1) for part in ("sum", "count")]
+
+
+def ce_totals(per_head_mean: torch.Tensor, labels_BSH: torch.Tensor) -> dict[str, float]:
+    """Per-head CE sums and target counts from per-head means over the local targets."""
+    counts = (labels_BSH != IGNORE_INDEX).sum(dim=(0, 1)).double()
+    sums = per_head_mean.double() * counts
+    totals = {}
+    for k, (total, count) in enumerate(zip(sums.tolist(), counts.tolist()), start=1):
+        totals[f"ce/sum/head_{k}"], totals[f"ce/count/head_{k}"] = total, count
+    return totals
+
+
+def pooled_metrics(totals: dict[str, float], head_weights: Optional[list[float]]) -> dict[str, float]:
+    """Dataset-level validation metrics from summed totals (every batch, every rank).
+
+    `ce/head_k` = Σ CE / Σ targets of head k, *without* token weights and over every target (tokens
+    that tokenskip drops included): unlike the objective's loss it means the same thing at every step
+    and in every experiment, so it is what `best` and early stopping watch by default. `ce` combines
+    the heads with the loss's head weights (uniform mean by default). `value/explained_variance` is
+    1 − Var[G−V]/Var[G] over all response tokens of the validation set.
+    """
+    out: dict[str, float] = {}
+    n_heads = sum(1 for key in totals if key.startswith("ce/count/head_"))
+    if n_heads:
+        per_head = [totals[f"ce/sum/head_{k}"] / max(totals[f"ce/count/head_{k}"], 1.0) for k in range(1, n_heads + 1)]
+        out.update({f"ce/head_{k}": v for k, v in enumerate(per_head, start=1)})
+        alphas = head_weights_or_uniform(n_heads, head_weights)
+        out["ce"] = sum(a * v for a, v in zip(alphas, per_head))
+    if all(key in totals for key in VALUE_TOTALS):
+        out["value/explained_variance"] = td.explained_variance_from_sums(totals)
+    return out
+
+
 class Objective:
-    """Base: plain MTP cross-entropy with weights given by `token_weights` (uniform here)."""
+    """Base: plain MTP cross-entropy with weights given by `token_weights` (uniform here).
+
+    Besides `compute`, an objective tells the loop what it cannot guess without asking which
+    experiment this is: the normaliser of its loss (`target_counts`), the metric keys every rank
+    agrees on (`metric_names`, `total_names`, `pooled_names`), the signals early stopping may watch
+    (`early_stopping_signals`) and the validation metric `best` is chosen by (`default_monitor`).
+    """
 
     name = "baseline"
     uses_value_head = False
+    # "loss" = no improvement of the monitored validation metric; the critic adds step-level signals.
+    early_stopping_signals: tuple[str, ...] = ("loss",)
+    default_monitor = "val/ce"  # unweighted MTP cross-entropy on validation: comparable over steps and runs
 
     def __init__(self, spec: StageSpec):
         self.spec = spec
+
+    def target_counts(self, batch: dict) -> torch.Tensor:
+        """`[H]` targets of each head that this micro-batch adds to the loss's denominator.
+
+        The loop sums these over the accumulation window and all ranks, so every micro-batch's loss is
+        its Σ w·CE divided by the count of the whole global batch (see `window_normalizers`).
+        """
+        return (batch["labels"] != IGNORE_INDEX).sum(dim=(0, 1)).float()
+
+    def metric_names(self, n_heads: int) -> list[str]:
+        """Every key `compute` may put in `metrics` (ranks reduce this fixed list, missing → skipped)."""
+        return mtp_metric_names(n_heads)
+
+    def total_names(self, n_heads: int) -> list[str]:
+        """Every key `compute` puts in `totals` during validation."""
+        return ce_total_names(n_heads)
+
+    def pooled_names(self, n_heads: int) -> list[str]:
+        """The keys `pooled_metrics` derives from `total_names`."""
+        return ["ce", *(f"ce/head_{k}" for k in range(1, n_heads + 1))]
 
     def prepare(self, module: TrainModule, device: torch.device) -> None:
         """Freeze / load what the objective needs before the optimizer is built."""
@@ -84,15 +164,30 @@ class Objective:
         return [p for p in module.parameters() if p.requires_grad]
 
     def mtp_output(self, module, batch, h_trunk, weights_BS=None, labels=None, extra=None) -> ObjectiveOutput:
+        """Σ w·CE per head over `labels` (default the batch's) / the normaliser, plus `extra`.
+
+        In training the loop puts `target_counts` summed over the accumulation window and all ranks,
+        divided by the world size, in `batch["num_valid_H"]`: the loss is then Σ w·CE / N_global exactly
+        as one process on the global batch. Without it (validation) each batch uses its local count.
+        """
         labels = batch["labels"] if labels is None else labels
         weights_BSH = None if weights_BS is None else per_head_weights(weights_BS, labels.shape[2])
-        # The loop puts the valid-target count of the whole accumulation window (all ranks) / world size
-        # in the batch, so the loss is Σ w·CE / N_global exactly as one process on the global batch.
-        num_valid_H = batch.get("num_valid_H") if labels is batch["labels"] else None
-        mtp = mtp_loss_recomputed(module.model, h_trunk, labels, weights_BSH, self.spec.train.head_weights, num_valid_H)
+        mtp = mtp_loss_recomputed(module.model, h_trunk, labels, weights_BSH, self.spec.train.head_weights,
+                                  batch.get("num_valid_H"))
         loss = mtp.total + (0.0 if extra is None else extra)
         metrics = {"loss/mtp": mtp.total.item(), **head_metrics(mtp.per_head)}
-        return ObjectiveOutput(loss=loss, metrics=metrics, per_head=mtp.per_head)
+        out = ObjectiveOutput(loss=loss, metrics=metrics, per_head=mtp.per_head)
+        if not module.training:
+            unweighted = weights_BS is None and labels is batch["labels"]
+            out.totals = self.validation_ce(module, batch, h_trunk, mtp.per_head if unweighted else None)
+        return out
+
+    def validation_ce(self, module, batch, h_trunk, per_head_unweighted=None) -> dict[str, float]:
+        """Unweighted CE sums over every target (one more pass of the heads when the loss was weighted)."""
+        if per_head_unweighted is None:
+            with torch.no_grad():
+                per_head_unweighted = mtp_loss_recomputed(module.model, h_trunk, batch["labels"]).per_head
+        return ce_totals(per_head_unweighted, batch["labels"])
 
     def compute(self, module: TrainModule, batch: dict) -> ObjectiveOutput:
         h_trunk = module.model.forward_trunk(batch["input_ids"])
@@ -111,9 +206,22 @@ class CriticObjective(Objective):
 
     name = "critic"
     uses_value_head = True
+    # Besides the validation loss: a plateau of the gradient norm and the prediction variance leaving
+    # [pred_var_min, pred_var_max], both checked every step (early_stopping.mode says how they combine).
+    early_stopping_signals = ("loss", "grad_norm", "pred_var")
+    default_monitor = "val/loss"  # the value loss: the only loss the critic trains
 
     def prepare(self, module, device):
         module.model.requires_grad_(False)
+
+    def metric_names(self, n_heads):
+        return ["loss/value", "value/explained_variance", "value/pred_var", *stat_names("value")]
+
+    def total_names(self, n_heads):
+        return VALUE_TOTALS
+
+    def pooled_names(self, n_heads):
+        return ["value/explained_variance"]
 
     def compute(self, module, batch):
         cfg = self.spec.critic
@@ -131,7 +239,8 @@ class CriticObjective(Objective):
             "value/pred_var": selected.var().item() if selected.numel() > 1 else 0.0,
             **masked_stats("value", values, mask),
         }
-        return ObjectiveOutput(loss=loss, metrics=metrics)
+        totals = {} if module.training else td.explained_variance_sums(values, returns, mask)
+        return ObjectiveOutput(loss=loss, metrics=metrics, totals=totals)
 
 
 def load_value_head(path: Path, dim: int) -> ValueHead:
@@ -165,6 +274,16 @@ class VerifiableObjective(Objective):
         self.value_head_path = Path(path)
         self.anchor: Optional[ValueHead] = None
 
+    def metric_names(self, n_heads):
+        return [*mtp_metric_names(n_heads), "loss/value", "value/explained_variance", *stat_names("td"),
+                *WEIGHT_METRICS]
+
+    def total_names(self, n_heads):
+        return [*ce_total_names(n_heads), *VALUE_TOTALS]
+
+    def pooled_names(self, n_heads):
+        return [*super().pooled_names(n_heads), "value/explained_variance"]
+
     def prepare(self, module, device):
         stage1 = load_value_head(self.value_head_path, module.model.args.dim)
         module.value_head.load_state_dict(stage1.state_dict())
@@ -195,17 +314,47 @@ class VerifiableObjective(Objective):
             }
         )
         out.token_weights = weights.detach()[mask]
+        if not module.training:
+            out.totals.update(td.explained_variance_sums(values, returns, mask))
         return out
 
 
 class Rho1Objective(Objective):
-    """Reference-model excess loss Δ = L_θ(head 1) − L_ref selects (tokenskip) or weights tokens."""
+    """Reference-model excess loss Δ = L_θ(head 1) − L_ref selects (tokenskip) or weights tokens.
+
+    Both modes look at one micro-batch of one rank at a time ("the batch" of DESIGN.md):
+    - tokenskip keeps the top `keep_ratio` of the micro-batch's valid tokens by Δ (exactly
+      `rho1.kept_count` of them, ties broken by position). Selecting over the global batch would need
+      every rank's Δ of every micro-batch of the window before the first backward. The *normaliser*
+      is global: every head divides Σ CE over the kept tokens by the number of tokens kept in the
+      whole window on all ranks (known up front from the valid counts, see `target_counts`), so the
+      gradient does not grow with grad_accum_steps or depend on how the batch is split over ranks.
+      With batch_size 1 the selection is per sequence and DDP equals one process exactly.
+    - weighted: softmax(Δ/τ) over the micro-batch's valid tokens, scaled to mean 1 and clipped; the
+      loss is Σ w·CE over the window's valid targets (all ranks), as for every weighted objective.
+    """
 
     name = "rho1"
 
     def __init__(self, spec, reference: nn.Module):
         super().__init__(spec)
         self.reference = reference.requires_grad_(False).eval()
+
+    def target_counts(self, batch) -> torch.Tensor:
+        counts = super().target_counts(batch)
+        cfg = self.spec.rho1
+        if cfg.mode != "tokenskip":
+            return counts
+        # Valid tokens x_j are the targets of head 1 (labels[:, j−1, 0]); the same tokens are kept
+        # for every head. A kept token j ≤ k has no head-k label (it would need a prompt shorter
+        # than k tokens, which the template never produces); it still counts, so every head's loss is
+        # the mean over the kept tokens.
+        n_valid = int((batch["labels"][:, :, 0] != IGNORE_INDEX).sum())
+        return torch.full_like(counts, float(rho1_weights.kept_count(n_valid, cfg.keep_ratio)))
+
+    def metric_names(self, n_heads):
+        names = [*mtp_metric_names(n_heads), *stat_names("excess_loss")]
+        return names + (["rho1/kept_fraction"] if self.spec.rho1.mode == "tokenskip" else WEIGHT_METRICS)
 
     def reference_losses(self, batch) -> torch.Tensor:
         next_token_labels = batch["labels"][:, :, 0]
@@ -230,9 +379,8 @@ class Rho1Objective(Objective):
         metrics = masked_stats("excess_loss", excess_tok, valid_tok)
         if cfg.mode == "tokenskip":
             keep = rho1_weights.tokenskip_mask(excess_tok, valid_tok, cfg.keep_ratio)
-            labels = self.drop_tokens(labels, keep)
             metrics["rho1/kept_fraction"] = keep.sum().item() / max(1, valid_tok.sum().item())
-            out = self.mtp_output(module, batch, h_trunk, labels=labels)
+            out = self.mtp_output(module, batch, h_trunk, labels=self.drop_tokens(labels, keep))
         else:
             weights = rho1_weights.soft_weights(excess_tok, valid_tok, cfg.temperature, cfg.w_min, cfg.w_max)
             metrics.update(weight_stats(weights, valid_tok, cfg.w_min, cfg.w_max))
@@ -243,7 +391,7 @@ class Rho1Objective(Objective):
 
     @staticmethod
     def drop_tokens(labels_BSH: torch.Tensor, keep_tok_BS: torch.Tensor) -> torch.Tensor:
-        """Ignore every head's label whose target token was not selected (normalises by the kept count)."""
+        """Ignore every head's label whose target token was not selected."""
         keep_BSH = per_head_weights(keep_tok_BS.float(), labels_BSH.shape[2]).bool()
         return torch.where(keep_BSH, labels_BSH, torch.full_like(labels_BSH, IGNORE_INDEX))
 

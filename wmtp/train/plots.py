@@ -30,7 +30,7 @@ def plot_losses(history, path: Path, n_heads: int) -> Path:
         if any(v is not None for v in values):
             ax.plot(steps, values, label=label)
     if history.valid:
-        ax.plot([s for s, _ in history.valid], [m["val/loss"] for _, m in history.valid], "k--", label="validation")
+        ax.plot([s for s, _ in history.valid], [m.get("val/loss") for _, m in history.valid], "k--", label="validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend()

@@ -2,7 +2,8 @@
 
 Δ_j = L_θ(x_j) − L_ref(x_j), with L_θ from head 1 (detached) and L_ref from the reference LM.
 - tokenskip: w_j = 1 for the top `keep_ratio` of valid tokens in the batch by Δ, else 0; the loss is
-  normalised by the number kept (the caller turns dropped tokens into ignored labels).
+  normalised by the number kept (the caller turns dropped tokens into ignored labels). Exactly
+  `kept_count(n_valid, keep_ratio)` tokens are kept, so the normaliser is known before Δ is.
 - weighted: w = softmax(Δ/τ) over the batch's valid tokens, scaled to mean 1, clipped to [w_min, w_max].
 """
 
@@ -26,12 +27,16 @@ def token_losses(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> torch.Ten
     return ce.view(labels_BS.shape)
 
 
+def kept_count(n_valid: int, keep_ratio: float) -> int:
+    """How many of `n_valid` tokens tokenskip keeps: round(keep_ratio · n_valid), at least one."""
+    return 0 if n_valid == 0 else max(1, int(round(keep_ratio * n_valid)))
+
+
 def tokenskip_mask(excess_BS: torch.Tensor, valid_BS: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """Boolean mask of the top `keep_ratio` valid tokens by excess loss (at least one kept)."""
-    n_valid = int(valid_BS.sum())
-    if n_valid == 0:
+    """Boolean mask of exactly `kept_count` valid tokens: the top `keep_ratio` by excess loss."""
+    n_keep = kept_count(int(valid_BS.sum()), keep_ratio)
+    if n_keep == 0:
         return torch.zeros_like(valid_BS)
-    n_keep = max(1, int(round(keep_ratio * n_valid)))
     scores = torch.where(valid_BS, excess_BS, torch.full_like(excess_BS, -float("inf")))
     threshold = scores.flatten().topk(n_keep).values[-1]
     keep = valid_BS & (scores >= threshold)

@@ -90,3 +90,29 @@ def explained_variance(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_B
     if g.numel() < 2 or g.var() == 0:
         return float("nan")
     return float(1.0 - (g - v).var() / g.var())
+
+
+# Sufficient statistics of the explained variance: summed over batches and ranks, they give the
+# explained variance of the whole validation set (a per-batch value is nan whenever one batch's
+# returns do not vary, e.g. γ = 1 and a single label per batch).
+EV_SUM_KEYS = ("value/n", "value/sum_g", "value/sum_g2", "value/sum_r", "value/sum_r2")
+
+
+def explained_variance_sums(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_BS: torch.Tensor) -> dict[str, float]:
+    """n, Σg, Σg², Σr, Σr² over masked positions, with g = G and r = G − V (float64)."""
+    g = returns_BS.detach().double()[mask_BS]
+    r = g - values_BS.detach().double()[mask_BS]
+    stats = (g.numel(), g.sum(), g.square().sum(), r.sum(), r.square().sum())
+    return {key: float(value) for key, value in zip(EV_SUM_KEYS, stats)}
+
+
+def explained_variance_from_sums(sums: dict[str, float]) -> float:
+    """1 − Var[G − V] / Var[G] from `explained_variance_sums` added up (nan when G does not vary)."""
+    n = sums["value/n"]
+    if n < 2:
+        return float("nan")
+    var_g = sums["value/sum_g2"] - sums["value/sum_g"] ** 2 / n
+    var_r = sums["value/sum_r2"] - sums["value/sum_r"] ** 2 / n
+    if var_g <= 1e-12 * max(1.0, sums["value/sum_g2"]):
+        return float("nan")
+    return 1.0 - var_r / var_g

@@ -1,0 +1,170 @@
+"""The loop's pieces in one process on the micro model: loss normalisers, metric reduction,
+validation metrics, early-stopping signals and seeding (DESIGN.md "Token weights", "Training")."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+
+import pytest
+import torch
+
+from wmtp.distributed import DistContext, unwrap
+from wmtp.train import loop
+from wmtp.train.config import SpecError, load_experiment
+from wmtp.train.data_loading import move_batch
+from wmtp.train.loop import Trainer, combine_metrics, reduce_metrics, window_normalizers
+from wmtp.train.objectives import BaselineObjective
+from wmtp.tracking import NullTracker
+from wmtp.weighting import td
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["train.eval_interval=1000", "train.save_interval=1000", "train.warmup_steps=0"]
+
+
+def stage_spec(overrides, spec="smoke", stage=None):
+    stages = load_experiment(spec, overrides).stages
+    return stages[0] if stage is None else next(s for s in stages if s.stage == stage)
+
+
+def first_batch(trainer: Trainer) -> dict:
+    return move_batch(next(iter(trainer.data.loader)), trainer.device)
+
+
+def window_loss(trainer: Trainer, window: list[dict]) -> float:
+    """Σ over the window of each micro-batch's loss with the loop's normalisers (the step's loss)."""
+    num_valid_H, num_response = window_normalizers(window, trainer.ctx, trainer.device, trainer.objective)
+    with torch.no_grad():
+        return sum(trainer.module(b | {"num_valid_H": num_valid_H, "num_response": num_response},
+                                  trainer.objective).loss.item() for b in window)
+
+
+@pytest.mark.parametrize("mode", ["tokenskip", "weighted"])
+def test_rho1_window_loss_is_normalised_by_the_whole_window(smoke_overrides, tmp_path, one_torch_thread, mode):
+    spec = stage_spec(smoke_overrides + [f"rho1.mode={mode}", "train.batch_size=2"], stage="rho1")
+    trainer = Trainer(spec, tmp_path, DistContext(), {})
+    batch = first_batch(trainer)
+    single = window_loss(trainer, [batch])
+    # The same micro-batch twice selects the same tokens twice: the window's mean is the batch's mean,
+    # whatever grad_accum_steps is (before: each micro-batch divided by its own count → 2×).
+    assert window_loss(trainer, [batch, batch]) == pytest.approx(single, rel=1e-5)
+    # ... and the normaliser is the count the objective itself divides by on its own: for tokenskip the
+    # kept tokens, not the valid ones.
+    with torch.no_grad():
+        local = trainer.module(batch, trainer.objective).loss.item()
+    assert single == pytest.approx(local, rel=1e-5)
+
+
+def test_logged_train_loss_does_not_depend_on_grad_accum(smoke_overrides, tmp_path, one_torch_thread):
+    """Same global batch as 4 × 1 and 2 × 2 micro-batches: the logged loss is the step's loss."""
+    losses = []
+    for batch_size, accum in [(4, 1), (2, 2)]:
+        overrides = smoke_overrides + QUIET + [f"train.batch_size={batch_size}", f"train.grad_accum_steps={accum}",
+                                               "train.max_steps=1", "train.log_interval=1"]
+        trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path / f"b{batch_size}", DistContext(), {})
+        trainer.stage_dir.mkdir()
+        result = trainer.run(NullTracker())
+        losses.append(result.last_metrics["loss/total"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_metrics_combine_by_kind_over_a_window():
+    window = [{"loss/total": 1.0, "weight/min": 0.2, "weight/max": 3.0, "weight/mean": 1.0},
+              {"loss/total": 2.0, "weight/min": 0.5, "weight/max": 4.0}]
+    combined = combine_metrics(window, window=True)
+    assert combined == {"loss/total": 3.0, "weight/min": 0.2, "weight/max": 4.0, "weight/mean": 1.0}
+    assert combine_metrics(window, window=False)["loss/total"] == 1.5  # validation: batch means
+
+
+def test_reduce_metrics_keeps_the_declared_keys_and_refuses_others():
+    keys = ["loss/total", "weight/mean"]
+    assert reduce_metrics({"loss/total": 1.0}, keys, DistContext(), "cpu") == {"loss/total": 1.0}
+    with pytest.raises(ValueError, match="td/mean"):
+        reduce_metrics({"loss/total": 1.0, "td/mean": 0.0}, keys, DistContext(), "cpu")
+
+
+def test_validation_explained_variance_is_pooled_over_the_validation_set(smoke_overrides, tmp_path, one_torch_thread):
+    # batch_size 1 and γ = 1: every validation batch has constant returns, so a per-batch EV is nan.
+    spec = stage_spec(smoke_overrides + ["train.batch_size=1", "critic.gamma=1.0"], stage="critic")
+    trainer = Trainer(spec, tmp_path, DistContext(), {})
+    val = trainer.validate()
+    values, returns = [], []
+    model = unwrap(trainer.module)
+    with torch.no_grad():
+        for raw in trainer.valid_loader:
+            b = move_batch(raw, trainer.device)
+            v = model.values(model.model.forward_trunk(b["input_ids"]))
+            g = td.value_returns(b["response_mask"], b["is_correct"], 1.0)
+            values.append(v[b["response_mask"]])
+            returns.append(g[b["response_mask"]])
+    v, g = torch.cat(values).double(), torch.cat(returns).double()
+    expected = 1 - ((g - v).var() / g.var()).item()
+    assert val["val/value/explained_variance"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_validation_ce_is_the_unweighted_cross_entropy_of_every_objective(smoke_overrides, tmp_path, one_torch_thread):
+    """Same weights → same val/ce whatever the objective weights or skips; val/loss is the objective's."""
+    vals = {}
+    for mode in ("baseline", "tokenskip", "weighted"):
+        overrides = smoke_overrides + [f"rho1.mode={'tokenskip' if mode == 'baseline' else mode}"]
+        spec = stage_spec(overrides, stage="baseline" if mode == "baseline" else "rho1")
+        vals[mode] = Trainer(spec, tmp_path / mode, DistContext(), {}).validate()
+    n_heads = 4
+    for mode in ("tokenskip", "weighted"):
+        for key in ["val/ce", *(f"val/ce/head_{k}" for k in range(1, n_heads + 1))]:
+            assert vals[mode][key] == pytest.approx(vals["baseline"][key], rel=1e-5), (mode, key)
+    assert vals["tokenskip"]["val/loss"] != pytest.approx(vals["tokenskip"]["val/ce"], rel=1e-3)
+    ce = vals["baseline"]
+    assert ce["val/ce"] == pytest.approx(sum(ce[f"val/ce/head_{k}"] for k in range(1, n_heads + 1)) / n_heads)
+
+
+def test_best_is_chosen_by_validation_ce_by_default(smoke_overrides, tmp_path, one_torch_thread):
+    overrides = smoke_overrides + ["train.max_steps=3", "train.eval_interval=1", "train.save_interval=1000",
+                                   "train.log_interval=1"]
+    trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
+    assert trainer.early_stopping.monitor == "val/ce"
+    trainer.run(NullTracker())
+    ces = [json.loads(line)["val/ce"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if "val/ce" in line]
+    assert len(ces) == 3
+    best = torch.load(tmp_path / "checkpoints" / "best" / "train_state.pt", weights_only=False)
+    assert best["best_val"] == min(ces)
+
+
+def test_a_monitor_the_objective_never_logs_is_refused(smoke_overrides, tmp_path):
+    spec = stage_spec(smoke_overrides + ["early_stopping.monitor=val/weight/mean"], stage="baseline")
+    with pytest.raises(SpecError, match="early_stopping.monitor: 'val/weight/mean'"):
+        Trainer(spec, tmp_path, DistContext(), {})
+
+
+def test_the_loop_reads_early_stopping_signals_from_the_objective(smoke_overrides, tmp_path, monkeypatch,
+                                                                  one_torch_thread):
+    assert "objective ==" not in inspect.getsource(loop)  # DESIGN.md: no `if experiment == …` in the loop
+
+    class WatchesGradNorm(BaselineObjective):
+        early_stopping_signals = ("loss", "grad_norm")
+
+    monkeypatch.setattr(loop, "build_objective", lambda spec, device, earlier: WatchesGradNorm(spec))
+    # A window of 1 step and a huge ratio: the gradient norm counts as plateaued after 2 steps.
+    overrides = smoke_overrides + QUIET + [
+        "train.max_steps=6", "early_stopping.enabled=true", "early_stopping.mode=any",
+        "early_stopping.grad_norm_window=1", "early_stopping.grad_norm_ratio=1e9"]
+    trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
+    result = trainer.run(NullTracker())
+    assert result.stopped_early and result.steps == 2
+    assert trainer.early_stopping.state.stopped_reason == "grad_norm"
+
+
+def test_init_is_the_same_on_every_rank_and_later_randomness_is_not(smoke_overrides, tmp_path):
+    spec = stage_spec(smoke_overrides + ["distributed.strategy=none"], stage="critic")  # a fresh value head
+    states, draws = [], []
+    for rank in (0, 1):
+        # Two ranks' Trainers built in one process: no collective runs while building.
+        trainer = Trainer(spec, tmp_path / str(rank), DistContext(rank=rank, world_size=2), {})
+        states.append(unwrap(trainer.module).state_dict())
+        assert torch.initial_seed() == spec.train.seed + rank
+        draws.append(torch.rand(4))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(draws[0], draws[1])
