@@ -134,12 +134,13 @@ if request["deny_user_namespaces"]:
         with open("/proc/sys/user/max_user_namespaces", "w") as f:
             f.write("0")
 from wmtp.eval.sandbox import Sandbox, SandboxLimits
-programs = request["programs"]
+programs, limits = request["programs"], SandboxLimits(**request["limits"])
 with Sandbox(workers=request["workers"]) as sandbox:
     isolation = vars(sandbox.isolation)
     if not isolation["readonly_fs"]:  # only the guard protects files: leave out what gets past it
-        programs = {name: source for name, source in programs.items() if name not in request["past_the_guard"]}
-    results = sandbox.run_many(list(programs.values()), SandboxLimits(**request["limits"]))
+        programs = {name: source for name, source in programs.items()
+                    if name not in request["past_the_guard"] and limits.guard}
+    results = sandbox.run_many(list(programs.values()), limits)
 print(json.dumps({"uid": os.getuid(), "isolation": isolation,
                   "results": {name: r.to_dict() for name, r in zip(programs, results)}}))
 """
@@ -170,7 +171,8 @@ def run_as_non_root(
 ) -> tuple[dict, dict[str, ExecutionResult]]:
     """Run `programs` in a Sandbox created by a non-root process (`nobody` when we are root).
 
-    Without a read-only view (user namespaces refused), the programs in PAST_THE_GUARD are left out.
+    Without a read-only view (user namespaces refused), the programs in PAST_THE_GUARD are left out
+    (without the guard too, all of them): see `run_where_files_are_safe`.
     """
     python = non_root_python()
     if python is None:
@@ -185,6 +187,16 @@ def run_as_non_root(
     answer = json.loads(proc.stdout.splitlines()[-1])
     assert answer["uid"] != 0
     return answer["isolation"], {name: ExecutionResult(**r) for name, r in answer["results"].items()}
+
+
+def run_where_files_are_safe(
+    sandbox: Sandbox, programs: dict[str, str], limits: SandboxLimits
+) -> tuple[dict, dict[str, ExecutionResult]]:
+    """Run `programs` in this process's sandbox, leaving out those its layers cannot stop (as RUNNER does)."""
+    isolation = vars(sandbox.isolation)
+    if not isolation["readonly_fs"] and isolation["uid"] is None:  # no OS layer protects the sentinel
+        programs = {name: source for name, source in programs.items() if name not in PAST_THE_GUARD and limits.guard}
+    return isolation, dict(zip(programs, sandbox.run_many(list(programs.values()), limits)))
 
 
 VARIANTS = {
@@ -213,21 +225,20 @@ def test_hostile_programs_are_contained(sentinel, variant):
         isolation, results = run_as_non_root(programs, limits, 4, deny_user_namespaces)
     else:
         with Sandbox(workers=4) as sandbox:
-            results = dict(zip(programs, sandbox.run_many(list(programs.values()), limits)))
-            isolation = vars(sandbox.isolation)
+            isolation, results = run_where_files_are_safe(sandbox, programs, limits)
     elapsed = time.monotonic() - started
 
     if non_root:
         assert isolation["uid"] is None
-        if deny_user_namespaces:
-            assert not isolation["user_namespace"] and not isolation["readonly_fs"], isolation
-        if not isolation["readonly_fs"]:
-            assert any("guard only" in note for note in isolation["notes"]), isolation["notes"]
-            assert not set(PAST_THE_GUARD) & set(results)
-            if not guard:
-                pytest.skip(f"no read-only view for a non-root user here: {isolation['notes']}")
-        else:
-            assert set(PAST_THE_GUARD) <= set(results)
+    if deny_user_namespaces:
+        assert not isolation["user_namespace"] and not isolation["readonly_fs"], isolation
+    if isolation["uid"] is None and not isolation["readonly_fs"]:
+        assert any("guard only" in note for note in isolation["notes"]), isolation["notes"]
+        assert not set(PAST_THE_GUARD) & set(results)
+        if not guard:
+            pytest.skip(f"no read-only view for a non-root user here: {isolation['notes']}")
+    else:
+        assert set(PAST_THE_GUARD) <= set(results)
     assert elapsed < 5 * TIMEOUT_S + 30, f"the evaluator took {elapsed:.1f}s"
     for name, result in results.items():
         assert result.status in ("failed", "timeout"), f"{name}: {result}"
