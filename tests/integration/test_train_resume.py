@@ -1,13 +1,13 @@
 """Preemption and resume: SIGTERM mid-run saves and exits 0; the resumed run ends bit-exact with a
-run that was never interrupted (CPU, one process: same ops in the same order)."""
+run that was never interrupted (CPU, one process: same ops in the same order), validations included."""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
-import time
+import textwrap
 
 import pytest
 import torch
@@ -16,39 +16,57 @@ from wmtp.model import load_model
 
 pytestmark = pytest.mark.slow
 
+# `python -m wmtp.train` whose process receives a real SIGTERM while the verifiable stage computes step
+# SIGTERM_AT (the handler sets the flag the loop checks after that step's validation and checkpoint).
+SIGTERM_DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from wmtp.train import __main__ as entry, loop
 
-def train_process(overrides, run_dir) -> subprocess.Popen:
-    command = [sys.executable, "-m", "wmtp.train", "smoke", "--run-dir", str(run_dir)]
+    at = int(os.environ["SIGTERM_AT"])
+    step = loop.Trainer.optimizer_step
+
+    def optimizer_step(self, window):
+        metrics = step(self, window)
+        if self.spec.stage == "verifiable" and self.state["step"] + 1 == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    loop.Trainer.optimizer_step = optimizer_step
+    sys.exit(entry.main())
+    """
+)
+
+
+def train_process(overrides, run_dir, sigterm_at=None) -> subprocess.Popen:
+    entry = ["-c", SIGTERM_DRIVER] if sigterm_at else ["-m", "wmtp.train"]
+    command = [sys.executable, *entry, "smoke", "--run-dir", str(run_dir)]
     for o in overrides:
         command += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGTERM_AT": str(sigterm_at or "")}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def wait_for(path, proc, timeout=180):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+def validations(stage_dir):
+    """The validation entries of metrics.jsonl, in order."""
+    lines = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if any(k.startswith("val/") for k in m)]
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(smoke_overrides, tmp_path):
+def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_overrides, tmp_path):
     overrides = smoke_overrides + [
         "train.max_steps=12", "train.save_interval=3", "train.eval_interval=4", "train.log_interval=1",
         "train.grad_accum_steps=2", "train.batch_size=2",
     ]
-    # Only the verifiable stage is interrupted; critic runs first in both.
+    # Only the verifiable stage is interrupted (at step 4, an eval step); critic runs first in both.
     straight = train_process(overrides, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stdout.read()
 
     interrupted_dir = tmp_path / "interrupted"
-    proc = train_process(overrides, interrupted_dir)
-    wait_for(interrupted_dir / "verifiable" / "checkpoints" / "step_000003", proc)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=300)[0]
+    proc = train_process(overrides, interrupted_dir, sigterm_at=4)
+    output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output
-    assert "preempted" in output
+    assert "preempted: saved step 4" in output
     assert not (interrupted_dir / "verifiable" / "checkpoints" / "final").exists()
 
     resumed = train_process(overrides, interrupted_dir)
@@ -56,8 +74,13 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(smoke_overrides, tmp_pa
     assert resumed.returncode == 0, output
     assert "critic: already finished" in output and "resumed verifiable" in output
 
+    # The validation of step 4 ran before the save: same entries, same values, same best checkpoint.
+    expected = validations(tmp_path / "straight" / "verifiable")
+    assert [m["step"] for m in expected][:2] == [4, 8]  # the stage has 8 steps on the tiny dataset
+    assert validations(interrupted_dir / "verifiable") == expected
     for stage in ("critic", "verifiable", "baseline", "rho1"):
-        a = load_model(tmp_path / "straight" / stage / "checkpoints" / "final").state_dict()
-        b = load_model(interrupted_dir / stage / "checkpoints" / "final").state_dict()
-        for name in a:
-            assert torch.equal(a[name], b[name]), f"{stage}: {name} differs after resume"
+        for checkpoint in ("final", "best"):
+            a = load_model(tmp_path / "straight" / stage / "checkpoints" / checkpoint).state_dict()
+            b = load_model(interrupted_dir / stage / "checkpoints" / checkpoint).state_dict()
+            for name in a:
+                assert torch.equal(a[name], b[name]), f"{stage}/{checkpoint}: {name} differs after resume"
