@@ -23,7 +23,7 @@ def train(
 ) -> None:
     """Train every stage of an experiment; prints progress, metrics go to MLflow."""
     from wmtp.train.config import dump_spec, load_experiment
-    from wmtp.train.runner import default_run_dir, main_process
+    from wmtp.train.runner import check_inputs, default_run_dir, main_process
 
     load_env_file(env_file)
     experiment = load_experiment(spec, overrides, preset)
@@ -31,6 +31,7 @@ def train(
         for stage in experiment.stages:
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
         return
+    check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
     run_dir = run_dir or default_run_dir(experiment)
     dist = experiment.stages[0].distributed
     if dist.nproc_per_node > 1 and dist.strategy != "none":

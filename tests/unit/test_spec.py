@@ -112,7 +112,10 @@ def test_a_missing_eval_file_is_refused_before_training(tmp_path):
     from wmtp.distributed import DistContext
     from wmtp.train.runner import run_experiment
 
-    experiment = load_experiment("smoke", ["eval.benchmark=mbpp", f"eval.data={tmp_path / 'mbpp.jsonl'}"])
+    present = tmp_path / "present"
+    present.mkdir()
+    inputs = [f"model.path={present}", f"data.train={present}", f"data.valid={present}", f"rho1.reference={present}"]
+    experiment = load_experiment("smoke", inputs + ["eval.benchmark=mbpp", f"eval.data={tmp_path / 'mbpp.jsonl'}"])
     with pytest.raises(SpecError, match=r"stage critic: eval\.data: .*mbpp\.jsonl does not exist"):
         run_experiment(experiment, tmp_path / "run", DistContext())
     assert not (tmp_path / "run").exists()

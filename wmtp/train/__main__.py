@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_process(experiment, args.run_dir)
     except WmtpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -33,17 +33,37 @@ def stage_is_finished(stage_dir: Path) -> bool:
     return (stage_dir / "checkpoints" / "final" / TRAIN_STATE).is_file()
 
 
-def check_eval_inputs(experiment: Experiment) -> None:
-    """Refuse a missing `eval.data` file before training rather than after hours of it."""
+def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
+    """(key, path, what it should be) of every file or dir the stage reads, in the order it reads them."""
+    paths = [("model.path", spec.model.path, "a model dir (wmtp model convert-meta / micro)"),
+             ("data.train", spec.data.train, "a prepared JSONL (wmtp data prepare)")]
+    if spec.data.valid:
+        paths.append(("data.valid", spec.data.valid, "a prepared JSONL (wmtp data prepare)"))
+    if spec.objective == "rho1" and spec.rho1.reference and not spec.rho1.reference.startswith("hf:"):
+        paths.append(("rho1.reference", spec.rho1.reference, "the reference model dir"))
+    if spec.objective == "verifiable" and spec.td.value_head:
+        paths.append(("td.value_head", spec.td.value_head, "the critic's value_head.safetensors"))
+    if spec.eval is not None and spec.eval.data:
+        paths.append(("eval.data", spec.eval.data,
+                      f"the {spec.eval.benchmark} file to evaluate the final checkpoint on"))
+    return paths
+
+
+def check_inputs(experiment: Experiment) -> None:
+    """Refuse a missing input path before anything starts: no run dir, no torchrun, no hours lost.
+
+    One line naming the stage, the key and the path (`wmtp train` prints it and exits 2, before it
+    would launch torchrun, so it is printed once rather than by every rank).
+    """
     for spec in experiment.stages:
-        if spec.eval is not None and spec.eval.data and not Path(spec.eval.data).exists():
-            raise SpecError(f"stage {spec.stage}: eval.data: {spec.eval.data} does not exist "
-                            f"(expected the {spec.eval.benchmark} file to evaluate the final checkpoint on)")
+        for key, path, expected in input_paths(spec):
+            if not Path(path).exists():
+                raise SpecError(f"stage {spec.stage}: {key}: {path} does not exist (expected {expected})")
 
 
 def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistContext) -> list[StageResult]:
     """Train the stages in order; stop after a preempted stage (its rerun resumes it)."""
-    check_eval_inputs(experiment)
+    check_inputs(experiment)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(experiment)), ctx))
     earlier: dict[str, Path] = {}
     results = []
