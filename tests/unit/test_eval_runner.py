@@ -177,6 +177,21 @@ def test_mlflow_run_gets_pass_at_k_and_the_summary(micro_models, tmp_path, monke
     assert "eval/humaneval/pass_at_1" in client.get_run(existing).data.metrics
 
 
+
+def test_failing_mlflow_server_warns_without_its_credentials(tmp_path, monkeypatch, capsys):
+    from wmtp.eval.runner import track_evaluation
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    summary_path = tmp_path / "summary.json"
+    summary_path.write_text("{}")
+    summary = {"benchmark": "humaneval", "model": "m", "pass@1": 0.5}
+    # Port 9 on loopback refuses connections: the server is down, the evaluation still returns.
+    track_evaluation(summary, [summary_path], run_id="0" * 32, uri="http://alice:s3cr3t-pw@127.0.0.1:9/?token=t0k")
+    err = capsys.readouterr().err
+    assert "warning: MLflow at" in err and "files only" in err
+    assert "s3cr3t-pw" not in err and "t0k" not in err and "alice" not in err
+
 # ---------------------------------------------------------------- policy vs reference loss
 
 

@@ -330,7 +330,7 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
 
     A failing server never fails the evaluation: the files are already written; one warning is printed.
     """
-    from wmtp.tracking import MlflowTracker, resolve_tracking_uri
+    from wmtp.tracking import MlflowTracker, redact, redact_uri, resolve_tracking_uri
 
     if run_id is None:
         run_id, uri = active_run(uri)
@@ -358,7 +358,8 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
         for path in artifacts:
             client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
     except Exception as exc:  # the server or store failed: the summary is on disk anyway
-        print(f"warning: MLflow at {uri} failed ({type(exc).__name__}: {str(exc)[:200]}); "
+        message = redact(f"{type(exc).__name__}: {exc}", uri)[:200]  # credentials never printed
+        print(f"warning: MLflow at {redact_uri(uri)} failed ({message}); "
               "evaluation results are in the files only", file=sys.stderr)
     return run_id
 
