@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from cli.envfile import load_env_file
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def train(
@@ -35,13 +39,29 @@ def train(
     run_dir = run_dir or default_run_dir(experiment)
     dist = experiment.stages[0].distributed
     if dist.nproc_per_node > 1 and dist.strategy != "none":
-        raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node))
+        raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node,
+                                         dist.preemption_grace_s))
     typer.echo(f"run dir: {run_dir}")
     main_process(experiment, run_dir)
 
 
-def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_dir: Path, nproc: int) -> int:
-    """Hand over to torchrun (single node); it sets RANK/WORLD_SIZE/MASTER_* for `python -m wmtp.train`."""
+def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_dir: Path, nproc: int,
+                    grace_s: int = 600) -> int:
+    """Hand over to torchrun (single node); it sets RANK/WORLD_SIZE/MASTER_* for `python -m wmtp.train`.
+
+    Preemption (SIGTERM to this process) must reach the workers, which save a checkpoint at the next
+    step boundary and exit 0. What torch.distributed.elastic does with it (torch 2.13, read from
+    elastic/multiprocessing/api.py, agent/server/api.py, launcher/api.py):
+    - its agent handles TORCHELASTIC_SIGNALS_TO_HANDLE (`--signals-to-handle`, default SIGTERM,SIGINT,
+      SIGHUP,SIGQUIT) by raising SignalException, then sends that signal to every worker, waits
+      `--shutdown-timeout` / TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30) and SIGKILLs the rest;
+    - it then re-raises: torchrun exits 1 with a traceback even when every worker saved and exited 0;
+    - a second signal during that wait raises again out of the wait: the agent quits without waiting.
+    Hence: torchrun runs in its own session (a signal to our process group, e.g. Ctrl-C, does not reach
+    it directly), we pass it the first SIGTERM/SIGINT/SIGHUP only, set TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+    to `grace_s` (torch versions before the variable keep 30 s), and exit 0 when torchrun failed only
+    because of that signal: a checkpoint was written after it arrived.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "wmtp.train", spec, "--run-dir", str(run_dir)]
     for override in overrides:
@@ -49,4 +69,33 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
     if preset:
         command += ["--preset", preset]
     typer.echo(f"run dir: {run_dir}\nlaunching: torchrun --standalone --nproc_per_node={nproc} -m wmtp.train {spec} …")
-    return subprocess.call(command, env=os.environ.copy())
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(grace_s)}
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    signalled: list[float] = []
+
+    def forward(signum, _frame):
+        if signalled:
+            typer.echo("already stopping: waiting for the workers to save", err=True)
+            return
+        signalled.append(time.time())
+        typer.echo(f"{signal.Signals(signum).name}: asking the workers to save (up to {grace_s} s)", err=True)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        returncode = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if returncode != 0 and signalled and saved_since(run_dir, signalled[0]):
+        typer.echo("torchrun exited after the signal; the workers saved a checkpoint: rerun to resume")
+        return 0
+    return returncode
+
+
+def saved_since(run_dir: Path, since: float) -> bool:
+    """A checkpoint of any stage was written at or after `since` (its files are new: atomic rename)."""
+    from wmtp.train.checkpointing import TRAIN_STATE
+
+    # 50 ms: file times come from a coarser clock than time.time().
+    return any(p.stat().st_mtime >= since - 0.05 for p in Path(run_dir).glob(f"*/checkpoints/*/{TRAIN_STATE}"))

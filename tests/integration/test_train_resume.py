@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -84,3 +86,30 @@ def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_o
             b = load_model(interrupted_dir / stage / "checkpoints" / checkpoint).state_dict()
             for name in a:
                 assert torch.equal(a[name], b[name]), f"{stage}/{checkpoint}: {name} differs after resume"
+
+
+def test_sigterm_to_wmtp_train_reaches_torchrun_workers_which_save(smoke_overrides, tmp_path):
+    """`wmtp train` with 2 DDP processes: SIGTERM to it → the workers save a step checkpoint → exit 0."""
+    run_dir = tmp_path / "run"
+    overrides = smoke_overrides + [
+        "distributed.strategy=ddp", "distributed.nproc_per_node=2", "distributed.preemption_grace_s=120",
+        "train.batch_size=1", "train.grad_accum_steps=1", "train.num_epochs=100", "train.max_steps=1000",
+        "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
+    ]
+    command = [sys.executable, "-m", "cli.main", "train", "baseline", "--run-dir", str(run_dir)]
+    for o in overrides:
+        command += ["--set", o]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "baseline" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not metrics.exists():  # training has started: both workers are inside the loop
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, output
+    assert "preempted: saved step" in output
+    checkpoints = sorted((run_dir / "baseline" / "checkpoints").glob("step_*"))
+    assert checkpoints and (checkpoints[-1] / "train_state.pt").is_file()
+    assert not (run_dir / "baseline" / "checkpoints" / "final").exists()

@@ -116,6 +116,9 @@ class DistributedSection(Section):
     nproc_per_node: int = 1
     activation_checkpointing: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # `wmtp train` launching torchrun: seconds torchrun gives its workers after passing on a SIGTERM
+    # (finish the step, validate if due, save) before it SIGKILLs them; torchrun's own default is 30.
+    preemption_grace_s: int = Field(600, ge=1)
 
 
 class TrackingSection(Section):
