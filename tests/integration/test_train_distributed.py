@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from wmtp.model import load_model
 
@@ -41,23 +42,69 @@ def assert_weights_close(a, b, atol):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
 
 
-def test_ddp_matches_one_process_and_fsdp_matches_ddp(smoke_overrides, tmp_path):
+def value_head(run_dir, stage):
+    return load_file(run_dir / stage / "checkpoints" / "final" / "value_head.safetensors")
+
+
+def test_ddp_matches_one_process_and_fsdp_matches_ddp_for_every_objective(smoke_overrides, tmp_path):
+    """The smoke experiment's four stages: critic (frozen trunk), verifiable (value head, anchor through
+    the shared norm), baseline and rho1 tokenskip; FSDP with activation checkpointing, as in production."""
     common = smoke_overrides + [
         "train.max_steps=3", "train.lr=1e-3", "train.warmup_steps=0", "train.eval_interval=1000",
-        "train.save_interval=1000", "train.grad_accum_steps=2",
+        "train.save_interval=1000", "train.batch_size=1", "train.grad_clip=null",
     ]
-    # Same global batch: 1 process × 4 per micro-batch vs 2 ranks × 2.
-    single = torchrun(train_cmd(common + ["train.batch_size=4", "distributed.strategy=none"], tmp_path / "one"), 1)
-    torchrun(train_cmd(common + ["train.batch_size=2", "distributed.strategy=ddp"], tmp_path / "ddp"), 2)
-    torchrun(train_cmd(common + ["train.batch_size=2", "distributed.strategy=fsdp"], tmp_path / "fsdp"), 2)
-    one, ddp, fsdp = (final_weights(tmp_path / d, "baseline") for d in ("one", "ddp", "fsdp"))
-    # Float32 sums in a different order (per-rank partial sums, all-reduce): ~1e-6 differences,
-    # far below a training step's change (lr 1e-3 moves weights by ~1e-3).
-    assert_weights_close(ddp, one, atol=2e-5)
-    assert_weights_close(fsdp, ddp, atol=2e-5)
+    # Same global batch of 4 sequences: 1 process × 4 micro-batches vs 2 ranks × 2. One sequence per
+    # micro-batch, so tokenskip selects the same tokens however the batch is split (it selects per
+    # micro-batch); its normaliser, the window's kept count on all ranks, must then give equal steps.
+    single = torchrun(train_cmd(common + ["train.grad_accum_steps=4", "distributed.strategy=none"],
+                                tmp_path / "one", spec="smoke"), 1)
+    torchrun(train_cmd(common + ["train.grad_accum_steps=2", "distributed.strategy=ddp"], tmp_path / "ddp",
+                       spec="smoke"), 2)
+    torchrun(train_cmd(common + ["train.grad_accum_steps=2", "distributed.strategy=fsdp",
+                                 "distributed.activation_checkpointing=true"], tmp_path / "fsdp", spec="smoke"), 2)
     initial = load_model(smoke_overrides[0].split("=", 1)[1]).state_dict()
-    assert any((one[k] - initial[k]).abs().max() > 1e-4 for k in one), "training must move the weights"
+    for stage in ("critic", "verifiable", "baseline", "rho1"):
+        one, ddp, fsdp = (final_weights(tmp_path / d, stage) for d in ("one", "ddp", "fsdp"))
+        # Float32 sums in a different order (per-rank partial sums, all-reduce): ~1e-6 differences,
+        # far below a training step's change (lr 1e-3 moves weights by ~1e-3).
+        assert_weights_close(ddp, one, atol=2e-5)
+        assert_weights_close(fsdp, ddp, atol=2e-5)
+        if stage in ("critic", "verifiable"):
+            heads = [value_head(tmp_path / d, stage) for d in ("one", "ddp", "fsdp")]
+            assert_weights_close(heads[1], heads[0], atol=2e-5)
+            assert_weights_close(heads[2], heads[1], atol=2e-5)
+        if stage != "critic":
+            assert any((one[k] - initial[k]).abs().max() > 1e-4 for k in one), f"{stage} must move the weights"
     assert single.returncode == 0
+
+
+REDUCE_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from wmtp.distributed import init_distributed, destroy_distributed
+    from wmtp.train.loop import reduce_metrics
+
+    ctx = init_distributed("gloo")
+    keys = ["loss/total", "weight/mean", "weight/min", "weight/max", "td/min"]
+    # Rank 1 saw no response token: its weight statistics are missing (masked_stats returns {}).
+    mine = ({"loss/total": 1.0, "weight/mean": 2.0, "weight/min": 0.5, "weight/max": 3.0} if ctx.rank == 0
+            else {"loss/total": 3.0})
+    a = reduce_metrics(mine, keys, ctx, torch.device("cpu"))
+    b = reduce_metrics({"weight/min": 0.5 - ctx.rank * 0.3, "weight/max": 3.0 + ctx.rank}, keys, ctx, "cpu")
+    print(f"rank {ctx.rank} a={sorted(a.items())} b={sorted(b.items())}", flush=True)
+    destroy_distributed()
+    """
+)
+
+
+def test_reduce_metrics_agrees_on_keys_and_takes_min_and_max(tmp_path):
+    script = tmp_path / "reduce.py"
+    script.write_text(REDUCE_SCRIPT)
+    result = torchrun([str(script)], 2, timeout=120)
+    a = "[('loss/total', 2.0), ('weight/max', 3.0), ('weight/mean', 2.0), ('weight/min', 0.5)]"
+    b = "[('weight/max', 4.0), ('weight/min', 0.2)]"
+    for rank in (0, 1):
+        assert f"rank {rank} a={a} b={b}" in result.stdout, result.stdout
 
 
 EARLY_STOP_SCRIPT = textwrap.dedent(

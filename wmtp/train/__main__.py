@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_process(experiment, args.run_dir)
     except WmtpError as exc:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
-            print(f"error: {exc}", file=sys.stderr)
+        # Under torchrun, name the rank: an error may be one rank's own (`wmtp train` checks the input
+        # paths before launching, so the common all-ranks-alike errors do not reach here).
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{rank}error: {exc}", file=sys.stderr)
         return 2
 
 

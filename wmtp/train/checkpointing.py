@@ -78,12 +78,24 @@ def save_checkpoint(
     train_state: dict,
     ctx: DistContext,
     tokenizer: Tokenizer,
-) -> Optional[Path]:
-    """Save `<run_dir>/checkpoints/<name>` atomically. Collective: call on every rank."""
+) -> Path:
+    """Save `<run_dir>/checkpoints/<name>` atomically. Collective: call on every rank.
+
+    Returns the path on every rank once rank 0 has written it (a barrier), so a rank may read what
+    was saved right away (the verifiable stage loads the critic's final value head on every rank).
+    """
     model_state, optim_state = full_state(module, optimizer)
     rng_states = gather_to_main(rng_state(), ctx)
-    if not ctx.is_main:
-        return None
+    path = run_dir / "checkpoints" / name
+    if ctx.is_main:
+        write_checkpoint(name, run_dir, module, model_state, optim_state, rng_states, train_state, tokenizer)
+    if ctx.is_distributed:
+        dist.barrier()
+    return path
+
+
+def write_checkpoint(name, run_dir, module, model_state, optim_state, rng_states, train_state, tokenizer) -> Path:
+    """Rank 0's part of `save_checkpoint`: a temp dir filled, then renamed into place."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))

@@ -262,7 +262,7 @@ class Trainer:
             print(f"resumed {self.stage_dir.name} from {latest} at step {self.state['step']}")
         return True
 
-    def save(self, name: str) -> Optional[Path]:
+    def save(self, name: str) -> Path:
         path = ckpt.save_checkpoint(name, self.stage_dir, self.module, self.optimizer, self.train_state(),
                                     self.ctx, self.tokenizer)
         if self.ctx.is_main and name.startswith(ckpt.STEP_PREFIX):
