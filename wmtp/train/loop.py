@@ -96,6 +96,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def valid_target_counts(batch: dict) -> torch.Tensor:
+    """`[H]` valid labels of each head (what every objective but tokenskip divides by)."""
+    return (batch["labels"] != -100).sum(dim=(0, 1)).float()
+
+
 def window_normalizers(batches: list[dict], ctx: DistContext, device,
                        objective: Optional[Objective] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window.
@@ -105,7 +110,7 @@ def window_normalizers(batches: list[dict], ctx: DistContext, device,
     divides its Σ w·CE by N_global/W; DDP / FSDP average gradients over the W ranks, so the step's
     gradient is that of Σ_global w·CE / N_global, whatever grad_accum_steps and the world size are.
     """
-    count = objective.target_counts if objective is not None else lambda b: (b["labels"] != -100).sum(dim=(0, 1)).float()
+    count = objective.target_counts if objective is not None else valid_target_counts
     valid_H = sum(count(b) for b in batches)
     response = sum(b["response_mask"].sum().float() for b in batches)
     counts = torch.cat([valid_H.to(device), response.reshape(1).to(device)])
@@ -129,13 +134,14 @@ def metric_kind(key: str, window: bool = False) -> str:
     return "mean"
 
 
+COMBINE = {"min": min, "max": max, "sum": sum, "mean": lambda values: sum(values) / len(values)}
+
+
 def combine_metrics(outputs: list[dict], window: bool) -> dict[str, float]:
     """One value per key over micro-batches (`window`) or validation batches; keys absent are skipped."""
     combined = {}
     for key in sorted({k for m in outputs for k in m}):
-        values = [m[key] for m in outputs if key in m]
-        kind = metric_kind(key, window)
-        combined[key] = {"min": min, "max": max, "sum": sum}.get(kind, lambda v: sum(v) / len(v))(values)
+        combined[key] = COMBINE[metric_kind(key, window)]([m[key] for m in outputs if key in m])
     return combined
 
 
