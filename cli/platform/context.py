@@ -39,6 +39,7 @@ class JobContext:
     output_root: str
     trainer_args: list[str]  # after `torchrun …`: -m wmtp.train EXP [--set …] [--preset P] --run-dir DIR
     secret_names: list[str]
+    preemption_grace_s: int  # torchrun's wait for workers to save after SIGTERM (the pod/container gets more)
     settings: dict[str, Any] = field(default_factory=dict)
     workdir: str = CONTAINER_WORKDIR
     code_dir: str = CONTAINER_CODE_DIR
@@ -76,6 +77,7 @@ def build_context(
         output_root=first.output.root,
         trainer_args=trainer_args(experiment_arg, trainer_overrides, preset, run_dir),
         secret_names=secret_names(first.env),
+        preemption_grace_s=max(stage.distributed.preemption_grace_s for stage in experiment.stages),
         settings=settings.model_dump() if settings is not None else {},
     )
 

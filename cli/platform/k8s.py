@@ -21,6 +21,8 @@ from wmtp.errors import WmtpError
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 REPLICA_TYPES = ("Master", "Worker")
 CONTAINER_NAME = "pytorch"
+# The only env vars a manifest may give as literal values: everything else is a Secret reference.
+LITERAL_ENV = ("WMTP_JOB_NAME", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")
 DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 RESTART_POLICIES = ("Always", "OnFailure", "Never", "ExitCode")
@@ -127,7 +129,23 @@ def project_violations(doc: dict, context: JobContext) -> list[str]:
     if len(longest_pod) > 63:
         problems.append(f"metadata.name: {context.name!r} is too long for its pod names ({longest_pod!r} > 63)")
     for rtype, rspec in replicas.items():
-        problems += pod_violations(f"spec.pytorchReplicaSpecs[{rtype}]", rspec["template"]["spec"], settings)
+        role = f"spec.pytorchReplicaSpecs[{rtype}]"
+        problems += pod_violations(role, rspec["template"]["spec"], settings)
+        problems += grace_violations(role, rspec["template"]["spec"], context.preemption_grace_s)
+    return problems
+
+
+def grace_violations(role: str, pod: dict, grace_s: int) -> list[str]:
+    """Preemption must be able to save: torchrun waits `grace_s` for the workers, the pod longer still."""
+    container = next(c for c in pod["containers"] if c.get("name") == CONTAINER_NAME)
+    env = {var.get("name"): var.get("value") for var in container.get("env") or []}
+    problems = []
+    if env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") != str(grace_s):
+        problems.append(f"{role}: TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s ({grace_s})")
+    pod_grace = pod.get("terminationGracePeriodSeconds", 30)
+    if not isinstance(pod_grace, int) or pod_grace <= grace_s:
+        problems.append(f"{role}.template.spec.terminationGracePeriodSeconds: {pod_grace} must exceed "
+                        f"distributed.preemption_grace_s ({grace_s}), or a preempted pod is killed mid-save")
     return problems
 
 
@@ -148,7 +166,7 @@ def pod_violations(role: str, pod: dict, settings: dict) -> list[str]:
     secret_refs = [ref.get("secretRef", {}).get("name") for ref in container.get("envFrom") or []]
     if settings["mlflow_secret"] not in secret_refs:
         problems.append(f"{role}: MLflow credentials must come from Secret {settings['mlflow_secret']!r}")
-    if any("value" in var and var["name"] != "WMTP_JOB_NAME" for var in container.get("env") or []):
+    if any("value" in var and var["name"] not in LITERAL_ENV for var in container.get("env") or []):
         problems.append(f"{role}: env values must be secret references")
     return problems
 

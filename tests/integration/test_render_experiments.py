@@ -106,6 +106,25 @@ def test_compose_with_gpus_reserves_them_and_passes_the_real_binary():
     check_with_binary(job.manifest)  # raises if the binary rejects it
 
 
+@pytest.mark.parametrize("target", ["k8s", "vessl", "local-docker"])
+def test_preempted_container_has_time_to_save(target):
+    """SIGTERM reaches torchrun; it must wait preemption_grace_s for the workers' checkpoint, and the
+    platform must not SIGKILL the container before that."""
+    job = prepare_job("baseline", target, ["distributed.preemption_grace_s=120"], name="wmtp-grace")
+    doc = job.document
+    if target == "k8s":
+        pod = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+        assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "120" and pod["terminationGracePeriodSeconds"] == 150
+    elif target == "vessl":
+        assert doc["env"]["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "120"
+    else:
+        trainer = doc["services"]["trainer"]
+        assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=120" in trainer["environment"]
+        assert trainer["stop_grace_period"] == "150s"
+        check_with_binary(job.manifest)
+
+
 def test_compose_binary_exit_code_is_what_decides(tmp_path):
     """Call the binary directly: a valid rendered file exits 0, a broken one does not."""
     good = prepare_job("smoke", "local-docker", name="wmtp-bin").manifest

@@ -143,8 +143,9 @@ def test_local_submit_runs_wmtp_train_in_a_child_process(tmp_path, capfd):
     assert result.exit_code == 2
     assert result.output == f"running: wmtp train smoke --set model.path={tmp_path / 'absent-model'} " \
                             f"--set output.root={out} --run-dir {out / 'wmtp-l2'}\n"
-    assert f"run dir: {out / 'wmtp-l2'}" in child.out
-    assert f"error: {tmp_path / 'absent-model'}" in child.err
+    # The child checks the model path before it makes a run dir: one line naming the key, nothing written.
+    assert f"model.path: {tmp_path / 'absent-model'} does not exist" in child.err
+    assert child.err.count("error:") == 1 and not out.exists()
 
 
 @pytest.mark.parametrize("command", ["status", "logs"])

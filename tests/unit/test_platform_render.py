@@ -88,7 +88,7 @@ def context(settings: dict, target: str = "k8s") -> JobContext:
     return JobContext(target=target, name="wmtp-t", experiment="smoke", experiment_name="smoke", stages=["critic"],
                       nproc_per_node=1, run_dir="storage/checkpoints/wmtp-t", output_root="storage/checkpoints",
                       trainer_args=["-m", "wmtp.train", "smoke", "--run-dir", "storage/checkpoints/wmtp-t"],
-                      secret_names=["HF_TOKEN"], settings=settings)
+                      secret_names=["HF_TOKEN"], preemption_grace_s=600, settings=settings)
 
 
 def test_strict_undefined_names_the_missing_template_value():

@@ -92,6 +92,11 @@ PROJECT_CASES = [
      "env values must be secret references"),
     ("workers", lambda d: d["spec"]["pytorchReplicaSpecs"].pop("Worker"), "Worker replicas must exist exactly when"),
     ("nproc", lambda d: d["spec"].update(nprocPerNode="2"), "spec.nprocPerNode: expected '4'"),
+    ("pod grace", lambda d: master(d)["template"]["spec"].pop("terminationGracePeriodSeconds"),
+     "terminationGracePeriodSeconds: 30 must exceed distributed.preemption_grace_s (600)"),
+    ("torchrun grace", lambda d: [v.update(value="30") for v in container(d)["env"]
+                                  if v["name"] == "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"],
+     "TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s (600)"),
 ]
 
 
