@@ -64,10 +64,9 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-@contextmanager
-def mlflow_server(root: Path, s3_endpoint: str, bucket: str):
-    """`mlflow server` with a sqlite backend and artifacts proxied to the S3 server."""
-    port = free_port()
+def start_mlflow_server(root: Path, s3_endpoint: str, bucket: str, port: int) -> MlflowServer:
+    """`mlflow server` on `port` with a sqlite backend under `root` and artifacts proxied to the S3
+    server; started again on the same port and root, it serves the same store (an outage and recovery)."""
     env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -79,6 +78,17 @@ def mlflow_server(root: Path, s3_endpoint: str, bucket: str):
     server = MlflowServer(proc, f"http://127.0.0.1:{port}")
     try:
         wait_http(f"{server.uri}/health", timeout=120, proc=proc)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+@contextmanager
+def mlflow_server(root: Path, s3_endpoint: str, bucket: str):
+    """A started `mlflow server` on a free port, killed on exit."""
+    server = start_mlflow_server(root, s3_endpoint, bucket, free_port())
+    try:
         yield server
     finally:
         server.kill()

@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.servers import S3_CREDENTIALS, MlflowServer, free_port, mlflow_server, moto_s3, wait_http
+from tests.integration.servers import free_port, mlflow_server, moto_s3, start_mlflow_server
 from wmtp.tracking import MlflowTracker
 
 pytestmark = pytest.mark.slow
@@ -65,25 +65,6 @@ def test_server_killed_mid_run_does_not_stop_training(smoke_overrides, tmp_path)
     assert output.count("buffering up to") == 1  # warned once, not once per step
     assert "metric point(s) and" in output and "buffered call(s) not delivered" in output  # said what was lost
     assert (run_dir / "baseline" / "checkpoints" / "final").is_dir()
-
-
-def start_mlflow_server(root, s3_endpoint: str, bucket: str, port: int) -> MlflowServer:
-    """`mlflow server` as servers.mlflow_server starts it, on a given port (to start it again after a kill)."""
-    env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1",
-    ]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    server = MlflowServer(proc, f"http://127.0.0.1:{port}")
-    try:
-        wait_http(f"{server.uri}/health", timeout=120, proc=proc)
-    except BaseException:
-        server.kill()
-        raise
-    return server
 
 
 def test_what_is_logged_during_an_outage_arrives_when_the_server_is_back(tmp_path, capsys):
