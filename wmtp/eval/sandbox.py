@@ -188,23 +188,15 @@ class _Zygote:
         self.stderr_file.close()
 
 
-def _kill_uid_from_parent(uid: int, rounds: int = 20) -> None:
+def _kill_uid_from_parent(uid: int) -> None:
     """Last resort when a zygote died mid-program: kill whatever its program uid still runs."""
-    for _ in range(rounds):
-        pids = [pid for pid in _pids() if _real_uid(pid) == uid]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.01)
+    _kill_until_gone(lambda: [pid for pid in _pids() if _real_uid(pid) == uid])
 
 
-def _kill_descendants(pid: int, rounds: int = 20) -> None:
+def _kill_descendants(pid: int) -> None:
     """SIGKILL every descendant of `pid` (a zygote: orphans of its programs are reparented to it)."""
-    for _ in range(rounds):
+
+    def descendants() -> list[int]:
         children: dict[int, list[int]] = {}
         for child in _pids():
             parent = _parent(child)
@@ -214,11 +206,20 @@ def _kill_descendants(pid: int, rounds: int = 20) -> None:
         while stack:
             found.append(stack.pop())
             stack.extend(children.get(found[-1], []))
-        if not found:
+        return found
+
+    _kill_until_gone(descendants)
+
+
+def _kill_until_gone(find_pids, rounds: int = 20) -> None:
+    """SIGKILL what `find_pids()` names, again while it names anything (a fork may race the kill)."""
+    for _ in range(rounds):
+        pids = find_pids()
+        if not pids:
             return
-        for child in found:
+        for pid in pids:
             try:
-                os.kill(child, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         time.sleep(0.01)
