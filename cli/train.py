@@ -70,8 +70,8 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
         command += ["--preset", preset]
     typer.echo(f"run dir: {run_dir}\nlaunching: torchrun --standalone --nproc_per_node={nproc} -m wmtp.train {spec} …")
     env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(grace_s)}
-    child = subprocess.Popen(command, env=env, start_new_session=True)
     signalled: list[float] = []
+    children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         if signalled:
@@ -79,11 +79,17 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
             return
         signalled.append(time.time())
         typer.echo(f"{signal.Signals(signum).name}: asking the workers to save (up to {grace_s} s)", err=True)
-        child.send_signal(signum)
+        if children:
+            # Always SIGTERM: torchrun passes on the signal it got, and the workers save on SIGTERM only.
+            children[0].send_signal(signal.SIGTERM)
 
+    # Handlers before the child exists: a signal in between is remembered and passed on at once.
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
-        returncode = child.wait()
+        children.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=term_with_parent))
+        if signalled:
+            children[0].send_signal(signal.SIGTERM)
+        returncode = children[0].wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -93,9 +99,21 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
     return returncode
 
 
+def term_with_parent() -> None:
+    """In the torchrun child: SIGTERM when `wmtp train` dies, even by SIGKILL (Linux), so torchrun's own
+    session — which no signal to our process group reaches — still asks its workers to save."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
 def saved_since(run_dir: Path, since: float) -> bool:
     """A checkpoint of any stage was written at or after `since` (its files are new: atomic rename)."""
     from wmtp.train.checkpointing import TRAIN_STATE
 
     # 50 ms: file times come from a coarser clock than time.time().
-    return any(p.stat().st_mtime >= since - 0.05 for p in Path(run_dir).glob(f"*/checkpoints/*/{TRAIN_STATE}"))
+    states = Path(run_dir).glob(f"*/checkpoints/*/{TRAIN_STATE}")
+    # A hidden dir is a checkpoint still being written (renamed into place when complete): not a save.
+    return any(not p.parent.name.startswith(".") and p.stat().st_mtime >= since - 0.05 for p in states)

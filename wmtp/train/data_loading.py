@@ -17,6 +17,17 @@ from wmtp.distributed import DistContext
 from wmtp.train.config import StageSpec
 
 
+def ignore_preemption_signal(_worker_id: int) -> None:
+    """DataLoader worker init: leave SIGTERM to the training process.
+
+    torchrun delivers SIGTERM to each worker's whole process group, DataLoader workers included; a worker
+    killed by it makes the training process raise "DataLoader worker … is killed by signal" instead of
+    saving. Ignored here, the workers keep serving until the trainer saves and shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @dataclass
 class TrainData:
     loader: DataLoader
@@ -37,6 +48,7 @@ def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext)
         sampler=sampler,
         collate_fn=MTPCollator(tokenizer, n_heads, spec.data.max_length),
         num_workers=spec.data.num_workers,
+        worker_init_fn=ignore_preemption_signal if spec.data.num_workers > 0 else None,
         drop_last=True,
     )
     accum = spec.train.grad_accum_steps
