@@ -58,7 +58,8 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
     - it then re-raises: torchrun exits 1 with a traceback even when every worker saved and exited 0;
     - a second signal during that wait raises again out of the wait: the agent quits without waiting.
     Hence: torchrun runs in its own session (a signal to our process group, e.g. Ctrl-C, does not reach
-    it directly), we pass it the first SIGTERM/SIGINT/SIGHUP only, set TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+    it directly), we pass it SIGTERM — the signal workers save on — for the first SIGTERM/SIGINT/SIGHUP
+    only, it gets SIGTERM from the kernel if this process dies (PR_SET_PDEATHSIG), set TORCH_ELASTIC_SHUTDOWN_TIMEOUT
     to `grace_s` (torch versions before the variable keep 30 s), and exit 0 when torchrun failed only
     because of that signal: a checkpoint was written after it arrived.
     """
