@@ -133,9 +133,12 @@ def test_best_is_chosen_by_validation_ce_by_default(smoke_overrides, tmp_path, o
     assert best["best_val"] == min(ces)
 
 
-def test_a_monitor_the_objective_never_logs_is_refused(smoke_overrides, tmp_path):
-    spec = stage_spec(smoke_overrides + ["early_stopping.monitor=val/weight/mean"], stage="baseline")
-    with pytest.raises(SpecError, match="early_stopping.monitor: 'val/weight/mean'"):
+@pytest.mark.parametrize("stage, monitor", [("baseline", "val/weight/mean"),  # never logged
+                                            ("critic", "val/value/explained_variance"),  # higher is better
+                                            ("rho1", "val/rho1/kept_fraction")])
+def test_a_monitor_that_is_not_a_validation_loss_is_refused(smoke_overrides, tmp_path, stage, monitor):
+    spec = stage_spec(smoke_overrides + [f"early_stopping.monitor={monitor}"], stage=stage)
+    with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss"):
         Trainer(spec, tmp_path, DistContext(), {})
 
 

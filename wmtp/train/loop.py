@@ -240,13 +240,15 @@ class Trainer:
         return ["loss", *o.metric_names(self.n_heads), *o.pooled_names(self.n_heads)]
 
     def check_monitor(self) -> None:
-        """A monitor the objective never logs would silently disable `best` and early stopping."""
-        available = [f"val/{k}" for k in dict.fromkeys(self.validation_names())]
+        """A monitor the objective never logs would silently disable `best` and early stopping, and one
+        where higher is better (explained variance, entropy, kept fraction) would pick the worst: only
+        the objective's validation losses qualify."""
+        available = [f"val/{k}" for k in dict.fromkeys(self.validation_names()) if k.split("/")[0] in ("loss", "ce")]
         if self.early_stopping.monitor not in available:
             from wmtp.train.config import SpecError
 
-            raise SpecError(f"early_stopping.monitor: {self.early_stopping.monitor!r} is not a validation metric "
-                            f"of the {self.objective.name} objective; expected one of {available}")
+            raise SpecError(f"early_stopping.monitor: {self.early_stopping.monitor!r} is not a validation loss "
+                            f"of the {self.objective.name} objective (lower is better); expected one of {available}")
 
     # ------------------------------------------------------------------ state
 
