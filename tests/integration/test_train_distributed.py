@@ -90,7 +90,9 @@ REDUCE_SCRIPT = textwrap.dedent(
     mine = ({"loss/total": 1.0, "weight/mean": 2.0, "weight/min": 0.5, "weight/max": 3.0} if ctx.rank == 0
             else {"loss/total": 3.0})
     a = reduce_metrics(mine, keys, ctx, torch.device("cpu"))
-    b = reduce_metrics({"weight/min": 0.5 - ctx.rank * 0.3, "weight/max": 3.0 + ctx.rank}, keys, ctx, "cpu")
+    # Rank 1's loss/total is nan (undefined there): the others' value, not nan.
+    b = reduce_metrics({"weight/min": 0.5 - ctx.rank * 0.3, "weight/max": 3.0 + ctx.rank,
+                        "loss/total": 1.0 if ctx.rank == 0 else float("nan")}, keys, ctx, "cpu")
     print(f"rank {ctx.rank} a={sorted(a.items())} b={sorted(b.items())}", flush=True)
     destroy_distributed()
     """
@@ -102,7 +104,7 @@ def test_reduce_metrics_agrees_on_keys_and_takes_min_and_max(tmp_path):
     script.write_text(REDUCE_SCRIPT)
     result = torchrun([str(script)], 2, timeout=120)
     a = "[('loss/total', 2.0), ('weight/max', 3.0), ('weight/mean', 2.0), ('weight/min', 0.5)]"
-    b = "[('weight/max', 4.0), ('weight/min', 0.2)]"
+    b = "[('loss/total', 1.0), ('weight/max', 4.0), ('weight/min', 0.2)]"
     for rank in (0, 1):
         assert f"rank {rank} a={a} b={b}" in result.stdout, result.stdout
 

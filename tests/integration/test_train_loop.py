@@ -78,6 +78,16 @@ def test_metrics_combine_by_kind_over_a_window():
     assert combine_metrics(window, window=False)["loss/total"] == 1.5  # validation: batch means
 
 
+def test_a_statistic_undefined_on_one_micro_batch_does_not_poison_the_step():
+    # Explained variance of a micro-batch whose returns are all equal is nan: left out, not averaged in.
+    window = [{"value/explained_variance": 0.25}, {"value/explained_variance": float("nan")}]
+    assert combine_metrics(window, window=True) == {"value/explained_variance": 0.25}
+    only_nan = [{"value/explained_variance": float("nan")}]
+    assert combine_metrics(only_nan, window=True) == {}
+    assert reduce_metrics({"value/explained_variance": float("nan")}, ["value/explained_variance"],
+                          DistContext(), "cpu") == {}
+
+
 def test_reduce_metrics_keeps_the_declared_keys_and_refuses_others():
     keys = ["loss/total", "weight/mean"]
     assert reduce_metrics({"loss/total": 1.0}, keys, DistContext(), "cpu") == {"loss/total": 1.0}

@@ -138,10 +138,15 @@ COMBINE = {"min": min, "max": max, "sum": sum, "mean": lambda values: sum(values
 
 
 def combine_metrics(outputs: list[dict], window: bool) -> dict[str, float]:
-    """One value per key over micro-batches (`window`) or validation batches; keys absent are skipped."""
+    """One value per key over micro-batches (`window`) or validation batches; keys absent are skipped.
+
+    A NaN is a statistic undefined on its batch (e.g. explained variance where every return is the
+    same): it counts as absent, so one such micro-batch does not turn the step's value into NaN."""
     combined = {}
     for key in sorted({k for m in outputs for k in m}):
-        combined[key] = COMBINE[metric_kind(key, window)]([m[key] for m in outputs if key in m])
+        values = [m[key] for m in outputs if key in m and not math.isnan(m[key])]
+        if values:
+            combined[key] = COMBINE[metric_kind(key, window)](values)
     return combined
 
 
@@ -156,6 +161,7 @@ def reduce_metrics(metrics: dict[str, float], keys: list[str], ctx: DistContext,
     unknown = sorted(set(metrics) - set(keys))
     if unknown:
         raise ValueError(f"metrics {unknown} are not declared by the objective (metric_names / LOOP_METRICS)")
+    metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}  # undefined here: absent (see above)
     if not ctx.is_distributed:
         return {k: metrics[k] for k in keys if k in metrics}
     kinds = [metric_kind(k) for k in keys]
