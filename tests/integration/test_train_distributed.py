@@ -3,10 +3,11 @@ and early stopping reached together by ranks that disagree."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
-import re
 import textwrap
 
 import pytest
@@ -42,6 +43,12 @@ def assert_weights_close(a, b, atol):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
 
 
+def logged_steps(stage_dir):
+    """(step, metrics) of every training log line in a stage's metrics.jsonl."""
+    lines = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(m["step"], m) for m in lines if "grad_norm" in m]
+
+
 def value_head(run_dir, stage):
     return load_file(run_dir / stage / "checkpoints" / "final" / "value_head.safetensors")
 
@@ -51,7 +58,7 @@ def test_ddp_matches_one_process_and_fsdp_matches_ddp_for_every_objective(smoke_
     the shared norm), baseline and rho1 tokenskip; FSDP with activation checkpointing, as in production."""
     common = smoke_overrides + [
         "train.max_steps=3", "train.lr=1e-3", "train.warmup_steps=0", "train.eval_interval=1000",
-        "train.save_interval=1000", "train.batch_size=1", "train.grad_clip=null",
+        "train.save_interval=1000", "train.batch_size=1", "train.grad_clip=null", "train.log_interval=1",
     ]
     # Same global batch of 4 sequences: 1 process × 4 micro-batches vs 2 ranks × 2. One sequence per
     # micro-batch, so tokenskip selects the same tokens however the batch is split (it selects per
@@ -75,6 +82,14 @@ def test_ddp_matches_one_process_and_fsdp_matches_ddp_for_every_objective(smoke_
             assert_weights_close(heads[2], heads[1], atol=2e-5)
         if stage != "critic":
             assert any((one[k] - initial[k]).abs().max() > 1e-4 for k in one), f"{stage} must move the weights"
+        # The logged step losses and gradient norms agree too: a wrong normaliser shows in grad_norm at
+        # once, even where Adam's scale invariance hides it in the weights (the critic's value head).
+        logged = [logged_steps(tmp_path / d / stage) for d in ("one", "ddp", "fsdp")]
+        assert [step for step, _ in logged[0]] == [1, 2, 3], logged[0]
+        for other in logged[1:]:
+            for (step, a), (_, b) in zip(logged[0], other):
+                for key in ("loss/total", "grad_norm"):
+                    assert b[key] == pytest.approx(a[key], rel=1e-4), f"{stage} step {step} {key}"
     assert single.returncode == 0
 
 
