@@ -302,16 +302,21 @@ def _set_limits(request: dict, uid) -> None:
     lower(resource.RLIMIT_AS, request["memory_mb"] << 20)
     lower(resource.RLIMIT_FSIZE, request["max_file_mb"] << 20)
     lower(resource.RLIMIT_CORE, 0)
-    # RLIMIT_NPROC counts every task of the real uid: with a uid of its own that is just this program;
-    # without one (not root) the user's other processes count too, so add them.
+    # RLIMIT_NPROC counts the tasks of the real uid in this user namespace (and those below it): with
+    # a uid of its own that is just this program; without one (not root) the user's other tasks there
+    # count too, so add them — in a user namespace of the zygote's own, only the zygote.
     lower(resource.RLIMIT_NPROC, request["max_processes"] + (0 if uid is not None else _tasks_of_uid(os.getuid())))
 
 
 def _tasks_of_uid(uid: int) -> int:
-    count = 0
+    """Tasks (threads) of `uid` in this process's user namespace. Others are skipped: a task we may
+    not inspect is not ours, and inside a user namespace every unmapped owner shows as 65534."""
+    count, own_namespace = 0, os.readlink("/proc/self/ns/user")
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
+                if os.readlink(f"/proc/{entry}/ns/user") != own_namespace:
+                    continue
                 with open(f"/proc/{entry}/status") as f:
                     fields = dict(line.split(":", 1) for line in f if ":" in line)
                 if int(fields["Uid"].split()[0]) == uid:
