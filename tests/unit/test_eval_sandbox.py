@@ -80,6 +80,23 @@ def test_a_late_reply_is_not_taken_for_the_next_programs_verdict(monkeypatch):
         assert first_zygote.proc.poll() is not None, "the silent zygote should have been stopped"
 
 
+def test_a_zygote_that_cannot_be_replaced_fails_later_runs_instead_of_hanging(monkeypatch):
+    with Sandbox(workers=1) as pool:
+        monkeypatch.setattr(sandbox_module, "REPLY_GRACE_S", -0.4)
+        late = pool.run("import time\ntime.sleep(30)", SandboxLimits(timeout_s=0.5))
+        assert late.status == "error"  # its result is kept although no new zygote could start
+
+        def no_more_zygotes(_isolate):
+            raise EvalError("cannot start")
+
+        monkeypatch.setattr(sandbox_module, "_Zygote", no_more_zygotes)
+        monkeypatch.setattr(sandbox_module, "REPLY_GRACE_S", -0.4)
+        # The pool had one zygote; the second silent one cannot be replaced: nothing is left.
+        assert pool.run("import time\ntime.sleep(30)", SandboxLimits(timeout_s=0.5)).status == "error"
+        with pytest.raises(EvalError, match="no worker left: EvalError: cannot start"):
+            pool.run_many(["x = 1", "x = 2"])
+
+
 def test_output_is_capped(sandbox):
     result = sandbox.run("print('y' * 5000)", SandboxLimits(max_output_bytes=100))
     assert result.passed and result.stdout == "y" * 100 and result.stdout_truncated

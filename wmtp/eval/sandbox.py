@@ -258,7 +258,8 @@ class Sandbox:
         if workers < 1:
             raise EvalError(f"--workers must be at least 1, got {workers}")
         self.isolate = isolate
-        self._idle: "queue.Queue[_Zygote]" = queue.Queue()
+        self._idle: "queue.Queue[Optional[_Zygote]]" = queue.Queue()  # None: no zygote left
+        self._replace_failure = ""
         self._all: list[_Zygote] = []
         self._lock = threading.Lock()
         try:
@@ -281,17 +282,32 @@ class Sandbox:
     def run(self, source: str, limits: SandboxLimits = SandboxLimits()) -> ExecutionResult:
         """Run one program under `limits` on the next idle zygote."""
         zygote = self._idle.get()
+        if zygote is None:  # no zygote left (see _replace): wake the next waiter too, then say why
+            self._idle.put(None)
+            raise EvalError(f"the sandbox has no worker left: {self._replace_failure}")
         try:
             result = zygote.execute(source, limits)
         finally:
             if zygote.alive and not zygote.silent:
                 self._idle.put(zygote)
             else:  # it died (killed from outside?) or did not answer: replace it so the pool keeps its size
-                with self._lock:
-                    self._all.remove(zygote)
-                zygote.close()
-                self._add_zygote()
+                self._replace(zygote)
         return result
+
+    def _replace(self, zygote: "_Zygote") -> None:
+        """Swap a dead or silent zygote for a new one. If none starts, the pool shrinks (this program's
+        result still counts); with no zygote left, waiting runs fail instead of blocking forever."""
+        with self._lock:
+            self._all.remove(zygote)
+        zygote.close()
+        try:
+            self._add_zygote()
+        except Exception as exc:
+            self._replace_failure = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                empty = not self._all
+            if empty:
+                self._idle.put(None)
 
     def run_many(
         self,
@@ -308,7 +324,7 @@ class Sandbox:
             if on_result is not None:
                 on_result(index, results[index])
 
-        with ThreadPoolExecutor(max_workers=len(self._all)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(self._all))) as pool:
             for future in [pool.submit(run_index, i) for i in range(len(sources))]:
                 future.result()
         return results  # type: ignore[return-value]
