@@ -299,7 +299,12 @@ def test_killed_sync_resumes_without_resending(s3, bucket, moto_endpoint, s3_env
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()
-    stored = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="team/").get("Contents", ())}
+    # A PUT whose body was sent before the kill may still be completing in the server's thread:
+    # take the listing once it has stopped changing.
+    stored, previous = None, set()
+    while stored != previous:
+        previous, stored = stored, {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="team/").get("Contents", ())}
+        time.sleep(0.3)
     assert f"team/{MANIFEST_NAME}" not in stored, "a killed sync must not look complete"
     assert 5 <= len(stored) < n_files
 
