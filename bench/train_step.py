@@ -167,7 +167,7 @@ class Contender:
 
     def step(self, raw_batch: dict) -> float:
         """One optimizer step on one micro-batch; returns the loss."""
-        num_valid_H, num_response = window_normalizers([raw_batch], self.ctx, self.device)
+        num_valid_H, num_response = window_normalizers([raw_batch], self.ctx, self.device, self.objective)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in raw_batch.items()}
         batch["num_valid_H"], batch["num_response"] = num_valid_H, num_response
         if self.autocast is not None:

@@ -167,17 +167,9 @@ class MlflowTracker(Tracker):
             artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
-    def _saved_run_id(self) -> Optional[str]:
-        if self.run_id_path is None:
-            return None
-        try:
-            return self.run_id_path.read_text().strip() or None
-        except OSError:
-            return None
-
     def _start_run(self) -> None:
         exp_id = self._experiment_id()
-        saved = self._saved_run_id()
+        saved = read_run_id(self.run_id_path) if self.run_id_path is not None else None
         if saved is not None:
             try:
                 run = self.client.get_run(saved)
@@ -186,11 +178,9 @@ class MlflowTracker(Tracker):
                     raise  # the server failed: retry later rather than split the stage into two runs
                 run = None
             if run is not None and run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
-                from mlflow.entities import RunTag
-
                 self.client.update_run(saved, status="RUNNING")
-                self.client.log_batch(saved, tags=[RunTag(k, str(v)) for k, v in self.tags.items()])
                 self.run_id, self.resumed = saved, True
+                self._do_tags(self.tags)
                 return
         self.run_id = self.client.create_run(exp_id, tags=self.tags, run_name=self.run_name).info.run_id
         if self.run_id_path is not None:
@@ -324,13 +314,19 @@ class MlflowTracker(Tracker):
                   file=sys.stderr)
 
 
+def read_run_id(path: Path) -> Optional[str]:
+    """The run id kept in a stage dir's `mlflow_run_id` file, or None."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int,
                  stage_dir: Optional[Path] = None) -> Tracker:
-    """The tracker of one stage. Its MLflow run id is kept in `<stage_dir>/mlflow_run_id` (default: the
-    `run_dir` tag, which the training loop sets to the stage dir) so that a resumed stage continues it."""
+    """The tracker of one stage. With `stage_dir`, its MLflow run id is kept in `<stage_dir>/mlflow_run_id`
+    so that a resumed stage continues the run."""
     if not is_main:
         return NullTracker()
-    if stage_dir is None and tags.get("run_dir"):
-        stage_dir = Path(tags["run_dir"])
     run_id_path = Path(stage_dir) / RUN_ID_FILE if stage_dir is not None else None
     return MlflowTracker(resolve_tracking_uri(uri), experiment, run_name, tags, max_buffer, run_id_path=run_id_path)

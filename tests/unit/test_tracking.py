@@ -178,15 +178,15 @@ def test_resumed_stage_continues_its_mlflow_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stage_dir = tmp_path / "run" / "baseline"
     stage_dir.mkdir(parents=True)
-    tags = {"experiment": "baseline", "run_dir": str(stage_dir)}  # as the training loop tags it
+    tags = {"experiment": "baseline", "run_dir": str(stage_dir)}
 
-    first = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100)
+    first = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100, stage_dir=stage_dir)
     first.log_metrics({"loss": 1.0}, 1)
     first.log_metrics({"loss": 0.9}, 2)
     first.close("KILLED")  # preempted
     assert (stage_dir / "mlflow_run_id").read_text().strip() == first.run_id
 
-    second = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100)
+    second = make_tracker(True, uri, "wmtp-test", "baseline/baseline", tags, 100, stage_dir=stage_dir)
     assert second.run_id == first.run_id and second.resumed
     second.log_metrics({"loss": 0.8}, 3)
     second.close("FINISHED")

