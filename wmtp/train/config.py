@@ -55,6 +55,10 @@ class TrainSection(Section):
     max_steps: Optional[int] = None  # global cap on optimizer steps
     batch_size: int = 4  # per rank, per micro-step
     grad_accum_steps: int = 1
+    # adamw: the training optimizer. sgd: plain gradient descent (no momentum, no per-element
+    # normalisation): a step is exactly -lr·grad, so runs can be compared up to float rounding
+    # (the distributed-equivalence tests use it; Adam turns rounding noise in ~0 gradients into lr-sized steps).
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-5
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     schedule: Literal["cosine", "constant"] = "cosine"

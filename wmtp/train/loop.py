@@ -96,6 +96,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_optimizer(params, t, device: torch.device) -> torch.optim.Optimizer:
+    """The stage's optimizer from `train.optimizer` (AdamW, or plain SGD for exact comparisons)."""
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.0, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                             foreach=device.type == "cuda")
+
+
 def window_normalizers(batches: list[dict], ctx: DistContext, device,
                        objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window.
@@ -208,8 +216,7 @@ class Trainer:
         seed_everything(spec.train.seed + ctx.rank)
         params = self.objective.trainable_parameters(unwrap(self.module))
         t = spec.train
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
-                                           foreach=self.device.type == "cuda")
+        self.optimizer = build_optimizer(params, t, self.device)
         steps_per_epoch = self.data.micro_batches_per_epoch // t.grad_accum_steps
         self.total_steps = steps_per_epoch * t.num_epochs
         if t.max_steps is not None:
