@@ -27,7 +27,6 @@ def train(
 ) -> None:
     """Train every stage of an experiment; prints progress, metrics go to MLflow."""
     from wmtp.train.config import dump_spec, load_experiment
-    from wmtp.train.runner import check_inputs, default_run_dir, main_process
 
     load_env_file(env_file)
     experiment = load_experiment(spec, overrides, preset)
@@ -35,6 +34,9 @@ def train(
         for stage in experiment.stages:
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
         return
+    # Only now: the runner imports torch (and torch.distributed.checkpoint), seconds a dry run need not pay.
+    from wmtp.train.runner import check_inputs, default_run_dir, main_process
+
     check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
     run_dir = run_dir or default_run_dir(experiment)
     dist = experiment.stages[0].distributed

@@ -5,18 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 Advance = Callable[[int], None]
 
 
@@ -30,6 +18,19 @@ def progress_bar(description: str, total: int | None = None, enabled: bool = Tru
     if not enabled:
         yield _ignore
         return
+    # Imported here: wmtp.data.index (hence spec resolution, `wmtp train --dry-run`) imports this module.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     count_column = TransferSpeedColumn() if unit == "bytes" else MofNCompleteColumn()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count_column,
                TimeElapsedColumn(), TimeRemainingColumn())
