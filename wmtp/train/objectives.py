@@ -408,5 +408,6 @@ def build_objective(spec: StageSpec, device: torch.device, earlier_outputs: dict
     if spec.objective == "rho1":
         from wmtp.train.reference import load_reference_model
 
-        return Rho1Objective(spec, load_reference_model(spec.rho1.reference, device))
+        # policy=: refuse a reference with another vocabulary or tokenizer before loading it.
+        return Rho1Objective(spec, load_reference_model(spec.rho1.reference, device, policy=spec.model.path))
     raise ValueError(f"unknown objective {spec.objective!r}")

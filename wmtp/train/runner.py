@@ -53,12 +53,23 @@ def check_inputs(experiment: Experiment) -> None:
     """Refuse a missing input path before anything starts: no run dir, no torchrun, no hours lost.
 
     One line naming the stage, the key and the path (`wmtp train` prints it and exits 2, before it
-    would launch torchrun, so it is printed once rather than by every rank).
+    would launch torchrun, so it is printed once rather than by every rank). Then, once every path
+    exists, a Rho-1 reference must fit its policy (same vocab size and tokenizer; params, config and
+    tokenizer files only, no weights): see `check_reference_fits`.
     """
     for spec in experiment.stages:
         for key, path, expected in input_paths(spec):
             if not Path(path).exists():
                 raise SpecError(f"stage {spec.stage}: {key}: {path} does not exist (expected {expected})")
+    for spec in experiment.stages:
+        if spec.objective == "rho1" and spec.rho1.reference:
+            from wmtp.errors import WmtpError
+            from wmtp.train.reference import check_reference_fits
+
+            try:
+                check_reference_fits(spec.model.path, spec.rho1.reference)
+            except WmtpError as exc:
+                raise SpecError(f"stage {spec.stage}: {exc}") from None
 
 
 def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistContext) -> list[StageResult]:
