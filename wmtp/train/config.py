@@ -6,7 +6,9 @@ Resolution, for each stage named in the experiment's `stages` list:
       ⊕ <experiment>.per_stage.<stage> ⊕ jobs/presets/<preset>.yaml ⊕ --set key.path=value …
 
 `⊕` is a deep merge (mappings merge key by key, anything else is replaced). Unknown keys are
-rejected; every error names the key path and what was expected (`SpecError`).
+rejected and every number is range-checked (floats must be finite; rules across keys such as
+`td.w_min < td.w_max` too), before any model loads: every error is one line naming the key path, what
+was expected and the value found (`SpecError`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wmtp.assets import asset_dir
 from wmtp.data.sampling import SamplingSpec
@@ -31,65 +34,105 @@ class SpecError(WmtpError):
     """A spec file, preset or override is malformed; the message names the key path."""
 
 
+class RuleError(ValueError):
+    """A rule across fields is broken; raised by a model validator, it names the key it blames.
+
+    `key` is relative to the model whose validator raises it (`w_min` in TDSection, `data.valid_samples`
+    in StageSpec); `format_validation_error` prints it after the model's own path: `td.w_min: …`. The
+    message says what is expected and ends with the value(s) found, `(got …)`.
+    """
+
+    def __init__(self, key: str, message: str, related: tuple[str, ...] = ()):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+        self.related = related  # the other keys the rule read (an override of one of them is named)
+
+
+def check_below(low_key: str, low: Optional[float], high_key: str, high: Optional[float]) -> None:
+    """`low < high` where both are set, else a RuleError naming `low_key`."""
+    if low is not None and high is not None and not low < high:
+        raise RuleError(low_key, f"should be less than {high_key}, which is {high} (got {low})", (high_key,))
+
+
+# Every float of a spec must be finite (ConfigDict allow_inf_nan=False below): YAML's .nan / .inf are
+# refused with the key's name, not met later as a NaN loss. Ranges are given field by field.
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
     path: str = Field(description="Standard model dir or Meta release dir")
     dtype: Literal["float32", "bfloat16", "auto"] = "auto"  # auto: bf16 on CUDA, float32 on CPU
-    max_seq_len: Optional[int] = None  # override of params.json's RoPE table length
+    max_seq_len: Optional[int] = Field(None, ge=1)  # override of params.json's RoPE table length
 
 
 class DataSection(Section):
     train: str  # Alpaca JSONL with its index beside it
     valid: Optional[str] = None  # validation JSONL; None = no validation
-    max_length: int = 2048  # tokens per sample after truncation
+    max_length: int = Field(2048, ge=2)  # tokens per sample after truncation (bos + at least one label)
     sampling: SamplingSpec = SamplingSpec(strategy="correct_only")
-    valid_samples: Optional[int] = 256  # rows of `valid` used per validation (None = all)
-    num_workers: int = 0  # DataLoader workers per rank
+    valid_samples: Optional[int] = Field(256, ge=1)  # rows of `valid` used per validation (None = all)
+    num_workers: int = Field(0, ge=0)  # DataLoader workers per rank
 
 
 class TrainSection(Section):
-    num_epochs: int = 1
-    max_steps: Optional[int] = None  # global cap on optimizer steps
-    batch_size: int = 4  # per rank, per micro-step
-    grad_accum_steps: int = 1
+    num_epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)  # global cap on optimizer steps
+    batch_size: int = Field(4, ge=1)  # per rank, per micro-step
+    grad_accum_steps: int = Field(1, ge=1)
     # adamw: the training optimizer. sgd: plain gradient descent (no momentum, no per-element
     # normalisation): a step is exactly -lr·grad, so runs can be compared up to float rounding
     # (the distributed-equivalence tests use it; Adam turns rounding noise in ~0 gradients into lr-sized steps).
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    lr: float = Field(1e-5, gt=0)
+    min_lr_ratio: Fraction = 0.1  # cosine floor as a fraction of lr
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: Optional[float] = 1.0  # global-norm clip; None = off
-    head_weights: Optional[list[float]] = None  # α_k of the MTP loss; None = uniform mean
-    seed: int = 42
-    log_interval: int = 10
-    eval_interval: int = 100  # validation every N optimizer steps (and at the end)
-    save_interval: int = 100  # checkpoint every N optimizer steps (and at the end)
-    keep_last: int = 2  # step checkpoints kept besides best/ and final/
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: Optional[float] = Field(1.0, gt=0)  # global-norm clip; None = off
+    # α_k of the MTP loss, one per head (each ≥ 0, not all 0); None = uniform mean
+    head_weights: Optional[list[Annotated[float, Field(ge=0)]]] = None
+    seed: int = Field(42, ge=0, lt=2**63)
+    log_interval: int = Field(10, ge=1)
+    eval_interval: int = Field(100, ge=1)  # validation every N optimizer steps (and at the end)
+    save_interval: int = Field(100, ge=1)  # checkpoint every N optimizer steps (and at the end)
+    keep_last: int = Field(2, ge=0)  # step checkpoints kept besides best/ and final/
+
+    @field_validator("head_weights")
+    @classmethod
+    def _some_head_counts(cls, weights: Optional[list[float]]) -> Optional[list[float]]:
+        if weights is not None and not sum(weights) > 0:
+            raise ValueError("expected one weight per MTP head, at least one of them > 0")
+        return weights
 
 
 class TDSection(Section):
-    gamma: float = 1.0
-    beta: float = 0.9
-    w_min: float = 0.1
-    w_max: float = 5.0
-    value_coef: float = 0.5
+    gamma: Fraction = 1.0
+    beta: float = Field(0.9, gt=0)  # temperature of exp(δ/β)
+    w_min: float = Field(0.1, ge=0)
+    w_max: float = 5.0  # > w_min
+    value_coef: float = Field(0.5, ge=0)
     value_loss: Literal["mse", "huber"] = "mse"
-    huber_delta: float = 1.0
-    value_clip: Optional[float] = 0.2  # clip around the frozen stage-1 head; None = no anchor
+    huber_delta: float = Field(1.0, gt=0)
+    value_clip: Optional[float] = Field(0.2, gt=0)  # clip around the frozen stage-1 head; None = no anchor
     value_head: Optional[str] = None  # critic's value_head.safetensors; None = from an earlier stage
+
+    @model_validator(mode="after")
+    def _check(self) -> "TDSection":
+        check_below("w_min", self.w_min, "w_max", self.w_max)
+        return self
 
 
 class CriticSection(Section):
     value_loss: Literal["mse", "huber"] = "mse"
-    huber_delta: float = 1.0
-    gamma: float = 1.0
+    huber_delta: float = Field(1.0, gt=0)
+    gamma: Fraction = 1.0
 
 
 class Rho1Section(Section):
@@ -97,8 +140,13 @@ class Rho1Section(Section):
     mode: Literal["weighted", "tokenskip"] = "weighted"
     keep_ratio: float = Field(0.6, gt=0, le=1)  # tokenskip: fraction of tokens kept
     temperature: float = Field(1.0, gt=0)  # weighted: softmax temperature
-    w_min: float = 0.0
-    w_max: float = 3.0
+    w_min: float = Field(0.0, ge=0)
+    w_max: float = 3.0  # > w_min
+
+    @model_validator(mode="after")
+    def _check(self) -> "Rho1Section":
+        check_below("w_min", self.w_min, "w_max", self.w_max)
+        return self
 
 
 class EarlyStoppingSection(Section):
@@ -106,18 +154,23 @@ class EarlyStoppingSection(Section):
     # Validation metric watched for improvement (lower is better) by early stopping and for `best`;
     # null = the objective's default: val/ce (unweighted MTP cross-entropy) or, for the critic, val/loss.
     monitor: Optional[str] = None
-    patience: int = 3  # validations without improvement before stopping
-    min_delta: float = 0.0
+    patience: int = Field(3, ge=1)  # validations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0)
     mode: Literal["any", "all", "loss_only"] = "loss_only"  # how the critic's extra criteria combine
-    grad_norm_window: int = 10  # critic: steps per window of the grad-norm ratio test
+    grad_norm_window: int = Field(10, ge=1)  # critic: steps per window of the grad-norm ratio test
     grad_norm_ratio: float = 0.05  # critic: stop when |mean(last) − mean(prev)| / mean(prev) < this
-    pred_var_min: Optional[float] = None  # critic: stop when prediction variance leaves [min, max]
-    pred_var_max: Optional[float] = None
+    pred_var_min: Optional[float] = Field(None, ge=0)  # critic: stop when prediction variance leaves [min, max]
+    pred_var_max: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_pred_var_range(self) -> "EarlyStoppingSection":
+        check_below("pred_var_min", self.pred_var_min, "pred_var_max", self.pred_var_max)
+        return self
 
 
 class DistributedSection(Section):
     strategy: Literal["none", "ddp", "fsdp"] = "none"
-    nproc_per_node: int = 1
+    nproc_per_node: int = Field(1, ge=1)
     activation_checkpointing: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     # `wmtp train` launching torchrun: seconds torchrun gives its workers after passing on a SIGTERM
@@ -129,7 +182,7 @@ class TrackingSection(Section):
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else a local store under storage/mlflow
     experiment: str = "weighted-mtp"
     run_name: Optional[str] = None
-    buffer_size: int = 10000  # metric points kept while the server is unreachable
+    buffer_size: int = Field(10000, ge=1)  # metric points kept while the server is unreachable
 
 
 class OutputSection(Section):
@@ -155,13 +208,13 @@ class EvalSection(Section):
     def _check(self) -> "EvalSection":
         too_large = [k for k in self.ks if k > self.n or k < 1]
         if too_large:
-            raise ValueError(f"ks: pass@{too_large[0]} needs 1 ≤ k ≤ n (n={self.n})")
+            raise RuleError("ks", f"pass@{too_large[0]} needs 1 ≤ k ≤ n (n={self.n}) (got {self.ks})")
         if self.n > 1 and self.temperature == 0:
-            raise ValueError(f"n: {self.n} greedy samples would all be the same; set temperature > 0 or n: 1")
+            raise RuleError("n", f"{self.n} greedy samples would all be the same; set temperature > 0 or n: 1")
         if self.speculative and self.temperature > 0:
-            raise ValueError("speculative: decodes greedily; needs temperature 0")
+            raise RuleError("speculative", f"decodes greedily; needs temperature 0 (got temperature {self.temperature})")
         if self.benchmark == "mbpp" and not self.data:
-            raise ValueError("data: MBPP needs the path of its JSONL or parquet file")
+            raise RuleError("data", "MBPP needs the path of its JSONL or parquet file")
         return self
 
 
@@ -188,7 +241,23 @@ class StageSpec(Section):
     @model_validator(mode="after")
     def _check_objective_needs(self) -> "StageSpec":
         if self.objective == "rho1" and not self.rho1.reference:
-            raise ValueError("rho1.reference: required for the rho1 objective (a model dir or hf:<name>)")
+            raise RuleError("rho1.reference", "required for the rho1 objective (a model dir or hf:<name>)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> "StageSpec":
+        if self.model.max_seq_len is not None and self.model.max_seq_len < self.data.max_length:
+            raise RuleError("model.max_seq_len", f"expected ≥ data.max_length, which is {self.data.max_length} "
+                            f"(RoPE positions for the longest sample), or null (got {self.model.max_seq_len})",
+                            ("data.max_length",))
+        # Every rank runs the same number of full validation batches: fewer rows than one batch on each
+        # rank would turn validation off without a word (early stopping and best/ with it).
+        per_round = self.distributed.nproc_per_node * self.train.batch_size
+        if self.data.valid and self.data.valid_samples is not None and self.data.valid_samples < per_round:
+            raise RuleError("data.valid_samples", f"fewer rows than one batch per rank, so validation would never "
+                            f"run; expected ≥ distributed.nproc_per_node × train.batch_size = "
+                            f"{self.distributed.nproc_per_node} × {self.train.batch_size} = {per_round}, or null "
+                            f"(got {self.data.valid_samples})", ("distributed.nproc_per_node", "train.batch_size"))
         return self
 
     def to_dict(self) -> dict:
@@ -234,6 +303,9 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+EXPONENT_ONLY_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` → (["a","b","c"], value parsed as YAML, so 3 → int, [1,2] → list, null → None)."""
     key, sep, raw = text.partition("=")
@@ -243,6 +315,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and EXPONENT_ONLY_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string; an error would quote it as '3e-5'
     return key.strip().split("."), value
 
 
@@ -257,6 +331,9 @@ def layer_setting(layers: list[tuple[str, dict]], loc: tuple) -> Optional[str]:
     for name, layer in reversed(layers):
         node: Any = layer
         for part in loc:
+            if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]  # an item of a list: train.betas.1
+                continue
             if not isinstance(node, dict) or part not in node:
                 break
             node = node[part]
@@ -266,16 +343,27 @@ def layer_setting(layers: list[tuple[str, dict]], loc: tuple) -> Optional[str]:
 
 
 def format_validation_error(exc: ValidationError, origin: str, layers: list[tuple[str, dict]] = ()) -> str:
+    """The first error as one line: `<origin>[, from --set …]: <key.path>: <what was expected> (got <value>)`."""
     first = exc.errors()[0]
-    setter = layer_setting(list(layers), tuple(first["loc"]))
-    if setter is not None and setter.startswith("--set"):
-        origin = f"{origin}, from {setter}"
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
+    loc, message = tuple(first["loc"]), first["msg"]
+    rule = (first.get("ctx") or {}).get("error")
+    keys = [loc]
+    if isinstance(rule, RuleError):  # a model validator's rule: the key it blames, then the keys it read
+        keys = [loc + tuple(key.split(".")) for key in (rule.key, *rule.related)]
+        loc, message = keys[0], rule.message  # the rule's message ends with the values it found
+    elif first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif "input" in first and first["type"] != "missing":
-        message += f" (got {first['input']!r})"
+    else:
+        message = message.removeprefix("Value error, ")
+        shown = repr(first.get("input"))
+        if "input" in first and first["type"] != "missing" and len(shown) <= 200:  # not a whole section
+            message += f" (got {shown})"
+    names = [name for name, _ in layers]
+    setters = [setter for setter in (layer_setting(list(layers), key) for key in keys) if setter is not None]
+    latest = max(setters, key=names.index) if setters else None  # the last layer that set a key involved
+    if latest is not None and latest.startswith("--set"):
+        origin = f"{origin}, from {latest}"
+    location = ".".join(str(part) for part in loc) or "(top level)"
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{origin}: {location}: {message}{more}"
 
