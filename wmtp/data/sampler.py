@@ -1,6 +1,8 @@
 """A distributed sampler over positions 0..n-1 whose place in the epoch is part of the training state.
 
-Each epoch has one order (a permutation seeded by `(seed, epoch)`, or 0..n-1 when `shuffle=False`).
+Each epoch has one order (a permutation seeded by `(seed, epoch)`, or 0..n-1 when `shuffle=False`,
+or `order(epoch)` when the sampler is given one: n positions in 0..n-1, which may repeat some, such as
+a curriculum's order over the stage's optimizer steps, `wmtp.data.sampling.CurriculumOrder`).
 That order is cut to a multiple of `world_size`:
 
 - `drop_last=False`: the order is padded by repeating its first items, so at most `world_size − 1`
@@ -23,7 +25,7 @@ call `set_epoch(e + 1)` for the next one).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -34,7 +36,8 @@ from wmtp.data.schema import DataError
 class ShardedSampler(Sampler[int]):
     """Disjoint per-rank shards of positions 0..n_items-1, reshuffled per epoch, resumable mid-epoch."""
 
-    def __init__(self, n_items: int, rank: int, world_size: int, seed: int, shuffle: bool = True, drop_last: bool = False):
+    def __init__(self, n_items: int, rank: int, world_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                 order: Optional[Callable[[int], np.ndarray]] = None):
         if n_items < 0:
             raise DataError(f"sampler: n_items is {n_items}; expected ≥ 0")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -45,6 +48,7 @@ class ShardedSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.order = order  # epoch → its order of positions (replaces the shuffle / identity order)
         self.epoch = 0
         self.position = 0
 
@@ -56,7 +60,12 @@ class ShardedSampler(Sampler[int]):
 
     def epoch_order(self) -> np.ndarray:
         """This rank's items for the current epoch, in order."""
-        if self.shuffle:
+        if self.order is not None:
+            order = np.asarray(self.order(self.epoch), dtype=np.int64)
+            if len(order) != self.n_items:
+                raise DataError(f"sampler: the order of epoch {self.epoch} has {len(order)} positions; "
+                                f"expected n_items = {self.n_items}")
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
         else:
             order = np.arange(self.n_items)

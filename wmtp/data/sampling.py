@@ -4,15 +4,24 @@ Strategies:
 
 - `correct_only` (baseline, rho1): correct rows only.
 - `balanced` (critic): `correct_ratio` of the draw is correct rows, the rest incorrect rows.
-- `curriculum` (verifiable): rows grouped into difficulty bins; training progress is cut into stages
-  (`curriculum_schedule`), and each stage's share of positions is filled with the bins in that stage's
-  proportions. The returned array is in training order: position `p` of `n` belongs to the first stage
-  whose `until` exceeds `p / n`. Rows whose difficulty is in no bin are never drawn; the bin `unknown`
-  (difficulty 0) has weight 0 in the default schedule — give it a weight to train on unknown rows.
+- `curriculum` (verifiable): rows grouped into difficulty bins; training progress is cut into windows
+  (`curriculum_schedule`), each with its own shares of the bins. The windows are fractions of the
+  stage's optimizer steps, over all its epochs: optimizer step `k` of `total_steps`
+  (`min(max_steps, num_epochs × steps per epoch)`) belongs to the first window whose `until` exceeds
+  `k / total_steps`, and its rows come from the bins in that window's shares (`CurriculumOrder`, the
+  stage's order of the drawn rows, epoch by epoch). The draw itself holds each bin in the schedule's
+  average share (as if one row were one step); in the returned array, position `p` of `n` belongs to
+  the first window whose `until` exceeds `p / n`. Rows whose difficulty is in no bin are never drawn;
+  the bin `unknown` (difficulty 0) has weight 0 in the default schedule — give it a weight to train on
+  unknown rows.
 
 No row is drawn twice. `n_samples: None` takes as many rows as the strategy can without repeating one:
 all correct rows; the largest draw with exactly `correct_ratio`; the largest draw whose every bin
 demand fits. Asking for more than that raises `DataError` saying how many are available.
+
+Within one epoch, a curriculum stage repeats a drawn row only when that epoch's steps ask a bin for
+more rows than the draw holds in it: the first epoch of a 3-epoch run is mostly the first window, which
+asks for more easy rows than the draw's average share; rounding windows to whole steps can ask a few more.
 """
 
 from __future__ import annotations
@@ -42,11 +51,12 @@ def default_schedule() -> list["CurriculumStage"]:
 class CurriculumStage(BaseModel):
     """One window of training progress and the share of each difficulty bin inside it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # weights of .nan / .inf are refused
 
     until: float = Field(
         gt=0, le=1,
-        description="End of this window as a fraction of the draw (0.3 = first 30 %); it starts where the previous one ends.",
+        description="End of this window as a fraction of the stage's optimizer steps over all epochs (0.3 = first 30 %); "
+                    "it starts where the previous one ends.",
     )
     weights: dict[str, float] = Field(
         description="Bin name → share of this window's samples (normalised; a bin left out gets 0).",
@@ -66,7 +76,7 @@ class CurriculumStage(BaseModel):
 class SamplingSpec(BaseModel):
     """How a stage draws its training rows from a split's index (see the module doc)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     strategy: Literal["correct_only", "balanced", "curriculum"] = Field(
         description="correct_only (baseline, rho1) | balanced (critic) | curriculum (verifiable)",
@@ -237,3 +247,85 @@ def draw_curriculum(index: DatasetIndex, spec: SamplingSpec, rng: np.random.Gene
             taken[b] += count
         windows.append(rng.permutation(np.concatenate(parts)))
     return np.concatenate(windows).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- order over a stage
+
+
+def window_of(spec: SamplingSpec, steps: np.ndarray, total_steps: int) -> np.ndarray:
+    """Curriculum window of each optimizer step (0-based): the first whose `until` exceeds step / total_steps.
+
+    Steps at or past `total_steps` (never trained on) belong to the last window."""
+    untils = np.array([stage.until for stage in spec.curriculum_schedule])
+    progress = np.asarray(steps, dtype=np.float64) / max(total_steps, 1)
+    return np.minimum(np.searchsorted(untils, progress, side="right"), len(untils) - 1)
+
+
+class CurriculumOrder:
+    """The order in which a curriculum stage trains on its drawn rows: `order(epoch)` → positions into `rows`.
+
+    A stage consumes `rows_per_step` positions per optimizer step (all ranks: world size × batch size ×
+    grad_accum_steps) and `steps_per_epoch` steps per epoch; positions `[j·rows_per_step, (j+1)·rows_per_step)`
+    of epoch `e`'s order are the rows of step `k = e·steps_per_epoch + j`, whose window is `window_of(k)`.
+    Each run of positions in one window is filled with the bins in that window's shares (largest
+    remainder), then shuffled. A bin's rows are taken from a fresh permutation of the draw's rows in that
+    bin each epoch, and only once that permutation is used up from another one, so a row repeats within
+    an epoch only when the epoch asks its bin for more rows than the draw holds. A window whose bins are
+    all empty in the draw (a tiny draw) takes the draw's other bins in their drawn proportions.
+
+    The order has `len(rows)` positions like any epoch; those past the epoch's steps (or the stage's)
+    are never trained on: they continue the schedule, apart from the trained ones. It depends only on its arguments and the epoch,
+    so a resumed run gets the same order (`ShardedSampler` keeps the place in it).
+    """
+
+    def __init__(self, index: DatasetIndex, rows: np.ndarray, spec: SamplingSpec, *, total_steps: int,
+                 steps_per_epoch: int, rows_per_step: int, seed: int):
+        self.spec, self.total_steps, self.steps_per_epoch, self.seed = spec, total_steps, steps_per_epoch, seed
+        self.rows_per_step = max(rows_per_step, 1)
+        self.n = len(rows)
+        difficulty = index.difficulty[np.asarray(rows, dtype=np.int64)]
+        self.members = [np.flatnonzero((difficulty >= low) & (difficulty <= high))
+                        for low, high in spec.curriculum_bins.values()]
+        if sum(len(m) for m in self.members) != self.n:
+            raise DataError(f"{index.jsonl_path}: {self.n - sum(len(m) for m in self.members)} drawn rows are in no "
+                            f"curriculum bin; expected rows drawn by the curriculum strategy")
+        sizes = np.array([len(m) for m in self.members], dtype=np.float64)
+        self.weights = []
+        for stage in spec.curriculum_schedule:
+            weights = np.array([stage.weights.get(name, 0.0) for name in spec.curriculum_bins]) * (sizes > 0)
+            self.weights.append(list(weights if weights.sum() > 0 else sizes))
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self.epoch_order(epoch))
+        return self._cached[1]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        order = np.empty(self.n, dtype=np.int64)
+        if self.n == 0:
+            return order
+        rng = np.random.default_rng([self.seed, epoch, len(self.members)])
+        steps = epoch * self.steps_per_epoch + np.arange(self.n) // self.rows_per_step
+        windows = window_of(self.spec, steps, self.total_steps)
+        # Positions never trained on (past the epoch's steps or the stage's) form runs of their own, so
+        # they do not dilute the shares of the steps that are.
+        trained = steps < min(self.total_steps, (epoch + 1) * self.steps_per_epoch)
+        cuts = np.flatnonzero(np.diff(windows) | np.diff(trained)) + 1
+        runs = list(zip([0, *cuts.tolist()], [*cuts.tolist(), self.n]))
+        demand = np.array([apportion(end - start, self.weights[windows[start]]) for start, end in runs])
+        supply = [self.cycle(members, int(total), rng) for members, total in zip(self.members, demand.sum(axis=0))]
+        taken = np.zeros(len(self.members), dtype=np.int64)
+        for (start, end), counts in zip(runs, demand):
+            parts = [supply[b][taken[b] : taken[b] + count] for b, count in enumerate(counts)]
+            taken += counts
+            order[start:end] = rng.permutation(np.concatenate(parts))
+        return order
+
+    @staticmethod
+    def cycle(members: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """`count` of `members`: permutations of them one after another, cut at `count`."""
+        if count == 0:
+            return members[:0]
+        laps = -(-count // len(members))
+        return np.concatenate([rng.permutation(members) for _ in range(laps)])[:count]

@@ -12,9 +12,9 @@ from wmtp.data.collate import MTPCollator
 from wmtp.data.dataset import JsonlSamples
 from wmtp.data.index import DatasetIndex
 from wmtp.data.sampler import ShardedSampler
-from wmtp.data.sampling import draw_indices
+from wmtp.data.sampling import CurriculumOrder, SamplingSpec, draw_indices
 from wmtp.distributed import DistContext
-from wmtp.train.config import StageSpec
+from wmtp.train.config import StageSpec, TrainSection
 
 
 def ignore_preemption_signal(_worker_id: int) -> None:
@@ -34,14 +34,42 @@ class TrainData:
     sampler: ShardedSampler
     n_rows: int  # sampled rows (all ranks)
     micro_batches_per_epoch: int  # per rank, a multiple of grad_accum_steps
+    total_steps: int  # optimizer steps of the stage: min(max_steps, num_epochs × steps per epoch)
+
+
+@dataclass
+class TrainSampling:
+    sampler: ShardedSampler
+    micro_batches_per_epoch: int
+    total_steps: int
+
+
+def build_train_sampler(index: DatasetIndex, rows: np.ndarray, sampling: SamplingSpec, train: TrainSection,
+                        ctx: DistContext) -> TrainSampling:
+    """This rank's sampler over the drawn `rows`, and the stage's length in micro-batches and optimizer steps.
+
+    A curriculum's windows are fractions of the stage's optimizer steps over all epochs, so its order
+    (`CurriculumOrder`) is made from the stage's length; other strategies reshuffle every epoch."""
+    micro = (len(rows) // ctx.world_size // train.batch_size) // train.grad_accum_steps * train.grad_accum_steps
+    steps_per_epoch = micro // train.grad_accum_steps
+    total_steps = steps_per_epoch * train.num_epochs
+    if train.max_steps is not None:
+        total_steps = min(total_steps, train.max_steps)
+    order = None
+    if sampling.strategy == "curriculum":
+        order = CurriculumOrder(index, rows, sampling, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                rows_per_step=ctx.world_size * train.batch_size * train.grad_accum_steps,
+                                seed=train.seed)
+    sampler = ShardedSampler(len(rows), ctx.rank, ctx.world_size, seed=train.seed, shuffle=order is None,
+                             drop_last=True, order=order)
+    return TrainSampling(sampler, micro, total_steps)
 
 
 def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> TrainData:
     index = DatasetIndex.load(spec.data.train)
     rows = draw_indices(index, spec.data.sampling, seed=spec.train.seed)
-    # Curriculum order is part of the draw: shuffling it again would undo the schedule.
-    shuffle = spec.data.sampling.strategy != "curriculum"
-    sampler = ShardedSampler(len(rows), ctx.rank, ctx.world_size, seed=spec.train.seed, shuffle=shuffle, drop_last=True)
+    sampling = build_train_sampler(index, rows, spec.data.sampling, spec.train, ctx)
+    sampler = sampling.sampler
     loader = DataLoader(
         JsonlSamples(spec.data.train, rows),
         batch_size=spec.train.batch_size,
@@ -51,9 +79,8 @@ def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext)
         worker_init_fn=ignore_preemption_signal if spec.data.num_workers > 0 else None,
         drop_last=True,
     )
-    accum = spec.train.grad_accum_steps
-    micro = (len(sampler) // spec.train.batch_size) // accum * accum
-    return TrainData(loader=loader, sampler=sampler, n_rows=len(rows), micro_batches_per_epoch=micro)
+    return TrainData(loader=loader, sampler=sampler, n_rows=len(rows),
+                     micro_batches_per_epoch=sampling.micro_batches_per_epoch, total_steps=sampling.total_steps)
 
 
 def build_valid_loader(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> DataLoader | None:

@@ -36,7 +36,8 @@ from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
-LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s"]  # what the loop adds to the objective's
+# What the loop adds to the objective's; `epoch` = epochs completed (fractional: micro-batches / per epoch).
+LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch"]
 
 
 class Preemption:
@@ -217,10 +218,7 @@ class Trainer:
         params = self.objective.trainable_parameters(unwrap(self.module))
         t = spec.train
         self.optimizer = build_optimizer(params, t, self.device)
-        steps_per_epoch = self.data.micro_batches_per_epoch // t.grad_accum_steps
-        self.total_steps = steps_per_epoch * t.num_epochs
-        if t.max_steps is not None:
-            self.total_steps = min(self.total_steps, t.max_steps)
+        self.total_steps = self.data.total_steps  # min(max_steps, num_epochs × steps per epoch)
         if self.total_steps == 0:
             from wmtp.errors import WmtpError
 
@@ -360,6 +358,7 @@ class Trainer:
                 self.state["micro_in_epoch"] += t.grad_accum_steps
                 self.state["step"] += 1
                 step = self.state["step"]
+                metrics["epoch"] = self.state["epoch"] + self.state["micro_in_epoch"] / self.data.micro_batches_per_epoch
                 tokens_since += metrics.pop("tokens") * self.ctx.world_size
                 self.early_stopping.observe_step(metrics)
                 if step % t.log_interval == 0 or step == self.total_steps:
@@ -468,8 +467,9 @@ class make_progress:
 
     def update(self, step: int, metrics: dict) -> None:
         if self.bar is not None:
-            loss = metrics.get("loss/total")
-            self.bar.update(self.task, completed=step, info="" if loss is None else f"loss {loss:.4f}")
+            shown = {"epoch": ("epoch", ".2f"), "loss/total": ("loss", ".4f")}  # e.g. "epoch 1.50 loss 6.6000"
+            info = " ".join(f"{label} {metrics[key]:{fmt}}" for key, (label, fmt) in shown.items() if key in metrics)
+            self.bar.update(self.task, completed=step, info=info)
 
     def close(self) -> None:
         if self.bar is not None:
