@@ -26,10 +26,11 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec of every stage and exit."),
 ) -> None:
     """Train every stage of an experiment; prints progress, metrics go to MLflow."""
-    from wmtp.train.config import dump_spec, load_experiment
+    from wmtp.train.config import check_world_size, dump_spec, load_experiment
 
     load_env_file(env_file)
     experiment = load_experiment(spec, overrides, preset)
+    check_world_size(experiment, experiment.stages[0].launch_world_size())
     if dry_run:
         for stage in experiment.stages:
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
@@ -40,7 +41,7 @@ def train(
     check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
     run_dir = run_dir or default_run_dir(experiment)
     dist = experiment.stages[0].distributed
-    if dist.nproc_per_node > 1 and dist.strategy != "none":
+    if experiment.stages[0].launch_world_size() > 1:
         raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node,
                                          dist.preemption_grace_s))
     typer.echo(f"run dir: {run_dir}")

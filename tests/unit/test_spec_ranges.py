@@ -51,7 +51,6 @@ BAD = [
     (["data.max_length=1"], "data.max_length", "1"),
     (["data.valid_samples=0"], "data.valid_samples", "0"),
     (["data.valid_samples=3"], "data.valid_samples", "3"),  # < 1 rank × batch 4: validation never runs
-    (["distributed.nproc_per_node=2", "train.batch_size=32"], "data.valid_samples", "32"),  # < 2 × 32
     (["data.num_workers=-1"], "data.num_workers", "-1"),
     (["data.sampling.n_samples=0"], "data.sampling.n_samples", "0"),
     (["data.sampling.correct_ratio=1.5"], "data.sampling.correct_ratio", "1.5"),
@@ -90,6 +89,9 @@ BAD = [
     (["early_stopping.patience=0"], "early_stopping.patience", "0"),
     (["early_stopping.min_delta=-0.1"], "early_stopping.min_delta", "-0.1"),
     (["early_stopping.grad_norm_window=0"], "early_stopping.grad_norm_window", "0"),
+    (["early_stopping.grad_norm_threshold=0"], "early_stopping.grad_norm_threshold", "0"),
+    (["early_stopping.grad_norm_threshold_ratio=0"], "early_stopping.grad_norm_threshold_ratio", "0"),
+    (["early_stopping.grad_norm_threshold_ratio=1.5"], "early_stopping.grad_norm_threshold_ratio", "1.5"),
     (["early_stopping.pred_var_min=-1"], "early_stopping.pred_var_min", "-1"),
     (["early_stopping.pred_var_max=0"], "early_stopping.pred_var_max", "0"),
     (["early_stopping.pred_var_min=2", "early_stopping.pred_var_max=1"], "early_stopping.pred_var_min", "2.0"),
@@ -126,14 +128,10 @@ GOOD = [
     ["td.gamma=0", "td.w_min=0", "td.w_max=0.001", "td.value_coef=0", "td.value_clip=null"],
     ["td.gamma=1", "critic.gamma=0", "rho1.w_min=0", "rho1.w_max=0.001", "rho1.keep_ratio=1"],
     ["early_stopping.patience=1", "early_stopping.min_delta=0", "early_stopping.grad_norm_window=1"],
+    ["early_stopping.grad_norm_threshold=1e-9", "early_stopping.grad_norm_threshold_ratio=1"],
     ["early_stopping.pred_var_min=0", "early_stopping.pred_var_max=0.001"],
     ["tracking.buffer_size=1", "eval.n=2", "eval.ks=[1, 2]", "eval.temperature=0.8", "eval.top_p=1"],
 ]
-
-# Keys whose range belongs to a change made elsewhere (the critic's grad-norm stopping rule).
-NOT_COVERED_HERE = {"early_stopping.grad_norm_ratio", "early_stopping.grad_norm_threshold",
-                    "early_stopping.grad_norm_threshold_ratio"}
-
 
 @pytest.mark.parametrize("overrides, key, value", BAD, ids=[" ".join(case[0]) for case in BAD])
 def test_a_value_out_of_range_is_one_line_naming_key_and_value(overrides, key, value):
@@ -154,7 +152,7 @@ def test_values_on_the_edge_of_each_range_load(overrides):
 def test_a_rule_across_keys_says_what_the_other_key_is():
     with pytest.raises(SpecError, match=r"td\.w_min: should be less than w_max, which is 0\.05 \(got 0\.1\)"):
         load_experiment("smoke", ["td.w_max=0.05"])
-    with pytest.raises(SpecError, match=r"data\.valid_samples: .*nproc_per_node × train\.batch_size = 1 × 4 = 4"):
+    with pytest.raises(SpecError, match=r"data\.valid_samples: .*ranks × train\.batch_size = 1 × 4 = 4"):
         load_experiment("smoke", ["data.valid_samples=3"])
 
 
@@ -183,7 +181,7 @@ def test_every_numeric_key_has_a_rule():
     schema_keys = numeric_keys(StageSpec)
     assert {"train.lr", "td.w_max", "data.sampling.correct_ratio", "eval.top_p"} <= schema_keys
     tested = {override.partition("=")[0] for overrides, _, _ in BAD for override in overrides}
-    missing = sorted(schema_keys - tested - NOT_COVERED_HERE)
+    missing = sorted(schema_keys - tested)
     assert not missing, f"numeric keys without a refused value in BAD: {missing}"
 
 
@@ -198,4 +196,25 @@ def test_dry_run_with_a_bad_value_is_one_line_exit_2_and_makes_no_directory(tmp_
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.output
         assert "train.save_interval: Input should be greater than or equal to 1 (got 0)" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_rows_are_checked_for_the_ranks_that_will_run(tmp_path, monkeypatch):
+    """32 rows, batch 32: one rank validates; `wmtp train` launching 2 DDP ranks would not (refused in
+    the dry run too), and a run started some other way with 2 ranks is refused before its run dir."""
+    from cli.main import app
+    from wmtp.train.config import check_world_size
+
+    monkeypatch.chdir(tmp_path)
+    overrides = ["train.batch_size=32", "data.valid_samples=32", "distributed.nproc_per_node=2"]
+    for strategy, code in [("none", 0), ("ddp", 2)]:
+        result = CliRunner().invoke(app, ["train", "smoke", "--dry-run", "--set", f"distributed.strategy={strategy}",
+                                          *(a for o in overrides for a in ("--set", o))])
+        assert result.exit_code == code, result.output
+    assert "stage critic: data.valid_samples: " in result.output and "2 × 32 = 64" in result.output
+    assert "with 2 ranks" in result.output and len(result.output.strip().splitlines()) == 1
+    experiment = load_experiment("smoke", overrides)
+    check_world_size(experiment, 1)
+    with pytest.raises(SpecError, match="with 2 ranks"):
+        check_world_size(experiment, 2)
     assert list(tmp_path.iterdir()) == []

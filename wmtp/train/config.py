@@ -156,10 +156,16 @@ class EarlyStoppingSection(Section):
     monitor: Optional[str] = None
     patience: int = Field(3, ge=1)  # validations without improvement before stopping
     min_delta: float = Field(0.0, ge=0)
-    mode: Literal["any", "all", "loss_only"] = "loss_only"  # how the critic's extra criteria combine
-    grad_norm_window: int = Field(10, ge=1)  # critic: steps per window of the grad-norm ratio test
-    grad_norm_ratio: float = 0.05  # critic: stop when |mean(last) − mean(prev)| / mean(prev) < this
-    pred_var_min: Optional[float] = Field(None, ge=0)  # critic: stop when prediction variance leaves [min, max]
+    # How the signals combine (wmtp.train.early_stopping): any = converged or unstable or out of range;
+    # all = converged and stable and in range; loss_only = converged. Only the critic has the last two.
+    mode: Literal["any", "all", "loss_only"] = "loss_only"
+    # critic: gradients are unstable when ≥ grad_norm_threshold_ratio of the last grad_norm_window
+    # optimizer steps had a grad norm above grad_norm_threshold.
+    grad_norm_window: int = Field(10, ge=1)
+    grad_norm_threshold: float = Field(50.0, gt=0)
+    grad_norm_threshold_ratio: float = Field(0.7, gt=0, le=1)
+    # critic: the value predictions' variance on the validation set must stay in [min, max] (null: unbounded).
+    pred_var_min: Optional[float] = Field(None, ge=0)
     pred_var_max: Optional[float] = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -250,15 +256,23 @@ class StageSpec(Section):
             raise RuleError("model.max_seq_len", f"expected ≥ data.max_length, which is {self.data.max_length} "
                             f"(RoPE positions for the longest sample), or null (got {self.model.max_seq_len})",
                             ("data.max_length",))
-        # Every rank runs the same number of full validation batches: fewer rows than one batch on each
-        # rank would turn validation off without a word (early stopping and best/ with it).
-        per_round = self.distributed.nproc_per_node * self.train.batch_size
+        self.check_validation_rows(world_size=1)  # one rank at least; launchers check their own count
+        return self
+
+    def check_validation_rows(self, world_size: int) -> None:
+        """Every rank runs the same number of full validation batches: fewer rows than one batch on each
+        rank would turn validation off without a word (early stopping and best/ with it). Checked for
+        one rank when the spec loads, for the launch's ranks by `wmtp train` (dry run included) and by
+        every rank of a run before its run dir exists (`wmtp.train.runner.check_inputs`)."""
+        per_round = world_size * self.train.batch_size
         if self.data.valid and self.data.valid_samples is not None and self.data.valid_samples < per_round:
             raise RuleError("data.valid_samples", f"fewer rows than one batch per rank, so validation would never "
-                            f"run; expected ≥ distributed.nproc_per_node × train.batch_size = "
-                            f"{self.distributed.nproc_per_node} × {self.train.batch_size} = {per_round}, or null "
-                            f"(got {self.data.valid_samples})", ("distributed.nproc_per_node", "train.batch_size"))
-        return self
+                            f"run; expected ≥ ranks × train.batch_size = {world_size} × {self.train.batch_size} = "
+                            f"{per_round}, or null (got {self.data.valid_samples})", ("train.batch_size",))
+
+    def launch_world_size(self) -> int:
+        """Processes `wmtp train` starts on this machine: nproc_per_node under DDP / FSDP, else one."""
+        return self.distributed.nproc_per_node if self.distributed.strategy != "none" else 1
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -431,6 +445,15 @@ def load_experiment(
             origin = f"{spec_path} (stage {stage})"
             raise SpecError(format_validation_error(exc, origin, stage_layers)) from None
     return Experiment(name=name, stages=stages)
+
+
+def check_world_size(experiment: Experiment, world_size: int) -> None:
+    """Refuse stages whose validation rows cannot give every one of `world_size` ranks a full batch."""
+    for spec in experiment.stages:
+        try:
+            spec.check_validation_rows(world_size)
+        except RuleError as rule:
+            raise SpecError(f"stage {spec.stage}: {rule} with {world_size} ranks") from None
 
 
 def dump_spec(spec: StageSpec) -> str:

@@ -396,15 +396,15 @@ class Trainer:
         stopping and metrics.jsonl would differ from an uninterrupted run).
         """
         t = self.spec.train
-        stop = False
+        stop = validated = False
         if step % t.eval_interval == 0 and step < self.total_steps:
-            self.record_validation(step, tracker)
-            stop = self.early_stopping.should_stop(self.ctx, self.device)
+            validated = bool(self.record_validation(step, tracker))
+            stop = self.early_stopping.should_stop(self.ctx, self.device, step)
         elif self.early_stopping.checks_every_step:
-            stop = self.early_stopping.should_stop(self.ctx, self.device)
+            stop = self.early_stopping.should_stop(self.ctx, self.device, step)
+        if self.spec.early_stopping.enabled and (validated or stop):
+            self.log_early_stopping(step, tracker)
         if stop:
-            if self.ctx.is_main:
-                print(f"early stopping at step {step} ({self.early_stopping.state.stopped_reason})")
             return "early"  # finish() saves the final checkpoint
         saved = step % t.save_interval == 0 and step < self.total_steps
         if saved:
@@ -417,6 +417,22 @@ class Trainer:
                     print(f"preempted: saved step {step}; rerun the same command to resume")
                 return "preempted"
         return None
+
+    def log_early_stopping(self, step: int, tracker: Tracker) -> None:
+        """`early_stopping/*` (counter, best, the critic's unstable fraction, stopped) after each
+        validation and at the stop; the reason goes to metrics.jsonl, an MLflow tag and the console."""
+        outcome = self.early_stopping.outcome()
+        tracker.log_metrics(outcome, step)
+        reason = self.early_stopping.state.stopped_reason
+        if reason is None:
+            self.write_local_metrics(step, outcome)
+            return
+        self.write_local_metrics(step, outcome | {"early_stopping/reason": reason})
+        tracker.set_tags({"early_stopping.reason": reason, "early_stopping.step": str(step)})
+        if self.ctx.is_main:
+            best = outcome.get("early_stopping/best", math.nan)
+            print(f"early stopping at step {step}: {reason} ({self.early_stopping.monitor} best {best:.4f}, "
+                  f"{self.early_stopping.state.bad_validations} validation(s) without improvement)")
 
     def write_local_metrics(self, step: int, metrics: dict) -> None:
         """Append to <stage_dir>/metrics.jsonl on rank 0: the run's numbers without any server."""
@@ -442,7 +458,9 @@ class Trainer:
         """Final validation, final checkpoint (with the value head when there is one), plots."""
         step = self.state["step"]
         if not self.history.valid or self.history.valid[-1][0] != step:  # not just validated (early stop)
-            self.record_validation(step, tracker)
+            validated = bool(self.record_validation(step, tracker))
+            if validated and self.spec.early_stopping.enabled and self.early_stopping.state.stopped_reason is None:
+                self.log_early_stopping(step, tracker)  # the outcome of a stage that ran to its end
         final = self.save("final")
         if self.ctx.is_main:
             from wmtp.train.plots import write_plots

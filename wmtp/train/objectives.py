@@ -105,7 +105,8 @@ def pooled_metrics(totals: dict[str, float], head_weights: Optional[list[float]]
     that tokenskip drops included): unlike the objective's loss it means the same thing at every step
     and in every experiment, so it is what `best` and early stopping watch by default. `ce` combines
     the heads with the loss's head weights (uniform mean by default). `value/explained_variance` is
-    1 − Var[G−V]/Var[G] over all response tokens of the validation set.
+    1 − Var[G−V]/Var[G] and `value/pred_var` Var[V] over all response tokens of the validation set
+    (what the critic's early stopping judges).
     """
     out: dict[str, float] = {}
     n_heads = sum(1 for key in totals if key.startswith("ce/count/head_"))
@@ -116,6 +117,7 @@ def pooled_metrics(totals: dict[str, float], head_weights: Optional[list[float]]
         out["ce"] = sum(a * v for a, v in zip(alphas, per_head))
     if all(key in totals for key in VALUE_TOTALS):
         out["value/explained_variance"] = td.explained_variance_from_sums(totals)
+        out["value/pred_var"] = td.prediction_variance_from_sums(totals)
     return out
 
 
@@ -206,8 +208,8 @@ class CriticObjective(Objective):
 
     name = "critic"
     uses_value_head = True
-    # Besides the validation loss: a plateau of the gradient norm and the prediction variance leaving
-    # [pred_var_min, pred_var_max], both checked every step (early_stopping.mode says how they combine).
+    # Besides the validation loss: unstable gradient norms (every step) and the validation set's
+    # prediction variance leaving [pred_var_min, pred_var_max] (wmtp.train.early_stopping).
     early_stopping_signals = ("loss", "grad_norm", "pred_var")
     default_monitor = "val/loss"  # the value loss: the only loss the critic trains
 
@@ -221,7 +223,7 @@ class CriticObjective(Objective):
         return VALUE_TOTALS
 
     def pooled_names(self, n_heads):
-        return ["value/explained_variance"]
+        return ["value/explained_variance", "value/pred_var"]
 
     def compute(self, module, batch):
         cfg = self.spec.critic
@@ -282,7 +284,7 @@ class VerifiableObjective(Objective):
         return [*ce_total_names(n_heads), *VALUE_TOTALS]
 
     def pooled_names(self, n_heads):
-        return [*super().pooled_names(n_heads), "value/explained_variance"]
+        return [*super().pooled_names(n_heads), "value/explained_variance", "value/pred_var"]
 
     def prepare(self, module, device):
         stage1 = load_value_head(self.value_head_path, module.model.args.dim)

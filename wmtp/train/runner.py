@@ -20,7 +20,7 @@ from typing import Optional
 
 from wmtp.distributed import DistContext, broadcast_object, destroy_distributed, init_distributed
 from wmtp.train.checkpointing import TRAIN_STATE
-from wmtp.train.config import Experiment, SpecError, StageSpec
+from wmtp.train.config import Experiment, SpecError, StageSpec, check_world_size
 from wmtp.train.loop import Preemption, StageResult, train_stage
 
 
@@ -49,13 +49,14 @@ def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
     return paths
 
 
-def check_inputs(experiment: Experiment) -> None:
+def check_inputs(experiment: Experiment, world_size: int = 1) -> None:
     """Refuse a missing input path before anything starts: no run dir, no torchrun, no hours lost.
 
     One line naming the stage, the key and the path (`wmtp train` prints it and exits 2, before it
     would launch torchrun, so it is printed once rather than by every rank). Then, once every path
     exists, a Rho-1 reference must fit its policy (same vocab size and tokenizer; params, config and
-    tokenizer files only, no weights): see `check_reference_fits`.
+    tokenizer files only, no weights): see `check_reference_fits`. Last, validation must give each of
+    the `world_size` ranks a full batch (`check_world_size`).
     """
     for spec in experiment.stages:
         for key, path, expected in input_paths(spec):
@@ -70,11 +71,12 @@ def check_inputs(experiment: Experiment) -> None:
                 check_reference_fits(spec.model.path, spec.rho1.reference)
             except WmtpError as exc:
                 raise SpecError(f"stage {spec.stage}: {exc}") from None
+    check_world_size(experiment, world_size)
 
 
 def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistContext) -> list[StageResult]:
     """Train the stages in order; stop after a preempted stage (its rerun resumes it)."""
-    check_inputs(experiment)
+    check_inputs(experiment, ctx.world_size)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(experiment)), ctx))
     earlier: dict[str, Path] = {}
     results = []

@@ -95,14 +95,15 @@ def explained_variance(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_B
 # Sufficient statistics of the explained variance: summed over batches and ranks, they give the
 # explained variance of the whole validation set (a per-batch value is nan whenever one batch's
 # returns do not vary, e.g. γ = 1 and a single label per batch).
-EV_SUM_KEYS = ("value/n", "value/sum_g", "value/sum_g2", "value/sum_r", "value/sum_r2")
+EV_SUM_KEYS = ("value/n", "value/sum_g", "value/sum_g2", "value/sum_r", "value/sum_r2", "value/sum_v", "value/sum_v2")
 
 
 def explained_variance_sums(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_BS: torch.Tensor) -> dict[str, float]:
-    """n, Σg, Σg², Σr, Σr² over masked positions, with g = G and r = G − V (float64)."""
+    """n, Σg, Σg², Σr, Σr², Σv, Σv² over masked positions, with g = G, v = V and r = G − V (float64)."""
     g = returns_BS.detach().double()[mask_BS]
-    r = g - values_BS.detach().double()[mask_BS]
-    stats = (g.numel(), g.sum(), g.square().sum(), r.sum(), r.square().sum())
+    v = values_BS.detach().double()[mask_BS]
+    r = g - v
+    stats = (g.numel(), g.sum(), g.square().sum(), r.sum(), r.square().sum(), v.sum(), v.square().sum())
     return {key: float(value) for key, value in zip(EV_SUM_KEYS, stats)}
 
 
@@ -116,3 +117,11 @@ def explained_variance_from_sums(sums: dict[str, float]) -> float:
     if var_g <= 1e-12 * max(1.0, sums["value/sum_g2"]):
         return float("nan")
     return 1.0 - var_r / var_g
+
+
+def prediction_variance_from_sums(sums: dict[str, float]) -> float:
+    """Var[V] (population) over every masked position from `explained_variance_sums` added up."""
+    n = sums["value/n"]
+    if n < 1:
+        return float("nan")
+    return max(sums["value/sum_v2"] / n - (sums["value/sum_v"] / n) ** 2, 0.0)
