@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,11 +13,12 @@ app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval, index, 
 prepare_app = WmtpTyper(help="Raw dataset → <out>/processed/<split>.jsonl + index + *_metadata.json.")
 app.add_typer(prepare_app, name="prepare")
 
-PROGRESS_HELP = "Progress bars on stderr (default: when stderr is a terminal)."
+PROGRESS_HELP = "Progress on stderr: a bar on a terminal, plain lines elsewhere (default: on)."
 
 
 def wants_progress(flag: Optional[bool]) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
+    """On unless --no-progress: a bar on a terminal, plain lines on stderr elsewhere."""
+    return True if flag is None else flag
 
 
 def print_report(report) -> None:

@@ -37,7 +37,8 @@ def micro_cmd(
     """Build the micro MTP model and its micro reference LM (random init + locally trained tokenizer)."""
     from wmtp.model.micro import build_micro_models
 
-    for name, path in build_micro_models(out, seed=seed, vocab_size=vocab_size).items():
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
+    for name, path in build_micro_models(out, seed=seed, vocab_size=vocab_size, log=say).items():
         typer.echo(f"wrote {name}: {path}")
 
 

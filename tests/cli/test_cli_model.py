@@ -77,8 +77,13 @@ def test_convert_meta_with_a_tokenizer_says_nothing_more(meta_tiny_dir, micro_mo
 def test_micro_builds_both_models_then_refuses_to_overwrite(tmp_path):
     result = runner.invoke(app, ["model", "micro", "--out", str(tmp_path / "models")])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [f"wrote micro-mtp: {tmp_path / 'models' / 'micro-mtp'}",
+    assert result.stdout.splitlines() == [f"wrote micro-mtp: {tmp_path / 'models' / 'micro-mtp'}",
                                           f"wrote micro-ref: {tmp_path / 'models' / 'micro-ref'}"]
+    # What it is doing, on stderr (a log shows it while the tokenizer trains).
+    assert result.stderr.splitlines() == [
+        "training a SentencePiece BPE tokenizer (vocab 1024) on HumanEval's code",
+        "initialising micro-mtp (6 blocks, dim 128, 4 heads, seed 0) and saving it",
+        "initialising micro-ref (3 blocks, dim 128, 1 head, seed 0) and saving it"]
     again = runner.invoke(app, ["model", "micro", "--out", str(tmp_path / "models")])
     assert again.exit_code == 2 and "micro-mtp: already exists" in again.output
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["micro-mtp", "micro-ref"]

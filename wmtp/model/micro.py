@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -66,11 +66,13 @@ def humaneval_code_texts() -> Iterator[str]:
             yield problem["test"]
 
 
-def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> dict[str, Path]:
+def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024,
+                       log: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
     """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer.
 
     Both or neither: an existing destination is refused before any work, and the pair is built in a
     temporary directory under `out_dir` that is removed whatever happens, then renamed into place.
+    `log` receives one line per step (the CLI prints them: the tokenizer alone takes ~10 s).
     """
     out_dir = Path(out_dir)
     builds = {"micro-mtp": micro_mtp_args(vocab_size), "micro-ref": micro_reference_args(vocab_size)}
@@ -80,10 +82,13 @@ def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".micro-build.", dir=out_dir))
     try:
+        log(f"training a SentencePiece BPE tokenizer (vocab {vocab_size}) on HumanEval's code")
         tokenizer_file = train_sentencepiece(humaneval_code_texts(), staging / "tokenizer" / "tokenizer.model",
                                              vocab_size)
         built = {}
         for name, args in builds.items():
+            log(f"initialising {name} ({args.n_layers} blocks, dim {args.dim}, "
+                f"{args.n_future_tokens} head{'s' if args.n_future_tokens != 1 else ''}, seed {seed}) and saving it")
             model = Transformer(args)
             model.init_weights(seed)
             built[name] = save_model(

@@ -32,6 +32,7 @@ from wmtp.train.config import StageSpec, dump_spec
 from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
 from wmtp.train.early_stopping import EarlyStopping
 from wmtp.train.objectives import Objective, TrainModule, build_objective, pooled_metrics
+from wmtp.train.progress import StageProgress
 from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
@@ -232,6 +233,7 @@ class Trainer:
         self.check_monitor()
         self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf}
         self.history = History()
+        self.progress: Optional[StageProgress] = None  # set by run(); validation reports to it
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.model.dtype == "auto" else None
 
     # ------------------------------------------------------------------ metrics
@@ -344,7 +346,8 @@ class Trainer:
         t = self.spec.train
         self.resume_if_possible()
         self.module.train()
-        progress = make_progress(self.ctx.is_main, self.total_steps, self.state["step"], self.spec)
+        label = f"{self.spec.experiment}/{self.spec.stage}"
+        self.progress = progress = StageProgress(self.ctx.is_main, label, self.total_steps, self.state["step"])
         result = StageResult(stage_dir=self.stage_dir, final=None, steps=self.state["step"])
         started, tokens_since = time.perf_counter(), 0.0
         while self.state["step"] < self.total_steps and self.state["epoch"] < t.num_epochs:
@@ -449,7 +452,10 @@ class Trainer:
         self.history.valid.append((step, val))
         self.early_stopping.observe_validation(val)
         monitored = val.get(self.early_stopping.monitor, math.nan)  # same on every rank (reduced)
-        if monitored < self.state["best_val"]:  # False for nan
+        is_best = monitored < self.state["best_val"]  # False for nan
+        if self.progress is not None:
+            self.progress.validation(step, self.early_stopping.monitor, val.get(self.early_stopping.monitor), is_best)
+        if is_best:
             self.state["best_val"] = monitored
             self.save("best")
         return val
@@ -468,30 +474,6 @@ class Trainer:
             for png in write_plots(self.history, self.stage_dir / "plots", self.n_heads):
                 tracker.log_artifact(png, "plots")
         return final
-
-
-class make_progress:
-    """A rich progress bar on rank 0 (nothing elsewhere)."""
-
-    def __init__(self, enabled: bool, total: int, start: int, spec: StageSpec):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(f"[bold]{spec.experiment}/{spec.stage}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, info="")
-
-    def update(self, step: int, metrics: dict) -> None:
-        if self.bar is not None:
-            shown = {"epoch": ("epoch", ".2f"), "loss/total": ("loss", ".4f")}  # e.g. "epoch 1.50 loss 6.6000"
-            info = " ".join(f"{label} {metrics[key]:{fmt}}" for key, (label, fmt) in shown.items() if key in metrics)
-            self.bar.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path]) -> StageResult:
