@@ -44,7 +44,10 @@ def sync_storage(
         dry_run=dry_run, delete=delete, verify=verify, jobs=jobs, part_size=part_size * 1024 * 1024,
         progress=progress,
     )
-    for line in summary_lines(sync(options)):
+    report = sync(options)
+    for rel, why in report.skipped:  # on stderr: the summary stays what scripts read
+        typer.echo(f"warning: not synced: {rel} ({why})", err=True)
+    for line in summary_lines(report):
         typer.echo(line)
 
 

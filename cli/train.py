@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import typer
 
-from cli.envfile import load_env_file
+from cli.envfile import declared_secret_names, load_env_file, read_env_file, refuse_secret_overrides
+from wmtp.train.run_lock import HELD_ENV, RunLock, acquire
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -22,34 +23,44 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
     run_dir: Optional[Path] = typer.Option(None, help="Run directory; one holding checkpoints is resumed."),
+    stages: list[str] = typer.Option([], "--stage", help="Run only this stage (repeatable); a stage it needs "
+                                     "must have finished in --run-dir."),
     env_file: Optional[Path] = typer.Option(None, help="KEY=VALUE file with credentials (never printed)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec of every stage and exit."),
 ) -> None:
-    """Train every stage of an experiment; prints progress, metrics go to MLflow."""
-    from wmtp.train.config import check_world_size, dump_spec, load_experiment
+    """Train every stage of an experiment (or the --stage ones); prints progress, metrics go to MLflow."""
+    from wmtp.train.config import check_world_size, dump_spec, load_experiment, select_stages
 
     load_env_file(env_file)
-    experiment = load_experiment(spec, overrides, preset)
+    experiment = select_stages(load_experiment(spec, overrides, preset), stages)
+    # As `submit` does: a secret's value in --set would be written into spec.yaml, MLflow and the logs.
+    refuse_secret_overrides(overrides, declared_secret_names([stage.env for stage in experiment.stages]),
+                            read_env_file(env_file) if env_file else {})
     check_world_size(experiment, experiment.stages[0].launch_world_size())
     if dry_run:
         for stage in experiment.stages:
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
         return
     # Only now: the runner imports torch (and torch.distributed.checkpoint), seconds a dry run need not pay.
-    from wmtp.train.runner import check_inputs, default_run_dir, main_process
+    from wmtp.train.runner import check_inputs, check_stage_needs, default_run_dir, main_process
+    from wmtp.train.resume import check_run_dir
 
     check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
     run_dir = run_dir or default_run_dir(experiment)
+    check_stage_needs(experiment, run_dir)  # read-only: a missing critic is refused before the lock makes the dir
+    check_run_dir(experiment, run_dir)  # a run dir started with another spec: refused once, not by N ranks
     dist = experiment.stages[0].distributed
-    if experiment.stages[0].launch_world_size() > 1:
-        raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node,
-                                         dist.preemption_grace_s))
-    typer.echo(f"run dir: {run_dir}")
-    main_process(experiment, run_dir)
+    # One writer per run dir, for the run's lifetime; a second one is refused here, having written nothing.
+    with acquire(run_dir) as lock:
+        if experiment.stages[0].launch_world_size() > 1:
+            raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node,
+                                             dist.preemption_grace_s, stages, lock))
+        typer.echo(f"run dir: {run_dir}")
+        main_process(experiment, run_dir)
 
 
 def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_dir: Path, nproc: int,
-                    grace_s: int = 600) -> int:
+                    grace_s: int = 600, stages: Sequence[str] = (), lock: Optional[RunLock] = None) -> int:
     """Hand over to torchrun (single node); it sets RANK/WORLD_SIZE/MASTER_* for `python -m wmtp.train`.
 
     Preemption (SIGTERM to this process) must reach the workers, which save a checkpoint at the next
@@ -65,6 +76,9 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
     only, it gets SIGTERM from the kernel if this process dies (PR_SET_PDEATHSIG), set TORCH_ELASTIC_SHUTDOWN_TIMEOUT
     to `grace_s` (torch versions before the variable keep 30 s), and exit 0 when torchrun failed only
     because of that signal: a checkpoint was written after it arrived.
+
+    `lock`, the run dir's lock this process holds: torchrun inherits its descriptor (so the lock outlives
+    us until the workers are gone) and rank 0 learns from WMTP_RUN_LOCK_HELD not to lock again.
     """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "wmtp.train", spec, "--run-dir", str(run_dir)]
@@ -72,8 +86,12 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
         command += ["--set", override]
     if preset:
         command += ["--preset", preset]
+    for stage in stages:
+        command += ["--stage", stage]
     typer.echo(f"run dir: {run_dir}\nlaunching: torchrun --standalone --nproc_per_node={nproc} -m wmtp.train {spec} …")
     env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(grace_s)}
+    if lock is not None:
+        env[HELD_ENV] = str(lock.path)
     signalled: list[float] = []
     children: list[subprocess.Popen] = []
 
@@ -90,7 +108,8 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
     # Handlers before the child exists: a signal in between is remembered and passed on at once.
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
-        children.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=term_with_parent))
+        children.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=term_with_parent,
+                                         pass_fds=() if lock is None else (lock.fd,)))
         if signalled:
             children[0].send_signal(signal.SIGTERM)
         returncode = children[0].wait()

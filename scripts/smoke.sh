@@ -11,4 +11,9 @@ wmtp=.venv/bin/wmtp
   $wmtp data prepare smoke --out storage/datasets_v2/smoke --tokenizer storage/models_v2/micro-mtp
 run_dir=storage/checkpoints/smoke-$(date +%Y%m%d-%H%M%S)
 $wmtp train smoke --run-dir "$run_dir" "$@"
-echo "runs tracked in $(pwd)/storage/mlflow (mlflow ui --backend-store-uri sqlite:///$(pwd)/storage/mlflow/mlflow.db)"
+if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then
+  # The URI may carry credentials (http://user:pw@host): shown redacted, like every URI wmtp prints.
+  echo "runs tracked at $(.venv/bin/python -c 'import os; from wmtp.tracking import redact_uri; print(redact_uri(os.environ["MLFLOW_TRACKING_URI"]))')"
+else
+  echo "runs tracked in $(pwd)/storage/mlflow (mlflow ui --backend-store-uri sqlite:///$(pwd)/storage/mlflow/mlflow.db)"
+fi

@@ -2,7 +2,9 @@
 
 Up (local → destination):
   1. scan the selected local files; the hash cache supplies SHA-256 for files whose size and mtime
-     are unchanged, so a no-op re-sync reads no file content;
+     are unchanged, so a no-op re-sync reads no file content. Work in progress (checkpoints being
+     written, lock and temp files) is left out, and so is any symlink that leads out of the root
+     (`manifest.scan_local`; reported in `SyncReport.skipped`);
   2. meanwhile (on two threads) read the remote manifest (the last complete sync) and list the remote
      objects;
   3. a file is unchanged when the manifest records its size and hash and the listing still shows the
@@ -14,7 +16,8 @@ Up (local → destination):
   5. with `--delete`, remote objects no local file accounts for are removed after the manifest, which
      no longer names them, so an interrupted delete leaves unlisted leftovers, not a false manifest.
 Down (destination → local) reads the remote manifest, fetches what the local tree lacks into temp
-files, checks each against the manifest's SHA-256 and renames it into place.
+files, checks each against the manifest's SHA-256 and renames it into place; it never writes through a
+symlinked directory inside the root (refused, one line, before anything is fetched).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class SyncReport:
     unchanged: int = 0
     manifest_written: bool = False
     seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): symlinks a push left out
 
     @property
     def bytes_transferred(self) -> int:
@@ -286,7 +290,7 @@ class _Upload(_Run):
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync-remote") as remote:
             manifest_read = remote.submit(self.backend.read_manifest)
             listed = remote.submit(self.backend.list_objects, self.selection)
-            local = scan_local(self.root, self.selection)
+            local = scan_local(self.root, self.selection, self.report.skipped)
             remote_manifest = manifest_read.result()
             listing = listed.result()
         old = remote_manifest.files if remote_manifest else {}
@@ -427,6 +431,7 @@ class _Download(_Run):
             if f is not None and not self.opts.verify and f.size == entry.size and self.cache.lookup(f) == entry.sha256:
                 self.report.unchanged += 1
             else:
+                _refuse_symlinked_dirs(self.root, rel)  # all of them before the first byte is written
                 pending.append((rel, entry, f))
         tasks = [lambda p=p: self._fetch(*p) for p in pending]
         try:
@@ -465,6 +470,7 @@ class _Download(_Run):
         if self.opts.dry_run:
             return _Outcome(rel, entry, transfer)
         dest = self.root / rel
+        _refuse_symlinked_dirs(self.root, rel)  # again: the tree may have changed since the run began
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}")
         try:
@@ -487,6 +493,18 @@ def _check_safe_key(rel: str, url: str) -> None:
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise SyncError(f"{url}/{MANIFEST_NAME}: unsafe path {rel!r} in the manifest")
+
+
+def _refuse_symlinked_dirs(root: Path, rel: str) -> None:
+    """A pull writes below the root only: no directory between the root and `rel` may be a symlink,
+    which could lead anywhere (the root itself may be one). A symlink at `rel` itself is harmless: the
+    download is renamed over the link, never written through it."""
+    path = root
+    for part in rel.split("/")[:-1]:
+        path = path / part
+        if path.is_symlink():
+            raise SyncError(f"{path}: a symlinked directory inside the sync root; a pull never writes through "
+                            "one (remove the link, or pull into another --root)")
 
 
 def human_bytes(n: float) -> str:

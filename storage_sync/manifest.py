@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,14 @@ MANIFEST_VERSION = 1
 # Download temp files end with this suffix; scans skip them so a killed pull never syncs a fragment.
 PARTIAL_SUFFIX = ".wmtp-partial"
 HASH_CHUNK = 4 * 1024 * 1024
+# Work in progress a scan leaves out, as the writers in wmtp name it: complete only once renamed into
+# place, so never worth sending (a colleague would get half a checkpoint).
+LOCK_FILES = frozenset({".wmtp.lock"})  # wmtp/train/run_lock.py: a run dir's writer lock
+# tempfile.mkdtemp(prefix=".NAME.") staging dirs (checkpoints, model dirs, `wmtp model micro`) and the
+# ".NAME.old" a replaced checkpoint is moved to before it is removed (wmtp/train/checkpointing.py).
+STAGING_DIR = re.compile(r"\..+\.(?:[a-z0-9_]{8}|old)")
+STAGING_FILE = re.compile(r"\..+\.tmp")  # atomic writes: ".NAME.tmp", ".NAME.XXXXXXXX.tmp"
+CHECKPOINTS_DIR = "checkpoints"  # in it, a hidden entry is a checkpoint being written or removed
 
 
 @dataclass(frozen=True)
@@ -96,27 +105,75 @@ def is_selected(rel: str, selection: Iterable[str]) -> bool:
     return False
 
 
-def scan_local(root: Path, selection: list[str]) -> dict[str, LocalFile]:
-    """Every regular file under `root` within `selection` (symlinked directories are not followed,
-    which keeps the walk finite), skipping the manifest and download fragments."""
+def _unfinished(name: str, parent: str, is_dir: bool) -> bool:
+    """`name` (in a dir named `parent`, "" at the root) is work in progress itself."""
+    if name in LOCK_FILES or (parent == CHECKPOINTS_DIR and name.startswith(".")):
+        return True
+    return bool((STAGING_DIR if is_dir else STAGING_FILE).fullmatch(name))
+
+
+def is_work_in_progress(rel: str, is_dir: bool) -> bool:
+    """True for what a writer has not finished (`rel`: a POSIX path under the root): a lock file, a
+    staging dir or temp file, anything hidden in a `checkpoints/` dir, or something inside one of those."""
+    parts = rel.split("/")
+    return any(_unfinished(name, parts[i - 1] if i else "", is_dir or i < len(parts) - 1)
+               for i, name in enumerate(parts))
+
+
+def scan_local(root: Path, selection: list[str], skipped: Optional[list[tuple[str, str]]] = None) -> dict[str, LocalFile]:
+    """Every regular file under `root` within `selection`, skipping the manifest, download fragments and
+    work in progress (`is_work_in_progress`).
+
+    Symlinks: a file symlink whose target lies inside the root is read as a file (its content is sent
+    under the link's path); one that leads out of the root, a symlinked directory (never followed, which
+    keeps the walk finite) and a broken link are left out and listed in `skipped` as (path, why) — a
+    push sends only what is under the root."""
     found: dict[str, LocalFile] = {}
+    real_root = root.resolve()
+    skipped = skipped if skipped is not None else []
     for prefix in selection:
         start = root / prefix if prefix else root
-        if start.is_file():
+        if prefix and is_work_in_progress(prefix, start.is_dir()):
+            continue
+        if prefix and not _inside(start.resolve(), real_root):
+            skipped.append((prefix, "a symlink out of the sync root"))
+        elif start.is_file():
             _add_file(found, root, start)
         elif start.is_dir():
-            for path in _walk_files(start):
+            for path in _walk_files(start, prefix.rpartition("/")[2], root, real_root, skipped):
                 _add_file(found, root, path)
     return found
 
 
-def _walk_files(directory: Path) -> Iterator[Path]:
-    stack = [directory]
+def _inside(path: Path, real_root: Path) -> bool:
+    return path == real_root or real_root in path.parents
+
+
+def _walk_files(directory: Path, name: str, root: Path, real_root: Path,
+                skipped: list[tuple[str, str]]) -> Iterator[Path]:
+    """Files under `directory` (`name`: its own name, "" for the root); see `scan_local`."""
+    stack = [(directory, name)]
     while stack:
-        with os.scandir(stack.pop()) as entries:
+        folder, parent = stack.pop()
+        with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    if not _unfinished(entry.name, parent, True):
+                        stack.append((Path(entry.path), entry.name))
+                elif _unfinished(entry.name, parent, False):
+                    continue
+                elif entry.is_symlink():
+                    why = None
+                    if entry.is_dir():
+                        why = "a symlinked directory (not followed)"
+                    elif not entry.is_file():
+                        why = "a broken symlink"
+                    elif not _inside(Path(entry.path).resolve(), real_root):
+                        why = "a symlink out of the sync root"
+                    if why is None:
+                        yield Path(entry.path)
+                    else:
+                        skipped.append((Path(entry.path).relative_to(root).as_posix(), why))
                 elif entry.is_file():
                     yield Path(entry.path)
 

@@ -13,7 +13,9 @@
   stage reopens that run instead of starting a new one.
 - Credentials come from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_* for
   artifacts) and are never logged: params are the resolved spec, which holds secret *names* only,
-  and URIs are printed with userinfo and query strings redacted.
+  and URIs are printed with userinfo and query strings redacted. A URI that carries credentials
+  itself (`http://user:pw@host`) is used as given to connect, but params and tags hold it redacted
+  (`redact_urls`) and MLflow's own "View run … at: URI" line is replaced by one without them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 LOCAL_STORE = Path("storage/mlflow")
@@ -76,6 +78,19 @@ def redact(text: str, uri: Optional[str] = None) -> str:
     return text
 
 
+def redact_urls(value: Any) -> Any:
+    """A copy of `value` (nested dicts, lists, strings) with every URL in its strings redacted as by
+    `redact_uri`: what a spec looks like wherever it is printed or stored (spec.yaml, MLflow params,
+    dry runs). The job keeps using the real values; only their shown form changes."""
+    if isinstance(value, dict):
+        return {key: redact_urls(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_urls(item) for item in value)
+    if isinstance(value, str) and "://" in value:
+        return redact(value)  # a URL, or text quoting one
+    return value
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     """Nested dict → {"a.b.c": "value"} with values as strings (MLflow params)."""
     out = {}
@@ -91,9 +106,14 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 @contextmanager
 def http_limits(timeout_s: int, max_retries: int) -> Iterator[None]:
     """MLflow reads these per request (mlflow.utils.rest_utils.http_request); set them only around
-    our own calls so other MLflow users in the process keep theirs."""
+    our own calls so other MLflow users in the process keep theirs.
+
+    Also keeps MLflow from printing "View run … at: URL" when a run ends
+    (`TrackingServiceClient._log_url`, read per call): it prints the tracking URI as given,
+    credentials included; `MlflowTracker.close` prints a redacted line instead."""
     wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s))),  # MLflow parses an int
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max(0, int(max_retries)))}
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max(0, int(max_retries))),
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
@@ -113,6 +133,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def forget_after(self, step: int) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
     run_id: Optional[str] = None
@@ -138,7 +159,9 @@ class MlflowTracker(Tracker):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment, self.run_name, self.tags = experiment, run_name, tags
+        # Tags, like params, are stored where anyone with the run can read them: URLs go in redacted.
+        self.experiment, self.run_name, self.tags = experiment, run_name, redact_urls(tags)
+        self.experiment_id: Optional[str] = None
         self.run_id_path = Path(run_id_path) if run_id_path is not None else None
         self.pending: deque[tuple[str, tuple]] = deque()
         self.max_buffer = max_buffer  # metric points
@@ -168,7 +191,7 @@ class MlflowTracker(Tracker):
         return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
     def _start_run(self) -> None:
-        exp_id = self._experiment_id()
+        exp_id = self.experiment_id = self._experiment_id()
         saved = read_run_id(self.run_id_path) if self.run_id_path is not None else None
         if saved is not None:
             try:
@@ -183,6 +206,10 @@ class MlflowTracker(Tracker):
                 self._do_tags(self.tags)
                 return
         self.run_id = self.client.create_run(exp_id, tags=self.tags, run_name=self.run_name).info.run_id
+        self._keep_run_id()
+
+    def _keep_run_id(self) -> None:
+        """Write the run id to `run_id_path` (atomically), where a resumed stage finds it."""
         if self.run_id_path is not None:
             try:
                 tmp = self.run_id_path.with_name(self.run_id_path.name + ".tmp")
@@ -259,7 +286,13 @@ class MlflowTracker(Tracker):
     def _do_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        items = [Param(k, v) for k, v in flatten(redact_urls(params)).items()]
+        if self.resumed:
+            # MLflow refuses a changed param value, and the refused batch would hold back every metric
+            # queued behind it: a resumed run keeps the params it started with (wmtp.train.resume checks
+            # that only platform-only keys, e.g. tracking.uri or targets.*, can differ) and gets new keys only.
+            logged = self.client.get_run(self.run_id).data.params
+            items = [item for item in items if item.key not in logged]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -275,7 +308,56 @@ class MlflowTracker(Tracker):
     def _do_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in redact_urls(tags).items()])
+
+    def _do_forget(self, step: int) -> None:
+        """Remove the points after `step` from a resumed run (see `forget_after`).
+
+        MLflow has no call that deletes metric points (and logging a step again adds a second point), so
+        when there are such points the run is replaced: a new run with the old one's name, start time,
+        tags, params and points up to `step` takes its place in the stage dir, and the old run is deleted
+        (MLflow's soft delete: `mlflow runs restore` brings it back). Artifacts are not copied: a stage logs
+        its spec.yaml again when it resumes, and its plots and evaluation only once it has finished.
+        """
+        from mlflow.entities import Param
+
+        if not self.resumed:
+            return  # a run created by this tracker has nothing logged yet
+        old = self.client.get_run(self.run_id)
+        history = [m for key in old.data.metrics for m in self.client.get_metric_history(self.run_id, key)]
+        later = sum(1 for m in history if m.step > step)
+        if not later:
+            return  # the usual resume after SIGTERM: the checkpoint holds every step logged
+        tags = {k: v for k, v in old.data.tags.items() if k != "mlflow.runName"}
+        stopped_at = tags.get("early_stopping.step", "")
+        if stopped_at.isdigit() and int(stopped_at) > step:  # a stop the resumed run has not reached
+            tags.pop("early_stopping.step")
+            tags.pop("early_stopping.reason", None)
+        new_id = self.client.create_run(old.info.experiment_id, start_time=old.info.start_time, tags=tags,
+                                        run_name=old.info.run_name).info.run_id
+        try:
+            params = [Param(k, v) for k, v in old.data.params.items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(new_id, params=params[i : i + 100])
+            kept = [m for m in history if m.step <= step]
+            for i in range(0, len(kept), 1000):  # MLflow's limit per log_batch
+                self.client.log_batch(new_id, metrics=kept[i : i + 1000])
+            self.client.delete_run(self.run_id)
+        except Exception as exc:
+            try:  # a retry starts over from the old run: leave no half copy behind
+                self.client.delete_run(new_id)
+            except Exception:
+                pass
+            if getattr(exc, "error_code", None) in ("PERMISSION_DENIED", "FEATURE_DISABLED", "INVALID_PARAMETER_VALUE"):
+                # Refused, not unreachable: retrying would hold back every later point for good.
+                print(f"warning: MLflow refused to replace run {self.run_id} ({getattr(exc, 'error_code')}); "
+                      f"its {later} point(s) after step {step} stay beside the resumed run's", file=sys.stderr)
+                return
+            raise
+        print(f"MLflow: run {self.run_id} held {later} metric point(s) after step {step}, from the interrupted "
+              f"run; continuing in run {new_id}, a copy up to step {step} (the old run is deleted, restorable)")
+        self.run_id = new_id
+        self._keep_run_id()
 
     def _do_terminate(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -293,6 +375,13 @@ class MlflowTracker(Tracker):
 
     def set_tags(self, tags):
         self._enqueue("tags", tags)
+
+    def forget_after(self, step: int) -> None:
+        """A resumed stage continues from its checkpoint at `step`: what the interrupted run logged after
+        it is not the history of the run that goes on, so it goes (`_do_forget`), in order, before
+        anything logged after this call. Each (key, step) is then in the run once, with the values of the
+        run that survived. Nothing to do for a new run or after a SIGTERM (saved at its last step)."""
+        self._enqueue("forget", step)
 
     def close(self, status: str = "FINISHED", retries: int = 3, wait_s: float = 2.0) -> None:
         """Terminate the run, trying `retries` times (back-off ignored) before giving up; one summary line."""
@@ -312,6 +401,15 @@ class MlflowTracker(Tracker):
         elif self.dropped_points:
             print(f"warning: MLflow at {redact_uri(self.uri)}: buffered calls delivered, but {dropped}",
                   file=sys.stderr)
+        if not self.pending and self.uri.lower().startswith(("http://", "https://")):
+            print(f"View run {self.run_name} at: {self.run_url()}")  # MLflow's own line, redacted
+
+    def run_url(self) -> str:
+        """The run's page in the UI of an http(s) tracking server, as MLflow prints it when a run ends
+        but without the URI's userinfo and query: a link to paste anywhere (the browser asks for the login)."""
+        parts = urlsplit(self.uri)
+        base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
 def read_run_id(path: Path) -> Optional[str]:

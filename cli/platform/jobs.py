@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cli.envfile import read_env_file
+from cli.envfile import MIN_SCANNED_SECRET_LENGTH, read_env_file, secret_values
 from cli.platform import compose, k8s, local, vessl
 from cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, build_context
 from cli.platform.names import default_job_name
 from cli.platform.render import TEMPLATES, parse_manifest, render_manifest
 from cli.platform.targets import check_target, target_settings, url_credentials
 from wmtp.errors import WmtpError
-
-# A secret shorter than this could match ordinary manifest text by chance; real tokens are longer.
-MIN_SCANNED_SECRET_LENGTH = 8
 
 
 @dataclass
@@ -85,9 +81,8 @@ def refuse_url_credentials(overrides: list[str]) -> None:
 
 def refuse_secret_values(text: str, names: list[str], env_values: dict[str, str]) -> None:
     """Last line of defence: no secret's value may appear in a manifest (e.g. pasted into --set)."""
-    values = {name: os.environ.get(name) for name in names} | env_values
-    for name, value in values.items():
-        if value and len(value) >= MIN_SCANNED_SECRET_LENGTH and value in text:
+    for name, value in secret_values(names, env_values).items():
+        if len(value) >= MIN_SCANNED_SECRET_LENGTH and value in text:
             raise WmtpError(f"the manifest would contain the value of secret {name}; secrets are referenced "
                             "by name (env.secrets), never written — remove it from --set")
 

@@ -98,3 +98,15 @@ def test_store_problems_are_one_line_without_secrets(moto_endpoint, s3_env, monk
     no_creds = one_error_line(invoke("--root", str(root), "--dest", "s3://some-bucket", "--endpoint-url", moto_endpoint))
     assert "s3://some-bucket: no S3 credentials found" in no_creds
     assert SECRET not in missing + no_creds
+
+
+def test_a_symlink_out_of_the_root_is_named_on_stderr_and_not_sent(tmp_path, monkeypatch):
+    monkeypatch.setenv("WMTP_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_tree(tmp_path / "storage", {"datasets_v2/d.jsonl": 500})
+    (tmp_path / "hostname").write_text("OUTSIDE-THE-ROOT\n")
+    (root / "datasets_v2/hostname").symlink_to(tmp_path / "hostname")
+    result = invoke("--root", str(root), "--dest", str(tmp_path / "backup"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "warning: not synced: datasets_v2/hostname (a symlink out of the sync root)\n"
+    assert "uploaded 1 file(s)" in result.stdout
+    assert not (tmp_path / "backup/datasets_v2/hostname").exists()

@@ -74,3 +74,79 @@ def test_missing_data_and_reference_are_named(tmp_path):
         assert result.exit_code == 2, result.output
         assert f": {key}: {tmp_path / 'absent'}" in result.output and len(result.output.strip().splitlines()) == 1
         assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_started_with_another_spec_is_refused_before_torchrun(tmp_path):
+    # The defaults ask for FSDP × 4 processes: refused once, here, rather than by each of 4 ranks.
+    from wmtp.train.config import dump_spec, load_experiment
+
+    model, data = tmp_path / "model", tmp_path / "train.jsonl"
+    model.mkdir()
+    data.write_text("")
+    inputs = [f"model.path={model}", f"data.train={data}", "data.valid=null"]
+    run_dir = tmp_path / "run"
+    (run_dir / "baseline").mkdir(parents=True)
+    (run_dir / "baseline" / "spec.yaml").write_text(dump_spec(load_experiment("baseline", inputs).stages[0]))
+    args = ["train", "baseline", "--run-dir", str(run_dir)]
+    for o in [*inputs, "train.lr=3e-5", "targets.k8s.namespace=elsewhere"]:
+        args += ["--set", o]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: stage baseline: run dir {run_dir} was started with another spec: train.lr 1e-05 → 3e-05; "
+        "resume with the same spec, or start a new run dir (--run-dir NEW or leave --run-dir out)")
+    assert "launching" not in result.output
+    assert "lr: 1.0e-05" in (run_dir / "baseline" / "spec.yaml").read_text()
+
+
+def test_dry_run_shows_a_tracking_uri_without_its_credentials():
+    result = runner.invoke(app, ["train", "baseline", "--dry-run",
+                                 "--set", "tracking.uri=http://user:s3cret@mlflow.example.org:5000/?token=t0ken"])
+    assert result.exit_code == 0, result.output
+    assert "uri: http://***@mlflow.example.org:5000/?***" in result.output
+    assert "s3cret" not in result.output and "t0ken" not in result.output
+
+
+def test_set_holding_a_secret_value_is_refused_without_echoing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-4471")  # short: equal to it is enough
+    result = runner.invoke(app, ["train", "baseline", "--dry-run", "--set", "tracking.run_name=pw-4471"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: --set tracking.run_name: holds the value of secret "
+                                     "MLFLOW_TRACKING_PASSWORD; secrets are referenced by name (env.secrets), "
+                                     "never written — remove it from --set")
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    env_file = tmp_path / ".env"
+    env_file.write_text("HF_TOKEN=hf_abcdefghijklmnop\n")
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "baseline", "--env-file", str(env_file), "--run-dir", str(run_dir),
+                                 "--set", "tracking.run_name=mine-hf_abcdefghijklmnop"])
+    assert result.exit_code == 2 and "holds the value of secret HF_TOKEN" in result.output
+    assert "hf_abcdefghijklmnop" not in result.output and not run_dir.exists()
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # load_env_file exported it
+
+
+def test_stage_dry_run_prints_only_that_stage():
+    result = runner.invoke(app, ["train", "smoke", "--stage", "verifiable", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("# stage: ") == 1 and result.output.startswith("# stage: verifiable\n")
+
+
+def test_unknown_stage_is_one_line_listing_the_stages(tmp_path):
+    result = runner.invoke(app, ["train", "smoke", "--stage", "critc", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --stage critc: not a stage of experiment smoke; its stages: critic, verifiable, baseline, rho1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_is_parsed_by_the_torchrun_entry_point():
+    """`wmtp train` hands --stage to `python -m wmtp.train` when it launches torchrun: a real process."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "wmtp.train", "smoke", "--stage", "rho1", "--stage", "critic",
+                             "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("# stage: ")] == [
+        "# stage: critic", "# stage: rho1"]

@@ -386,6 +386,49 @@ def test_delete_and_direction_down(s3, bucket, moto_endpoint, s3_env):
     assert run(pulled, bucket, moto_endpoint, direction="down", paths=["models_v2/m"]).transferred == []
 
 
+def keys(s3, bucket: str) -> set[str]:
+    return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", ())}
+
+
+def test_push_sends_only_finished_files_under_the_root(s3, bucket, moto_endpoint, s3_env):
+    import tempfile
+
+    root = make_tree(s3_env / "storage", TREE)
+    outside = make_tree(s3_env / "outside", {"hostname": 20})
+    (root / "models_v2/m/hostname").symlink_to(outside / "hostname")
+    (root / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (root / "models_v2/m/valid-copy.jsonl").symlink_to(root / "datasets_v2/valid.jsonl")  # inside: sent as a file
+    ckpts = root / "checkpoints/run/baseline/checkpoints"
+    make_tree(root, {"checkpoints/run/baseline/checkpoints/step_000002/train_state.pt": 64})
+    (Path(tempfile.mkdtemp(prefix=".step_000004.", dir=ckpts)) / "train_state.pt").write_bytes(b"half written")
+    (ckpts / ".final.old").mkdir()
+    (ckpts / ".final.old" / "train_state.pt").write_bytes(b"being removed")
+    (root / "checkpoints/run/.wmtp.lock").write_text("")
+
+    report = run(root, bucket, moto_endpoint)
+    assert keys(s3, bucket) == {f"team/{rel}" for rel in TREE} | {
+        "team/models_v2/m/valid-copy.jsonl", "team/checkpoints/run/baseline/checkpoints/step_000002/train_state.pt",
+        f"team/{MANIFEST_NAME}"}
+    body = s3.get_object(Bucket=bucket, Key="team/models_v2/m/valid-copy.jsonl")["Body"].read()
+    assert body == (root / "datasets_v2/valid.jsonl").read_bytes()
+    assert sorted(rel for rel, _ in report.skipped) == ["elsewhere", "models_v2/m/hostname"]
+
+
+def test_pull_refuses_a_symlinked_directory_in_the_root(s3, bucket, moto_endpoint, s3_env):
+    root = make_tree(s3_env / "storage", TREE)
+    run(root, bucket, moto_endpoint)
+    elsewhere = s3_env / "elsewhere"
+    elsewhere.mkdir()
+    pulled = s3_env / "pulled"
+    (pulled / "models_v2").mkdir(parents=True)
+    (pulled / "models_v2/m").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SyncError, match=r"models_v2/m: a symlinked directory inside the sync root") as refused:
+        run(pulled, bucket, moto_endpoint, direction="down")
+    assert len(str(refused.value).splitlines()) == 1
+    assert list(elsewhere.iterdir()) == [] and not (pulled / "datasets_v2").exists()
+
+
 def test_dry_run_moves_nothing_either_way(s3, bucket, moto_endpoint, s3_env):
     root = make_tree(s3_env / "storage", TREE)
     dry = run(root, bucket, moto_endpoint, dry_run=True)

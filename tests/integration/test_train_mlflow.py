@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -46,6 +47,40 @@ def test_params_metrics_and_artifacts_arrive(smoke_overrides, tmp_path):
         assert "spec.yaml" in artifacts
         assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/loss_per_head.png"}
         assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("given_by", ["--set", "MLFLOW_TRACKING_URI"])
+def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(smoke_overrides, tmp_path, given_by):
+    """`http://user:pw@host`: MLflow sends them as basic auth (this server ignores it); nothing prints or keeps them."""
+    with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
+        port = server.uri.rsplit(":", 1)[1]
+        uri = f"http://user:s3cret@127.0.0.1:{port}"
+        overrides = [o for o in overrides_for(smoke_overrides, uri, 2) if not o.startswith("tracking.uri=")]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        if given_by == "--set":
+            overrides.append(f"tracking.uri={uri}")
+        else:
+            env["MLFLOW_TRACKING_URI"] = uri
+        run_dir = tmp_path / "run"
+        command = [sys.executable, "-m", "cli.main", "train", "baseline", "--run-dir", str(run_dir)]
+        for o in overrides:
+            command += ["--set", o]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "s3cret" not in result.stdout + result.stderr
+        # MLflow's own "View run … at: URL" line, minus the credentials.
+        assert f"View run baseline/baseline at: http://127.0.0.1:{port}/#/experiments/" in result.stdout
+        for path in run_dir.rglob("*"):
+            assert not path.is_file() or b"s3cret" not in path.read_bytes(), path
+
+        client = MlflowClient(server.uri)
+        [run] = client.search_runs([client.get_experiment_by_name("wmtp-test").experiment_id])
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")] == [1, 2]  # it connected
+        assert "s3cret" not in repr(run.data.params) + repr(run.data.tags)
+        if given_by == "--set":
+            assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
+        spec_yaml = Path(client.download_artifacts(run.info.run_id, "spec.yaml", str(tmp_path)))
+        assert "s3cret" not in spec_yaml.read_text() and "experiment: wmtp-test" in spec_yaml.read_text()
 
 
 def test_server_killed_mid_run_does_not_stop_training(smoke_overrides, tmp_path):

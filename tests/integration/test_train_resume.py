@@ -114,7 +114,7 @@ def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(smoke_override
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=240)
     checkpoints = run_dir / "baseline" / "checkpoints"
-    while not any(checkpoints.glob("step_*/train_state.pt")):  # after SIGKILL, torchrun saves on its own
+    while not any(checkpoints.glob("step_*/train_state.json")):  # after SIGKILL, torchrun saves on its own
         assert time.time() < deadline + 60, (tmp_path / "out.log").read_text()
         time.sleep(0.2)
     if how == "SIGKILL":
@@ -127,7 +127,7 @@ def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(smoke_override
     if how != "SIGKILL":
         assert proc.returncode == 0, output
     latest = sorted(checkpoints.glob("step_*"))[-1]
-    assert (latest / "train_state.pt").is_file() and not (checkpoints / "final").exists()
+    assert (latest / "train_state.json").is_file() and not (checkpoints / "final").exists()
 
 
 def _pids() -> list[int]:
@@ -140,3 +140,90 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+# `python -m wmtp.train` that SIGKILLs itself right after step SIGKILL_AT (logged, maybe validated,
+# not checkpointed unless a save was due): what a node failure or the OOM killer does to a run.
+SIGKILL_DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from wmtp.train import __main__ as entry, loop
+
+    at = int(os.environ["SIGKILL_AT"])
+    after_step = loop.Trainer.after_step
+
+    def killed_after_step(self, step, tracker):
+        stop = after_step(self, step, tracker)
+        if step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return stop
+
+    loop.Trainer.after_step = killed_after_step
+    sys.exit(entry.main())
+    """
+)
+
+
+def baseline_process(overrides, run_dir, sigkill_at=None) -> subprocess.Popen:
+    entry = ["-c", SIGKILL_DRIVER] if sigkill_at else ["-m", "wmtp.train"]
+    command = [sys.executable, *entry, "baseline", "--run-dir", str(run_dir)]
+    for o in overrides:
+        command += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGKILL_AT": str(sigkill_at or "")}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def one_stage_overrides(smoke_overrides) -> list[str]:
+    """The baseline experiment alone, one process, 8 steps: a log every step, validations every 2, saves every 3."""
+    return smoke_overrides + [
+        "distributed.strategy=none", "distributed.nproc_per_node=1", "train.max_steps=8", "train.batch_size=2",
+        "train.grad_accum_steps=1", "train.warmup_steps=0", "train.log_interval=1", "train.eval_interval=2",
+        "train.save_interval=3", "tracking.experiment=wmtp-resume",
+    ]
+
+
+def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(smoke_overrides, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    overrides = one_stage_overrides(smoke_overrides)
+    run_dir, stage_dir = tmp_path / "run", tmp_path / "run" / "baseline"
+    killed = baseline_process(overrides, run_dir, sigkill_at=5)
+    output = killed.communicate(timeout=600)[0]
+    assert killed.returncode == -signal.SIGKILL, output
+    logged = [json.loads(line)["step"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == 5  # steps after the last checkpoint were logged before the kill
+
+    resumed_at_ms = time.time() * 1000
+    # Platform-only settings may change on resume (another namespace, a bigger buffer): same run.
+    resumed = baseline_process(overrides + ["targets.k8s.namespace=elsewhere", "tracking.buffer_size=500"], run_dir)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    checkpoint_step = int(output.split("resumed baseline from ")[1].split(" at step ")[1].split()[0])
+    assert checkpoint_step < 5, output
+    assert f"metric point(s) after step {checkpoint_step}, from the interrupted run" in output
+
+    entries = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [e["step"] for e in entries if "loss/total" in e]
+    val_steps = [e["step"] for e in entries if "val/ce" in e]
+    assert train_steps == list(range(1, 9)) and val_steps == [2, 4, 6, 8]
+    assert [e["step"] for e in entries] == sorted(e["step"] for e in entries)
+
+    client = MlflowClient(next(o for o in smoke_overrides if o.startswith("tracking.uri=")).split("=", 1)[1])
+    [run] = client.search_runs([client.get_experiment_by_name("wmtp-resume").experiment_id])
+    assert run.info.run_id == (stage_dir / "mlflow_run_id").read_text().strip()
+    assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "8"
+    for key, steps in (("loss/total", list(range(1, 9))), ("val/ce", [2, 4, 6, 8])):
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        assert [m.step for m in history] == steps, key
+        # The points after the checkpoint are the resumed run's, not the killed one's.
+        assert all((m.timestamp >= resumed_at_ms) == (m.step > checkpoint_step) for m in history), key
+
+    # The finished stage is not run again with another spec either: refused, spec.yaml as it was.
+    spec_yaml = (stage_dir / "spec.yaml").read_text()
+    refused = baseline_process(overrides + ["train.lr=3e-5", "data.max_length=128"], run_dir)
+    output = refused.communicate(timeout=600)[0]
+    assert refused.returncode == 2 and output.strip() == (
+        f"error: stage baseline: run dir {run_dir} was started with another spec: data.max_length 256 → 128, "
+        "train.lr 1e-05 → 3e-05; resume with the same spec, or start a new run dir (--run-dir NEW or leave "
+        "--run-dir out)"), output
+    assert (stage_dir / "spec.yaml").read_text() == spec_yaml

@@ -237,3 +237,93 @@ def test_destination_inside_the_root_is_refused(tree):
         run(tree, tree / "backup")
     with pytest.raises(SyncError, match="the sync root does not exist"):
         run(tree / "nope", tree.parent / "backup")
+
+
+def all_bytes_under(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+def test_push_never_follows_a_symlink_out_of_the_root(tree, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname").write_text("OUTSIDE-THE-ROOT\n")
+    (tree / "models_v2" / "hostname").symlink_to(outside / "hostname")  # a file out of the root
+    (tree / "linked_dir").symlink_to(outside, target_is_directory=True)  # a directory out of the root
+    (tree / "broken").symlink_to(tmp_path / "nothing-here")
+    (tree / "models_v2" / "m" / "train-copy.jsonl").symlink_to(tree / "datasets_v2" / "train.jsonl")  # inside
+    dest = tmp_path / "backup"
+    report = run(tree, dest)
+    assert "OUTSIDE-THE-ROOT" not in all_bytes_under(dest).decode(errors="replace")
+    assert set(manifest_of(dest)) == {"models_v2/m/model.safetensors", "models_v2/m/params.json",
+                                      "models_v2/m/train-copy.jsonl", "datasets_v2/train.jsonl"}
+    # A link that stays inside the root is sent as the file it names, under the link's path.
+    assert (dest / "models_v2/m/train-copy.jsonl").read_bytes() == (tree / "datasets_v2/train.jsonl").read_bytes()
+    assert dict(report.skipped) == {"models_v2/hostname": "a symlink out of the sync root",
+                                    "linked_dir": "a symlinked directory (not followed)",
+                                    "broken": "a broken symlink"}
+    # Named on the command line, a link out of the root is not followed either.
+    named = run(tree, tmp_path / "backup2", paths=["linked_dir", "models_v2/hostname"])
+    assert named.transferred == [] and sorted(dict(named.skipped)) == ["linked_dir", "models_v2/hostname"]
+    assert "OUTSIDE-THE-ROOT" not in all_bytes_under(tmp_path / "backup2").decode(errors="replace")
+
+
+def test_push_leaves_out_checkpoints_being_written_temp_files_and_the_run_lock(tree, tmp_path):
+    import tempfile
+
+    stage = tree / "checkpoints" / "smoke-1" / "baseline"
+    ckpts = stage / "checkpoints"
+    (ckpts / "step_000002").mkdir(parents=True)
+    (ckpts / "step_000002" / "train_state.pt").write_bytes(b"complete")
+    # As wmtp/train/checkpointing.py names them: mkdtemp(prefix=".NAME.") while writing, ".NAME.old" while replacing.
+    for prefix in (".step_000004.", ".best.", ".final."):
+        (Path(tempfile.mkdtemp(prefix=prefix, dir=ckpts)) / "train_state.pt").write_bytes(b"half")
+    (ckpts / ".best.old").mkdir()
+    (ckpts / ".best.old" / "train_state.pt").write_bytes(b"being removed")
+    (stage.parent / ".wmtp.lock").write_text("pid 123\n")  # the run dir's writer lock
+    (stage / "metrics.jsonl").write_text('{"step": 1}\n')
+    (stage / ".metrics.jsonl.tmp").write_text('{"step": 1}\n')  # an atomic rewrite in progress
+    staging = Path(tempfile.mkdtemp(prefix=".micro-mtp.", dir=tree / "models_v2"))  # wmtp/model/checkpoint.py
+    (staging / "params.json").write_text("{}")
+    (tree / "models_v2" / "m" / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # hidden, but data
+
+    dest = tmp_path / "backup"
+    report = run(tree, dest)
+    assert sorted(manifest_of(dest)) == [
+        "checkpoints/smoke-1/baseline/checkpoints/step_000002/train_state.pt",
+        "checkpoints/smoke-1/baseline/metrics.jsonl",
+        "datasets_v2/train.jsonl", "models_v2/m/.gitattributes", "models_v2/m/model.safetensors",
+        "models_v2/m/params.json"]
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(
+        [*manifest_of(dest), MANIFEST_NAME])
+    assert report.skipped == []  # expected leftovers, not worth a warning
+    # Named explicitly, a checkpoint being written is still left out.
+    assert run(tree, tmp_path / "backup2", paths=[str(next(ckpts.glob(".step_000004.*")).relative_to(tree))],
+               ).transferred == []
+
+
+def test_pull_never_writes_through_a_symlinked_directory(tree, tmp_path):
+    dest = tmp_path / "backup"
+    run(tree, dest)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    local = tmp_path / "pull"
+    local.mkdir()
+    (local / "models_v2").symlink_to(elsewhere, target_is_directory=True)
+    for dry_run in (True, False):
+        with pytest.raises(SyncError, match=r"models_v2: a symlinked directory inside the sync root; a pull "
+                                            r"never writes through one"):
+            run(local, dest, direction="down", dry_run=dry_run)
+    assert list(elsewhere.iterdir()) == []
+    assert not (local / "datasets_v2").exists()  # refused before anything was fetched
+
+    # Deeper down too; a root that is itself a symlink is fine.
+    (local / "models_v2").unlink()
+    (local / "models_v2").mkdir()
+    (local / "models_v2" / "m").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SyncError, match=r"models_v2/m: a symlinked directory"):
+        run(local, dest, direction="down", paths=["models_v2"])
+    assert list(elsewhere.iterdir()) == []
+    (local / "models_v2" / "m").unlink()
+    (tmp_path / "root-link").symlink_to(local, target_is_directory=True)
+    pulled = run(tmp_path / "root-link", dest, direction="down")
+    assert len(pulled.transferred) == 3 and (local / "models_v2/m/params.json").read_text() == '{"dim": 8}'

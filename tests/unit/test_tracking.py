@@ -236,3 +236,49 @@ def test_warnings_never_print_credentials_from_the_uri(capsys):
     assert "buffering up to" in err and "not delivered" in err
     assert f"http://***@127.0.0.1:{port}/?***" in err
     assert "s3cret" not in err and "alice" not in err and "t0k3n" not in err
+
+
+def test_a_resumed_run_forgets_the_points_after_its_checkpoint(tmp_path, capsys):
+    """MLflow cannot delete metric points: the run is replaced by a copy up to the checkpoint's step,
+    which the stage dir then names; the killed run's later points are gone, params survive a
+    platform-only change (MLflow refuses changed params, which would block every later point)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stage_dir = tmp_path / "run" / "baseline"
+    stage_dir.mkdir(parents=True)
+    killed = make_tracker(True, uri, "wmtp-test", "baseline/baseline", {"stage": "baseline"}, 100, stage_dir=stage_dir)
+    killed.log_params({"train": {"lr": 1e-5}, "targets": {"k8s": {"namespace": "a"}}})
+    for step in range(1, 6):
+        killed.log_metrics({"loss": 10.0 + step}, step)
+    # SIGKILL: no close(); the checkpoint was at step 3
+
+    resumed = make_tracker(True, uri, "wmtp-test", "baseline/baseline", {"stage": "baseline"}, 100,
+                           stage_dir=stage_dir)
+    resumed.forget_after(3)
+    resumed.log_params({"train": {"lr": 1e-5}, "targets": {"k8s": {"namespace": "b"}}})
+    for step in range(4, 7):
+        resumed.log_metrics({"loss": 20.0 + step}, step)
+    resumed.close("FINISHED")
+
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("wmtp-test").experiment_id])
+    assert run.info.run_id == resumed.run_id == (stage_dir / "mlflow_run_id").read_text().strip() != killed.run_id
+    assert run.info.run_name == "baseline/baseline" and run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "baseline" and run.data.params["train.lr"] == "1e-05"
+    assert run.data.params["targets.k8s.namespace"] == "a"  # as the run started
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert history == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 24.0), (5, 25.0), (6, 26.0)]
+    assert client.get_run(killed.run_id).info.lifecycle_stage == "deleted"  # restorable
+    assert "2 metric point(s) after step 3" in capsys.readouterr().out
+
+
+def test_a_resume_at_the_last_logged_step_keeps_its_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = make_tracker(True, uri, "wmtp-test", "r", {}, 100, stage_dir=tmp_path)
+    first.log_metrics({"loss": 1.0}, 1)
+    first.close("KILLED")  # SIGTERM: saved at step 1
+    second = make_tracker(True, uri, "wmtp-test", "r", {}, 100, stage_dir=tmp_path)
+    second.forget_after(1)
+    second.close()
+    assert second.run_id == first.run_id

@@ -1,4 +1,6 @@
-"""`python -m wmtp.train SPEC [--set k=v]… [--preset P] [--run-dir DIR] [--dry-run]` — what torchrun runs."""
+"""`python -m wmtp.train SPEC [--set k=v]… [--preset P] [--run-dir DIR] [--stage NAME]… [--dry-run]`.
+
+What torchrun runs (`wmtp train` passes its arguments on when it launches torchrun)."""
 
 from __future__ import annotations
 
@@ -16,16 +18,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
+                        help="run only this stage of the experiment (repeatable); default: every stage")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved spec of every stage and exit")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from wmtp.train.config import dump_spec, load_experiment
+    from wmtp.train.config import dump_spec, load_experiment, select_stages
 
     try:
-        experiment = load_experiment(args.spec, args.overrides, args.preset)
+        experiment = select_stages(load_experiment(args.spec, args.overrides, args.preset), args.stages)
         if args.dry_run:
             for spec in experiment.stages:
                 print(f"# stage: {spec.stage}\n{dump_spec(spec)}---")

@@ -278,7 +278,12 @@ class StageSpec(Section):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """12 hex digits of the spec as stored (URLs redacted): a hash of a credential, shown in the tags
+        next to the rest of the spec, would let anyone guess-and-check the credential."""
+        from wmtp.tracking import redact_urls
+
+        shown = redact_urls(self.to_dict())
+        return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Experiment(BaseModel):
@@ -447,6 +452,21 @@ def load_experiment(
     return Experiment(name=name, stages=stages)
 
 
+def select_stages(experiment: Experiment, names: Optional[list[str]]) -> Experiment:
+    """The experiment cut down to the stages `names` (`wmtp train --stage`), in the experiment's order.
+
+    No names: the whole experiment. An unknown name is one line listing the experiment's stages.
+    """
+    if not names:
+        return experiment
+    known = [spec.stage for spec in experiment.stages]
+    for name in names:
+        if name not in known:
+            raise SpecError(f"--stage {name}: not a stage of experiment {experiment.name}; its stages: "
+                            f"{', '.join(known)}")
+    return Experiment(name=experiment.name, stages=[spec for spec in experiment.stages if spec.stage in names])
+
+
 def check_world_size(experiment: Experiment, world_size: int) -> None:
     """Refuse stages whose validation rows cannot give every one of `world_size` ranks a full batch."""
     for spec in experiment.stages:
@@ -457,4 +477,8 @@ def check_world_size(experiment: Experiment, world_size: int) -> None:
 
 
 def dump_spec(spec: StageSpec) -> str:
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    """The spec as YAML for people and files (dry runs, `<stage>/spec.yaml`): URLs with their userinfo,
+    query and fragment redacted (`tracking.uri: http://***@host`); the run itself uses the real values."""
+    from wmtp.tracking import redact_urls
+
+    return yaml.safe_dump(redact_urls(spec.to_dict()), sort_keys=False)

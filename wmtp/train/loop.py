@@ -33,6 +33,7 @@ from wmtp.train.data_loading import build_train_data, build_valid_loader, move_b
 from wmtp.train.early_stopping import EarlyStopping
 from wmtp.train.objectives import Objective, TrainModule, build_objective, pooled_metrics
 from wmtp.train.progress import StageProgress
+from wmtp.train.resume import drop_metrics_after
 from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
@@ -233,6 +234,7 @@ class Trainer:
         self.check_monitor()
         self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf}
         self.history = History()
+        self.resumed: Optional[bool] = None  # resume_if_possible's answer once it has looked
         self.progress: Optional[StageProgress] = None  # set by run(); validation reports to it
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.model.dtype == "auto" else None
 
@@ -266,6 +268,12 @@ class Trainer:
                 "total_steps": self.total_steps, "spec_hash": self.spec.spec_hash()}
 
     def resume_if_possible(self) -> bool:
+        """Load the stage dir's latest checkpoint, if any (once: train_stage resumes before tracking starts)."""
+        if self.resumed is not None:
+            return self.resumed
+        self.resumed = False
+        for done in ckpt.remove_partial_checkpoints(self.stage_dir, self.ctx):  # left by a kill mid-save
+            print(done)
         latest = ckpt.latest_checkpoint(self.stage_dir)
         if latest is None:
             return False
@@ -275,6 +283,7 @@ class Trainer:
         self.state = {k: saved[k] for k in ("step", "epoch", "micro_in_epoch", "best_val")}
         if self.ctx.is_main:
             print(f"resumed {self.stage_dir.name} from {latest} at step {self.state['step']}")
+        self.resumed = True
         return True
 
     def save(self, name: str) -> Path:
@@ -480,13 +489,19 @@ def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dic
     """Train one stage in `stage_dir` (resuming when it holds a checkpoint) and track it on rank 0."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, stage_dir, ctx, earlier)
+    trainer.resume_if_possible()  # before tracking: what was logged after the checkpoint goes first (below)
     tags = {"experiment": spec.experiment, "stage": spec.stage, "objective": spec.objective,
             "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve())}
     run_name = spec.tracking.run_name or f"{spec.experiment}/{spec.stage}"
     tracker = make_tracker(ctx.is_main, spec.tracking.uri, spec.tracking.experiment, run_name, tags,
                            spec.tracking.buffer_size, stage_dir=stage_dir)
     if ctx.is_main:
-        (stage_dir / "spec.yaml").write_text(dump_spec(spec))
+        # Each step once, with the values of the run that goes on: the interrupted run's entries after
+        # the checkpoint (all of them when it saved none) are dropped before anything is logged again.
+        drop_metrics_after(stage_dir / "metrics.jsonl", trainer.state["step"])
+        tracker.forget_after(trainer.state["step"])
+        if not (stage_dir / "spec.yaml").is_file():  # a resumed stage keeps the spec it started with (check_run_dir)
+            (stage_dir / "spec.yaml").write_text(dump_spec(spec))
         tracker.log_params(spec.to_dict())
         tracker.log_artifact(stage_dir / "spec.yaml")
     status = "FAILED"

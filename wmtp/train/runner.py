@@ -2,7 +2,8 @@
 
     <run_dir>/<stage>/spec.yaml  checkpoints/{step_*,best,final}  plots/
 A later stage finds an earlier one's final checkpoint (the verifiable stage loads the critic's value
-head from it). A run dir that already holds checkpoints is resumed: finished stages are skipped.
+head from it). A run dir that already holds checkpoints is resumed: finished stages are skipped. Its
+stages must be asked for with the spec they were started with (`wmtp.train.resume.check_run_dir`).
 
 A stage with an `eval:` block is evaluated on its final checkpoint by rank 0 (`<stage>/eval/samples.jsonl`
 and `summary.json`; pass@k also logged to the stage's MLflow run): right after the stage in a single
@@ -22,6 +23,7 @@ from wmtp.distributed import DistContext, broadcast_object, destroy_distributed,
 from wmtp.train.checkpointing import TRAIN_STATE
 from wmtp.train.config import Experiment, SpecError, StageSpec, check_world_size
 from wmtp.train.loop import Preemption, StageResult, train_stage
+from wmtp.train.resume import check_run_dir
 
 
 def default_run_dir(experiment: Experiment) -> Path:
@@ -74,16 +76,73 @@ def check_inputs(experiment: Experiment, world_size: int = 1) -> None:
     check_world_size(experiment, world_size)
 
 
+def stage_needs(spec: StageSpec) -> Optional[str]:
+    """The earlier stage whose final checkpoint `spec` loads (the critic's value head), or None."""
+    if spec.objective == "verifiable" and not spec.td.value_head:
+        return "critic"  # the name build_objective looks the value head up by
+    return None
+
+
+def check_stage_needs(experiment: Experiment, run_dir: Path) -> None:
+    """Refuse a stage whose input stage neither runs before it nor has finished in `run_dir`.
+
+    Read-only, so it runs before the run dir or any stage dir is made (`--stage verifiable` alone).
+    """
+    earlier: set[str] = set()
+    for spec in experiment.stages:
+        needed = stage_needs(spec)
+        if needed and needed not in earlier and not stage_is_finished(run_dir / needed):
+            raise SpecError(f"stage {spec.stage} needs the final checkpoint of stage {needed} in "
+                            f"{run_dir / needed} (run --stage {needed} first) or td.value_head")
+        earlier.add(spec.stage)
+
+
+def hold_run_lock(run_dir: Path, ctx: DistContext):
+    """Rank 0 takes the run dir's lock (unless its launcher holds it); every rank raises if it is busy."""
+    from wmtp.train.run_lock import RunDirBusy, hold
+
+    lock, busy = None, None
+    if ctx.is_main:
+        try:
+            lock = hold(run_dir)
+        except RunDirBusy as exc:
+            busy = str(exc)
+    busy = broadcast_object(busy, ctx)  # the other ranks must not start waiting in the first collective
+    if busy is not None:
+        raise RunDirBusy(busy)
+    return lock
+
+
 def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistContext) -> list[StageResult]:
-    """Train the stages in order; stop after a preempted stage (its rerun resumes it)."""
+    """Train the stages in order; stop after a preempted stage (its rerun resumes it).
+
+    `experiment` may be a subset of its stages (`--stage`): a stage whose input stage is not among them
+    loads that stage's final checkpoint from `run_dir`. The run dir has one writer: rank 0 holds its
+    lock (`wmtp.train.run_lock`) until the stages and their evaluations are done.
+    """
     check_inputs(experiment, ctx.world_size)
     run_dir = Path(broadcast_object(str(run_dir or default_run_dir(experiment)), ctx))
+    check_stage_needs(experiment, run_dir)
+    check_run_dir(experiment, run_dir)  # every stage, finished ones too, before any of them trains
+    lock = hold_run_lock(run_dir, ctx)
+    try:
+        return run_stages(experiment, run_dir, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext) -> list[StageResult]:
+    """The stages of `run_experiment`, in the locked run dir."""
     earlier: dict[str, Path] = {}
     results = []
     to_evaluate: list[tuple[StageSpec, Path]] = []
     for spec in experiment.stages:
         stage_dir = run_dir / spec.stage
         final = stage_dir / "checkpoints" / "final"
+        needed = stage_needs(spec)
+        if needed and needed not in earlier:  # a stage run alone: its input stage finished in an earlier run
+            earlier[needed] = run_dir / needed / "checkpoints" / "final"
         if stage_is_finished(stage_dir):
             if ctx.is_main:
                 print(f"{spec.stage}: already finished in {stage_dir}, skipping")
@@ -163,8 +222,11 @@ def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
                                   order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
     except Exception as exc:  # tracking is best effort: the summary is written either way
-        print(f"warning: MLflow run of {spec.stage} not found ({type(exc).__name__}: {str(exc)[:200]})",
-              file=sys.stderr)
+        from wmtp.tracking import redact, resolve_tracking_uri
+
+        # MLflow's errors quote the request URL, credentials included: redacted, then cut.
+        message = redact(f"{type(exc).__name__}: {exc}", resolve_tracking_uri(spec.tracking.uri))[:200]
+        print(f"warning: MLflow run of {spec.stage} not found ({message})", file=sys.stderr)
         return None
 
 
