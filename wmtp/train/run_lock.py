@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmtp.errors import WmtpError
+from wmtp.tracking import redact
 
 LOCK_FILE = ".wmtp.lock"
 HELD_ENV = "WMTP_RUN_LOCK_HELD"  # set by the launcher for its torchrun workers: the lock path it holds
@@ -124,7 +125,7 @@ def acquire(run_dir: Path | str) -> RunLock:
               "holds it", file=sys.stderr)
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
+              "command": redact(" ".join(sys.argv))}  # a --set tracking.uri may carry credentials
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     lock = RunLock(path, fd)
