@@ -31,6 +31,7 @@ def submit(
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
     if dry_run:
         typer.echo(job.manifest, nl=False)
+        warn_about_submit_refusal(job)
         typer.echo(f"# dry run: {target} job {job.context.name} not submitted", err=True)
         return
     if target in ("vessl", "k8s"):
@@ -58,7 +59,19 @@ def render(
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
     write_atomically(output, job.manifest)
+    warn_about_submit_refusal(job)
     typer.echo(f"wrote {output} ({target} job {job.context.name})")
+
+
+def warn_about_submit_refusal(job) -> None:
+    """A manifest `wmtp submit` would refuse (VESSL without a tracking store that outlives the run) is
+    still shown or written, for reading; say on stderr why it would not be submitted as it is."""
+    if job.context.target == "vessl":
+        from cli.platform.vessl import tracking_problem
+
+        problem = tracking_problem(job.context)
+        if problem:
+            typer.echo(f"warning: {problem}", err=True)
 
 
 def status(

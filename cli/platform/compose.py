@@ -18,6 +18,8 @@ from wmtp.errors import WmtpError
 # The binary sees no secrets: `config` resolves pass-through variables and env files, so it runs
 # with only what it needs from the environment (its output is never shown either way).
 BINARY_ENV_KEYS = ("PATH", "HOME", "TMPDIR", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT")
+# The Host header of the trainer's MLflow requests (MLFLOW_TRACKING_URI=http://mlflow:5000): the service's name.
+TRAINER_MLFLOW_HOST = "mlflow:5000"
 
 
 def compose_command() -> Optional[list[str]]:
@@ -64,6 +66,9 @@ def structure_problem(doc: Any, context: JobContext | None) -> Optional[str]:
         return "services.trainer: needs ipc: host or shm_size (PyTorch workers share memory)"
     if "MLFLOW_TRACKING_URI=http://mlflow:5000" not in (trainer.get("environment") or []):
         return "services.trainer.environment: must report to the mlflow service (MLFLOW_TRACKING_URI=http://mlflow:5000)"
+    if TRAINER_MLFLOW_HOST not in allowed_hosts(mlflow.get("command")):
+        return (f"services.mlflow.command: --allowed-hosts must list {TRAINER_MLFLOW_HOST} (MLflow 3 answers 403 "
+                "to any other Host header than its allowed ones, and the trainer sends that one)")
     mounts = [volume for volume in trainer.get("volumes") or [] if isinstance(volume, dict)]
     if not any(volume.get("type") == "bind" and volume.get("target") == "/data/storage" for volume in mounts):
         return "services.trainer.volumes: the storage dir must be bind-mounted at /data/storage"
@@ -75,6 +80,17 @@ def structure_problem(doc: Any, context: JobContext | None) -> Optional[str]:
     if context and gpus and context.nproc_per_node > gpus:
         return f"distributed.nproc_per_node {context.nproc_per_node} exceeds targets.local_docker.gpus {gpus}"
     return None
+
+
+def allowed_hosts(command: Any) -> list[str]:
+    """The Host headers an `mlflow server …` command line accepts besides MLflow's defaults ([] if none)."""
+    args = [str(arg) for arg in command] if isinstance(command, list) else str(command or "").split()
+    for index, arg in enumerate(args):
+        if arg == "--allowed-hosts" and index + 1 < len(args):
+            return [host.strip() for host in args[index + 1].split(",")]
+        if arg.startswith("--allowed-hosts="):
+            return [host.strip() for host in arg.split("=", 1)[1].split(",")]
+    return []
 
 
 def check_with_binary(text: str) -> None:

@@ -41,6 +41,7 @@ class JobContext:
     secret_names: list[str]
     preemption_grace_s: int  # torchrun's wait for workers to save after SIGTERM (the pod/container gets more)
     settings: dict[str, Any] = field(default_factory=dict)
+    tracking_uris: dict[str, Optional[str]] = field(default_factory=dict)  # stage → tracking.uri (None: env/default)
     workdir: str = CONTAINER_WORKDIR
     code_dir: str = CONTAINER_CODE_DIR
 
@@ -79,6 +80,7 @@ def build_context(
         secret_names=secret_names(first.env),
         preemption_grace_s=max(stage.distributed.preemption_grace_s for stage in experiment.stages),
         settings=settings.model_dump() if settings is not None else {},
+        tracking_uris={stage.stage: stage.tracking.uri for stage in experiment.stages},
     )
 
 

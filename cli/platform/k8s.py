@@ -6,6 +6,8 @@ pkg/webhooks/utils/utils.go; types in pkg/apis/kubeflow.org/v1): the name is a D
 pytorchReplicaSpecs is required; replica types are Master or Worker; every replica has containers,
 each with an image, one of them named `pytorch`; Master.replicas must be 1; Worker.replicas ≥ 1;
 an elasticPolicy needs a Worker and forbids elasticPolicy.nProcPerNode together with nprocPerNode.
+spec.nprocPerNode exists from training-operator v1.7 on: v1.6 drops it without a word (one process per
+pod), so v1.7 is the minimum (README). A multi-node job mounts one storage PVC in every pod: ReadWriteMany.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from typing import Any
 
 from cli.platform.context import JobContext
+from cli.platform.net import display_url, unreachable_cause
 from wmtp.errors import WmtpError
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
@@ -209,8 +212,9 @@ def api_client():
         raise WmtpError("no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), or run inside a cluster") from None
 
 
-def call_api(action: str, function, *args, **kwargs):
-    """Run one API call; an HTTP error or an unreachable server becomes one clear line."""
+def call_api(api, action: str, function, *args, **kwargs):
+    """Run one API call through `api` (an ApiClient); an HTTP error or an unreachable server becomes
+    one clear line, the latter naming the server and why it could not be reached."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -219,7 +223,13 @@ def call_api(action: str, function, *args, **kwargs):
     except ApiException as exc:
         raise WmtpError(f"Kubernetes API refused to {action}: {exc.status} {exc.reason}: {api_message(exc)}") from None
     except HTTPError as exc:
-        raise WmtpError(f"cannot reach the Kubernetes API to {action}: {type(exc).__name__}") from None
+        raise WmtpError(f"cannot reach the Kubernetes API server at {server_url(api)} to {action}: "
+                        f"{unreachable_cause(exc)}") from None
+
+
+def server_url(api) -> str:
+    """The API server the client talks to, as it may be printed."""
+    return display_url(str(getattr(api.configuration, "host", "") or "?"))
 
 
 def api_message(exc) -> str:
@@ -237,7 +247,7 @@ def submit(doc: dict, context: JobContext, server_dry_run: bool) -> list[str]:
     with api_client() as api:
         custom = client.CustomObjectsApi(api)
         kwargs = {"dry_run": "All"} if server_dry_run else {}
-        call_api("create the PyTorchJob", custom.create_namespaced_custom_object,
+        call_api(api, "create the PyTorchJob", custom.create_namespaced_custom_object,
                  GROUP, VERSION, namespace, PLURAL, doc, **kwargs)
     if server_dry_run:
         return [f"server dry run accepted PyTorchJob {context.name} in namespace {namespace} (nothing created)"]
@@ -249,7 +259,7 @@ def status(name: str, settings: dict[str, Any]) -> list[str]:
     client, _ = kubernetes_modules()
 
     with api_client() as api:
-        job = call_api("read the PyTorchJob", client.CustomObjectsApi(api).get_namespaced_custom_object,
+        job = call_api(api, "read the PyTorchJob", client.CustomObjectsApi(api).get_namespaced_custom_object,
                        GROUP, VERSION, settings["namespace"], PLURAL, name)
     conditions = (job.get("status") or {}).get("conditions") or []
     state = conditions[-1]["type"] if conditions else "Pending"
@@ -263,6 +273,6 @@ def logs(name: str, settings: dict[str, Any], tail: int) -> list[str]:
     client, _ = kubernetes_modules()
 
     with api_client() as api:
-        text = call_api("read the Master pod's log", client.CoreV1Api(api).read_namespaced_pod_log,
+        text = call_api(api, "read the Master pod's log", client.CoreV1Api(api).read_namespaced_pod_log,
                         f"{name}-master-0", settings["namespace"], container=CONTAINER_NAME, tail_lines=tail)
     return text.splitlines()

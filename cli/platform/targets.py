@@ -99,7 +99,9 @@ class VesslSettings(TargetSettings):
     checkpoint_volume: VesslVolume  # output.root is exported here when the run ends
     code_repo: Optional[GitUrl] = None  # git import at /code (first on PYTHONPATH); None = the image's code
     code_ref: GitRef = "main"
-    mlflow_uri: Optional[HttpUrl] = None  # plain MLFLOW_TRACKING_URI; None = the trainer's default
+    mlflow_uri: Optional[HttpUrl] = None  # plain MLFLOW_TRACKING_URI; None: a secret or local_tracking must name one
+    # True: MLflow writes an sqlite store under output.root, exported with the checkpoints (no server needed).
+    local_tracking: bool = False
     organization: Optional[PlainName] = None  # None = the SDK's configured default
     project: Optional[PlainName] = None
 

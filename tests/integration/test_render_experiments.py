@@ -154,3 +154,22 @@ def test_multi_node_pytorchjob_has_workers():
     limits = replicas["Worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"nvidia.com/gpu": 8}
     assert "targets.k8s.nodes=4" not in " ".join(replicas["Master"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_compose_mlflow_that_would_refuse_the_trainer_is_rejected():
+    """MLflow 3 answers 403 to a Host it does not allow: a server command without the trainer's Host
+    (mlflow:5000) is refused before anything starts (the served behaviour: test_submit_compose_mlflow)."""
+    from cli.platform.compose import validate_compose
+
+    job = prepare_job("smoke", "local-docker", name="wmtp-hosts")
+    command = job.document["services"]["mlflow"]["command"]
+    assert "mlflow:5000" in command[command.index("--allowed-hosts") + 1].split(",")
+    for hosts in (None, "127.0.0.1:5000,localhost:5000"):
+        doc = yaml.safe_load(job.manifest)
+        at = command.index("--allowed-hosts")
+        doc["services"]["mlflow"]["command"] = command[:at] + ([] if hosts is None else ["--allowed-hosts", hosts]) \
+            + command[at + 2:]
+        with pytest.raises(WmtpError) as info:
+            validate_compose(doc, yaml.safe_dump(doc), job.context)
+        assert str(info.value).startswith(
+            "compose file: services.mlflow.command: --allowed-hosts must list mlflow:5000")

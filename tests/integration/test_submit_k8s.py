@@ -192,3 +192,34 @@ def test_without_the_kubernetes_package_says_how_to_install_it(command, monkeypa
                              "(or use --dry-run / wmtp render to get the PyTorchJob without it)\n")
     dry = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--dry-run"])
     assert dry.exit_code == 0 and "kind: PyTorchJob" in dry.stdout
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound once to get a free number, then released."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-9"], ["status", "wmtp-k8s-9"],
+                                     ["logs", "wmtp-k8s-9"]])
+def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp_path, monkeypatch):
+    """The real client against a closed loopback port: the line names the server URL and the OS's reason."""
+    server = f"http://127.0.0.1:{closed_port()}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "closed",
+        "clusters": [{"name": "closed", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "closed-port-token-value"}}],
+        "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = runner.invoke(app, [*command, "--target", "k8s"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: cannot reach the Kubernetes API server at {server} to ")
+    assert lines[0].endswith(": connection refused (MaxRetryError)")
+    assert "closed-port-token-value" not in result.output

@@ -12,39 +12,90 @@ from typer.testing import CliRunner
 from cli.main import app
 
 runner = CliRunner()
+TRACKED = ["--set", "targets.vessl.local_tracking=true"]  # a VESSL submit needs a store that outlives the run
 
 
 def test_vessl_without_the_sdk_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "vessl", None)  # what a machine without the optional extra sees
-    result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl"])
+    result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", *TRACKED])
     assert result.exit_code == 2
     assert result.output.startswith("error: the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]'")
     assert len(result.output.strip().splitlines()) == 1
 
 
-# A recording stand-in for the `vessl` package with the signatures read from vessl 0.1.199:
-# create_run(yaml_file, yaml_body, yaml_file_name, **kwargs) -> run | None; read_run; list_run_logs.
-FAKE_VESSL = textwrap.dedent('''
+# A recording stand-in for the `vessl` package with the behaviour read from vessl 0.1.199:
+# - the import asks the API who the token belongs to (`VesslApi.__init__` → set_access_token →
+#   get_my_user_info_api): here a real urllib3 request to $VESSL_API_HOST when it is set, so a closed
+#   port raises the real MaxRetryError out of `import vessl`;
+# - create_run(yaml_file, yaml_body, yaml_file_name, **kwargs) passes the organization/project to its
+#   create call only: its cluster check calls list_clusters() and its status read calls read_run(run_id)
+#   without them (copied here, so code that relies on it fails the same way);
+# - list_clusters(**kwargs), read_run(run_id, **kwargs), list_run_logs(run_id, tail, after, **kwargs)
+#   and vessl_api.run_spec_create_from_yamlapi(organization_name, project_name, run_spec_create_from_yamlapi_input);
+# - vessl.organization._get_organization_name / vessl.project._get_project_name: the override, else
+#   the configured default ("home-org" / "home-proj" here).
+FAKE_VESSL = textwrap.dedent(r"""
     import os, types
     telemetry_at_import = {k: os.environ.get(k) for k in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY")}
     calls = []
-    vessl_api = types.SimpleNamespace(user=None if os.environ.get("FAKE_VESSL_NO_TOKEN") else object())
+    if os.environ.get("VESSL_API_HOST"):
+        import urllib3
+        urllib3.PoolManager(retries=urllib3.Retry(1)).request(
+            "GET", os.environ["VESSL_API_HOST"] + "/api/v1/accounts/me")
+    CLUSTERS = {"home-org": ["vessl-gcp-oregon"], "lab": ["vessl-gcp-oregon", "lab-a100"]}
+    RUNS = {}  # run id → (organization, project) it was created in
+
+    class NotFound(Exception):
+        pass
+
+    def _scope(kwargs):
+        from vessl.organization import _get_organization_name
+        from vessl.project import _get_project_name
+        return _get_organization_name(**kwargs), _get_project_name(**kwargs)
+
+    def _create(organization_name, project_name, run_spec_create_from_yamlapi_input):
+        calls.append(("create_from_yaml", organization_name, project_name, run_spec_create_from_yamlapi_input))
+        if os.environ.get("FAKE_VESSL_REFUSE"):
+            raise RuntimeError("BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster")
+        RUNS[4242] = (organization_name, project_name)
+        return types.SimpleNamespace(run_execution=types.SimpleNamespace(id=4242))
+
+    vessl_api = types.SimpleNamespace(user=None if os.environ.get("FAKE_VESSL_NO_TOKEN") else object(),
+                                      run_spec_create_from_yamlapi=_create)
+
+    def list_clusters(**kwargs):
+        calls.append(("list_clusters", kwargs))
+        return [types.SimpleNamespace(name=name) for name in CLUSTERS.get(_scope(kwargs)[0], [])]
+
     def create_run(yaml_file, yaml_body, yaml_file_name, watch=False, quiet=True, **kwargs):
         calls.append(("create_run", yaml_file, yaml_body, yaml_file_name, kwargs))
-        if os.environ.get("FAKE_VESSL_REJECT"):
+        import yaml
+        if yaml.safe_load(yaml_body)["resources"]["cluster"] not in [c.name for c in list_clusters()]:
             return None
-        return types.SimpleNamespace(id=4242, status="pending")
+        organization, project = _scope(kwargs)
+        response = _create(organization, project, {"yaml_spec": yaml_body})
+        return read_run(run_id=response.run_execution.id)
+
     def read_run(run_id, **kwargs):
         calls.append(("read_run", run_id, kwargs))
-        if os.environ.get("FAKE_VESSL_NO_RUN"):
-            raise RuntimeError("(404)  Reason: Not Found:   Run not found")
-        return types.SimpleNamespace(id=run_id, status="running")
+        if os.environ.get("FAKE_VESSL_NO_RUN") or RUNS.get(run_id, _scope(kwargs)) != _scope(kwargs):
+            raise NotFound("NotFound (404): Run not found")
+        return types.SimpleNamespace(id=run_id, status="pending" if run_id in RUNS else "running")
+
     def list_run_logs(run_id, tail=200, after=0, **kwargs):
         calls.append(("list_run_logs", run_id, tail, kwargs))
         if os.environ.get("FAKE_VESSL_NO_RUN"):
-            raise RuntimeError("(404)  Reason: Not Found:   Run not found")
+            raise NotFound("NotFound (404): Run not found")
         return [types.SimpleNamespace(message="step 1: loss 7.03", timestamp=1.0)]
-''')
+""")
+FAKE_VESSL_ORGANIZATION = textwrap.dedent("""
+    def _get_organization_name(**kwargs):
+        return kwargs.get("organization_name") or "home-org"
+""")
+FAKE_VESSL_PROJECT = textwrap.dedent("""
+    def _get_project_name(**kwargs):
+        return kwargs.get("project_name") or "home-proj"
+""")
 
 
 @pytest.fixture
@@ -52,30 +103,55 @@ def fake_vessl(tmp_path, monkeypatch):
     package = tmp_path / "fake_sdk" / "vessl"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(FAKE_VESSL)
+    (package / "organization.py").write_text(FAKE_VESSL_ORGANIZATION)
+    (package / "project.py").write_text(FAKE_VESSL_PROJECT)
     monkeypatch.syspath_prepend(str(package.parent))
-    monkeypatch.delitem(sys.modules, "vessl", raising=False)
-    for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REJECT",
-                "FAKE_VESSL_NO_RUN"):
+    for module in ("vessl", "vessl.organization", "vessl.project"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REFUSE",
+                "FAKE_VESSL_NO_RUN", "VESSL_API_HOST", "VESSL_ENV"):
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
     yield lambda: sys.modules["vessl"]
-    sys.modules.pop("vessl", None)
+    for module in ("vessl", "vessl.organization", "vessl.project"):
+        sys.modules.pop(module, None)
 
 
 def test_vessl_submit_sends_the_rendered_yaml_with_telemetry_off(fake_vessl):
-    dry = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", "--dry-run"])
-    result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1",
-                                 "--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"])
+    scope = ["--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"]
+    dry = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", "--dry-run",
+                              *TRACKED, *scope])
+    result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", *TRACKED, *scope])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
-        "created VESSL run 4242 (wmtp-v1), status pending",
+        "created VESSL run 4242 (wmtp-v1) in lab/mtp, status pending",
         "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl"]
     sdk = fake_vessl()
     assert sdk.telemetry_at_import == {"VESSL_DATA_COLLECTION_OPT_OUT": "true", "ENABLE_SENTRY": "false"}
-    [(_, yaml_file, yaml_body, file_name, scope)] = sdk.calls
-    assert yaml_file is None and file_name == "wmtp-v1.yaml"
-    assert yaml_body == dry.stdout
-    assert scope == {"organization_name": "lab", "project_name": "mtp"}
+    create = [call for call in sdk.calls if call[0] == "create_from_yaml"]
+    assert create == [("create_from_yaml", "lab", "mtp", {"yaml_spec": dry.stdout})]
+
+
+@pytest.mark.parametrize("overrides, organization, project", [
+    (["--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"], "lab", "mtp"),
+    (["--set", "targets.vessl.organization=lab"], "lab", "home-proj"),
+    (["--set", "targets.vessl.project=mtp"], "home-org", "mtp"),
+])
+def test_every_sdk_call_of_a_submit_names_the_organization_and_project(fake_vessl, overrides, organization,
+                                                                       project):
+    """With another default organization configured, the cluster check and the status read after
+    creating must go to the spec's organization too: else the run is created, then "not found"."""
+    cluster = "lab-a100" if organization == "lab" else "vessl-gcp-oregon"  # lab-a100: only lab has it
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v2", *TRACKED, *overrides,
+                                 "--set", f"targets.vessl.cluster={cluster}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (f"created VESSL run 4242 (wmtp-v2) in {organization}/{project}, "
+                                             "status pending")
+    calls = fake_vessl().calls
+    assert [call[0] for call in calls] == ["list_clusters", "create_from_yaml", "read_run"]
+    assert calls[0][1]["organization_name"] == organization
+    assert calls[1][1:3] == (organization, project)
+    assert calls[2][2] == {"organization_name": organization, "project_name": project}
 
 
 def test_vessl_status_and_logs_use_the_run_id(fake_vessl):
@@ -92,22 +168,147 @@ def test_vessl_status_and_logs_of_an_unknown_run_are_one_line(fake_vessl, monkey
     status = runner.invoke(app, ["status", "99", "--target", "vessl"])
     logs = runner.invoke(app, ["logs", "99", "--target", "vessl"])
     assert status.exit_code == logs.exit_code == 2
-    assert status.output == "error: VESSL could not read run 99: (404) Reason: Not Found: Run not found\n"
-    assert logs.output == "error: VESSL could not read the logs of run 99: (404) Reason: Not Found: Run not found\n"
+    assert status.output == "error: VESSL could not read run 99: NotFound (404): Run not found\n"
+    assert logs.output == "error: VESSL could not read the logs of run 99: NotFound (404): Run not found\n"
+
+
+def test_a_created_run_whose_status_cannot_be_read_is_still_reported(fake_vessl, monkeypatch):
+    """The run exists once create returned: print its id (exit 0), never an error that invites a retry."""
+    monkeypatch.setenv("FAKE_VESSL_NO_RUN", "1")
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v3", *TRACKED])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "created VESSL run 4242 (wmtp-v3) in home-org/home-proj, status unknown (reading it failed: "
+        "NotFound (404): Run not found)",
+        "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl"]
 
 
 def test_vessl_without_a_token_is_one_line(fake_vessl, monkeypatch):
     monkeypatch.setenv("FAKE_VESSL_NO_TOKEN", "1")
-    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl"])
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED])
     assert result.exit_code == 2
     assert result.output.strip() == ("error: no VESSL access token: set VESSL_ACCESS_TOKEN (e.g. in --env-file) "
                                      "or run `vessl configure`")
 
 
-def test_vessl_rejection_names_the_cluster(fake_vessl, monkeypatch):
-    monkeypatch.setenv("FAKE_VESSL_REJECT", "1")
-    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--set", "targets.vessl.cluster=nowhere"])
-    assert result.exit_code == 2 and "is cluster 'nowhere' available to you?" in result.output
+def closed_port_url() -> str:
+    """http://127.0.0.1:PORT where nothing listens (a port bound once for its number, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("command", [["submit", "smoke", *TRACKED], ["status", "4242"], ["logs", "4242"]])
+def test_unreachable_vessl_api_is_one_line(fake_vessl, monkeypatch, command):
+    """`import vessl` calls the API: a closed port is one line naming the API and the cause, exit 2."""
+    api = closed_port_url()
+    monkeypatch.setenv("VESSL_API_HOST", api)
+    result = runner.invoke(app, [command[0], *command[1:], "--target", "vessl"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output == f"error: cannot reach the VESSL API at {api}: connection refused (MaxRetryError)\n"
+
+
+def test_vessl_cluster_of_another_organization_names_it(fake_vessl):
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED,
+                                 "--set", "targets.vessl.cluster=lab-a100"])
+    assert result.exit_code == 2
+    assert result.output == ("error: targets.vessl.cluster: 'lab-a100' is not a cluster of VESSL "
+                             "organization 'home-org' (available: vessl-gcp-oregon)\n")
+    assert [call[0] for call in fake_vessl().calls] == ["list_clusters"]  # nothing created
+
+
+def test_vessl_refusal_is_one_line_naming_where(fake_vessl, monkeypatch):
+    monkeypatch.setenv("FAKE_VESSL_REFUSE", "1")
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED,
+                                 "--set", "targets.vessl.organization=lab"])
+    assert result.exit_code == 2
+    assert result.output == ("error: VESSL refused the run in lab/home-proj: "
+                             "BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster\n")
+
+
+# ---------------------------------------------------------------- VESSL: where MLflow writes
+
+
+def test_vessl_submit_without_a_tracking_store_is_refused_before_the_sdk(fake_vessl):
+    """Defaults (mlflow_uri null, no MLFLOW_TRACKING_URI secret): the trainer's sqlite store would stay in
+    the container. One line saying how to set a server; the SDK is never loaded."""
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: no MLflow tracking server for the VESSL run: the trainer would write an sqlite store inside the "
+        "container, which is never exported; set targets.vessl.mlflow_uri=https://… (or add MLFLOW_TRACKING_URI "
+        "to env.secrets, a VESSL secret), or keep the store with the checkpoints: "
+        "--set targets.vessl.local_tracking=true\n")
+    assert "vessl" not in sys.modules
+    dry = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run"])
+    assert dry.exit_code == 0 and dry.stdout.startswith("name: ")  # still shown, for reading
+    assert "warning: no MLflow tracking server for the VESSL run" in dry.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
+    ["--set", "env.secrets=[MLFLOW_TRACKING_URI,MLFLOW_TRACKING_USERNAME,MLFLOW_TRACKING_PASSWORD]"],
+    ["--set", "tracking.uri=https://mlflow.example.org"],
+    ["--set", "tracking.uri=sqlite:///storage/checkpoints/lab-mlflow/mlflow.db"],  # explicit, under output.root
+    TRACKED,
+])
+def test_vessl_submit_goes_once_a_store_outlives_the_run(fake_vessl, overrides):
+    refused = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v4"])
+    assert refused.exit_code == 2 and fake_vessl is not None and "vessl" not in sys.modules
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v4", *overrides])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("created VESSL run 4242 (wmtp-v4)") and "warning" not in result.output
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///storage/mlflow/mlflow.db", "file:///tmp/mlruns", "mlruns",
+                                 "sqlite:////data/storage/checkpoints/../mlflow.db"])
+def test_vessl_tracking_uri_inside_the_container_but_not_exported_is_refused(fake_vessl, uri):
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--set", f"tracking.uri={uri}"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: tracking.uri (critic): the store /")
+    assert "not under output.root (/data/storage/checkpoints/, the only exported dir)" in result.output
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
+    ["--set", "env.secrets=[MLFLOW_TRACKING_URI]"],
+])
+def test_vessl_local_tracking_with_another_store_is_one_line(overrides):
+    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run", *TRACKED, *overrides])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "both set MLFLOW_TRACKING_URI for the VESSL run; keep one" in result.output
+
+
+def test_vessl_local_tracking_store_is_exported_with_the_checkpoints(tmp_path, monkeypatch):
+    """The rendered MLFLOW_TRACKING_URI, with the container's /data mapped to a temporary dir, used by the
+    trainer's own tracker: the store and its artifacts are written under the exported dir."""
+    import yaml
+
+    from wmtp.tracking import make_tracker
+
+    dry = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v5", "--dry-run", *TRACKED])
+    assert dry.exit_code == 0, dry.output
+    run = yaml.safe_load(dry.stdout)
+    [(exported, volume)] = run["export"].items()
+    uri = run["env"]["MLFLOW_TRACKING_URI"]
+    assert (exported, volume) == ("/data/storage/checkpoints/", "volume://wmtp/checkpoints")
+    assert uri == "sqlite:////data/storage/checkpoints/wmtp-v5-mlflow/mlflow.db"
+    workdir = run["run"][0]["workdir"]
+    here = tmp_path / "data"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace(f"sqlite:///{workdir}/", f"sqlite:///{here}/"))
+    plot = tmp_path / "loss.txt"
+    plot.write_text("0.5\n")
+    tracker = make_tracker(True, None, "weighted-mtp", "smoke/critic", {}, 100)
+    tracker.log_metrics({"loss": 0.5}, step=1)
+    tracker.log_artifact(plot)
+    tracker.close()
+    written = sorted(path.relative_to(here).as_posix() for path in here.rglob("*") if path.is_file())
+    assert written and all(path.startswith("storage/checkpoints/wmtp-v5-mlflow/") for path in written), written
+    assert "storage/checkpoints/wmtp-v5-mlflow/mlflow.db" in written
+    assert any(path.endswith("/loss.txt") for path in written)
 
 
 def test_local_docker_without_an_engine_writes_nothing(tmp_path, monkeypatch):

@@ -8,9 +8,11 @@ import os
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cli import image
@@ -44,9 +46,15 @@ def last(dockerfile, keyword: str) -> str:
     return [args for key, args in dockerfile if key == keyword][-1]
 
 
-def test_base_is_a_cuda_pytorch_runtime(dockerfile):
+def test_base_is_the_python_the_constraints_are_tested_with(dockerfile):
+    """No pytorch/pytorch base (its torch is not the pinned one): plain CPython, the minor version CI runs."""
     base = next(args for key, args in dockerfile if key == "ARG" and args.startswith("BASE_IMAGE=")).split("=", 1)[1]
-    assert re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", base), base
+    match = re.fullmatch(r"python:(3\.\d+)-slim-[a-z]+", base)
+    assert match, base
+    ci = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "test.yml").read_text())
+    versions = {str(step["with"]["python-version"]) for job in ci["jobs"].values() for step in job["steps"]
+                if "setup-python" in step.get("uses", "")}
+    assert versions == {match.group(1)}
     assert last(dockerfile, "FROM") == "${BASE_IMAGE}"
 
 
@@ -86,30 +94,78 @@ def test_every_container_target_runs_torchrun_in_data(target):
         assert document["services"]["mlflow"]["entrypoint"] == ["mlflow"]  # same image: mlflow is a dependency
 
 
-def test_project_is_installed_not_editable_and_torch_pin_dropped(dockerfile):
+def test_project_is_installed_not_editable_and_without_its_own_dependencies(dockerfile):
     runs = [args for key, args in dockerfile if key == "RUN"]
     installs = [args for args in runs if "pip install" in args]
     assert installs and not any(re.search(r"pip install[^&]*(-e|--editable)\b", args) for args in installs)
-    assert any("grep -v '^torch=='" in args and "constraints" in args for args in runs)
+    # Two installs: the dependencies (under the constraints, below) and the project with --no-deps.
+    assert len(installs) == 2 and "pip install --no-deps /tmp/wmtp-src" in installs[1]
 
 
-def test_dependency_layer_lists_pyproject_dependencies_under_the_image_constraints(tmp_path):
-    """Run the dependency RUN step here with pip replaced by `true`: its generated files must be right."""
+def pinned(path: Path) -> dict[str, str]:
+    """{name: version} of a constraints file's `name==version` lines."""
+    return dict(line.strip().split("==", 1) for line in path.read_text().splitlines() if "==" in line)
+
+
+def arg_default(name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE.read_text(), re.M).group(1)
+
+
+@pytest.fixture
+def dependency_layer(tmp_path) -> tuple[Path, list[list[str]]]:
+    """Run the dependency RUN step here with its build args' defaults, pip replaced by a recorder:
+    (the folder with its generated files, the argv of every pip install it made)."""
     step = next(args for key, args in instructions(DOCKERFILE.read_text())
                 if key == "RUN" and "constraints-image.txt" in args)
     for name in ("pyproject.toml", "constraints.txt"):
         (tmp_path / name).write_text((REPO_ROOT / name).read_text())
-    script = step.replace("cd /tmp/wmtp-deps", f"cd {tmp_path}").replace("python -m pip install", "true")
+    log = tmp_path / "pip-argv.jsonl"
+    recorder = tmp_path / "pip-recorder"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    script = step.replace("cd /tmp/wmtp-deps", f"cd {tmp_path}").replace("python -m pip install", str(recorder))
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "EXTRAS": "s3,hf"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "EXTRAS": arg_default("EXTRAS"),
+           "TORCH_CUDA": arg_default("TORCH_CUDA")}
     subprocess.run(["bash", "-c", script], check=True, env=env, cwd=tmp_path)
-    requirements = (tmp_path / "requirements.txt").read_text().split()
-    assert "torch>=2.4" in requirements and "boto3>=1.34" in requirements and "transformers>=4.40" in requirements
-    constraints = (tmp_path / "constraints-image.txt").read_text().splitlines()
-    torch_pins = [line for line in constraints if line.startswith("torch==")]
-    from importlib.metadata import version
+    return tmp_path, [json.loads(line) for line in log.read_text().splitlines()]
 
-    assert torch_pins == [f"torch=={version('torch')}"]  # the installed torch, never the file's pin twice
+
+def test_image_torch_is_the_pinned_version_as_a_cuda_build(dependency_layer):
+    """constraints.txt pins torch (the CPU build); the image gets that version's CUDA build, nothing else."""
+    folder, _ = dependency_layer
+    pin = pinned(REPO_ROOT / "constraints.txt")["torch"]
+    cuda = arg_default("TORCH_CUDA")
+    assert re.fullmatch(r"cu1\d\d", cuda), cuda
+    assert pinned(folder / "constraints-image.txt")["torch"] == f"{pin.split('+')[0]}+{cuda}"
+
+
+def test_every_package_the_image_installs_comes_through_the_constraints(dependency_layer):
+    folder, installs = dependency_layer
+    cuda = arg_default("TORCH_CUDA")
+    assert installs == [["--extra-index-url", f"https://download.pytorch.org/whl/{cuda}",
+                         "-r", "requirements.txt", "-c", "constraints-image.txt"]]
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert "torch>=2.4" in requirements and "boto3>=1.34" in requirements and "transformers>=4.40" in requirements
+    image, pins = pinned(folder / "constraints-image.txt"), pinned(REPO_ROOT / "constraints.txt")
+    assert set(image) == set(pins)
+    assert {name: version for name, version in image.items() if version != pins[name]} == {"torch": image["torch"]}
+
+
+def test_the_image_build_fails_unless_it_runs_the_pinned_cuda_torch(dependency_layer):
+    """The build's own check, run here: this machine's torch is the pinned version's CPU build, so the
+    check must fail against both the image's pins and constraints.txt's (no CUDA)."""
+    folder, _ = dependency_layer
+    step = next(args for key, args in instructions(DOCKERFILE.read_text())
+                if key == "RUN" and "import sys, torch" in args)
+    check = re.search(r'(python -c "import sys, torch;.*?")\s+(\S+constraints-image\.txt)', step)
+    assert check, step
+    for constraints in (folder / "constraints-image.txt", REPO_ROOT / "constraints.txt"):
+        command = check.group(1).replace("python", sys.executable, 1) + f" {constraints}"
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+        assert result.returncode != 0 and "AssertionError" in result.stderr, (constraints, result.stderr)
+        assert version("torch") in result.stderr  # names the torch it found
 
 
 def test_dockerignore_keeps_environments_data_and_credentials_out():
