@@ -7,10 +7,21 @@ jobs/ and the templates live at the top of the checkout (the design's layout) an
 from setuptools import find_packages, setup
 
 ASSET_DIRS = {"wmtp_assets.jobs": "jobs", "wmtp_assets.vessl": "vessl", "wmtp_assets.k8s": "k8s", "wmtp_assets.docker": "docker"}
+# The cli/ and storage_sync/ folders install as `wmtp_cli` and `wmtp_storage_sync`: generic names such as
+# `cli` would collide with a user's own package (a working directory holding a cli/ folder would
+# hijack `python -m cli.main`, which `wmtp submit --target local` runs).
+CODE_DIRS = {"wmtp_cli": "cli", "wmtp_storage_sync": "storage_sync"}
+
+
+def renamed(prefix: str, folder: str) -> list[str]:
+    """Packages under `folder` named from `prefix` (cli/platform → wmtp_cli.platform)."""
+    return [prefix, *(f"{prefix}.{sub}" for sub in find_packages(where=folder))]
+
 
 setup(
-    packages=find_packages(include=["wmtp", "wmtp.*", "cli", "cli.*", "storage_sync", "storage_sync.*"])
+    packages=find_packages(include=["wmtp", "wmtp.*"])
+    + [name for prefix, folder in CODE_DIRS.items() for name in renamed(prefix, folder)]
     + list(ASSET_DIRS),
-    package_dir=ASSET_DIRS,
+    package_dir=CODE_DIRS | ASSET_DIRS,
     package_data={name: ["*.yaml", "*/*.yaml", "*.j2", "Dockerfile", "*.env.example"] for name in ASSET_DIRS},
 )

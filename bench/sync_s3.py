@@ -115,7 +115,7 @@ def timed(command: list[str], env: dict) -> float:
 
 
 def wmtp_sync(root: Path, url: str, endpoint: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "sync-storage", "--root", str(root), "--dest", url,
+    return [sys.executable, "-m", "wmtp_cli.main", "sync-storage", "--root", str(root), "--dest", url,
             "--endpoint-url", endpoint, "--no-progress"]
 
 

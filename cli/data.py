@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import WmtpTyper, report_bad_input
+from wmtp_cli.common import WmtpTyper, report_bad_input
 
 app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval, index, validate.")
 prepare_app = WmtpTyper(help="Raw dataset → <out>/processed/<split>.jsonl + index + *_metadata.json.")

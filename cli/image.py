@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 import typer
 
-from cli.common import WmtpTyper
+from wmtp_cli.common import WmtpTyper
 from wmtp.errors import WmtpError
 
 app = WmtpTyper(help="Build and push the trainer image (docker/Dockerfile).")
@@ -28,7 +28,7 @@ def default_image() -> str:
 
 def docker_client():
     """A docker SDK client whose engine answered a ping, or one clear line."""
-    from cli.platform.compose import require_engine
+    from wmtp_cli.platform.compose import require_engine
 
     require_engine()
     import docker

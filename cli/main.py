@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from cli import data, eval as eval_cmds, model, sync, train
-from cli import image, submit
-from cli.common import WmtpTyper
+from wmtp_cli import data, eval as eval_cmds, model, sync, train
+from wmtp_cli import image, submit
+from wmtp_cli.common import WmtpTyper
 from wmtp import __version__
 
 app = WmtpTyper(help="Weighted multi-token prediction: train, evaluate and submit experiments.")

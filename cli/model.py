@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import WmtpTyper
+from wmtp_cli.common import WmtpTyper
 
 app = WmtpTyper(help="Model directories: convert Meta releases, build the micro model, verify.")
 

@@ -1,5 +1,5 @@
 """`wmtp submit` / `render` / `status` / `logs`: experiment specs as jobs on VESSL, Kubernetes,
-local docker compose or this machine. Thin commands over `cli.platform`."""
+local docker compose or this machine. Thin commands over `wmtp_cli.platform`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from cli.envfile import load_env_file
+from wmtp_cli.envfile import load_env_file
 
 TARGET_HELP = "vessl | k8s | local-docker | local (this machine, the default)."
 
@@ -26,7 +26,7 @@ def submit(
     env_file: Optional[Path] = typer.Option(None, help="KEY=VALUE file with credentials (referenced, never printed)."),
 ) -> None:
     """Render, validate and submit an experiment job; print what was created and how to follow it."""
-    from cli.platform.jobs import prepare_job, submit_job
+    from wmtp_cli.platform.jobs import prepare_job, submit_job
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
     if dry_run:
@@ -55,7 +55,7 @@ def render(
     env_file: Optional[Path] = typer.Option(None, help="local-docker: env file the compose file references."),
 ) -> None:
     """Write the validated manifest of an experiment job to a file (nothing is submitted)."""
-    from cli.platform.jobs import prepare_job
+    from wmtp_cli.platform.jobs import prepare_job
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
     write_atomically(output, job.manifest)
@@ -67,7 +67,7 @@ def warn_about_submit_refusal(job) -> None:
     """A manifest `wmtp submit` would refuse (VESSL without a tracking store that outlives the run) is
     still shown or written, for reading; say on stderr why it would not be submitted as it is."""
     if job.context.target == "vessl":
-        from cli.platform.vessl import tracking_problem
+        from wmtp_cli.platform.vessl import tracking_problem
 
         problem = tracking_problem(job.context)
         if problem:
@@ -80,7 +80,7 @@ def status(
     overrides: list[str] = typer.Option([], "--set", help="targets.* overrides, e.g. targets.k8s.namespace=team."),
 ) -> None:
     """Where a submitted job stands."""
-    from cli.platform.jobs import job_status
+    from wmtp_cli.platform.jobs import job_status
 
     for line in job_status(name, target, overrides):
         typer.echo(line)
@@ -93,7 +93,7 @@ def logs(
     overrides: list[str] = typer.Option([], "--set", help="targets.* overrides, e.g. targets.k8s.namespace=team."),
 ) -> None:
     """The last lines a submitted job printed (the trainer's rank-0 output)."""
-    from cli.platform.jobs import job_logs
+    from wmtp_cli.platform.jobs import job_logs
 
     for line in job_logs(name, target, tail, overrides):
         typer.echo(line)

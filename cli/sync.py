@@ -33,7 +33,7 @@ def sync_storage(
 
     The remote manifest is written last: an interrupted sync never looks complete, and a re-run resumes it.
     """
-    from storage_sync import SyncError, SyncOptions, summary_lines, sync
+    from wmtp_storage_sync import SyncError, SyncOptions, summary_lines, sync
 
     if dest is None:
         raise SyncError(f"--dest is required: {DEST_HELP}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from storage_sync.errors import SyncError
+from wmtp_storage_sync.errors import SyncError
 
 # S3 bucket naming rules: 3–63 characters, lowercase letters, digits, dots and hyphens,
 # starting and ending with a letter or digit.

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from storage_sync.backends.base import Backend, RemoteObject
-from storage_sync.destination import LocalLocation, Location, S3Location, VesslLocation, parse_destination
-from storage_sync.errors import SyncError
-from storage_sync.manifest import (
+from wmtp_storage_sync.backends.base import Backend, RemoteObject
+from wmtp_storage_sync.destination import LocalLocation, Location, S3Location, VesslLocation, parse_destination
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.manifest import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     FileEntry,
@@ -122,16 +122,16 @@ def sync(opts: SyncOptions) -> SyncReport:
 def open_backend(location: Location, opts: SyncOptions, write: bool) -> Backend:
     journal_dir = opts.cache_dir or default_cache_dir()
     if isinstance(location, LocalLocation):
-        from storage_sync.backends.local import LocalDirBackend
+        from wmtp_storage_sync.backends.local import LocalDirBackend
 
         return LocalDirBackend(location.path)
     if isinstance(location, S3Location):
-        from storage_sync.backends.s3 import S3Backend
+        from wmtp_storage_sync.backends.s3 import S3Backend
 
         return S3Backend(location.bucket, location.prefix, endpoint_url=opts.endpoint_url, jobs=opts.jobs,
                          part_size=opts.part_size, journal_dir=journal_dir)
     if isinstance(location, VesslLocation):
-        from storage_sync.backends.vessl import open_vessl_volume
+        from wmtp_storage_sync.backends.vessl import open_vessl_volume
 
         return open_vessl_volume(location, write=write, endpoint_url=opts.endpoint_url, jobs=opts.jobs,
                                  part_size=opts.part_size, journal_dir=journal_dir)

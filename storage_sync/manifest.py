@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from storage_sync.errors import SyncError
+from wmtp_storage_sync.errors import SyncError
 
 MANIFEST_NAME = ".wmtp-manifest.json"
 MANIFEST_FORMAT = "wmtp-sync-manifest"

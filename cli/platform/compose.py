@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from cli.platform.context import JobContext
+from wmtp_cli.platform.context import JobContext
 from wmtp.errors import WmtpError
 
 # The binary sees no secrets: `config` resolves pass-through variables and env files, so it runs

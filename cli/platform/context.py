@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cli.platform.names import validate_job_name
-from cli.platform.targets import check_target, target_settings
+from wmtp_cli.platform.names import validate_job_name
+from wmtp_cli.platform.targets import check_target, target_settings
 from wmtp.errors import WmtpError
 from wmtp.train.config import Experiment
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cli.envfile import MIN_SCANNED_SECRET_LENGTH, read_env_file, secret_values
-from cli.platform import compose, k8s, local, vessl
-from cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, build_context
-from cli.platform.names import default_job_name
-from cli.platform.render import TEMPLATES, parse_manifest, render_manifest
-from cli.platform.targets import check_target, target_settings, url_credentials
+from wmtp_cli.envfile import MIN_SCANNED_SECRET_LENGTH, read_env_file, secret_values
+from wmtp_cli.platform import compose, k8s, local, vessl
+from wmtp_cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, build_context
+from wmtp_cli.platform.names import default_job_name
+from wmtp_cli.platform.render import TEMPLATES, parse_manifest, render_manifest
+from wmtp_cli.platform.targets import check_target, target_settings, url_credentials
 from wmtp.errors import WmtpError
 
 

@@ -17,8 +17,8 @@ import os
 import re
 from typing import Any
 
-from cli.platform.context import JobContext
-from cli.platform.net import display_url, unreachable_cause
+from wmtp_cli.platform.context import JobContext
+from wmtp_cli.platform.net import display_url, unreachable_cause
 from wmtp.errors import WmtpError
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"

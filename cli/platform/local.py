@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from cli.envfile import read_env_file
-from cli.platform.context import JobContext
+from wmtp_cli.envfile import read_env_file
+from wmtp_cli.platform.context import JobContext
 from wmtp.errors import WmtpError
 
 
@@ -33,9 +33,14 @@ def child_environment(env_file: Optional[Path]) -> dict[str, str]:
     return {**values, **os.environ}
 
 
+# The child runs our CLI by its own import name with the working directory taken off sys.path: `python
+# -m` and `-c` put the cwd first, where a user's folder could shadow any package we import.
+CHILD_MAIN = "import sys; del sys.path[0]; from wmtp_cli.main import app; app(prog_name='wmtp')"
+
+
 def submit(context: JobContext, env_file: Optional[Path]) -> int:
     """Run `wmtp train` as a child process in the foreground; return its exit status."""
-    command = [sys.executable, "-m", "cli.main", *train_args(context)]
+    command = [sys.executable, "-c", CHILD_MAIN, *train_args(context)]
     return subprocess.call(command, env=child_environment(env_file))
 
 

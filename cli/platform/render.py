@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from cli.platform.context import JobContext
+from wmtp_cli.platform.context import JobContext
 from wmtp.assets import asset_dir
 from wmtp.errors import WmtpError
 

@@ -21,9 +21,9 @@ import os
 import posixpath
 from typing import Any, Optional
 
-from cli.platform.context import JobContext
-from cli.platform.net import display_url, unreachable_cause
-from storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
+from wmtp_cli.platform.context import JobContext
+from wmtp_cli.platform.net import display_url, unreachable_cause
+from wmtp_storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
 from wmtp.errors import WmtpError
 
 TOP_LEVEL_KEYS = {"name", "description", "tags", "resources", "image", "import", "mount", "run", "export",

@@ -1,5 +1,5 @@
 """Where a sync stores objects: S3-compatible stores (VESSL volumes resolve to one) or a local directory."""
 
-from storage_sync.backends.base import Backend, ObjectInfo, RemoteObject
+from wmtp_storage_sync.backends.base import Backend, ObjectInfo, RemoteObject
 
 __all__ = ["Backend", "ObjectInfo", "RemoteObject"]

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from storage_sync.errors import SyncError
-from storage_sync.manifest import FileEntry, LocalFile, Manifest
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.manifest import FileEntry, LocalFile, Manifest
 
 OnBytes = Callable[[int], None]
 

@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
-from storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
-from storage_sync.errors import SyncError
-from storage_sync.manifest import (
+from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.manifest import (
     HASH_CHUNK,
     MANIFEST_NAME,
     PARTIAL_SUFFIX,

@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
-from storage_sync.errors import SyncError
-from storage_sync.manifest import (
+from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.manifest import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     FileEntry,

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from storage_sync.backends.s3 import S3Backend
-from storage_sync.destination import VesslLocation
-from storage_sync.errors import SyncError
-from storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
+from wmtp_storage_sync.backends.s3 import S3Backend
+from wmtp_storage_sync.destination import VesslLocation
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
 
 INSTALL_HINT = "pip install 'weighted-mtp[vessl]'"
 TOKEN_HINT = "set VESSL_ACCESS_TOKEN (and VESSL_DEFAULT_ORGANIZATION) or run `vessl configure`"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 from tests.unit.test_data_index import (BAD_LINE_IDS, BAD_LINES, BROKEN_INDEX_IDS, BROKEN_INDEXES, alpaca,
                                         broken_index_message, write_jsonl)
 from tests.unit.test_data_prepare import (CODECONTESTS_SCHEMA, MBPP_SANITIZED_SCHEMA, MBPP_SCHEMA, contest_problem,

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 from tests.unit.test_eval_benchmarks import MBPP_ROWS
 from wmtp.eval.benchmarks import load_humaneval
 

@@ -22,7 +22,7 @@ HEAVY = ("torch", "mlflow", "matplotlib", "transformers", "boto3", "kubernetes",
 PROBE = """
 import json, sys
 from typer.testing import CliRunner
-from cli.main import app
+from wmtp_cli.main import app
 result = CliRunner().invoke(app, sys.argv[1:])
 heavy = sorted({name.split(".")[0] for name in sys.modules} & set(json.loads(sys.stdin.read())))
 print(json.dumps({"exit_code": result.exit_code, "output": result.output, "heavy": heavy}))

@@ -4,7 +4,7 @@ import shutil
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ import yaml
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 
 runner = CliRunner()
 

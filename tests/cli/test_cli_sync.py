@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 from tests.integration.test_sync_s3 import bucket, make_tree, moto_endpoint, s3, s3_env  # noqa: F401 (fixtures)
 
 runner = CliRunner()

@@ -57,7 +57,7 @@ def step_1(smoke_overrides, tmp_path, one_torch_thread):
 
 def wmtp_train(smoke_overrides, run_dir, extra=()) -> subprocess.CompletedProcess:
     """A real `wmtp train baseline` resuming `run_dir` with the overrides the run was started with."""
-    command = [sys.executable, "-m", "cli.main", "train", "baseline", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
     for o in smoke_overrides + OVERRIDES + list(extra):
         command += ["--set", o]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.platform.compose import check_with_binary, compose_command
-from cli.platform.jobs import prepare_job
+from wmtp_cli.main import app
+from wmtp_cli.platform.compose import check_with_binary, compose_command
+from wmtp_cli.platform.jobs import prepare_job
 from wmtp.assets import asset_dir
 from wmtp.errors import WmtpError
 
@@ -159,7 +159,7 @@ def test_multi_node_pytorchjob_has_workers():
 def test_compose_mlflow_that_would_refuse_the_trainer_is_rejected():
     """MLflow 3 answers 403 to a Host it does not allow: a server command without the trainer's Host
     (mlflow:5000) is refused before anything starts (the served behaviour: test_submit_compose_mlflow)."""
-    from cli.platform.compose import validate_compose
+    from wmtp_cli.platform.compose import validate_compose
 
     job = prepare_job("smoke", "local-docker", name="wmtp-hosts")
     command = job.document["services"]["mlflow"]["command"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 from wmtp.errors import WmtpError
 from wmtp.train.config import SpecError, load_experiment
 

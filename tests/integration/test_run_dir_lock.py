@@ -42,7 +42,7 @@ def command(entry: list[str], run_dir, overrides: list[str]) -> list[str]:
     return args
 
 
-WMTP_TRAIN = ["-m", "cli.main", "train"]
+WMTP_TRAIN = ["-m", "wmtp_cli.main", "train"]
 PYTHON_M = ["-m", "wmtp.train"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cli.platform.jobs import prepare_job
+from wmtp_cli.platform.jobs import prepare_job
 from tests.integration.servers import free_port, wait_http
 
 CONTAINER_PORT = "5000"

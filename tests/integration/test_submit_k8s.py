@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 
 runner = CliRunner()
 

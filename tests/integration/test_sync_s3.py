@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
-from storage_sync.backends import s3 as s3_backend
-from storage_sync.backends.s3 import S3Backend
-from storage_sync.manifest import PARTIAL_SUFFIX
+from wmtp_storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
+from wmtp_storage_sync.backends import s3 as s3_backend
+from wmtp_storage_sync.backends.s3 import S3Backend
+from wmtp_storage_sync.manifest import PARTIAL_SUFFIX
 from tests.unit.test_sync_local import ReadCounter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -282,11 +282,11 @@ def test_interrupted_multipart_upload_reuses_stored_parts(s3, bucket, moto_endpo
 
 @pytest.mark.slow
 def test_killed_sync_resumes_without_resending(s3, bucket, moto_endpoint, s3_env):
-    """SIGKILL a real `python -m cli.main sync-storage` once objects appear; the re-run finishes the job."""
+    """SIGKILL a real `python -m wmtp_cli.main sync-storage` once objects appear; the re-run finishes the job."""
     n_files = 150
     root = make_tree(s3_env / "storage", {f"shards/{i:03d}.bin": 256 * 1024 for i in range(n_files)})
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "cli.main", "sync-storage", "--root", str(root), "--dest", f"s3://{bucket}/team",
+    command = [sys.executable, "-m", "wmtp_cli.main", "sync-storage", "--root", str(root), "--dest", f"s3://{bucket}/team",
                "--endpoint-url", moto_endpoint, "--jobs", "1", "--no-progress"]
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from storage_sync import SyncError, SyncOptions, sync
+from wmtp_cli.main import app
+from wmtp_storage_sync import SyncError, SyncOptions, sync
 from tests.integration.test_sync_s3 import bucket, make_tree, moto_endpoint, s3, s3_env  # noqa: F401 (fixtures)
 
 SESSION_TOKEN = "FEDERATED-SESSION-TOKEN-must-never-be-printed"
@@ -74,9 +74,9 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
 
 def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch):
     """Both switches, the same ones `wmtp submit --target vessl` sets, are in the environment at import."""
-    from cli.platform import vessl as submit_vessl
-    from storage_sync.backends import vessl as sync_vessl
-    from storage_sync.vessl_telemetry import VESSL_TELEMETRY_OPT_OUT
+    from wmtp_cli.platform import vessl as submit_vessl
+    from wmtp_storage_sync.backends import vessl as sync_vessl
+    from wmtp_storage_sync.vessl_telemetry import VESSL_TELEMETRY_OPT_OUT
 
     package = tmp_path / "sdk" / "vessl"
     package.mkdir(parents=True)

@@ -62,7 +62,7 @@ def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(s
         else:
             env["MLFLOW_TRACKING_URI"] = uri
         run_dir = tmp_path / "run"
-        command = [sys.executable, "-m", "cli.main", "train", "baseline", "--run-dir", str(run_dir)]
+        command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
         for o in overrides:
             command += ["--set", o]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

@@ -100,7 +100,7 @@ def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(smoke_override
         "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
         f"data.num_workers={num_workers}",
     ]
-    command = [sys.executable, "-m", "cli.main", "train", "baseline", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
     for o in overrides:
         command += ["--set", o]
     log = (tmp_path / "out.log").open("w+")

@@ -24,7 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def wmtp_train(run_dir, overrides: list[str], *stages: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "cli.main", "train", "smoke", "--run-dir", str(run_dir)]
+    args = [sys.executable, "-m", "wmtp_cli.main", "train", "smoke", "--run-dir", str(run_dir)]
     for stage in stages:
         args += ["--stage", stage]
     for o in overrides:

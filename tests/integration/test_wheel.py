@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.platform.jobs import prepare_job
+from wmtp_cli.platform.jobs import prepare_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "storage", "build", "dist", "*.egg-info", "__pycache__",
@@ -62,8 +62,16 @@ def test_wheel_ships_every_asset_folder(unpacked_wheel):
     assert shipped == in_checkout
 
 
+def test_wheel_installs_only_wmtp_prefixed_import_names(unpacked_wheel):
+    """Generic top-level names (cli, storage_sync) would collide with a user's own packages."""
+    top = sorted(p.name for p in unpacked_wheel.iterdir() if p.is_dir() and not p.name.endswith(".dist-info"))
+    assert top == ["wmtp", "wmtp_assets", "wmtp_cli", "wmtp_storage_sync"]
+    assert (unpacked_wheel / "wmtp_cli" / "platform" / "vessl.py").is_file()
+    assert (unpacked_wheel / "wmtp_storage_sync" / "engine.py").is_file()
+
+
 def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path):
-    script = ("import wmtp, cli.platform; from wmtp.assets import asset_dir; "
+    script = ("import wmtp, wmtp_cli.platform; from wmtp.assets import asset_dir; "
               "print(wmtp.__file__); [print(asset_dir(n)) for n in ('jobs', 'vessl', 'k8s', 'docker')]")
     result = run_from_wheel(unpacked_wheel, tmp_path, "-c", script)
     assert result.returncode == 0, result.stderr
@@ -75,7 +83,7 @@ def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path)
 @pytest.mark.parametrize("target", ["k8s", "vessl"])
 def test_wheel_renders_the_same_manifest_as_the_checkout(unpacked_wheel, tmp_path, target):
     out = tmp_path / "x.yaml"
-    result = run_from_wheel(unpacked_wheel, tmp_path, "-m", "cli.main", "render", "smoke", "--target", target,
+    result = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "render", "smoke", "--target", target,
                             "-o", str(out), "--name", "wmtp-wheel")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wrote {out} ({target} job wmtp-wheel)\n"
@@ -83,7 +91,7 @@ def test_wheel_renders_the_same_manifest_as_the_checkout(unpacked_wheel, tmp_pat
 
 
 def test_wheel_validates_compose_and_resolves_experiments(unpacked_wheel, tmp_path):
-    compose = run_from_wheel(unpacked_wheel, tmp_path, "-m", "cli.main", "submit", "smoke", "--target",
+    compose = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "submit", "smoke", "--target",
                              "local-docker", "--dry-run", "--name", "wmtp-wheel")
     assert compose.returncode == 0, compose.stderr
     assert f'"{tmp_path}/storage"' in compose.stdout  # the bind mount is relative to the cwd, not the checkout

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import image
-from cli.main import app
-from cli.platform.context import CONTAINER_WORKDIR
-from cli.platform.jobs import prepare_job
+from wmtp_cli import image
+from wmtp_cli.main import app
+from wmtp_cli.platform.context import CONTAINER_WORKDIR
+from wmtp_cli.platform.jobs import prepare_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"

@@ -8,10 +8,10 @@ import jinja2
 import pytest
 import yaml
 
-from cli.platform.context import JobContext
-from cli.platform.names import default_job_name, validate_job_name
-from cli.platform.render import render_manifest, yaml_value
-from cli.platform.targets import target_settings
+from wmtp_cli.platform.context import JobContext
+from wmtp_cli.platform.names import default_job_name, validate_job_name
+from wmtp_cli.platform.render import render_manifest, yaml_value
+from wmtp_cli.platform.targets import target_settings
 from wmtp.errors import WmtpError
 
 HOSTILE_STRINGS = [
@@ -109,7 +109,7 @@ def test_rendered_manifest_quotes_every_hostile_value():
 
 
 def test_jinja_environment_is_strict():
-    from cli.platform.render import template_environment
+    from wmtp_cli.platform.render import template_environment
 
     env = template_environment("k8s")
     assert env.undefined is jinja2.StrictUndefined

@@ -9,9 +9,9 @@ import copy
 
 import pytest
 
-from cli.platform.jobs import prepare_job
-from cli.platform.k8s import operator_violations, validate_pytorchjob
-from cli.platform.vessl import validate_run_yaml
+from wmtp_cli.platform.jobs import prepare_job
+from wmtp_cli.platform.k8s import operator_violations, validate_pytorchjob
+from wmtp_cli.platform.vessl import validate_run_yaml
 from wmtp.errors import WmtpError
 
 

@@ -186,7 +186,7 @@ def test_every_numeric_key_has_a_rule():
 
 
 def test_dry_run_with_a_bad_value_is_one_line_exit_2_and_makes_no_directory(tmp_path, monkeypatch):
-    from cli.main import app
+    from wmtp_cli.main import app
 
     monkeypatch.chdir(tmp_path)  # output.root is relative: storage/checkpoints under the cwd
     runner = CliRunner()
@@ -202,7 +202,7 @@ def test_dry_run_with_a_bad_value_is_one_line_exit_2_and_makes_no_directory(tmp_
 def test_validation_rows_are_checked_for_the_ranks_that_will_run(tmp_path, monkeypatch):
     """32 rows, batch 32: one rank validates; `wmtp train` launching 2 DDP ranks would not (refused in
     the dry run too), and a run started some other way with 2 ranks is refused before its run dir."""
-    from cli.main import app
+    from wmtp_cli.main import app
     from wmtp.train.config import check_world_size
 
     monkeypatch.chdir(tmp_path)

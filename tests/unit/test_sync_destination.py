@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from storage_sync.destination import LocalLocation, S3Location, VesslLocation, parse_destination
-from storage_sync.engine import resolve_selection
-from storage_sync.errors import SyncError
+from wmtp_storage_sync.destination import LocalLocation, S3Location, VesslLocation, parse_destination
+from wmtp_storage_sync.engine import resolve_selection
+from wmtp_storage_sync.errors import SyncError
 
 
 @pytest.mark.parametrize("dest, expected", [

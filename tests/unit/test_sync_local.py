@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
-from storage_sync.backends import local as local_backend
-from storage_sync.manifest import PARTIAL_SUFFIX
+from wmtp_storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
+from wmtp_storage_sync.backends import local as local_backend
+from wmtp_storage_sync.manifest import PARTIAL_SUFFIX
 
 
 class ReadCounter:

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from storage_sync.backends.s3 import MAX_PARTS, MiB, composite_checksum, part_size_for
-from storage_sync.errors import SyncError
-from storage_sync.manifest import (
+from wmtp_storage_sync.backends.s3 import MAX_PARTS, MiB, composite_checksum, part_size_for
+from wmtp_storage_sync.errors import SyncError
+from wmtp_storage_sync.manifest import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     FileEntry,

@@ -1,4 +1,4 @@
-"""The sync progress bar (storage_sync.engine._Progress): bytes done of the total and a bytes/s rate on a
+"""The sync progress bar (wmtp_storage_sync.engine._Progress): bytes done of the total and a bytes/s rate on a
 terminal; nothing at all on a pipe or log."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 from rich.console import Console
 
-from storage_sync.engine import _Progress
+from wmtp_storage_sync.engine import _Progress
 
 
 def terminal() -> tuple[Console, io.StringIO]:

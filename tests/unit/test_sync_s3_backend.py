@@ -5,8 +5,8 @@ import hashlib
 
 import pytest
 
-from storage_sync.backends.base import RemoteObject
-from storage_sync.backends.s3 import S3Backend, _checksum_payload_signer
+from wmtp_storage_sync.backends.base import RemoteObject
+from wmtp_storage_sync.backends.s3 import S3Backend, _checksum_payload_signer
 
 
 @pytest.fixture
