@@ -4,9 +4,15 @@ jobs/ and the templates live at the top of the checkout (the design's layout) an
 `wmtp_assets.*` package data, so an installed wheel renders exactly what a checkout renders.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-ASSET_DIRS = {"wmtp_assets.jobs": "jobs", "wmtp_assets.vessl": "vessl", "wmtp_assets.k8s": "k8s", "wmtp_assets.docker": "docker"}
+HERE = Path(__file__).resolve().parent
+# jobs/ and every top-level folder holding a job template (*.j2): a new target's template folder ships
+# without an edit here.
+ASSET_DIRS = {f"wmtp_assets.{name}": name
+              for name in ["jobs", *sorted({path.parent.name for path in HERE.glob("*/*.j2")})]}
 # The cli/ and storage_sync/ folders install as `wmtp_cli` and `wmtp_storage_sync`: generic names such as
 # `cli` would collide with a user's own package (a working directory holding a cli/ folder would
 # hijack `python -m cli.main`, which `wmtp submit --target local` runs).

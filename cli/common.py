@@ -7,13 +7,14 @@ import sys
 
 import typer
 
+from wmtp_cli.secrets import scrub
 from wmtp.errors import WmtpError
 
 EXIT_BAD_INPUT = 2
 
 
 def report_bad_input(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {scrub(message)}", err=True, fg=typer.colors.RED)  # never a credential's value
 
 
 class WmtpTyper(typer.Typer):

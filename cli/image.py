@@ -14,13 +14,14 @@ app = WmtpTyper(help="Build and push the trainer image (docker/Dockerfile).")
 
 
 def default_image() -> str:
-    """The image jobs/defaults.yaml runs (targets.k8s.image; every target uses the same one)."""
+    """The image jobs/defaults.yaml runs (the first target's with one; every target uses the same one)."""
+    from wmtp_cli.platform.registry import targets as registered
     from wmtp.assets import asset_dir
     from wmtp.train.config import read_yaml
 
     targets = read_yaml(asset_dir("jobs") / "defaults.yaml").get("targets") or {}
-    for key in ("k8s", "vessl", "local_docker"):
-        image = (targets.get(key) or {}).get("image")
+    for target in registered().values():
+        image = (targets.get(target.spec_key) or {}).get("image")
         if image:
             return image
     raise WmtpError("jobs/defaults.yaml: targets.*.image: no image configured; pass --tag")
@@ -28,7 +29,7 @@ def default_image() -> str:
 
 def docker_client():
     """A docker SDK client whose engine answered a ping, or one clear line."""
-    from wmtp_cli.platform.compose import require_engine
+    from wmtp_cli.platform.plugins.local_docker import require_engine
 
     require_engine()
     import docker

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from wmtp_cli import data, eval as eval_cmds, model, sync, train
-from wmtp_cli import image, submit
+from wmtp_cli import image, jobs, submit
 from wmtp_cli.common import WmtpTyper
 from wmtp import __version__
 
@@ -15,6 +15,7 @@ app = WmtpTyper(help="Weighted multi-token prediction: train, evaluate and submi
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
 app.add_typer(eval_cmds.app, name="eval")
+app.add_typer(jobs.app, name="jobs")
 sync.register(app)
 app.command("train")(train.train)
 submit.register(app)

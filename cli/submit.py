@@ -1,5 +1,6 @@
-"""`wmtp submit` / `render` / `status` / `logs`: experiment specs as jobs on VESSL, Kubernetes,
-local docker compose or this machine. Thin commands over `wmtp_cli.platform`."""
+"""`wmtp submit` / `render` / `status` / `logs` / `cancel` / `ls`: experiment specs as jobs on the targets
+of `wmtp_cli.platform.registry` (VESSL, Kubernetes, local docker compose, this machine), and their life
+there. Thin commands over `wmtp_cli.platform`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,28 @@ from typing import Optional
 import typer
 
 from wmtp_cli.envfile import load_env_file
+from wmtp_cli.platform.registry import DEFAULT_TARGET, names
 
-TARGET_HELP = "vessl | k8s | local-docker | local (this machine, the default)."
+TARGET_HELP = f"Where the job runs; {DEFAULT_TARGET} = this machine."
+REF_HELP = "Job name, or the VESSL run id (see `wmtp ls`)."
+SETTINGS_HELP = "targets.* overrides, e.g. targets.k8s.namespace=team."
+
+
+def complete_target(incomplete: str) -> list[str]:
+    """Shell completion of --target: the registry's names."""
+    return [name for name in names() if name.startswith(incomplete)]
+
+
+def target_option(default=...):
+    """The --target option every command shares: its choices are the registry's. A name that is not one
+    is refused by the registry in one line (exit 2), not by click's multi-line usage error."""
+    return typer.Option(default, "--target", "-t", metavar=f"[{'|'.join(names())}]", help=TARGET_HELP,
+                        autocompletion=complete_target)
 
 
 def submit(
     experiment: str = typer.Argument(..., help="An experiment in jobs/ (smoke, baseline, critic, verifiable, rho1)."),
-    target: str = typer.Option("local", "--target", "-t", help=TARGET_HELP),
+    target: str = target_option(DEFAULT_TARGET),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable; targets.* shape the job)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
     name: Optional[str] = typer.Option(None, help="Job name (DNS-1035 label); default wmtp-<experiment>-<time>."),
@@ -27,17 +43,21 @@ def submit(
 ) -> None:
     """Render, validate and submit an experiment job; print what was created and how to follow it."""
     from wmtp_cli.platform.jobs import prepare_job, submit_job
+    from wmtp_cli.platform.registry import get_target
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
+    say_which_file(experiment, job)
     if dry_run:
         typer.echo(job.manifest, nl=False)
         warn_about_submit_refusal(job)
         typer.echo(f"# dry run: {target} job {job.context.name} not submitted", err=True)
         return
-    if target in ("vessl", "k8s"):
+    plugin = get_target(target)
+    if plugin.env_file_credentials:
         load_env_file(env_file)  # SDK / client credentials (VESSL_ACCESS_TOKEN, KUBECONFIG) may live there
-    if target == "local":
-        typer.echo(f"running: {job.manifest.strip()}")
+    starting = plugin.starting_line(job)
+    if starting:
+        typer.echo(starting)
     lines, status = submit_job(job, env_file, server_dry_run)
     for line in lines:
         typer.echo(line)
@@ -47,7 +67,7 @@ def submit(
 
 def render(
     experiment: str = typer.Argument(..., help="An experiment in jobs/."),
-    target: str = typer.Option(..., "--target", "-t", help=TARGET_HELP),
+    target: str = target_option(),
     output: Path = typer.Option(..., "--output", "-o", help="File to write the manifest to."),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer."),
@@ -58,44 +78,78 @@ def render(
     from wmtp_cli.platform.jobs import prepare_job
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
+    say_which_file(experiment, job)
     write_atomically(output, job.manifest)
     warn_about_submit_refusal(job)
     typer.echo(f"wrote {output} ({target} job {job.context.name})")
 
 
+def say_which_file(experiment: str, job) -> None:
+    """On stderr (stdout may be the manifest): the ./jobs file a name resolved to, and for a container
+    target the shipped experiment and --set it gets in its place (the image has only the shipped jobs/)."""
+    from wmtp_cli.jobs import source_note
+
+    note = source_note(experiment, job.carried)
+    if note:
+        typer.echo(note, err=True)
+
+
 def warn_about_submit_refusal(job) -> None:
     """A manifest `wmtp submit` would refuse (VESSL without a tracking store that outlives the run) is
     still shown or written, for reading; say on stderr why it would not be submitted as it is."""
-    if job.context.target == "vessl":
-        from wmtp_cli.platform.vessl import tracking_problem
+    from wmtp_cli.platform.registry import get_target
 
-        problem = tracking_problem(job.context)
-        if problem:
-            typer.echo(f"warning: {problem}", err=True)
+    problem = get_target(job.context.target).submit_refusal(job.context)
+    if problem:
+        typer.echo(f"warning: {problem}", err=True)
 
 
 def status(
-    name: str = typer.Argument(..., help="Job name (k8s, local-docker) or VESSL run id."),
-    target: str = typer.Option(..., "--target", "-t", help=TARGET_HELP),
-    overrides: list[str] = typer.Option([], "--set", help="targets.* overrides, e.g. targets.k8s.namespace=team."),
+    name: str = typer.Argument(..., help=REF_HELP),
+    target: str = target_option(),
+    overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
 ) -> None:
     """Where a submitted job stands."""
-    from wmtp_cli.platform.jobs import job_status
+    from wmtp_cli.platform.lifecycle import job_status
 
     for line in job_status(name, target, overrides):
         typer.echo(line)
 
 
 def logs(
-    name: str = typer.Argument(..., help="Job name (k8s, local-docker) or VESSL run id."),
-    target: str = typer.Option(..., "--target", "-t", help=TARGET_HELP),
+    name: str = typer.Argument(..., help=REF_HELP),
+    target: str = target_option(),
     tail: int = typer.Option(200, help="Lines from the end."),
-    overrides: list[str] = typer.Option([], "--set", help="targets.* overrides, e.g. targets.k8s.namespace=team."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Then print new lines as they come, until the job ends."),
+    overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
 ) -> None:
-    """The last lines a submitted job printed (the trainer's rank-0 output)."""
-    from wmtp_cli.platform.jobs import job_logs
+    """The last lines a submitted job printed (the trainer's rank-0 output); --follow keeps printing."""
+    from wmtp_cli.platform.lifecycle import job_logs
 
-    for line in job_logs(name, target, tail, overrides):
+    for line in job_logs(name, target, tail, overrides, follow):
+        typer.echo(line)
+
+
+def cancel(
+    name: str = typer.Argument(..., help=REF_HELP),
+    target: str = target_option(),
+    overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
+) -> None:
+    """Stop a submitted job and remove what runs it (VESSL terminate, PyTorchJob delete, compose down)."""
+    from wmtp_cli.platform.lifecycle import cancel_job
+
+    for line in cancel_job(name, target, overrides):
+        typer.echo(line)
+
+
+def list_jobs(
+    target: str = target_option(),
+    overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
+) -> None:
+    """The jobs this tool submitted to a target: name, status, age (newest first)."""
+    from wmtp_cli.platform.lifecycle import list_jobs as job_lines
+
+    for line in job_lines(target, overrides):
         typer.echo(line)
 
 
@@ -109,8 +163,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `submit`, `render`, `status` and `logs` to `app`."""
+    """Add `submit`, `render`, `status`, `logs`, `cancel` and `ls` to `app`."""
     app.command("submit")(submit)
     app.command("render")(render)
     app.command("status")(status)
     app.command("logs")(logs)
+    app.command("cancel")(cancel)
+    app.command("ls")(list_jobs)

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import typer
 
 from wmtp_cli.envfile import declared_secret_names, load_env_file, read_env_file, refuse_secret_overrides
+from wmtp_cli.jobs import source_note
 from wmtp.train.run_lock import HELD_ENV, RunLock, acquire
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -32,12 +33,17 @@ def train(
     from wmtp.train.config import check_world_size, dump_spec, load_experiment, select_stages
 
     load_env_file(env_file)
+    refuse_secret_overrides(overrides, [], read_env_file(env_file) if env_file else {})  # before spec errors quote one
     experiment = select_stages(load_experiment(spec, overrides, preset), stages)
     # As `submit` does: a secret's value in --set would be written into spec.yaml, MLflow and the logs.
     refuse_secret_overrides(overrides, declared_secret_names([stage.env for stage in experiment.stages]),
                             read_env_file(env_file) if env_file else {})
     check_world_size(experiment, experiment.stages[0].launch_world_size())
+    # stderr: a dry run's stdout is the resolved specs only. After the checks, so an error stays one line.
+    note = source_note(spec)
     if dry_run:
+        if note:
+            typer.echo(note, err=True)
         for stage in experiment.stages:
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
         return
@@ -49,6 +55,8 @@ def train(
     run_dir = run_dir or default_run_dir(experiment)
     check_stage_needs(experiment, run_dir)  # read-only: a missing critic is refused before the lock makes the dir
     check_run_dir(experiment, run_dir)  # a run dir started with another spec: refused once, not by N ranks
+    if note:
+        typer.echo(note, err=True)
     dist = experiment.stages[0].distributed
     # One writer per run dir, for the run's lifetime; a second one is refused here, having written nothing.
     with acquire(run_dir) as lock:

@@ -2,7 +2,7 @@
 
 The SDK reads them from the environment when `vessl` is first imported (vessl.util.constant), so they
 are set just before that import. A value the user set explicitly is kept. Kept free of heavy imports:
-`wmtp_cli.platform.vessl` imports it without pulling in the sync engine's backends.
+`wmtp_cli.platform.plugins.vessl` imports it without pulling in the sync engine's backends.
 """
 
 from __future__ import annotations

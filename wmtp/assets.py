@@ -1,11 +1,14 @@
-"""Locate the shipped asset folders (jobs/, vessl/, k8s/, docker/) in a checkout or an installed wheel."""
+"""Locate the shipped asset folders (jobs/, vessl/, k8s/, docker/: jobs/ and each target's template folder)
+in a checkout or an installed wheel."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
-ASSET_NAMES = ("jobs", "vessl", "k8s", "docker")
+# A top-level folder of the checkout; setup.py ships jobs/ and every folder holding a template (*.j2).
+ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 CHECKOUT_ROOT = Path(__file__).resolve().parents[1]  # in an installed wheel: site-packages
 
 
@@ -16,8 +19,8 @@ def asset_dir(name: str) -> Path:
     this `wmtp` package wins, so code and templates always come from the same install (a namespace
     path can also hold another install's folders, e.g. an editable checkout's).
     """
-    if name not in ASSET_NAMES:
-        raise ValueError(f"unknown asset folder {name!r}; expected one of {ASSET_NAMES}")
+    if not ASSET_NAME.fullmatch(name):
+        raise ValueError(f"asset folder {name!r}: expected a folder name (letters, digits, '_', '-')")
     in_checkout = CHECKOUT_ROOT / name
     if (CHECKOUT_ROOT / "pyproject.toml").is_file() and in_checkout.is_dir():
         return in_checkout

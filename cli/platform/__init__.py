@@ -1,5 +1,6 @@
-"""Job platform: experiment spec → rendered, validated manifest → VESSL / Kubernetes / compose / local.
+"""Job platform: experiment spec → rendered, validated manifest → a target (VESSL / Kubernetes / compose / local).
 
-`jobs.prepare_job` renders and validates; `jobs.submit_job`, `job_status` and `job_logs` talk to the
-target. Templates live in vessl/, k8s/ and docker/ (shipped as wmtp_assets.* package data).
+`registry` lists the targets (one module each in `plugins/`, each a `target.Target`); `jobs.prepare_job`
+renders and validates, `jobs.submit_job` submits, `lifecycle` does status / logs / cancel / ls. Templates
+live in top-level folders (vessl/, k8s/, docker/), shipped as wmtp_assets.* package data.
 """

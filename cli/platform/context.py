@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from wmtp_cli.platform.names import validate_job_name
-from wmtp_cli.platform.targets import check_target, target_settings
+from wmtp_cli.platform.registry import get_target
 from wmtp.errors import WmtpError
 from wmtp.train.config import Experiment
 
@@ -58,11 +58,11 @@ def build_context(
     preset: Optional[str],
 ) -> JobContext:
     """Validate everything a manifest needs and gather it into a JobContext."""
-    check_target(target)
+    plugin = get_target(target)
     validate_job_name(name)
     first = experiment.stages[0]
-    settings = target_settings(target, first.targets)
-    if target != "local":
+    settings = plugin.settings(first.targets)
+    if plugin.in_container:
         require_shipped_experiment(experiment_arg, target)
     nproc = shared_nproc_per_node(experiment)
     run_dir = posixpath.join(first.output.root, name)

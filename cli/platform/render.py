@@ -13,13 +13,6 @@ from wmtp_cli.platform.context import JobContext
 from wmtp.assets import asset_dir
 from wmtp.errors import WmtpError
 
-TEMPLATES = {  # target → (asset folder, template file)
-    "vessl": ("vessl", "run.yaml.j2"),
-    "k8s": ("k8s", "pytorchjob.yaml.j2"),
-    "local-docker": ("docker", "compose.yaml.j2"),
-}
-
-
 def yaml_value(value: Any) -> str:
     """Any scalar or list as a JSON literal, which YAML reads back unchanged.
 
@@ -37,8 +30,9 @@ def undefined_or_unsupported(value: Any) -> Any:
     raise TypeError(f"cannot render a {type(value).__name__} into a manifest")
 
 
-def template_environment(folder: str) -> jinja2.Environment:
-    """A Jinja environment over one shipped template folder; undefined names are errors."""
+def template_environment(folder: str, filters: dict[str, Any] | None = None) -> jinja2.Environment:
+    """A Jinja environment over one shipped template folder; undefined names are errors. `filters`
+    replace or add to the shared ones (a target's own quoting, e.g. compose's `$$`)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(asset_dir(folder))),
         undefined=jinja2.StrictUndefined,
@@ -49,15 +43,17 @@ def template_environment(folder: str) -> jinja2.Environment:
     )
     env.filters["yaml_value"] = yaml_value
     env.filters["shell_join"] = shlex.join
+    env.filters.update(filters or {})
     return env
 
 
-def render_manifest(context: JobContext, extra: dict[str, Any] | None = None) -> str:
-    """Render the target's template with `context` (plus target-specific `extra` values)."""
-    folder, name = TEMPLATES[context.target]
-    where = f"{folder}/{name}"
+def render_manifest(where: str, context: JobContext, extra: dict[str, Any] | None = None,
+                    filters: dict[str, Any] | None = None) -> str:
+    """Render the template `where` (`folder/file.j2` among the shipped assets) with `context`, plus a
+    target's `extra` values and `filters`."""
+    folder, name = where.split("/", 1)
     try:
-        template = template_environment(folder).get_template(name)
+        template = template_environment(folder, filters).get_template(name)
         text = template.render(**context.as_template_vars(), **(extra or {}))
     except jinja2.TemplateNotFound:
         raise WmtpError(f"{where}: template not found in {asset_dir(folder)}") from None

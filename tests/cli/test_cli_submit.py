@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import yaml
 import pytest
 from typer.testing import CliRunner
@@ -52,7 +55,7 @@ def test_default_name_is_generated_and_valid():
 
 @pytest.mark.parametrize("args, expected", [
     (["--name", 'bad"name: x'], "error: --name 'bad\"name: x': must be a DNS-1035 label"),
-    (["--target", "slurm"], "error: --target 'slurm': expected one of vessl, k8s, local-docker, local"),
+    (["--target", "slurm"], "error: --target 'slurm': expected one of k8s, local, local-docker, vessl"),
     (["--set", "targets.k8s.gpus_per_node=-2"], "error: targets.k8s.gpus_per_node: Input should be greater than"),
     (["--set", "targets.k8s.image=a b"], "error: targets.k8s.image: expected a container image reference"),
     (["--set", "targets.k8s.pvc=Storage!"], "error: targets.k8s.pvc: expected a DNS-1123 subdomain"),
@@ -118,3 +121,88 @@ def test_credentials_in_a_url_never_reach_the_manifest(override, key):
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {key}: ") and "credentials (user:password@)" in result.output
     assert "hunter2" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- secrets, hardened
+
+TARGETS = ["vessl", "k8s", "local-docker", "local"]
+# Credentials whose manifest text differs from their value (JSON escapes `"`, `\`, non-ASCII; the shell
+# quoting of VESSL's command and of the local command line splits `'`; compose writes `$` as `$$`).
+QUOTED_SECRETS = ['tok"9f3kQ2xZ', "tok\\9f3kQ2xZ", "tok'9f3kQ2xZ", "tok-é9f3kQ2xZ", "tok$9f3kQ2xZ"]
+REFUSED = "; secrets are referenced by name (env.secrets), never written — remove it from --set"
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No credential of the developer's shell or kubeconfig takes part."""
+    for name in list(os.environ):
+        if re.search(r"_TOKEN$|_PASSWORD$|_KEY$|SECRET", name, re.IGNORECASE):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("secret", QUOTED_SECRETS, ids=["dquote", "backslash", "squote", "non-ascii", "dollar"])
+def test_a_secret_in_set_is_refused_however_the_manifest_quotes_it(target, secret, clean_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", secret)
+    result = runner.invoke(app, ["submit", "smoke", "--target", target, "--dry-run", "--name", "wmtp-sec",
+                                 "--set", f"tracking.run_name=run-{secret}"])
+    assert one_error_line(result) == f"error: --set tracking.run_name: holds the value of secret HF_TOKEN{REFUSED}"
+    assert secret not in result.output
+
+
+@pytest.mark.parametrize("name", ["VESSL_ACCESS_TOKEN", "AWS_SESSION_TOKEN", "GITHUB_TOKEN", "OPENAI_API_KEY"])
+def test_an_exported_credential_not_in_env_secrets_is_refused_too(name, clean_env, monkeypatch):
+    monkeypatch.setenv(name, "exported-9c8b7a6d5e")
+    result = runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run",
+                                 "--set", "tracking.run_name=mine-exported-9c8b7a6d5e"])
+    assert one_error_line(result) == f"error: --set tracking.run_name: holds the value of secret {name}{REFUSED}"
+    assert "exported-9c8b7a6d5e" not in result.output
+
+
+@pytest.mark.parametrize("target, override, found", [
+    ("k8s", "tracking.run_name=see https://alice:hunter2pass@mlflow.example.org/x", "user:password@"),
+    ("local", "tracking.run_name=[a, https://hunter2pass@github.com/org/repo]", "user@ or token@"),
+    ("local-docker", "tracking.run_name=copy of s3://AKIA:hunter2pass@bucket/train.jsonl", "user:password@"),
+    ("vessl", "targets.vessl.mlflow_uri=https://mlflow.example.org/?next=https://alice:hunter2pass@evil.example.org",
+     "user:password@"),
+])
+def test_url_credentials_inside_a_longer_value_are_refused(target, override, found, clean_env):
+    result = runner.invoke(app, ["submit", "smoke", "--target", target, "--dry-run", "--set", override])
+    line = one_error_line(result)
+    assert f"credentials ({found})" in line and "hunter2pass" not in result.output
+
+
+SECRET = "Tok_8c1f2e9aXq"  # not a DNS label (uppercase, `_`), not a number
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", f"train.lr={SECRET}"], f"error: --set train.lr: holds the value of secret HF_TOKEN{REFUSED}"),
+    (["--set", f"{SECRET}=1"], f"error: --set ***: holds the value of secret HF_TOKEN{REFUSED}"),
+    (["--set", f"train.{SECRET}=1"], f"error: --set train.***: holds the value of secret HF_TOKEN{REFUSED}"),
+    (["--name", SECRET], "error: --name '***': must be a DNS-1035 label"),
+    (["--preset", SECRET], "error: preset '***': no "),
+])
+def test_errors_never_echo_a_secret(args, expected, clean_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    result = runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run", *args])
+    assert one_error_line(result).startswith(expected) and SECRET not in result.output
+
+
+@pytest.mark.parametrize("secret", QUOTED_SECRETS, ids=["dquote", "backslash", "squote", "non-ascii", "dollar"])
+def test_a_name_error_never_echoes_an_env_file_value(secret, clean_env, tmp_path):
+    env_file = tmp_path / "creds.env"
+    env_file.write_text(f"SOME_SETTING={secret}\n")  # read (not exported) by submit; any name counts
+    result = runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run", "--env-file", str(env_file),
+                                 "--name", f"Job-{secret}"])
+    line = one_error_line(result)
+    assert line.startswith(("error: --name 'Job-***': must be a DNS-1035", 'error: --name "Job-***": must be')), line
+    assert secret not in result.output and repr(secret)[1:-1] not in result.output
+
+
+def test_a_name_error_never_echoes_a_kubeconfig_token(clean_env, monkeypatch, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({"users": [{"name": "ci", "user": {"token": "Kube_Tok_5e6f7a8b"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run", "--name", "Kube_Tok_5e6f7a8b"])
+    assert one_error_line(result).startswith("error: --name '***': must be a DNS-1035 label")

@@ -1,5 +1,9 @@
 """`wmtp train` through CliRunner: dry-run, one-line errors, secrets from --env-file never printed."""
 
+import os
+import re
+
+import pytest
 from typer.testing import CliRunner
 
 from wmtp_cli.main import app
@@ -150,3 +154,47 @@ def test_stage_is_parsed_by_the_torchrun_entry_point():
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("# stage: ")] == [
         "# stage: critic", "# stage: rho1"]
+
+
+# ---------------------------------------------------------------- secrets, hardened
+
+REFUSED = "; secrets are referenced by name (env.secrets), never written — remove it from --set"
+SECRET = "Tok_8c1f2e9aXq"
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No credential of the developer's shell or kubeconfig takes part."""
+    for name in list(os.environ):
+        if re.search(r"_TOKEN$|_PASSWORD$|_KEY$|SECRET", name, re.IGNORECASE):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+
+
+@pytest.mark.parametrize("name, value, override, expected", [
+    # The spec error that used to come first quoted the value back: `train.lr: … (got 'pw-4471')`.
+    ("MLFLOW_TRACKING_PASSWORD", "pw-4471", "train.lr=pw-4471", "--set train.lr: holds the value of secret "
+     "MLFLOW_TRACKING_PASSWORD"),
+    ("HF_TOKEN", SECRET, f"train.lr={SECRET}", "--set train.lr: holds the value of secret HF_TOKEN"),
+    ("HF_TOKEN", SECRET, f"{SECRET}=1", "--set ***: holds the value of secret HF_TOKEN"),
+    ("VESSL_ACCESS_TOKEN", "exported-9c8b7a6d5e", "tracking.run_name=exported-9c8b7a6d5e",
+     "--set tracking.run_name: holds the value of secret VESSL_ACCESS_TOKEN"),
+    ("AWS_SESSION_TOKEN", "exported-9c8b7a6d5e", "tracking.run_name=x-exported-9c8b7a6d5e",
+     "--set tracking.run_name: holds the value of secret AWS_SESSION_TOKEN"),
+    ("HF_TOKEN", 'tok"9f3kQ2xZ', 'tracking.run_name="tok\\"9f3kQ2xZ"', "--set tracking.run_name: holds the value "
+     "of secret HF_TOKEN"),  # YAML-escaped in --set: seen as the trainer will read it
+])
+def test_train_refuses_a_secret_in_set_before_any_spec_error_can_quote_it(name, value, override, expected,
+                                                                           clean_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["train", "baseline", "--dry-run", "--set", override])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {expected}{REFUSED}"
+    assert value not in result.output
+
+
+def test_train_errors_never_echo_a_secret(clean_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    for args in (["--preset", SECRET], ["--stage", SECRET]):
+        result = runner.invoke(app, ["train", "smoke", "--dry-run", "--run-dir", str(tmp_path / "run"), *args])
+        assert result.exit_code == 2 and SECRET not in result.output and "***" in result.output, result.output

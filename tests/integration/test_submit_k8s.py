@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,8 +61,20 @@ class RecordingHandler(BaseHTTPRequestHandler):
             self.reply(code, {"kind": "Status", "status": "Failure", "message": message, "code": code})
             return
         if "dryRun" not in entry["query"]:
-            self.server.created[entry["body"]["metadata"]["name"]] = entry["body"]
+            # Like kube-apiserver: the stored object gets its creation time.
+            stored = json.loads(json.dumps(entry["body"]))
+            stored["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.server.created[stored["metadata"]["name"]] = stored
         self.reply(201, entry["body"])
+
+    def do_DELETE(self):
+        entry = self.record()
+        name = entry["path"].rsplit("/", 1)[-1]
+        if self.server.created.pop(name, None) is None:
+            self.reply(404, {"kind": "Status", "status": "Failure", "message": f'pytorchjobs.kubeflow.org "{name}" '
+                             "not found", "code": 404})
+            return
+        self.reply(200, {"kind": "Status", "status": "Success", "details": {"name": name}})
 
     def do_GET(self):
         entry = self.record()
@@ -71,15 +84,32 @@ class RecordingHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
             self.wfile.write(b"step 1: loss 7.03\nstep 2: loss 6.19\n")
+            if entry["query"].get("follow") == ["true"]:  # a running container: more lines come, then it ends
+                for step in (3, 4):
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                    self.wfile.write(f"step {step}: loss {8 - step}.00\n".encode())
+            return
+        if entry["path"].endswith("/pytorchjobs"):  # list: only the labelSelector's jobs, like the real one
+            namespace = entry["path"].split("/")[-2]
+            key, _, value = entry["query"].get("labelSelector", ["="])[0].partition("=")
+            items = [self.with_status(job) for job in self.server.created.values()
+                     if job["metadata"].get("namespace") == namespace
+                     and (not key or (job["metadata"].get("labels") or {}).get(key) == value)]
+            self.reply(200, {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJobList", "items": items})
             return
         job = self.server.created.get(name)
         if job is None:
             self.reply(404, {"kind": "Status", "status": "Failure", "message": f'pytorchjobs "{name}" not found',
                              "code": 404})
             return
+        self.reply(200, self.with_status(job))
+
+    @staticmethod
+    def with_status(job: dict) -> dict:
         status = {"conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}],
                   "replicaStatuses": {"Master": {"active": 1}}}
-        self.reply(200, {**job, "status": status})
+        return {**job, "status": status}
 
 
 @pytest.fixture
@@ -223,3 +253,69 @@ def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp
     assert lines[0].startswith(f"error: cannot reach the Kubernetes API server at {server} to ")
     assert lines[0].endswith(": connection refused (MaxRetryError)")
     assert "closed-port-token-value" not in result.output
+
+
+# ---------------------------------------------------------------- the job's life: ls, logs --follow, cancel
+
+
+def test_ls_lists_the_pytorchjobs_wmtp_submitted_by_label(api_server):
+    for name in ("wmtp-k8s-10", "wmtp-k8s-11"):
+        assert runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--name", name]).exit_code == 0
+    foreign = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+               "metadata": {"name": "theirs", "namespace": "wmtp", "labels": {}}}
+    api_server.created["theirs"] = foreign  # someone else's job in the same namespace
+    result = runner.invoke(app, ["ls", "--target", "k8s"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "AGE"]
+    assert sorted(line.split()[:2] for line in lines[1:]) == [["wmtp-k8s-10", "Running"], ["wmtp-k8s-11", "Running"]]
+    assert all(line.split()[2].endswith("s") for line in lines[1:])  # created seconds ago
+    request = api_server.requests[-1]
+    assert request["method"] == "GET" and request["path"] == "/apis/kubeflow.org/v1/namespaces/wmtp/pytorchjobs"
+    assert request["query"]["labelSelector"] == ["app.kubernetes.io/name=wmtp"]
+    other = runner.invoke(app, ["ls", "--target", "k8s", "--set", "targets.k8s.namespace=team-b"])
+    assert other.output == "no jobs submitted by wmtp found (--target k8s)\n"
+    assert api_server.requests[-1]["path"] == "/apis/kubeflow.org/v1/namespaces/team-b/pytorchjobs"
+
+
+def test_cancel_deletes_the_pytorchjob_and_its_pods(api_server):
+    assert runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--name", "wmtp-k8s-12"]).exit_code == 0
+    result = runner.invoke(app, ["cancel", "wmtp-k8s-12", "--target", "k8s"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "deleted PyTorchJob wmtp-k8s-12 in namespace wmtp (its pods go with it)\n"
+    request = api_server.requests[-1]
+    assert request["method"] == "DELETE"
+    assert request["path"] == "/apis/kubeflow.org/v1/namespaces/wmtp/pytorchjobs/wmtp-k8s-12"
+    assert request["query"] == {"propagationPolicy": ["Background"]}  # the pods are the job's dependents
+    assert api_server.created == {}
+    again = runner.invoke(app, ["cancel", "wmtp-k8s-12", "--target", "k8s"])
+    assert again.exit_code == 2 and again.output == (
+        'error: Kubernetes API refused to delete the PyTorchJob: 404 Not Found: '
+        'pytorchjobs.kubeflow.org "wmtp-k8s-12" not found\n')
+
+
+def test_logs_follow_streams_the_master_log_until_it_ends(api_server):
+    result = runner.invoke(app, ["logs", "wmtp-k8s-13", "--target", "k8s", "--follow", "--tail", "20"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["step 1: loss 7.03", "step 2: loss 6.19", "step 3: loss 5.00",
+                                          "step 4: loss 4.00"]
+    request = api_server.requests[-1]
+    assert request["path"] == "/api/v1/namespaces/wmtp/pods/wmtp-k8s-13-master-0/log"
+    assert request["query"] == {"container": ["pytorch"], "tailLines": ["20"], "follow": ["true"]}
+
+
+@pytest.mark.parametrize("command", [["ls"], ["cancel", "wmtp-k8s-14"], ["logs", "wmtp-k8s-14", "--follow"]])
+def test_lifecycle_against_an_unreachable_api_server_is_one_line(command, tmp_path, monkeypatch):
+    server = f"http://127.0.0.1:{closed_port()}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "closed",
+        "clusters": [{"name": "closed", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": "closed-port-token-value"}}],
+        "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = runner.invoke(app, [*command, "--target", "k8s"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Kubernetes API server at {server} to ")

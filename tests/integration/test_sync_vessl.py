@@ -74,7 +74,7 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
 
 def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch):
     """Both switches, the same ones `wmtp submit --target vessl` sets, are in the environment at import."""
-    from wmtp_cli.platform import vessl as submit_vessl
+    from wmtp_cli.platform.plugins import vessl as submit_vessl
     from wmtp_storage_sync.backends import vessl as sync_vessl
     from wmtp_storage_sync.vessl_telemetry import VESSL_TELEMETRY_OPT_OUT
 

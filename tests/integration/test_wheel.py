@@ -66,8 +66,22 @@ def test_wheel_installs_only_wmtp_prefixed_import_names(unpacked_wheel):
     """Generic top-level names (cli, storage_sync) would collide with a user's own packages."""
     top = sorted(p.name for p in unpacked_wheel.iterdir() if p.is_dir() and not p.name.endswith(".dist-info"))
     assert top == ["wmtp", "wmtp_assets", "wmtp_cli", "wmtp_storage_sync"]
-    assert (unpacked_wheel / "wmtp_cli" / "platform" / "vessl.py").is_file()
+    assert (unpacked_wheel / "wmtp_cli" / "platform" / "plugins" / "vessl.py").is_file()
     assert (unpacked_wheel / "wmtp_storage_sync" / "engine.py").is_file()
+
+
+def test_wheel_has_every_registered_target_and_its_template(unpacked_wheel, tmp_path):
+    """The registry finds its plugin modules, and their templates, inside the installed wheel too."""
+    script = ("from wmtp.assets import asset_dir; from wmtp_cli.platform.registry import targets\n"
+              "for t in targets().values():\n"
+              "    folder, _, file = (t.template or '/').partition('/')\n"
+              "    print(t.name, t.template and (asset_dir(folder) / file).is_file())")
+    result = run_from_wheel(unpacked_wheel, tmp_path, "-c", script)
+    assert result.returncode == 0, result.stderr
+    from wmtp_cli.platform.registry import targets
+
+    expected = [f"{t.name} {True if t.template else None}" for t in targets().values()]
+    assert result.stdout.splitlines() == expected
 
 
 def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path):
@@ -98,3 +112,19 @@ def test_wheel_validates_compose_and_resolves_experiments(unpacked_wheel, tmp_pa
     trainer = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp.train", "smoke", "--dry-run")
     assert trainer.returncode == 0, trainer.stderr
     assert trainer.stdout.startswith("# stage: critic")
+
+
+def test_wheel_runs_an_edited_copy_from_the_working_directory(unpacked_wheel, tmp_path):
+    """Installed elsewhere, `wmtp jobs cp` + an edit of ./jobs/smoke.yaml is what `wmtp train smoke` and the
+    trainer module (what torchrun runs, in the same working directory) resolve."""
+    copied = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "jobs", "cp", "smoke")
+    assert copied.returncode == 0, copied.stderr
+    spec = tmp_path / "jobs" / "smoke.yaml"
+    assert spec.read_text() == (unpacked_wheel / "wmtp_assets" / "jobs" / "smoke.yaml").read_text()
+    spec.write_text(spec.read_text().replace("max_steps: 12", "max_steps: 7"))
+    listing = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "jobs", "ls")
+    assert "./jobs   shadows the shipped one; shipped defaults and stages" in listing.stdout, listing.stderr
+    for command in (["wmtp_cli.main", "train"], ["wmtp.train"]):
+        result = run_from_wheel(unpacked_wheel, tmp_path, "-m", *command, "smoke", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("max_steps: 7") == 4 and "max_steps: 12" not in result.stdout

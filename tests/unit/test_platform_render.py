@@ -10,8 +10,8 @@ import yaml
 
 from wmtp_cli.platform.context import JobContext
 from wmtp_cli.platform.names import default_job_name, validate_job_name
+from wmtp_cli.platform.registry import get_target
 from wmtp_cli.platform.render import render_manifest, yaml_value
-from wmtp_cli.platform.targets import target_settings
 from wmtp.errors import WmtpError
 
 HOSTILE_STRINGS = [
@@ -59,6 +59,11 @@ def test_default_job_name_is_a_label_even_for_odd_experiment_names():
     assert validate_job_name(name) == name and name.endswith("-20250102-030405") and name.startswith("wmtp-my-exp-v2")
 
 
+def target_settings(target: str, targets: dict):
+    """A target's settings model applied to a spec's `targets:` (what every command does first)."""
+    return get_target(target).settings(targets)
+
+
 def k8s_settings(**changes):
     base = {"image": "ghcr.io/x/y:1", "namespace": "wmtp", "nodes": 1, "gpus_per_node": 4, "pvc": "wmtp-storage",
             "mlflow_secret": "wmtp-mlflow"}
@@ -95,7 +100,7 @@ def test_strict_undefined_names_the_missing_template_value():
     settings = target_settings("k8s", k8s_settings()).model_dump()
     del settings["pvc"]
     with pytest.raises(WmtpError) as info:
-        render_manifest(context(settings))
+        render_manifest(get_target("k8s").template, context(settings))
     assert str(info.value) == "k8s/pytorchjob.yaml.j2: undefined template value: 'dict object' has no attribute 'pvc'"
 
 
@@ -103,7 +108,7 @@ def test_rendered_manifest_quotes_every_hostile_value():
     settings = target_settings("k8s", k8s_settings()).model_dump()
     job = context(settings)
     job.trainer_args = ["-m", "wmtp.train", "smoke", "--set", 'data.train=x"\n    evil: [1]', "--run-dir", "d"]
-    document = yaml.safe_load(render_manifest(job))
+    document = yaml.safe_load(render_manifest(get_target("k8s").template, job))
     container = document["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert container["args"] == job.trainer_args and "evil" not in container
 

@@ -1,7 +1,6 @@
-"""Manifest validators: the training-operator's PyTorchJob admission rules and VESSL's run YAML keys.
-
-Each case breaks one rule of a valid rendered manifest and expects the operator-style message.
-"""
+"""The template-invariant checks (tests/template_rules.py): the training-operator's PyTorchJob admission
+rules and VESSL's run YAML keys. Each case breaks one rule of a valid rendered manifest and expects the
+operator-style message, so that a template change that breaks one is caught (test_render_experiments)."""
 
 from __future__ import annotations
 
@@ -9,9 +8,8 @@ import copy
 
 import pytest
 
+from tests.template_rules import operator_violations, validate_pytorchjob, validate_run_yaml
 from wmtp_cli.platform.jobs import prepare_job
-from wmtp_cli.platform.k8s import operator_violations, validate_pytorchjob
-from wmtp_cli.platform.vessl import validate_run_yaml
 from wmtp.errors import WmtpError
 
 

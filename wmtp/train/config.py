@@ -5,6 +5,10 @@ Resolution, for each stage named in the experiment's `stages` list:
     jobs/defaults.yaml ⊕ jobs/stages/<stage>.yaml ⊕ jobs/<experiment>.yaml (minus `stages`, `per_stage`)
       ⊕ <experiment>.per_stage.<stage> ⊕ jobs/presets/<preset>.yaml ⊕ --set key.path=value …
 
+An experiment name is `./jobs/<name>.yaml` of the working directory when there is one, else the shipped
+`jobs/<name>.yaml` (`find_experiment`); each layer comes from the spec's own folder when it has that file,
+else from the shipped jobs/ (`layer_file`).
+
 `⊕` is a deep merge (mappings merge key by key, anything else is replaced). Unknown keys are
 rejected and every number is range-checked (floats must be finite; rules across keys such as
 `td.w_min < td.w_max` too), before any model loads: every error is one line naming the key path, what
@@ -17,6 +21,7 @@ import copy
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -387,21 +392,66 @@ def format_validation_error(exc: ValidationError, origin: str, layers: list[tupl
     return f"{origin}: {location}: {message}{more}"
 
 
-def jobs_dir_for(spec_path: Path) -> Path:
-    """The folder holding defaults.yaml: the spec's own folder when it has one, else the shipped jobs/."""
-    return spec_path.parent if (spec_path.parent / "defaults.yaml").is_file() else asset_dir("jobs")
+# The working directory's jobs/: experiments a user wrote or copied (`wmtp jobs cp`) and edited. A name
+# is looked up there before the shipped jobs/, so an edited copy is what runs wherever wmtp is installed.
+LOCAL_JOBS = Path("jobs")
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """What an experiment argument resolved to: `path`, and whether it is a `./jobs` file (`local`) that
+    hides a shipped experiment of the same name (`shadows`). A YAML path given as such is neither."""
+
+    path: Path
+    local: bool = False
+    shadows: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The path as typed from the working directory: `./jobs/smoke.yaml`."""
+        return f"./{self.path.as_posix()}" if self.local else str(self.path)
+
+
+def experiment_names(folder: Path) -> list[str]:
+    """The experiments of a jobs/ folder: its *.yaml files but defaults.yaml."""
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "defaults") if folder.is_dir() else []
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Both exist and are one file: a checkout's ./jobs is the shipped jobs/ of its editable install."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def find_experiment(experiment: str) -> SpecSource:
+    """A path to a YAML file, or an experiment name: `./jobs/<name>.yaml` first, then the shipped one."""
+    candidate = Path(experiment)
+    if candidate.suffix in (".yaml", ".yml"):
+        return SpecSource(candidate)
+    shipped = asset_dir("jobs") / f"{experiment}.yaml"
+    local = LOCAL_JOBS / f"{experiment}.yaml"
+    if local.is_file() and not same_file(local, shipped):
+        return SpecSource(local, local=True, shadows=shipped.is_file())
+    if shipped.is_file():
+        return SpecSource(shipped)
+    available = sorted({*experiment_names(LOCAL_JOBS), *experiment_names(asset_dir("jobs"))})
+    raise SpecError(f"experiment {experiment!r}: no jobs/{experiment}.yaml; available: {available} "
+                    "(./jobs, then the shipped jobs/)")
 
 
 def resolve_spec_path(experiment: str) -> Path:
-    """A path to a YAML file, or the name of an experiment in the shipped jobs/."""
-    candidate = Path(experiment)
-    if candidate.suffix in (".yaml", ".yml"):
-        return candidate
-    named = asset_dir("jobs") / f"{experiment}.yaml"
-    if not named.is_file():
-        available = sorted(p.stem for p in asset_dir("jobs").glob("*.yaml") if p.stem != "defaults")
-        raise SpecError(f"experiment {experiment!r}: no jobs/{experiment}.yaml; available: {available}")
-    return named
+    """The spec file of a YAML path or an experiment name (see `find_experiment`)."""
+    return find_experiment(experiment).path
+
+
+def layer_file(spec_path: Path, relative: str) -> Path:
+    """A layer of the spec (`defaults.yaml`, `stages/<stage>.yaml`, `presets/<name>.yaml`): the one in the
+    spec's own folder when that folder has it, else the shipped one. File by file, so a folder holding
+    only an edited experiment (or one edited stage file) gets the shipped rest."""
+    own = spec_path.parent / relative
+    return own if own.is_file() else asset_dir("jobs") / relative
 
 
 def load_experiment(
@@ -409,7 +459,6 @@ def load_experiment(
 ) -> Experiment:
     """Resolve and validate every stage of an experiment (a jobs/ name or a YAML path)."""
     spec_path = resolve_spec_path(experiment)
-    jobs = jobs_dir_for(spec_path)
     experiment_doc = read_yaml(spec_path)
     stage_names = experiment_doc.pop("stages", None)
     per_stage = experiment_doc.pop("per_stage", {}) or {}
@@ -418,19 +467,20 @@ def load_experiment(
     unknown_stage_keys = sorted(set(per_stage) - set(stage_names))
     if unknown_stage_keys:
         raise SpecError(f"{spec_path}: per_stage.{unknown_stage_keys[0]}: not one of the stages {stage_names}")
-    layers = [("defaults", read_yaml(jobs / "defaults.yaml"))]
+    layers = [("defaults", read_yaml(layer_file(spec_path, "defaults.yaml")))]
     preset_layer = []
     if preset:
-        preset_file = jobs / "presets" / f"{preset}.yaml"
+        preset_file = layer_file(spec_path, f"presets/{preset}.yaml")
         if not preset_file.is_file():
-            names = sorted(p.stem for p in (jobs / "presets").glob("*.yaml"))
+            names = sorted({p.stem for folder in (spec_path.parent, asset_dir("jobs"))
+                            for p in (folder / "presets").glob("*.yaml")})
             raise SpecError(f"preset {preset!r}: no {preset_file}; available: {names}")
         preset_layer = [(str(preset_file), read_yaml(preset_file))]
     override_layers = [(f"--set {text}", nest(*parse_override(text))) for text in overrides or []]
     name = experiment_doc.pop("name", spec_path.stem)
     stages = []
     for stage in stage_names:
-        stage_file = jobs / "stages" / f"{stage}.yaml"
+        stage_file = layer_file(spec_path, f"stages/{stage}.yaml")
         stage_layers = [
             *layers,
             (str(stage_file), read_yaml(stage_file)),

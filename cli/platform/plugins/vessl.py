@@ -1,4 +1,4 @@
-"""VESSL runs: validate the run YAML against the keys VESSL accepts; submit, status and logs via the SDK.
+"""--target vessl: a VESSL run from vessl/run.yaml.j2; submit, status, logs, terminate and list via the SDK.
 
 The SDK (`pip install 'weighted-mtp[vessl]'`) is optional. Facts used here, read from vessl 0.1.199:
 - `import vessl` builds its API client and, when it finds a token, asks the API who the user is: an
@@ -11,28 +11,51 @@ The SDK (`pip install 'weighted-mtp[vessl]'`) is optional. Facts used here, read
   {"yaml_spec": …})` (what create_run sends) and `read_run(run_id, organization_name=, project_name=)`;
 - defaults come from `vessl.organization._get_organization_name(**kw)` / `vessl.project._get_project_name(**kw)`
   (~/.vessl/config or `vessl configure`), the helpers create_run itself uses;
-- `read_run(run_id)`, `list_run_logs(run_id, tail)`; the access token comes from VESSL_ACCESS_TOKEN or
-  ~/.vessl/config; telemetry switches are read from the environment when the package is imported.
+- `read_run(run_id)`, `list_run_logs(run_id, tail, after)` (entries with `.message` and `.timestamp`;
+  `after` a timestamp, tail -1 = all), `terminate_run(run_id)`, `list_runs()` (entries with `.id`,
+  `.status`, `.create_dt` and `.run_spec.title`, the run YAML's name, as `vessl run list` prints them;
+  `.run_spec.description` is read where present), `vessl run logs --follow` polls list_run_logs with
+  `after` while read_run says pending / running; each takes `**kwargs` for the
+  organization / project; the access token comes from VESSL_ACCESS_TOKEN or ~/.vessl/config; telemetry
+  switches are read from the environment when the package is imported.
+
+The run YAML's keys are our template's: tests/template_rules.py checks them against what VESSL accepts.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, Optional
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from wmtp_cli.platform.context import JobContext
 from wmtp_cli.platform.net import display_url, unreachable_cause
+from wmtp_cli.platform.target import JobRow, Target
+from wmtp_cli.platform.targets import (GitRef, GitUrl, HttpUrl, ImageRef, PlainName, TargetSettings,
+                                       VesslVolume)
 from wmtp_storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
 from wmtp.errors import WmtpError
 
-TOP_LEVEL_KEYS = {"name", "description", "tags", "resources", "image", "import", "mount", "run", "export",
-                  "env", "ports"}
-REQUIRED_KEYS = ("name", "image", "resources", "run")
-RESOURCE_KEYS = {"cluster", "preset"}
-RUN_STEP_KEYS = {"command", "workdir"}
-PORT_KEYS = {"name", "type", "port"}
-VOLUME_PREFIXES = ("volume://", "git://", "hf://", "s3://", "gs://", "vessl-dataset://", "vessl-model://")
+if TYPE_CHECKING:
+    from wmtp_cli.platform.context import JobContext
+    from wmtp_cli.platform.jobs import RenderedJob
+
+
+class VesslSettings(TargetSettings):
+    """A VESSL run: one node of `preset` in `cluster`; storage imported from and checkpoints exported to volumes."""
+
+    image: ImageRef
+    cluster: PlainName
+    preset: PlainName
+    storage_volume: VesslVolume  # imported at /data/storage (models_v2/, datasets_v2/)
+    checkpoint_volume: VesslVolume  # output.root is exported here when the run ends
+    code_repo: Optional[GitUrl] = None  # git import at /code (first on PYTHONPATH); None = the image's code
+    code_ref: GitRef = "main"
+    mlflow_uri: Optional[HttpUrl] = None  # plain MLFLOW_TRACKING_URI; None: a secret or local_tracking must name one
+    # True: MLflow writes an sqlite store under output.root, exported with the checkpoints (no server needed).
+    local_tracking: bool = False
+    organization: Optional[PlainName] = None  # None = the SDK's configured default
+    project: Optional[PlainName] = None
 
 
 TRACKING_SECRET = "MLFLOW_TRACKING_URI"
@@ -109,111 +132,6 @@ def tracking_problem(context: JobContext) -> Optional[str]:
     return None
 
 
-def validate_run_yaml(doc: Any) -> None:
-    """Raise one line for the first key or value VESSL's run YAML does not accept."""
-    problem = first_problem(doc)
-    if problem:
-        raise WmtpError(f"VESSL run YAML: {problem}")
-
-
-def first_problem(doc: Any) -> str | None:
-    if not isinstance(doc, dict):
-        return "expected a mapping at the top level"
-    unknown = sorted(set(doc) - TOP_LEVEL_KEYS)
-    if unknown:
-        return f"{unknown[0]}: not a VESSL run key (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})"
-    for key in REQUIRED_KEYS:
-        if not doc.get(key):
-            return f"{key}: required"
-    checks = [check_metadata(doc), check_resources(doc["resources"]), check_image(doc["image"]),
-              check_run(doc["run"]), check_env(doc.get("env")), check_ports(doc.get("ports"))]
-    checks += [check_volumes(section, doc[section]) for section in ("import", "mount", "export") if section in doc]
-    return next((problem for problem in checks if problem), None)
-
-
-def check_metadata(doc: dict) -> str | None:
-    if not isinstance(doc["name"], str):
-        return "name: expected a string"
-    if "description" in doc and not isinstance(doc["description"], str):
-        return "description: expected a string"
-    tags = doc.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-        return "tags: expected a list of strings"
-    return None
-
-
-def check_resources(resources: Any) -> str | None:
-    if not isinstance(resources, dict):
-        return "resources: expected a mapping {cluster, preset}"
-    unknown = sorted(set(resources) - RESOURCE_KEYS)
-    if unknown:
-        return f"resources.{unknown[0]}: not a resources key (allowed: cluster, preset)"
-    for key in RESOURCE_KEYS:
-        if not isinstance(resources.get(key), str) or not resources[key]:
-            return f"resources.{key}: expected a non-empty string"
-    return None
-
-
-def check_image(image: Any) -> str | None:
-    if isinstance(image, dict):
-        image = image.get("url")
-    return None if isinstance(image, str) and image.strip() else "image: expected an image URL"
-
-
-def check_run(run: Any) -> str | None:
-    if not isinstance(run, list) or not run:
-        return "run: expected a list of {command, workdir}"
-    for index, step in enumerate(run):
-        where = f"run[{index}]"
-        if not isinstance(step, dict):
-            return f"{where}: expected a mapping {{command, workdir}}"
-        unknown = sorted(set(step) - RUN_STEP_KEYS)
-        if unknown:
-            return f"{where}.{unknown[0]}: not a run key (allowed: command, workdir)"
-        if not isinstance(step.get("command"), str) or not step["command"].strip():
-            return f"{where}.command: expected a non-empty string"
-        if "workdir" in step and not (isinstance(step["workdir"], str) and step["workdir"].startswith("/")):
-            return f"{where}.workdir: expected an absolute path"
-    return None
-
-
-def check_env(env: Any) -> str | None:
-    if env is None:
-        return None
-    if not isinstance(env, dict):
-        return "env: expected a mapping NAME: value or NAME: {secret: NAME}"
-    for key, value in env.items():
-        if isinstance(value, dict):
-            if set(value) != {"secret"} or not isinstance(value["secret"], str):
-                return f"env.{key}: expected {{secret: NAME}}"
-        elif not isinstance(value, str):
-            return f"env.{key}: expected a string value or {{secret: NAME}} (got {type(value).__name__})"
-    return None
-
-
-def check_volumes(section: str, volumes: Any) -> str | None:
-    if not isinstance(volumes, dict):
-        return f"{section}: expected a mapping /container/path: source"
-    for path, source in volumes.items():
-        where = f"{section}.{path}"
-        if not isinstance(path, str) or not path.startswith("/"):
-            return f"{where}: expected an absolute container path"
-        if isinstance(source, dict) and section == "import" and set(source) == {"git"}:
-            if not isinstance(source["git"], dict) or not source["git"].get("url"):
-                return f"{where}.git.url: required"
-        elif not (isinstance(source, str) and source.startswith(VOLUME_PREFIXES)):
-            return f"{where}: expected a source starting with one of {', '.join(VOLUME_PREFIXES)}"
-    return None
-
-
-def check_ports(ports: Any) -> str | None:
-    if ports is None:
-        return None
-    if not isinstance(ports, list) or not all(isinstance(p, dict) and set(p) <= PORT_KEYS for p in ports):
-        return "ports: expected a list of {name, type, port}"
-    return None
-
-
 # ---------------------------------------------------------------- the SDK
 
 
@@ -267,7 +185,7 @@ def describe(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def submit(manifest: str, context: JobContext) -> list[str]:
+def create_run(manifest: str, context: JobContext) -> list[str]:
     """Create the run; return the lines that tell the user what was created and how to follow it."""
     problem = tracking_problem(context)
     if problem:
@@ -300,12 +218,15 @@ def submit(manifest: str, context: JobContext) -> list[str]:
 
 
 def run_id(name: str) -> int:
+    """The run id a lifecycle command was given; VESSL knows runs by number, not by name."""
     if not name.isdigit():
-        raise WmtpError(f"{name!r}: for --target vessl pass the numeric run id printed by `wmtp submit`")
+        raise WmtpError(f"{name!r}: for --target vessl pass the numeric run id printed by `wmtp submit` "
+                        "(or `wmtp ls --target vessl`)")
     return int(name)
 
 
 def status(name: str, settings: dict[str, Any]) -> list[str]:
+    """`VESSL run ID: status`."""
     vessl, number = import_sdk(), run_id(name)
     try:
         run = vessl.read_run(run_id=number, **sdk_scope(settings))
@@ -314,14 +235,115 @@ def status(name: str, settings: dict[str, Any]) -> list[str]:
     return [f"VESSL run {run.id}: {run.status}"]
 
 
-def logs(name: str, settings: dict[str, Any], tail: int) -> list[str]:
+# `vessl run logs --follow` polls while the run is pending or running; queued / initializing come first.
+ACTIVE_STATES = ("queued", "pending", "initializing", "running")
+POLL_INTERVAL_S = 3.0  # the SDK's own CLI polls every 3 s
+
+
+def logs(name: str, settings: dict[str, Any], tail: int, follow: bool = False) -> Iterator[str]:
+    """The run's last `tail` log lines; with `follow`, then its new lines until it is no longer active."""
     vessl, number = import_sdk(), run_id(name)
+    scope = sdk_scope(settings)
+    entries = read_logs(vessl, number, scope, tail=tail)
+    yield from (entry.message for entry in entries)
+    after = entries[-1].timestamp if entries else 0.0
+    while follow:
+        follow = run_state(vessl, number, scope) in ACTIVE_STATES
+        if follow:
+            time.sleep(POLL_INTERVAL_S)
+        # Read after the state: once it says ended, this read has the run's last lines.
+        entries = read_logs(vessl, number, scope, tail=-1, after=after + 1e-6)
+        yield from (entry.message for entry in entries)
+        after = entries[-1].timestamp if entries else after
+
+
+def read_logs(vessl, number: int, scope: dict[str, str], **window) -> list:
+    """One `list_run_logs` call (tail, after), its failure one line."""
     try:
-        entries = vessl.list_run_logs(run_id=number, tail=tail, **sdk_scope(settings))
+        return list(vessl.list_run_logs(run_id=number, **window, **scope))
     except Exception as exc:
         raise WmtpError(f"VESSL could not read the logs of run {number}: {describe(exc)}") from None
-    return [entry.message for entry in entries]
+
+
+def run_state(vessl, number: int, scope: dict[str, str]) -> str:
+    """The run's status now (queued, pending, running, completed, failed, terminated…)."""
+    try:
+        return str(vessl.read_run(run_id=number, **scope).status)
+    except Exception as exc:
+        raise WmtpError(f"VESSL could not read run {number}: {describe(exc)}") from None
+
+
+def terminate(name: str, settings: dict[str, Any]) -> list[str]:
+    """`vessl.terminate_run`: VESSL stops the run's container (its export still runs)."""
+    vessl, number = import_sdk(), run_id(name)
+    try:
+        run = vessl.terminate_run(run_id=number, **sdk_scope(settings))
+    except Exception as exc:
+        raise WmtpError(f"VESSL could not terminate run {number}: {describe(exc)}") from None
+    state = getattr(run, "status", None)
+    return [f"terminated VESSL run {number}" + (f", status {state}" if state else "")]
+
+
+# Our runs: named by the template from the job name, `wmtp-…` by default, and described `wmtp EXP: stages`.
+OWN_NAME_PREFIX = "wmtp-"
+OWN_DESCRIPTION_PREFIX = "wmtp "
+
+
+def list_runs(settings: dict[str, Any]) -> list[JobRow]:
+    """The project's runs that this tool submitted (by the name / description our template gives them)."""
+    vessl = import_sdk()
+    try:
+        runs = vessl.list_runs(**sdk_scope(settings))
+    except Exception as exc:
+        raise WmtpError(f"VESSL could not list the runs: {describe(exc)}") from None
+    rows = []
+    for run in runs:
+        spec = getattr(run, "run_spec", None)
+        title = str(getattr(spec, "title", "") or "")
+        description = str(getattr(spec, "description", "") or "")
+        if title.startswith(OWN_NAME_PREFIX) or description.startswith(OWN_DESCRIPTION_PREFIX):
+            rows.append(JobRow(str(run.id), title or "?", str(run.status), getattr(run, "create_dt", None)))
+    return rows
 
 
 def one_line(exc: Exception) -> str:
+    """An exception's text on one line (its type when it has none)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class VesslTarget(Target):
+    name = "vessl"
+    summary = ("a VESSL run YAML (`vessl/run.yaml.j2`): `resources{cluster, preset}`, the image, code from git at "
+               "`/code`, the storage volume imported at `/data/storage`, `output.root` exported to the checkpoint "
+               "volume; the cluster checked, the run created from the YAML and its status read, each call in "
+               "`targets.vessl.organization`/`project` (else the SDK's defaults), telemetry opted out; MLflow must "
+               "outlive the container (below)")
+    needs = "`pip install 'weighted-mtp[vessl]'`, `VESSL_ACCESS_TOKEN` or `vessl configure`"
+    settings_model = VesslSettings
+    template = "vessl/run.yaml.j2"
+    job_ref = "run id"
+    env_file_credentials = True
+
+    def extra_context(self, context: JobContext, env_file) -> dict[str, Any]:
+        return extra_context(context)
+
+    def submit_refusal(self, context: JobContext) -> Optional[str]:
+        return tracking_problem(context)
+
+    def submit(self, job: RenderedJob, env_file, server_dry_run: bool) -> tuple[list[str], int]:
+        return create_run(job.manifest, job.context), 0
+
+    def status(self, ref: str, settings: dict[str, Any]) -> list[str]:
+        return status(ref, settings)
+
+    def logs(self, ref: str, settings: dict[str, Any], tail: int, follow: bool) -> Iterator[str]:
+        return logs(ref, settings, tail, follow)
+
+    def cancel(self, ref: str, settings: dict[str, Any]) -> list[str]:
+        return terminate(ref, settings)
+
+    def list_jobs(self, settings: dict[str, Any]) -> list[JobRow]:
+        return list_runs(settings)
+
+
+TARGET = VesslTarget()

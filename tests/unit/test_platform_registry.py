@@ -1,0 +1,174 @@
+"""The target registry: every module in wmtp_cli/platform/plugins/ is a target, its settings match its block
+in jobs/defaults.yaml, its template ships, README.md's table is the registry's; and a new target is one
+module (plus its template and defaults block), picked up by every command without another edit."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wmtp_cli.main import app
+from wmtp_cli.platform import registry
+from wmtp_cli.platform.target import Target
+from wmtp.assets import asset_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def defaults_targets() -> dict:
+    from wmtp.train.config import read_yaml
+
+    return read_yaml(asset_dir("jobs") / "defaults.yaml")["targets"]
+
+
+def test_every_plugin_module_is_a_target_named_after_it():
+    targets = registry.targets()
+    assert list(targets) == registry.names() == ["k8s", "local", "local-docker", "vessl"]
+    for name, target in targets.items():
+        assert isinstance(target, Target) and target.name == name
+        assert target.summary and target.needs and "|" not in target.summary + target.needs  # table cells
+        assert type(target).__module__ == f"{registry.PLUGIN_PACKAGE}.{name.replace('-', '_')}"
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_settings_model_validates_its_block_in_defaults(name):
+    target = registry.get_target(name)
+    block = defaults_targets().get(target.spec_key)
+    if target.settings_model is None:
+        assert block is None and target.settings({}) is None
+        return
+    assert block is not None, f"jobs/defaults.yaml: add targets.{target.spec_key}"
+    assert target.settings({target.spec_key: block}).model_dump().keys() >= block.keys()
+
+
+def test_defaults_has_a_block_only_for_registered_targets():
+    with_settings = {t.spec_key for t in registry.targets().values() if t.settings_model is not None}
+    assert set(defaults_targets()) == with_settings
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_template_ships_with_the_assets(name):
+    target = registry.get_target(name)
+    if target.template is None:
+        return
+    folder, file = target.template.split("/", 1)
+    assert (asset_dir(folder) / file).is_file()
+
+
+def test_lifecycle_methods_are_documented_on_the_interface():
+    for method in ("submit", "status", "logs", "cancel", "list_jobs", "settings", "render", "validate"):
+        assert inspect.getdoc(getattr(Target, method)), method
+
+
+def readme_targets_table() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("## Submitting jobs"):]
+    section = section[:section.index("\n## ", 1)]
+    start = section.index("| target | what it does | needs |")
+    return list(__import__("itertools").takewhile(lambda line: line.startswith("|"), section[start:].splitlines()))
+
+
+def test_readme_targets_table_is_the_registrys():
+    """After adding or changing a target: `python -m wmtp_cli.platform.registry` prints the table."""
+    assert readme_targets_table() == registry.markdown_table()
+
+
+def test_target_choices_in_help_and_errors_come_from_the_registry():
+    choices = "[" + "|".join(registry.names()) + "]"
+    for command in ("submit", "render", "status", "logs", "cancel", "ls"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and choices in result.output, command
+    wrong = runner.invoke(app, ["ls", "--target", "slurm"])
+    assert wrong.exit_code == 2
+    assert wrong.output == f"error: --target 'slurm': expected one of {', '.join(registry.names())}\n"
+
+
+# A whole target in one module: settings, a "manifest", submit and the lifecycle. Dropped into the plugin
+# folder (a temporary copy of it, here), every command knows it; its settings block comes from --set
+# because jobs/defaults.yaml is shared (a real target adds it there).
+SLURM = textwrap.dedent('''
+    """--target slurm: an sbatch script (a stand-in target for the registry's tests)."""
+
+    from wmtp_cli.platform.target import JobRow, Target
+    from wmtp_cli.platform.targets import PlainName, TargetSettings
+
+
+    class SlurmSettings(TargetSettings):
+        partition: PlainName
+
+
+    class SlurmTarget(Target):
+        name = "slurm"
+        summary = "an sbatch script"
+        needs = "sbatch"
+        settings_model = SlurmSettings
+
+        def render(self, context, env_file):
+            return f"#SBATCH --partition={context.settings['partition']}\\ntorchrun {' '.join(context.trainer_args)}\\n"
+
+        def parse(self, manifest):
+            return None
+
+        def submit(self, job, env_file, server_dry_run):
+            return [f"submitted {job.context.name}"], 0
+
+        def status(self, ref, settings):
+            return [f"{ref}: RUNNING on {settings['partition']}"]
+
+        def logs(self, ref, settings, tail, follow):
+            return iter(["step 1"] + (["step 2"] if follow else []))
+
+        def cancel(self, ref, settings):
+            return [f"scancel {ref}"]
+
+        def list_jobs(self, settings):
+            return [JobRow("wmtp-s1", "wmtp-s1", "RUNNING", None)]
+
+
+    TARGET = SlurmTarget()
+''')
+
+
+@pytest.fixture
+def slurm_plugin(tmp_path, monkeypatch):
+    """The plugin folder plus slurm.py (a temporary folder on the package's path); caches reset around it."""
+    import wmtp_cli.platform.plugins as plugins
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "slurm.py").write_text(SLURM)
+    monkeypatch.setattr(plugins, "__path__", [*plugins.__path__, str(folder)])
+    registry.module_names.cache_clear()
+    registry.targets.cache_clear()
+    yield
+    monkeypatch.undo()
+    registry.module_names.cache_clear()
+    registry.targets.cache_clear()
+    __import__("sys").modules.pop(f"{registry.PLUGIN_PACKAGE}.slurm", None)
+
+
+def test_a_new_target_is_one_module(slurm_plugin):
+    assert registry.names() == ["k8s", "local", "local-docker", "slurm", "vessl"]
+    partition = ["--set", "targets.slurm.partition=gpu"]
+    dry = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--name", "wmtp-s1", "--dry-run", *partition])
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.splitlines() == ["#SBATCH --partition=gpu",
+                                       "torchrun -m wmtp.train smoke --run-dir storage/checkpoints/wmtp-s1"]
+    bad = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--dry-run", "--set", "targets.slurm.partition=a b"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: targets.slurm.partition: expected a name")
+    missing = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--dry-run"])
+    assert missing.output == "error: targets.slurm: missing from the spec (jobs/defaults.yaml defines it)\n"
+    submitted = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--name", "wmtp-s1", *partition])
+    assert submitted.output == "submitted wmtp-s1\n"
+    lifecycle = {("status", "wmtp-s1"): "wmtp-s1: RUNNING on gpu\n", ("logs", "wmtp-s1", "--follow"): "step 1\nstep 2\n",
+                 ("cancel", "wmtp-s1"): "scancel wmtp-s1\n", ("ls",): "NAME     STATUS   AGE\nwmtp-s1  RUNNING  ?\n"}
+    for command, expected in lifecycle.items():
+        result = runner.invoke(app, [*command, "--target", "slurm", *partition])
+        assert (result.exit_code, result.output) == (0, expected), command
+    assert re.search(r"^\| `slurm` \| an sbatch script \| sbatch \|$", "\n".join(registry.markdown_table()), re.M)
