@@ -319,3 +319,33 @@ def test_lifecycle_against_an_unreachable_api_server_is_one_line(command, tmp_pa
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Kubernetes API server at {server} to ")
+
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' expansion of a container arg (k8s.io/kubernetes third_party/forked/golang/expansion):
+    `$$` → `$`, `$(NAME)` → the env value when NAME is defined, anything else left as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i:]:
+            name = text[i + 2:text.index(")", i)]
+            out.append(env.get(name, f"$({name})"))
+            i += len(name) + 3
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def test_a_dollar_in_an_override_reaches_the_trainer_literally():
+    """`$(MLFLOW_TRACKING_PASSWORD)` in a --set would be expanded by the kubelet from the pod's env (which
+    holds the MLflow Secret): the manifest doubles every `$` so the trainer gets the text as typed."""
+    value = "$(MLFLOW_TRACKING_PASSWORD)-$$-$HOME"
+    job = rendered("smoke", "wmtp-dollar", "--set", f"tracking.run_name={value}")
+    (master,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    pod_env = {"MLFLOW_TRACKING_PASSWORD": "pw-from-the-secret", "HOME": "/root"}
+    args = [kubelet_expand(arg, pod_env) for arg in master["args"]]
+    assert f"tracking.run_name={value}" in args
+    assert not any("pw-from-the-secret" in arg for arg in args)

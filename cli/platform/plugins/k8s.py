@@ -245,6 +245,13 @@ class K8sTarget(Target):
     env_file_credentials = True
     server_dry_run = True
 
+    def template_filters(self) -> dict[str, Any]:
+        # The kubelet expands `$(VAR)` in a container's args from the pod's environment (which holds the
+        # MLflow Secret) and reads `$$` as `$`: a `--set` value is passed literally only with `$` doubled.
+        from wmtp_cli.secrets import escape_compose as double_dollars
+
+        return {"kubelet_literal": double_dollars}
+
     def validate(self, document: Any, manifest: str, context: JobContext) -> None:
         problems = choice_problems(context)
         if problems:
