@@ -100,7 +100,7 @@ def test_strict_undefined_names_the_missing_template_value():
     settings = target_settings("k8s", k8s_settings()).model_dump()
     del settings["pvc"]
     with pytest.raises(WmtpError) as info:
-        render_manifest(get_target("k8s").template, context(settings))
+        render_manifest(get_target("k8s").template, context(settings), filters=get_target("k8s").template_filters())
     assert str(info.value) == "k8s/pytorchjob.yaml.j2: undefined template value: 'dict object' has no attribute 'pvc'"
 
 
@@ -108,7 +108,8 @@ def test_rendered_manifest_quotes_every_hostile_value():
     settings = target_settings("k8s", k8s_settings()).model_dump()
     job = context(settings)
     job.trainer_args = ["-m", "wmtp.train", "smoke", "--set", 'data.train=x"\n    evil: [1]', "--run-dir", "d"]
-    document = yaml.safe_load(render_manifest(get_target("k8s").template, job))
+    k8s = get_target("k8s")
+    document = yaml.safe_load(render_manifest(k8s.template, job, filters=k8s.template_filters()))
     container = document["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert container["args"] == job.trainer_args and "evil" not in container
 
