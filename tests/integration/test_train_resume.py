@@ -40,13 +40,18 @@ SIGTERM_DRIVER = textwrap.dedent(
 )
 
 
-def train_process(overrides, run_dir, sigterm_at=None) -> subprocess.Popen:
-    entry = ["-c", SIGTERM_DRIVER] if sigterm_at else ["-m", "wmtp.train"]
-    command = [sys.executable, *entry, "smoke", "--run-dir", str(run_dir)]
+def trainer_process(spec, overrides, run_dir, driver: str, variable: str, at=None) -> subprocess.Popen:
+    """`python -m wmtp.train SPEC`, or with `at` the `driver` script that signals itself at that step."""
+    entry = ["-c", driver] if at else ["-m", "wmtp.train"]
+    command = [sys.executable, *entry, spec, "--run-dir", str(run_dir)]
     for o in overrides:
         command += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGTERM_AT": str(sigterm_at or "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", variable: str(at or "")}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def train_process(overrides, run_dir, sigterm_at=None) -> subprocess.Popen:
+    return trainer_process("smoke", overrides, run_dir, SIGTERM_DRIVER, "SIGTERM_AT", sigterm_at)
 
 
 def validations(stage_dir):
@@ -165,12 +170,7 @@ SIGKILL_DRIVER = textwrap.dedent(
 
 
 def baseline_process(overrides, run_dir, sigkill_at=None) -> subprocess.Popen:
-    entry = ["-c", SIGKILL_DRIVER] if sigkill_at else ["-m", "wmtp.train"]
-    command = [sys.executable, *entry, "baseline", "--run-dir", str(run_dir)]
-    for o in overrides:
-        command += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGKILL_AT": str(sigkill_at or "")}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return trainer_process("baseline", overrides, run_dir, SIGKILL_DRIVER, "SIGKILL_AT", sigkill_at)
 
 
 def one_stage_overrides(smoke_overrides) -> list[str]:

@@ -162,6 +162,13 @@ def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext) -> list[
             to_evaluate.append((spec, stage_dir))
         if not ctx.is_distributed:
             evaluate_stages(to_evaluate, ctx)
+    if ctx.is_distributed:
+        # Every rank is done with the stages (rank 0's plots and tracker included) before any leaves:
+        # a gloo rank that tore down its group while its peer was still finishing aborted the job
+        # ("terminate called without an active exception", SIGABRT) after a successful run.
+        import torch.distributed as dist
+
+        dist.barrier()
     evaluate_stages(to_evaluate, ctx)
     return results
 
