@@ -13,15 +13,27 @@ experiment for every target and checks it here). A submit checks only what a use
   elasticPolicy.nProcPerNode together with nprocPerNode. Then ours: layout, GPUs, /dev/shm, storage,
   secrets, preemption grace;
 - vessl: the run YAML's keys and shapes VESSL accepts;
-- local-docker: the services, `ipc`, the MLflow wiring, the storage mount, the GPU reservation.
+- local-docker: the services, `ipc`, the MLflow wiring, the storage mount, the GPU reservation;
+- skypilot: SkyPilot's own task validation (the installed `skypilot` package, offline: its task, resources,
+  storage and config schemas through `sky.Task.from_yaml_config`, the name, run and workdir checks), then
+  ours: the settings' resources, the bucket at /data/storage, names-only secrets, torchrun's layout.
 
 `RULES` maps a target name to its check (raising WmtpError with one line).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import copy
+import functools
+import os
 import re
-from typing import Any, Optional
+import shlex
+import shutil
+import socket
+import tempfile
+from typing import Any, Iterator, Optional
 
 from wmtp_cli.platform.context import JobContext
 from wmtp_cli.platform.plugins.local_docker import check_with_binary
@@ -352,8 +364,115 @@ def check_compose(doc: Any, manifest: str, context: JobContext) -> None:
         raise WmtpError(f"compose file: {problem}")
 
 
+# ---------------------------------------------------------------- skypilot: task YAML
+
+
+@functools.cache
+def skypilot_home() -> str:
+    """A HOME of its own for the real SDK: importing `sky` creates ~/.sky (state databases, catalog dirs),
+    and a developer's ~/.sky/config.yaml must not change what the tests validate."""
+    home = tempfile.mkdtemp(prefix="wmtp-skypilot-home-")
+    atexit.register(shutil.rmtree, home, True)
+    return home
+
+
+def no_network(*args, **kwargs):
+    raise OSError("the tests validate SkyPilot tasks offline: no network call is allowed")
+
+
+@contextlib.contextmanager
+def offline_skypilot() -> Iterator[Any]:
+    """The real `sky` package with HOME in a temporary dir, no SKYPILOT_CONFIG, usage reports off and
+    sockets refused (SkyPilot fetches its catalogs when asked about clouds or accelerators: a validation
+    that needed them would fail here, not reach out)."""
+    saved = {key: os.environ.get(key) for key in ("HOME", "SKYPILOT_CONFIG", "SKYPILOT_DISABLE_USAGE_COLLECTION")}
+    connect, resolve = socket.socket.connect, socket.getaddrinfo
+    os.environ.update(HOME=skypilot_home(), SKYPILOT_DISABLE_USAGE_COLLECTION="1")
+    os.environ.pop("SKYPILOT_CONFIG", None)
+    socket.socket.connect, socket.getaddrinfo = no_network, no_network
+    try:
+        import sky
+
+        yield sky
+    finally:
+        socket.socket.connect, socket.getaddrinfo = connect, resolve
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def validate_skypilot_task(doc: Any, context: JobContext | None = None) -> None:
+    """Raise one line: SkyPilot's verdict on the task first, then our template's rules."""
+    try:
+        with offline_skypilot() as sky:
+            envs = doc.get("envs") if isinstance(doc, dict) else None
+            envs = envs if isinstance(envs, dict) else {}
+            # The names-only variables get a placeholder, as `--env NAME` / our submit give them a value.
+            task = sky.Task.from_yaml_config(copy.deepcopy(doc), env_overrides=[
+                (name, "") for name, value in envs.items() if value is None])
+            # Task.validate() would also check the resources against the clouds' catalogs (a download).
+            task.validate_name()
+            task.validate_run()
+            task.expand_and_validate_workdir()
+    except Exception as exc:  # jsonschema's via InvalidSkyPilotConfigError, ValueError, AssertionError
+        raise WmtpError(f"SkyPilot task: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    problem = skypilot_template_problem(doc, context) if context is not None else None
+    if problem:
+        raise WmtpError(f"SkyPilot task: {problem}")
+
+
+# The only variables a task may give values: everything else is a name filled at launch (`NAME: null`).
+SKYPILOT_LITERAL_ENV = ("WMTP_JOB_NAME", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")
+SKYPILOT_NODE_VARIABLES = ("$SKYPILOT_NUM_NODES", "$SKYPILOT_NODE_RANK", "$SKYPILOT_NODE_IPS")
+
+
+def skypilot_template_problem(doc: dict, context: JobContext) -> Optional[str]:
+    """The first way a rendered task breaks our template's rules, or None."""
+    settings = context.settings
+    resources = doc.get("resources") or {}
+    if doc.get("name") != context.name or doc.get("num_nodes") != settings["num_nodes"]:
+        return "name and num_nodes must be the job name and targets.skypilot.num_nodes"
+    if resources.get("accelerators") != f"{settings['accelerator']}:{settings['gpus_per_node']}":
+        return "resources.accelerators must be targets.skypilot.accelerator:gpus_per_node"
+    if resources.get("image_id") != f"docker:{settings['image']}":
+        return "resources.image_id must be docker:targets.skypilot.image (the trainer image)"
+    if (doc.get("file_mounts") or {}).get("/data/storage") != {"source": settings["bucket"], "mode": "MOUNT"}:
+        return "file_mounts./data/storage: the bucket must be mounted there (MOUNT)"
+    envs = doc.get("envs") or {}
+    literal = SKYPILOT_LITERAL_ENV + (("MLFLOW_TRACKING_URI",) if settings.get("mlflow_uri") else ())
+    valued = sorted(name for name, value in envs.items() if value is not None and name not in literal)
+    if valued:
+        return f"envs.{valued[0]}: only names (null) may be passed, never a value"
+    missing = [name for name in context.secret_names if name not in envs or envs[name] is not None]
+    if missing:
+        return f"envs.{missing[0]}: every env.secrets name must be listed (null)"
+    if envs.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") != str(context.preemption_grace_s):
+        return f"envs.TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s ({context.preemption_grace_s})"
+    return skypilot_run_problem(str(doc.get("run") or ""), context)
+
+
+def skypilot_run_problem(run: str, context: JobContext) -> Optional[str]:
+    """The run command: torchrun in /data (exec'd, so it gets SIGTERM), the job's layout, the trainer's args."""
+    words = shlex.split(run)
+    if "cd /data && exec torchrun " not in run:
+        return "run: must be `cd /data && exec torchrun …` (the trainer's working dir; torchrun gets the signals)"
+    multi = context.settings["num_nodes"] > 1
+    if multi and not all(variable in run for variable in SKYPILOT_NODE_VARIABLES):
+        return f"run: a multi-node job takes its rendezvous from {', '.join(SKYPILOT_NODE_VARIABLES)}"
+    if not multi and "--standalone" not in words:
+        return "run: a one-node job runs torchrun --standalone"
+    if f"--nproc_per_node={context.nproc_per_node}" not in words:
+        return f"run: --nproc_per_node must be distributed.nproc_per_node ({context.nproc_per_node})"
+    if words[-len(context.trainer_args):] != context.trainer_args:
+        return "run: must end with the trainer's arguments, as the context gives them"
+    return None
+
+
 RULES = {
     "k8s": lambda doc, manifest, context: validate_pytorchjob(doc, context),
     "vessl": lambda doc, manifest, context: validate_run_yaml(doc),
     "local-docker": check_compose,
+    "skypilot": lambda doc, manifest, context: validate_skypilot_task(doc, context),
 }

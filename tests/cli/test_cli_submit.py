@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wmtp_cli.main import app
+from wmtp_cli.platform.registry import names
 
 runner = CliRunner()
 
@@ -55,7 +56,7 @@ def test_default_name_is_generated_and_valid():
 
 @pytest.mark.parametrize("args, expected", [
     (["--name", 'bad"name: x'], "error: --name 'bad\"name: x': must be a DNS-1035 label"),
-    (["--target", "slurm"], "error: --target 'slurm': expected one of k8s, local, local-docker, vessl"),
+    (["--target", "slurm"], f"error: --target 'slurm': expected one of {', '.join(names())}"),
     (["--set", "targets.k8s.gpus_per_node=-2"], "error: targets.k8s.gpus_per_node: Input should be greater than"),
     (["--set", "targets.k8s.image=a b"], "error: targets.k8s.image: expected a container image reference"),
     (["--set", "targets.k8s.pvc=Storage!"], "error: targets.k8s.pvc: expected a DNS-1123 subdomain"),
@@ -125,7 +126,7 @@ def test_credentials_in_a_url_never_reach_the_manifest(override, key):
 
 # ---------------------------------------------------------------- secrets, hardened
 
-TARGETS = ["vessl", "k8s", "local-docker", "local"]
+TARGETS = names()  # every registered target
 # Credentials whose manifest text differs from their value (JSON escapes `"`, `\`, non-ASCII; the shell
 # quoting of VESSL's command and of the local command line splits `'`; compose writes `$` as `$$`).
 QUOTED_SECRETS = ['tok"9f3kQ2xZ', "tok\\9f3kQ2xZ", "tok'9f3kQ2xZ", "tok-é9f3kQ2xZ", "tok$9f3kQ2xZ"]

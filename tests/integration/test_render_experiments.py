@@ -62,14 +62,19 @@ def trainer_command(document) -> list[str]:
 # target's template gets its rules in tests/template_rules.py when it has some worth stating).
 SHAPES = {"k8s": [[], ["targets.k8s.nodes=3", "targets.k8s.gpus_per_node=8"], ["targets.k8s.gpus_per_node=0"]],
           "local-docker": [[], ["targets.local_docker.gpus=4"]],
-          "vessl": [[], ["targets.vessl.local_tracking=true"], ["targets.vessl.code_repo=null"]]}
+          "vessl": [[], ["targets.vessl.local_tracking=true"], ["targets.vessl.code_repo=null"]],
+          "skypilot": [[], ["targets.skypilot.num_nodes=4", "targets.skypilot.gpus_per_node=8",
+                            "targets.skypilot.accelerator=H100", "targets.skypilot.cloud=aws",
+                            "targets.skypilot.region=us-east-1", "targets.skypilot.use_spot=true"],
+                       ["targets.skypilot.mlflow_uri=https://mlflow.example.org", "targets.skypilot.workdir=.",
+                        "targets.skypilot.bucket=gs://wmtp-storage/team-a"]]}
 
 
 @pytest.mark.parametrize("target", [name for name in TARGETS if name in RULES])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_rendered_manifests_keep_their_template_invariants(experiment, target):
-    """What a submit no longer checks (the operator's admission rules, VESSL's keys, our compose wiring)
-    holds for every manifest our templates render."""
+    """What a submit no longer checks (the operator's admission rules, VESSL's keys, our compose wiring,
+    SkyPilot's own task schema) holds for every manifest our templates render."""
     for overrides in SHAPES.get(target, [[]]):
         job = prepare_job(experiment, target, overrides, name="wmtp-rules")
         RULES[target](job.document, job.manifest, job.context)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from wmtp_cli.platform.jobs import prepare_job
+from wmtp_cli.platform.registry import names
 from wmtp_cli.secrets import (credentials, escape_compose, find_url_credentials, is_credential_name,
                               refuse_manifest_credentials, scrub)
 from wmtp.errors import WmtpError
@@ -24,7 +25,7 @@ SECRETS = {
     "line separator": "tok\u20289f3kQ2xZ",
     "dollar": "tok$9f3kQ2xZ",
 }
-TARGETS = ["vessl", "k8s", "local-docker", "local"]
+TARGETS = names()  # every registered target
 
 
 @pytest.fixture
