@@ -88,3 +88,37 @@ def try_step_cmd(
         optimizer.step()
         per_head = " ".join(f"{v:.4f}" for v in loss.per_head.tolist())
         typer.echo(f"step {step}: loss {loss.total.item():.4f}  per head [{per_head}]")
+
+
+@app.command("export-hf")
+def export_hf_cmd(
+    model_dir: Path = typer.Argument(..., help="Standard model dir or Meta release dir."),
+    out: Path = typer.Argument(..., help="New Hugging Face LlamaForCausalLM directory to write."),
+) -> None:
+    """Write the next-token path (trunk + head 1 + norm/output) as a transformers Llama dir (extra `hf`)."""
+    from wmtp.model.hf import export_hf
+
+    summary = export_hf(model_dir, out)
+    dropped = summary["dropped_heads"]
+    skipped = f"; {dropped} extra head{'s' if dropped != 1 else ''} not exported" if dropped else ""
+    typer.echo(f"wrote {out} (LlamaForCausalLM, {summary['layers']} layers = {summary['trunk']} trunk + head 1, "
+               f"{summary['dtype']}{skipped})")
+    if not summary["tokenizer"]:
+        typer.echo(f"warning: {model_dir} has no tokenizer; {out} has weights and config only", err=True)
+
+
+@app.command("import-hf")
+def import_hf_cmd(
+    hf_dir: Path = typer.Argument(..., help="Hugging Face Llama dir (config.json + safetensors weights)."),
+    out: Path = typer.Argument(..., help="New standard model directory to write."),
+    n_future_tokens: int = typer.Option(4, help="Prediction heads; heads 2..n start as copies of the last block."),
+) -> None:
+    """An MTP model from a Llama: trunk = its first L−1 blocks, head 1 = its last, extra heads = copies of it."""
+    from wmtp.model.hf import import_hf
+
+    summary = import_hf(hf_dir, out, n_future_tokens)
+    heads = summary["heads"]
+    typer.echo(f"wrote {out} ({summary['trunk']} trunk blocks + {heads} head{'s' if heads != 1 else ''}; "
+               f"heads 2..{heads} copy head 1)" if heads > 1 else f"wrote {out} ({summary['trunk']} trunk blocks + 1 head)")
+    if not summary["tokenizer"]:
+        typer.echo(f"warning: {hf_dir} has no SentencePiece tokenizer.model; {out} has no tokenizer", err=True)
