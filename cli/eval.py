@@ -32,9 +32,13 @@ def _set_threads(threads: Optional[int]) -> None:
 
 
 def _print_pass_at_k(summary: dict) -> None:
+    intervals = summary.get("ci95") or {}
     for key, value in summary.items():
         if key.startswith("pass@"):
-            typer.echo(f"  {key:<8} {value:.4f}")
+            interval = f"  (95% CI {intervals[key][0]:.4f}–{intervals[key][1]:.4f})" if key in intervals else ""
+            typer.echo(f"  {key:<8} {value:.4f}{interval}")
+    if "exact_match" in summary:
+        typer.echo(f"  {'exact':<8} {summary['exact_match']:.4f} of completions equal the reference (whitespace aside)")
 
 
 @app.command("run")

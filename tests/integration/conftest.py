@@ -63,4 +63,7 @@ def smoke_overrides(micro_models, tiny_dataset, tmp_path) -> list[str]:
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "data.max_length=256",
         "data.valid_samples=8",
+        # Every experiment but the critic evaluates HumanEval at the end by default: kept to a token.
+        "eval.limit=2",
+        "eval.max_new_tokens=8",
     ]

@@ -39,6 +39,12 @@ def test_smoke_runs_all_four_stages_and_chains_the_critic(smoke_overrides, tmp_p
     assert "weight/mean" in verifiable.last_metrics and "td/mean" in verifiable.last_metrics
     assert "rho1/kept_fraction" in results[3].last_metrics  # smoke's rho1 stage is tokenskip
     assert (verifiable.stage_dir / "plots" / "token_weights.png").is_file()
+    # Every stage but the critic (policy frozen) evaluated HumanEval at the end, without an eval: block.
+    assert not (critic.stage_dir / "eval").exists()
+    for result in results[1:]:
+        summary = json.loads((result.stage_dir / "eval" / "summary.json").read_text())
+        assert summary["benchmark"] == "humaneval" and summary["config"]["temperature"] == 0.0
+        assert "pass@1" in summary and len(summary["ci95"]["pass@1"]) == 2 and "exact_match" in summary
 
 
 def test_loss_falls_on_a_tiny_repeated_dataset(smoke_overrides, tmp_path):

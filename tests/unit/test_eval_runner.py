@@ -251,10 +251,16 @@ def test_token_loss_refuses_a_reference_with_another_tokenizer(micro_models, val
 # ---------------------------------------------------------------- the spec's eval block
 
 
-def test_spec_eval_block_is_off_by_default_and_checked_when_set():
+def test_spec_eval_block_is_on_by_default_and_checked_when_set():
     from wmtp.train.config import SpecError, load_experiment
 
-    assert all(stage.eval is None for stage in load_experiment("smoke").stages)
+    # HumanEval, greedy, pass@1 on all 164 at the end of every stage but the critic's; smoke cuts it.
+    [baseline] = load_experiment("baseline").stages
+    assert (baseline.eval.benchmark, baseline.eval.temperature, baseline.eval.ks, baseline.eval.limit,
+            baseline.eval.mbpp_data) == ("humaneval", 0.0, [1], None, None)
+    smoke = {stage.stage: stage.eval for stage in load_experiment("smoke").stages}
+    assert smoke.pop("critic") is None and {e.limit for e in smoke.values()} == {4}
+    assert load_experiment("baseline", ["eval=null"]).stages[0].eval is None
     [stage] = load_experiment("baseline", ["eval.limit=2", "eval.max_new_tokens=64"]).stages
     assert (stage.eval.benchmark, stage.eval.n, stage.eval.ks, stage.eval.limit) == ("humaneval", 1, [1], 2)
     for override, message in [("eval.ks=[3]", "ks: pass@3 needs 1 ≤ k ≤ n"), ("eval.n=4", "temperature > 0"),

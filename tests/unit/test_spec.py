@@ -116,6 +116,10 @@ def test_a_missing_eval_file_is_refused_before_training(tmp_path):
     present.mkdir()
     inputs = [f"model.path={present}", f"data.train={present}", f"data.valid={present}", f"rho1.reference={present}"]
     experiment = load_experiment("smoke", inputs + ["eval.benchmark=mbpp", f"eval.data={tmp_path / 'mbpp.jsonl'}"])
-    with pytest.raises(SpecError, match=r"stage critic: eval\.data: .*mbpp\.jsonl does not exist"):
+    # The critic is never evaluated (its policy is frozen): the first stage that reads the file is named.
+    with pytest.raises(SpecError, match=r"stage verifiable: eval\.data: .*mbpp\.jsonl does not exist"):
+        run_experiment(experiment, tmp_path / "run", DistContext())
+    experiment = load_experiment("smoke", inputs + [f"eval.mbpp_data={tmp_path / 'mbpp.jsonl'}"])
+    with pytest.raises(SpecError, match=r"stage verifiable: eval\.mbpp_data: .*mbpp\.jsonl does not exist"):
         run_experiment(experiment, tmp_path / "run", DistContext())
     assert not (tmp_path / "run").exists()

@@ -47,3 +47,51 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], ks: Sequence[int]) -> dict
     if not counts:
         return {}
     return {f"pass@{k}": sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks}
+
+
+CI_RESAMPLES = 1000
+CI_SEED = 0
+CI_METHOD = f"bootstrap over problems: {CI_RESAMPLES} resamples (seed {CI_SEED}), percentile 2.5/97.5"
+
+
+def bootstrap_ci95(values: Sequence[float], resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> list[float]:
+    """95 % interval of the mean of per-problem values: [low, high], bootstrap percentile.
+
+    The problems are resampled with replacement `resamples` times (a fixed seed, so the same samples
+    give the same interval); low/high are the 2.5th and 97.5th percentiles of the resampled means
+    (nearest rank). Problems, not samples, are resampled: the benchmark's problems are what a rerun
+    on another benchmark of the same kind would change, and a problem's n samples are not independent.
+    """
+    import random
+
+    values = [float(v) for v in values]
+    if not values:
+        return [0.0, 0.0]
+    rng = random.Random(seed)
+    count = len(values)
+    means = sorted(sum(values[rng.randrange(count)] for _ in range(count)) / count for _ in range(resamples))
+    # Clamped to the observed range: float sums of equal values may differ from them in the last bit.
+    low, high = min(values), max(values)
+
+    def percentile(q: float) -> float:
+        return min(high, max(low, means[round(q * (resamples - 1))]))
+
+    return [percentile(0.025), percentile(0.975)]
+
+
+def pass_at_k_ci95(counts: Iterable[tuple[int, int]], ks: Sequence[int]) -> dict[str, list[float]]:
+    """`{"pass@k": [low, high]}`: the bootstrap interval (`bootstrap_ci95`) of each k's mean over tasks."""
+    counts = list(counts)
+    if not counts:
+        return {}
+    return {f"pass@{k}": bootstrap_ci95([pass_at_k(n, c, k) for n, c in counts]) for k in ks}
+
+
+def normalise_whitespace(text: str) -> str:
+    """`text` with every run of whitespace as one space and none at the ends (exact match's comparison)."""
+    return " ".join(text.split())
+
+
+def exact_match(completion: str, reference: str) -> bool:
+    """The completion equals the reference solution up to whitespace (False when there is no reference)."""
+    return bool(reference.strip()) and normalise_whitespace(completion) == normalise_whitespace(reference)

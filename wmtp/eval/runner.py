@@ -11,9 +11,12 @@ writes (each file to a temp name, then renamed)
                               length, decoding tokens/s (+ acceptance rate when speculative),
                               example completions, benchmark, model, config
 
-and logs the pass@k and the summary to MLflow when a run is active (this process's `mlflow` run or
-`$MLFLOW_RUN_ID`), when a run id is passed (training's end-of-stage evaluation), or when
-`$MLFLOW_TRACKING_URI` is set (a new run). `score_file` is `wmtp eval score`: the same execution and
+and logs the pass@k and the summary to MLflow: to a training stage's own run when the model is a
+stage dir (`stage_tracking`: its `mlflow_run_id` and spec's tracking URI; a `$MLFLOW_RUN_ID` of
+another run is refused), when a run id is passed (training's end-of-stage evaluation), when a run is
+active (this process's `mlflow` run or `$MLFLOW_RUN_ID`), or when `$MLFLOW_TRACKING_URI` is set (a
+new run). Logged to an existing run, the options become params `eval_run.<benchmark>.<option>`
+(`eval.*` are already the spec's params there, and MLflow refuses to change a param's value). `score_file` is `wmtp eval score`: the same execution and
 scoring path for an existing `{task_id, completion}` samples file.
 
 Every option is checked before anything is generated: a k larger than n, n > 1 at temperature 0 (the
@@ -177,6 +180,11 @@ def evaluate(
                           workers, timeout, device, dtype).check()
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
     bench = select_problems(bench, limit)
+    if mlflow and mlflow_run_id is None:
+        # A stage dir's evaluation belongs to the stage's run; refused here, before anything is generated.
+        stage = stage_tracking(Path(model_dir))
+        if stage is not None:
+            mlflow_run_id, tracking_uri = stage
     model_dir = resolve_model_dir(Path(model_dir))
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(model_dir, bench.name)
     progress = default_progress() if progress is None else progress
@@ -243,7 +251,7 @@ def order_summary(summary: dict) -> dict:
     """Headline keys first (benchmark, model, pass@k, lengths, speed), details after."""
     head = ["benchmark", "model", "n_tasks", "n_samples", "samples_per_task"]
     head += [k for k in summary if k.startswith("pass@")]
-    head += ["mean_completion_tokens", "mean_completion_chars", "decoding_tokens_per_second", "acceptance_rate"]
+    head += ["ci95", "ci95_method", "exact_match", "mean_completion_tokens", "mean_completion_chars", "decoding_tokens_per_second", "acceptance_rate"]
     ordered = {k: summary[k] for k in head if k in summary}
     ordered.update({k: v for k, v in summary.items() if k not in ordered})
     return ordered
@@ -301,6 +309,69 @@ def score_file(
 
 # ---------------------------------------------------------------- MLflow
 
+EVAL_PARAM_PREFIX = "eval_run"  # `eval.*` are the spec's keys, already params of a stage's run
+
+
+def stage_tracking(path: Path) -> Optional[tuple[str, Optional[str]]]:
+    """(run id, tracking uri) of the training stage `path` is the dir of, or None when it is not one.
+
+    A stage dir has `spec.yaml` and the `mlflow_run_id` its tracker kept. The URI is the spec's
+    `tracking.uri` (null: `$MLFLOW_TRACKING_URI`, else the local store, as in training). spec.yaml
+    stores URLs redacted (`***` for userinfo and query): then `$MLFLOW_TRACKING_URI` is used when its
+    redacted form is that value — the same server, with the credentials only the environment holds —
+    and anything else is refused, since a different server has no such run. A `$MLFLOW_RUN_ID` naming
+    another run is refused too: this evaluation is logged to the stage's own run, never to another's.
+    """
+    from wmtp.tracking import RUN_ID_FILE, read_run_id, redact_uri
+
+    path = Path(path)
+    spec_file = path / "spec.yaml"
+    run_id = read_run_id(path / RUN_ID_FILE) if spec_file.is_file() else None
+    if run_id is None:
+        return None
+    import yaml
+
+    try:
+        spec = yaml.safe_load(spec_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise EvalError(f"{spec_file}: cannot read the stage's spec ({type(exc).__name__})") from None
+    uri = ((spec.get("tracking") or {}) if isinstance(spec, dict) else {}).get("uri")
+    if uri and "***" in uri:
+        from_env = os.environ.get("MLFLOW_TRACKING_URI")
+        if not from_env or redact_uri(from_env) != uri:
+            raise EvalError(f"{spec_file}: tracking.uri is stored redacted ({uri}); set MLFLOW_TRACKING_URI to "
+                            "that server's full URI, or pass --no-mlflow")
+        uri = from_env
+    other = os.environ.get("MLFLOW_RUN_ID")
+    if other and other != run_id:
+        raise EvalError(f"MLFLOW_RUN_ID={other} is not the run of stage {path} ({run_id}): "
+                        "unset it to log to the stage's run, or pass --no-mlflow")
+    return run_id, uri
+
+
+def eval_params(summary: dict) -> dict[str, str]:
+    """The evaluation's options as params: `eval_run.<benchmark>.<option>` (`eval.*` is the spec's)."""
+    from wmtp.tracking import flatten
+
+    return flatten(summary.get("config", {}), f"{EVAL_PARAM_PREFIX}.{summary['benchmark']}.")
+
+
+def log_new_params(client, run_id: str, params: dict[str, str]) -> None:
+    """Log the params the run lacks; a value already logged differently (a second evaluation of the
+    stage with other options) is kept — MLflow refuses to change it — and named in one warning."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+    if fresh:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in fresh.items()])
+    if changed:
+        print(f"warning: run {run_id} already has {changed[0]}"
+              + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+              + " from an earlier evaluation with other options; this one's are in its summary.json",
+              file=sys.stderr)
+
 
 def eval_metrics(summary: dict) -> dict[str, float]:
     """`eval/<benchmark>/pass_at_k`, mean completion tokens, decoding speed, acceptance rate."""
@@ -355,6 +426,7 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
         client = MlflowClient(tracking_uri=uri)
         stamp = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+        log_new_params(client, run_id, eval_params(summary))
         for path in artifacts:
             client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
     except Exception as exc:  # the server or store failed: the summary is on disk anyway

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from wmtp.eval.benchmarks import Benchmark, read_jsonl
 from wmtp.eval.errors import EvalError
-from wmtp.eval.passk import mean_pass_at_k, resolve_ks
+from wmtp.eval.passk import CI_METHOD, exact_match, mean_pass_at_k, pass_at_k_ci95, resolve_ks
 from wmtp.eval.sandbox import Sandbox, SandboxLimits, default_workers
 
 N_EXAMPLES = 3
@@ -50,17 +50,27 @@ def execute_samples(
         results = sandbox.run_many(programs, limits, on_result)
         isolation = vars(sandbox.isolation)
     records = [
-        {**sample, "passed": result.passed, "status": result.status, "result": result.reason or result.status}
+        {**sample, "passed": result.passed, "status": result.status, "result": result.reason or result.status,
+         "exact_match": exact_match(sample["completion"], benchmark.problem(sample["task_id"]).reference)}
         for sample, result in zip(samples, results)
     ]
     return records, isolation
 
 
 def summarise(records: Sequence[dict], benchmark: Benchmark, ks: Optional[Sequence[int]] = None) -> dict:
-    """pass@k (k ≤ samples per task), verdict counts, mean completion length, a few examples."""
+    """pass@k (k ≤ samples per task) with its 95 % interval, exact match, verdict counts, mean completion
+    length, a few examples.
+
+    `ci95` holds `{"pass@k": [low, high]}` (bootstrap over problems, `ci95_method` says how); it is a key
+    of its own rather than `pass@k_ci95` because readers take every `pass@…` key for a number.
+    `exact_match` is the mean over tasks of the fraction of a task's samples equal to its reference
+    solution up to whitespace (records scored before it existed count as not matching).
+    """
     per_task: dict[str, list[bool]] = defaultdict(list)
+    matches: dict[str, list[bool]] = defaultdict(list)
     for record in records:
         per_task[str(record["task_id"])].append(bool(record["passed"]))
+        matches[str(record["task_id"])].append(bool(record.get("exact_match", False)))
     samples_per_task = min(len(v) for v in per_task.values())
     ks = resolve_ks(ks, samples_per_task)
     counts = [(len(v), sum(v)) for v in per_task.values()]
@@ -73,6 +83,9 @@ def summarise(records: Sequence[dict], benchmark: Benchmark, ks: Optional[Sequen
         "n_samples": len(records),
         "samples_per_task": samples_per_task,
         **mean_pass_at_k(counts, ks),
+        "ci95": pass_at_k_ci95(counts, ks),
+        "ci95_method": CI_METHOD,
+        "exact_match": sum(sum(v) / len(v) for v in matches.values()) / len(matches),
         "statuses": dict(sorted(statuses.items())),
         "mean_completion_chars": sum(len(r["completion"]) for r in records) / len(records),
     }
@@ -120,5 +133,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def pass_at_k_metrics(summary: dict) -> dict[str, float]:
-    """The summary's pass@k as metric names MLflow accepts (`pass_at_1`, …)."""
-    return {key.replace("@", "_at_"): value for key, value in summary.items() if key.startswith("pass@")}
+    """The summary's pass@k as metric names MLflow accepts (`pass_at_1`, …), with the interval's ends
+    (`pass_at_1_ci95_low`, `…_high`) and `exact_match` where the summary has them."""
+    metrics = {key.replace("@", "_at_"): value for key, value in summary.items() if key.startswith("pass@")}
+    for key, (low, high) in (summary.get("ci95") or {}).items():
+        name = key.replace("@", "_at_")
+        metrics[f"{name}_ci95_low"], metrics[f"{name}_ci95_high"] = float(low), float(high)
+    if "exact_match" in summary:
+        metrics["exact_match"] = float(summary["exact_match"])
+    return metrics

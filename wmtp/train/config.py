@@ -205,6 +205,7 @@ class EvalSection(Section):
 
     benchmark: Literal["humaneval", "mbpp"] = "humaneval"
     data: Optional[str] = None  # benchmark file (MBPP: required; HumanEval: the shipped 164 problems)
+    mbpp_data: Optional[str] = None  # an MBPP file: MBPP is evaluated as well, into <stage>/eval/mbpp/
     n: int = Field(1, ge=1)  # samples per problem (n > 1 needs temperature > 0)
     ks: list[int] = [1]  # pass@k reported (each ≤ n), besides 1/5/10 where ≤ n
     max_new_tokens: int = Field(256, ge=1)
@@ -251,6 +252,11 @@ class StageSpec(Section):
 
     @model_validator(mode="after")
     def _check_objective_needs(self) -> "StageSpec":
+        if self.objective == "critic" and self.eval is not None:
+            # The critic trains only the value head: its policy is the initial model, so evaluating it
+            # measures nothing the experiment changed. Dropped rather than refused, so that experiment-
+            # wide settings (smoke's `eval: {limit: 4}`, `--set eval.limit=…`) may name every stage.
+            self.eval = None
         if self.objective == "rho1" and not self.rho1.reference:
             raise RuleError("rho1.reference", "required for the rho1 objective (a model dir or hf:<name>)")
         return self

@@ -48,6 +48,8 @@ def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
     if spec.eval is not None and spec.eval.data:
         paths.append(("eval.data", spec.eval.data,
                       f"the {spec.eval.benchmark} file to evaluate the final checkpoint on"))
+    if spec.eval is not None and spec.eval.mbpp_data:
+        paths.append(("eval.mbpp_data", spec.eval.mbpp_data, "the MBPP file to evaluate the final checkpoint on"))
     return paths
 
 
@@ -184,27 +186,38 @@ def evaluate_stages(pending: list[tuple[StageSpec, Path]], ctx: DistContext) -> 
 def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
     """Run the stage's `eval:` on its final checkpoint into `<stage_dir>/eval/`; returns the summary.
 
-    A bad evaluation input (e.g. a missing MBPP file) is reported and skipped: the trained
-    checkpoints stay valid and `wmtp eval run <stage_dir>` can evaluate them later.
+    With `eval.mbpp_data` (and a benchmark other than MBPP) MBPP is evaluated as well, with the same
+    options, into `<stage_dir>/eval/mbpp/`; `<stage_dir>/eval/summary.json` stays the first benchmark's
+    (what `wmtp compare` reads). A bad evaluation input (e.g. a missing MBPP file) is reported and
+    skipped: the trained checkpoints stay valid and `wmtp eval run <stage_dir>` can evaluate them later.
     """
     from wmtp.errors import WmtpError
     from wmtp.eval.runner import evaluate
 
     cfg = spec.eval
     run_id = stage_run_id(spec, stage_dir)
-    try:
-        result = evaluate(stage_dir / "checkpoints" / "final", cfg.benchmark, n=cfg.n, ks=cfg.ks,
-                          temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          out_dir=stage_dir / "eval", speculative=cfg.speculative, limit=cfg.limit,
-                          seed=spec.train.seed, timeout=cfg.timeout_s, data=cfg.data, batch_size=cfg.batch_size,
-                          progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
-                          tracking_uri=spec.tracking.uri)
-    except WmtpError as exc:
-        print(f"{spec.stage}: evaluation skipped: {exc}", file=sys.stderr)
-        return None
-    passes = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("pass@"))
-    print(f"{spec.stage}: {cfg.benchmark} {passes} ({result.summary['n_tasks']} problems), {result.summary_path}")
-    return result.summary
+    runs = [(cfg.benchmark, cfg.data, stage_dir / "eval")]
+    if cfg.mbpp_data and cfg.benchmark != "mbpp":
+        runs.append(("mbpp", cfg.mbpp_data, stage_dir / "eval" / "mbpp"))
+    first = None
+    for benchmark, data, out_dir in runs:
+        try:
+            result = evaluate(stage_dir / "checkpoints" / "final", benchmark, n=cfg.n, ks=cfg.ks,
+                              temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                              out_dir=out_dir, speculative=cfg.speculative, limit=cfg.limit,
+                              seed=spec.train.seed, timeout=cfg.timeout_s, data=data, batch_size=cfg.batch_size,
+                              progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
+                              tracking_uri=spec.tracking.uri)
+        except WmtpError as exc:
+            print(f"{spec.stage}: {benchmark} evaluation skipped: {exc}", file=sys.stderr)
+            continue
+        s = result.summary
+        passes = ", ".join(f"{k} {v:.4f} (95% CI {s['ci95'][k][0]:.4f}–{s['ci95'][k][1]:.4f})"
+                           for k, v in s.items() if k.startswith("pass@"))
+        print(f"{spec.stage}: {benchmark} {passes}, exact match {s['exact_match']:.4f} "
+              f"({s['n_tasks']} problems), {result.summary_path}")
+        first = first or s
+    return first
 
 
 def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
