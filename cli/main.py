@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from wmtp_cli import data, eval as eval_cmds, model, sync, train
-from wmtp_cli import image, jobs, submit
+from wmtp_cli import compare, image, jobs, submit
 from wmtp_cli.common import WmtpTyper
 from wmtp import __version__
 
@@ -20,6 +20,7 @@ sync.register(app)
 app.command("train")(train.train)
 submit.register(app)
 image.register(app)
+compare.register(app)
 
 
 def _version(value: bool) -> None:

@@ -17,7 +17,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Needed only by a command's body (training, evaluation, tracking, submitting), never to answer these.
-HEAVY = ("torch", "mlflow", "matplotlib", "transformers", "boto3", "kubernetes", "docker", "vessl")
+HEAVY = ("torch", "mlflow", "matplotlib", "transformers", "boto3", "kubernetes", "docker", "vessl", "sky")
 
 PROBE = """
 import json, sys
@@ -48,10 +48,12 @@ def run_probe(args: list[str]) -> dict:
     ["jobs", "--help"],
     ["jobs", "ls"],
     ["jobs", "cp", "--help"],
+    ["compare", "--help"],
     ["train", "smoke", "--dry-run"],
     ["train", "verifiable", "--dry-run", "--set", "train.lr=3e-5"],
     ["submit", "baseline", "--target", "k8s", "--name", "wmtp-import-cost", "--dry-run"],
     ["submit", "baseline", "--target", "local", "--name", "wmtp-import-cost", "--dry-run"],
+    ["submit", "baseline", "--target", "skypilot", "--name", "wmtp-import-cost", "--dry-run"],
 ], ids=" ".join)
 def test_help_and_dry_runs_import_no_heavy_package(args):
     report = run_probe(args)

@@ -60,6 +60,12 @@ def validations(stage_dir):
     return [m for m in lines if any(k.startswith("val/") for k in m)]
 
 
+def token_counts(stage_dir):
+    """(step, tokens) of every training log entry of metrics.jsonl."""
+    lines = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(m["step"], m["tokens"]) for m in lines if "tokens" in m]
+
+
 def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_overrides, tmp_path):
     overrides = smoke_overrides + [
         "train.max_steps=12", "train.save_interval=3", "train.eval_interval=4", "train.log_interval=1",
@@ -85,6 +91,8 @@ def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_o
     expected = validations(tmp_path / "straight" / "verifiable")
     assert [m["step"] for m in expected][:2] == [4, 8]  # the stage has 8 steps on the tiny dataset
     assert validations(interrupted_dir / "verifiable") == expected
+    # The running token count (`tokens`, what `wmtp compare` reports as tokens seen) goes on from the checkpoint.
+    assert token_counts(interrupted_dir / "verifiable") == token_counts(tmp_path / "straight" / "verifiable")
     for stage in ("critic", "verifiable", "baseline", "rho1"):
         for checkpoint in ("final", "best"):
             a = load_model(tmp_path / "straight" / stage / "checkpoints" / checkpoint).state_dict()

@@ -38,8 +38,9 @@ from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
-# What the loop adds to the objective's; `epoch` = epochs completed (fractional: micro-batches / per epoch).
-LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch"]
+# What the loop adds to the objective's; `epoch` = epochs completed (fractional: micro-batches / per epoch);
+# `tokens` = input tokens (attention mask) seen since the stage began, all ranks, so runs compare by data seen.
+LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch", "tokens"]
 
 
 class Preemption:
@@ -232,7 +233,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(spec.early_stopping, self.objective.early_stopping_signals,
                                             self.objective.default_monitor)
         self.check_monitor()
-        self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf}
+        self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf, "tokens": 0.0}
         self.history = History()
         self.resumed: Optional[bool] = None  # resume_if_possible's answer once it has looked
         self.progress: Optional[StageProgress] = None  # set by run(); validation reports to it
@@ -281,6 +282,10 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.early_stopping.load_state_dict(saved["early_stopping"])
         self.state = {k: saved[k] for k in ("step", "epoch", "micro_in_epoch", "best_val")}
+        # Checkpoints written before `tokens` was counted lack it: the count then restarts at the resume.
+        # Under DDP/FSDP the checkpoint holds rank 0's tokens × world size, so up to the checkpoint a
+        # resumed count is that estimate rather than the exact sum over ranks.
+        self.state["tokens"] = float(saved.get("tokens", 0.0))
         if self.ctx.is_main:
             print(f"resumed {self.stage_dir.name} from {latest} at step {self.state['step']}")
         self.resumed = True
@@ -371,11 +376,15 @@ class Trainer:
                 self.state["step"] += 1
                 step = self.state["step"]
                 metrics["epoch"] = self.state["epoch"] + self.state["micro_in_epoch"] / self.data.micro_batches_per_epoch
-                tokens_since += metrics.pop("tokens") * self.ctx.world_size
+                # This rank's tokens × world size: the mean over ranks (reduce_metrics) is the global sum.
+                step_tokens = metrics.pop("tokens") * self.ctx.world_size
+                tokens_since += step_tokens
+                self.state["tokens"] += step_tokens
                 self.early_stopping.observe_step(metrics)
                 if step % t.log_interval == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - started
                     metrics["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
+                    metrics["tokens"] = self.state["tokens"]
                     started, tokens_since = time.perf_counter(), 0.0
                     metrics = reduce_metrics(metrics, self.train_metric_names(), self.ctx, self.device)
                     tracker.log_metrics(metrics, step)
