@@ -172,7 +172,6 @@ def test_preempted_job_has_time_to_save():
 #   jobs.cancel(name=…) → None; jobs.tail_logs(name, job_id, follow, controller, refresh, output_stream)
 #   prints the log from its start to output_stream and returns an exit code.
 # FAKE_SKY_REFUSE: the launch request fails with SkyPilot's coloured, multi-line message.
-NOW = dt.datetime.now(dt.timezone.utc)
 LOG = ["I 11-22 10:15:00 Job started.", "step 1: loss 7.03", "step 2: loss 6.19", "step 3: loss 5.80"]
 
 
@@ -180,16 +179,19 @@ def status_value(text: str):
     return types.SimpleNamespace(value=text)
 
 
-QUEUE = [
-    {"job_id": 3, "job_name": "wmtp-old", "status": status_value("SUCCEEDED"),
-     "submitted_at": (NOW - dt.timedelta(days=2)).timestamp(), "recovery_count": 0},
-    {"job_id": 5, "job_name": "wmtp-s5", "status": status_value("FAILED"),
-     "submitted_at": (NOW - dt.timedelta(hours=5)).timestamp(), "recovery_count": 0},
-    {"job_id": 6, "job_name": "notebook", "status": status_value("RUNNING"),
-     "submitted_at": (NOW - dt.timedelta(hours=1)).timestamp(), "recovery_count": 0},
-    {"job_id": 8, "job_name": "wmtp-s5", "status": status_value("RUNNING"),
-     "submitted_at": (NOW - dt.timedelta(minutes=12)).timestamp(), "recovery_count": 2},
-]
+def managed_jobs_queue() -> list[dict]:
+    """The managed-job queue, ages counted from now (a module-level time would age while the suite runs)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return [
+        {"job_id": 3, "job_name": "wmtp-old", "status": status_value("SUCCEEDED"),
+         "submitted_at": (now - dt.timedelta(days=2)).timestamp(), "recovery_count": 0},
+        {"job_id": 5, "job_name": "wmtp-s5", "status": status_value("FAILED"),
+         "submitted_at": (now - dt.timedelta(hours=5)).timestamp(), "recovery_count": 0},
+        {"job_id": 6, "job_name": "notebook", "status": status_value("RUNNING"),
+         "submitted_at": (now - dt.timedelta(hours=1)).timestamp(), "recovery_count": 0},
+        {"job_id": 8, "job_name": "wmtp-s5", "status": status_value("RUNNING"),
+         "submitted_at": (now - dt.timedelta(minutes=12)).timestamp(), "recovery_count": 2},
+    ]
 
 
 def fake_sky() -> types.ModuleType:
@@ -227,7 +229,7 @@ def fake_sky() -> types.ModuleType:
 
     def queue(refresh, skip_finished=False, all_users=False):
         sky.calls.append(("jobs.queue", refresh, skip_finished, all_users))
-        return request(copy.deepcopy(QUEUE))
+        return request(managed_jobs_queue())
 
     def cancel(name=None, job_ids=None, all=False, all_users=False):  # noqa: A002 (the SDK's names)
         sky.calls.append(("jobs.cancel", name))
