@@ -39,3 +39,15 @@ def no_tracking_env(monkeypatch):
     """No MLflow server or run from the developer's shell leaks into a test."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No credential of the developer's shell or kubeconfig takes part (secret checks scan them all)."""
+    import os
+    import re
+
+    for name in list(os.environ):
+        if re.search(r"_TOKEN$|_PASSWORD$|_KEY$|SECRET", name, re.IGNORECASE):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))

@@ -133,15 +133,6 @@ QUOTED_SECRETS = ['tok"9f3kQ2xZ', "tok\\9f3kQ2xZ", "tok'9f3kQ2xZ", "tok-é9f3kQ2
 REFUSED = "; secrets are referenced by name (env.secrets), never written — remove it from --set"
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    """No credential of the developer's shell or kubeconfig takes part."""
-    for name in list(os.environ):
-        if re.search(r"_TOKEN$|_PASSWORD$|_KEY$|SECRET", name, re.IGNORECASE):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-
-
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("secret", QUOTED_SECRETS, ids=["dquote", "backslash", "squote", "non-ascii", "dollar"])
 def test_a_secret_in_set_is_refused_however_the_manifest_quotes_it(target, secret, clean_env, monkeypatch):

@@ -162,15 +162,6 @@ REFUSED = "; secrets are referenced by name (env.secrets), never written — rem
 SECRET = "Tok_8c1f2e9aXq"
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    """No credential of the developer's shell or kubeconfig takes part."""
-    for name in list(os.environ):
-        if re.search(r"_TOKEN$|_PASSWORD$|_KEY$|SECRET", name, re.IGNORECASE):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-
-
 @pytest.mark.parametrize("name, value, override, expected", [
     # The spec error that used to come first quoted the value back: `train.lr: … (got 'pw-4471')`.
     ("MLFLOW_TRACKING_PASSWORD", "pw-4471", "train.lr=pw-4471", "--set train.lr: holds the value of secret "

@@ -233,10 +233,8 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-9"], ["status", "wmtp-k8s-9"],
-                                     ["logs", "wmtp-k8s-9"]])
-def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp_path, monkeypatch):
-    """The real client against a closed loopback port: the line names the server URL and the OS's reason."""
+def kubeconfig_for_a_closed_port(tmp_path, monkeypatch) -> str:
+    """KUBECONFIG pointing at a loopback port nothing listens on; returns the server URL."""
     server = f"http://127.0.0.1:{closed_port()}"
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -246,6 +244,14 @@ def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp
         "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
     }))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return server
+
+
+@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-9"], ["status", "wmtp-k8s-9"],
+                                     ["logs", "wmtp-k8s-9"]])
+def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp_path, monkeypatch):
+    """The real client against a closed loopback port: the line names the server URL and the OS's reason."""
+    server = kubeconfig_for_a_closed_port(tmp_path, monkeypatch)
     result = runner.invoke(app, [*command, "--target", "k8s"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
@@ -306,15 +312,7 @@ def test_logs_follow_streams_the_master_log_until_it_ends(api_server):
 
 @pytest.mark.parametrize("command", [["ls"], ["cancel", "wmtp-k8s-14"], ["logs", "wmtp-k8s-14", "--follow"]])
 def test_lifecycle_against_an_unreachable_api_server_is_one_line(command, tmp_path, monkeypatch):
-    server = f"http://127.0.0.1:{closed_port()}"
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "closed",
-        "clusters": [{"name": "closed", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "closed-port-token-value"}}],
-        "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    server = kubeconfig_for_a_closed_port(tmp_path, monkeypatch)
     result = runner.invoke(app, [*command, "--target", "k8s"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
