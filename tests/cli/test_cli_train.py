@@ -1,7 +1,5 @@
 """`wmtp train` through CliRunner: dry-run, one-line errors, secrets from --env-file never printed."""
 
-import os
-import re
 
 import pytest
 from typer.testing import CliRunner
