@@ -81,12 +81,18 @@ class ModelArgs:
     @classmethod
     def from_json_file(cls, path: Path, **overrides) -> "ModelArgs":
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: params file not found")
-        try:
-            params = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(params, dict):
-            raise CheckpointError(f"{path}: expected a JSON object of model params")
+        params = read_json_object(path, missing="params file not found", expected="a JSON object of model params")
         return cls.from_params(params, source=str(path), **overrides)
+
+
+def read_json_object(path: Path, missing: str, expected: str = "a JSON object") -> dict:
+    """A model file's JSON object (params.json, an HF config.json); every problem one CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected {expected}")
+    return data

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from wmtp.errors import CheckpointError, WmtpError
+from wmtp.model.args import read_json_object
 
 HF_EXTRA = "exporting to Hugging Face needs the `hf` extra (pip install 'weighted-mtp[hf]')"
 HF_WEIGHTS = "model.safetensors"
@@ -179,14 +180,7 @@ def write_hf_tokenizer(tokenizer, dest: Path) -> None:
 def read_hf_config(hf_dir: Path) -> dict:
     """config.json of a Llama dir, validated: anything we do not implement is one error naming the field."""
     path = hf_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (a Hugging Face model dir needs config.json)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    config = read_json_object(path, missing="not found (a Hugging Face model dir needs config.json)")
 
     def bad(field: str, why: str) -> CheckpointError:
         return CheckpointError(f"{path}: {field}={config.get(field)!r} {why}")
