@@ -72,6 +72,13 @@ def hostile_programs(sentinel: Path) -> dict[str, str]:
             "import posix, time\npid = posix.fork()\nif pid == 0:\n    time.sleep(600)\n    posix._exit(0)\n"
             "print(pid, flush=True)\nposix.waitpid(pid, 0)"
         ),
+        # Each child stays under the per-process limit; together they hold 6 x 200 MiB.
+        "children hold memory together": (
+            "import posix, time\nkids = []\nfor _ in range(6):\n    try:\n        pid = posix.fork()\n"
+            "    except OSError:\n        break\n    if pid == 0:\n        block = bytearray(b'x') * (200 << 20)\n"
+            "        time.sleep(0.3)\n        posix._exit(0)\n    kids.append(pid)\n"
+            "print([posix.waitpid(kid, 0)[1] for kid in kids], flush=True)\nassert False"
+        ),
         "detached sleeping child": (
             "import posix, time\npid = posix.fork()\nif pid == 0:\n    posix.setsid()\n    time.sleep(600)\n"
             "    posix._exit(0)\nprint(pid, flush=True)\ntime.sleep(600)"
@@ -254,6 +261,11 @@ def test_hostile_programs_are_contained(sentinel, variant):
     assert results["sleeping child"].status == "timeout" or shared_uid, results["sleeping child"]
     assert results["reads stdin"].duration_s < TIMEOUT_S
     assert len(results["huge output"].stdout) <= limits.max_output_bytes
+    memory_hog = results["children hold memory together"]
+    if isolation["memory_cgroup"]:  # the program as a whole is bounded (the OOM killer's verdict: see below)
+        assert memory_hog.memory_peak_mb is None or memory_hog.memory_peak_mb <= limits.memory_mb, memory_hog
+    else:
+        assert any("no memory cgroup" in note for note in isolation["notes"]), isolation["notes"]
     # The process limit holds (the program itself is one of the max_processes).
     forks = int(results["counts its forks"].stdout.split()[0])
     assert forks < limits.max_processes and (forks > 0 or shared_uid), results["counts its forks"]
@@ -281,3 +293,47 @@ def test_world_writable_file_outside_is_safe_on_a_read_only_view(sentinel):
         result = sandbox.run(source, SandboxLimits(guard=False))
     assert result.status == "failed" and "Read-only file system" in result.reason
     assert sentinel.read_text() == "precious"
+
+
+def own_memory_cgroup_is_writable() -> bool:
+    """Whether this process may make cgroups below its own in a memory hierarchy (root, writable cgroupfs)."""
+    if not IS_ROOT:
+        return False
+    cgroups = Path("/proc/self/cgroup").read_text().splitlines()
+    for line in cgroups:
+        hierarchy, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            directory = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return (directory / "memory.limit_in_bytes").exists() and os.access(directory, os.W_OK)
+        if hierarchy == "0" and not controllers:
+            directory = Path("/sys/fs/cgroup") / path.lstrip("/")
+            subtree = directory / "cgroup.subtree_control"
+            if subtree.exists() and "memory" in subtree.read_text().split() and os.access(directory, os.W_OK):
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_memory_limit_bounds_a_program_with_all_its_children():
+    """8 children of 150 MiB each (1.2 GiB together, each far under the per-process limit): a program
+    limited to 512 MiB is killed by the OOM killer of its own cgroup, and never held more than that."""
+    source = (
+        "import os, time\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        block = bytearray(b'x') * (150 << 20)\n        time.sleep(2)\n        os._exit(0)\n"
+        "    kids.append(pid)\nstatuses = [os.waitpid(kid, 0)[1] for kid in kids]\nassert statuses == [0] * 8, statuses"
+    )
+    limits = SandboxLimits(timeout_s=20, memory_mb=512, max_processes=16, guard=False)
+    with Sandbox(workers=1) as sandbox:
+        isolation = sandbox.isolation
+        if isolation.memory_cgroup is None:
+            assert any("no memory cgroup" in note and "max_processes x memory_mb" in note for note in isolation.notes)
+            assert not own_memory_cgroup_is_writable(), f"a writable memory cgroup went unused: {isolation.notes}"
+            pytest.skip(f"no memory cgroup here: {isolation.notes}")
+        hog = sandbox.run(source, limits)
+        small = sandbox.run(source.replace("150 << 20", "20 << 20"), limits)  # 160 MiB together: fits
+    assert hog.status == "failed" and hog.reason.startswith("memory limit"), hog
+    assert "512 MiB" in hog.reason
+    if hog.memory_peak_mb is not None:
+        assert hog.memory_peak_mb <= limits.memory_mb
+    assert small.status == "passed", small
+    assert small.memory_peak_mb is None or 160 <= small.memory_peak_mb <= limits.memory_mb

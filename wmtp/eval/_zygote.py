@@ -16,6 +16,11 @@ Layers, from the strongest (each is used when the OS allows it):
   inside an unprivileged user namespace (the uid maps to itself; each program drops every
   capability before it runs). Where the kernel refuses one, the handshake says so (`notes`): files
   outside the temp dir are then protected by the guard only.
+- A memory cgroup per program (v2 `memory.max`, else v1 `memory.limit_in_bytes`) below the one the
+  zygote runs in, where that hierarchy is writable (root, or a delegated subtree): `memory_mb` bounds
+  the program and every process it forks together. Elsewhere the handshake's `notes` say so, and
+  only the per-process address-space limit applies (a program may then hold up to
+  `max_processes x memory_mb`).
 - Always: a new session / process group, `PR_SET_NO_NEW_PRIVS`, rlimits (CPU, address space,
   processes, file size, no core files), stdin from /dev/null, stdout/stderr into size-limited files,
   a fresh temp working dir, and this zygote as child subreaper so orphans come back to be reaped.
@@ -235,15 +240,21 @@ def _drop_capabilities() -> None:
     _check(_libc.capset(header, data), "capset")
 
 
-def _set_up(config: dict) -> dict:
-    """Become a subreaper, pick the program uid, enter private namespaces where allowed."""
+def _set_up(config: dict) -> tuple[dict, MemoryCgroup | None]:
+    """Become a subreaper, make the memory cgroup, pick the program uid, enter private namespaces where
+    allowed. Returns the handshake's info and the cgroup (None where the kernel or our rights refuse one)."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     is_root = os.geteuid() == 0
     uid = UID_BASE + os.getpid() if is_root and config.get("drop_privileges", True) else None
+    cgroup, no_cgroup = _memory_cgroup()  # before the filesystem turns read-only (see MemoryCgroup)
     info = {
         "uid": uid, "base": "", "user_namespace": False, "readonly_fs": False, "private_tmpfs": False,
-        "no_network": False, "notes": [],
+        "no_network": False, "memory_cgroup": cgroup and cgroup.version, "memory_cgroup_path": cgroup and cgroup.path,
+        "notes": [],
     }
+    if cgroup is None:
+        info["notes"].append(f"no memory cgroup ({no_cgroup}): memory is limited per process only, so a program "
+                             "may hold up to max_processes x memory_mb")
     isolate = config.get("isolate", True)
     if isolate and not is_root:
         try:
@@ -276,7 +287,7 @@ def _set_up(config: dict) -> dict:
     if uid is None:  # programs run as our uid: they may not read this process's memory (the verdict keys)
         _prctl(PR_SET_DUMPABLE, 0)
     _preload()
-    return info
+    return info, cgroup
 
 
 def _preload() -> None:
@@ -288,6 +299,201 @@ def _preload() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+
+
+# ---------------------------------------------------------------- memory cgroup
+
+
+class MemoryCgroup:
+    """Memory limit for a program and all its processes together: a cgroup per program.
+
+    The zygote gets a cgroup of its own below the one it was started in (`wmtp-sandbox-<pid>`, no
+    processes in it) and, per program, a child `run` with the limit (`memory.max` with swap off on
+    cgroup v2, `memory.limit_in_bytes` + `memory.memsw.limit_in_bytes` on v1). The program's process
+    joins it before its first line runs; everything it forks stays in it. Over the limit, the
+    kernel's OOM killer acts inside the cgroup only (on v2 the whole program at once: `memory.oom.group`).
+
+    Files are reached through a directory fd opened before the zygote's mount namespace turns the
+    filesystem read-only: the fd keeps the host's writable mount.
+    """
+
+    RUN = "run"
+
+    def __init__(self, version: str, parent_dir: str):
+        self.version = version
+        self.name = f"wmtp-sandbox-{os.getpid()}"
+        self.path = os.path.join(parent_dir, self.name)
+        self.parent_fd = os.open(parent_dir, os.O_RDONLY | os.O_DIRECTORY)
+        _remove_stale_cgroups(parent_dir)
+        try:
+            os.mkdir(self.name, 0o755, dir_fd=self.parent_fd)
+            self.fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.parent_fd)
+        except BaseException:
+            os.close(self.parent_fd)
+            raise
+        try:
+            if version == "v2":  # children of ours get the memory controller (we hold no process: allowed)
+                self._write("cgroup.subtree_control", "+memory")
+            self.start(64)  # probe: a run cgroup with a limit can be made and removed
+            self.finish()
+        except BaseException:
+            self.close()
+            raise
+
+    def _write(self, name: str, text: str) -> None:
+        fd = os.open(name, os.O_WRONLY, dir_fd=self.fd)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    def _read(self, name: str) -> str:
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
+        except OSError:
+            return ""
+        try:
+            return os.read(fd, 1 << 16).decode()
+        finally:
+            os.close(fd)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd)
+            return True
+        except OSError:
+            return False
+
+    def start(self, memory_mb: int) -> None:
+        """Make the run cgroup with its limit (a leftover one from a killed run goes first)."""
+        self.finish()
+        os.mkdir(self.RUN, 0o755, dir_fd=self.fd)
+        limit, run = str(memory_mb << 20), self.RUN + "/"
+        if self.version == "v2":
+            self._write(run + "memory.max", limit)
+            if self._exists(run + "memory.swap.max"):
+                self._write(run + "memory.swap.max", "0")
+            self._write(run + "memory.oom.group", "1")
+        else:
+            self._write(run + "memory.limit_in_bytes", limit)
+            if self._exists(run + "memory.memsw.limit_in_bytes"):  # memory + swap: no swapping past the limit
+                self._write(run + "memory.memsw.limit_in_bytes", limit)
+
+    def join(self, pid: int) -> None:
+        self._write(self.RUN + "/cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in self._read(self.RUN + "/cgroup.procs").split()]
+
+    def oom_kills(self) -> int:
+        """Processes the OOM killer killed in the run cgroup."""
+        events = self._read(self.RUN + ("/memory.events" if self.version == "v2" else "/memory.oom_control"))
+        for line in events.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def peak_mb(self) -> float | None:
+        """Most memory the run cgroup held (None where the kernel does not say)."""
+        text = self._read(self.RUN + ("/memory.peak" if self.version == "v2" else "/memory.max_usage_in_bytes"))
+        return round(int(text) / (1 << 20), 1) if text.strip().isdigit() else None
+
+    def finish(self) -> None:
+        """Remove the run cgroup once its processes are gone (reaped processes may take a moment to leave)."""
+        for _ in range(200):
+            try:
+                os.rmdir(self.RUN, dir_fd=self.fd)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.005)
+        raise OSError(errno.EBUSY, "the program's memory cgroup stayed busy")
+
+    def close(self) -> None:
+        try:
+            self.finish()
+        except OSError:
+            pass
+        os.close(self.fd)
+        try:
+            os.rmdir(self.name, dir_fd=self.parent_fd)
+        except OSError:
+            pass
+        os.close(self.parent_fd)
+
+
+def _remove_stale_cgroups(parent_dir: str) -> None:
+    """Remove cgroups of zygotes that died without removing theirs (killed with the whole evaluator)."""
+    for entry in os.listdir(parent_dir):
+        prefix, _, pid = entry.rpartition("-")
+        if prefix == "wmtp-sandbox" and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            for directory in (os.path.join(parent_dir, entry, MemoryCgroup.RUN), os.path.join(parent_dir, entry)):
+                try:
+                    os.rmdir(directory)  # fails while a process is still in it: then it stays
+                except OSError:
+                    pass
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape")  # mountinfo's \040 and friends
+
+
+def _memory_cgroup_dirs() -> list[tuple[str, str]]:
+    """(version, this process's cgroup dir) for each hierarchy with the memory controller, v2 first."""
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
+            if hierarchy == "0" and not controllers:
+                own["v2"] = path
+            elif "memory" in controllers.split(","):
+                own["v1"] = path
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, (fstype, _source, options) = left.split(), right.split()[:3]
+            if fstype == "cgroup2" or (fstype == "cgroup" and "memory" in options.split(",")):
+                mounts.setdefault("v2" if fstype == "cgroup2" else "v1", (_unescape(fields[4]), _unescape(fields[3])))
+    found = []
+    for version in ("v2", "v1"):
+        if version in own and version in mounts:
+            point, root = mounts[version]
+            relative = os.path.relpath(own[version], root)
+            if not relative.startswith(".."):  # our cgroup is visible below this mount
+                found.append((version, os.path.normpath(os.path.join(point, relative))))
+    return found
+
+
+def _memory_cgroup() -> tuple[MemoryCgroup | None, str]:
+    """A memory cgroup for this zygote's programs, or None and why not."""
+    try:
+        candidates = _memory_cgroup_dirs()
+    except OSError as exc:
+        return None, f"cannot read this process's cgroups ({exc.strerror or exc})"
+    reasons = []
+    for version, parent in candidates:
+        if version == "v2" and "memory" not in _read_text(os.path.join(parent, "cgroup.subtree_control")).split():
+            reasons.append(f"cgroup v2 memory controller not delegated to {parent}")
+            continue
+        try:
+            return MemoryCgroup(version, parent), ""
+        except OSError as exc:
+            reasons.append(f"cgroup {version} at {parent}: {exc.strerror or exc}")
+    return None, "; ".join(reasons) or "no cgroup hierarchy with the memory controller"
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
 
 
 # ---------------------------------------------------------------- the program's process
@@ -517,23 +723,23 @@ def _children() -> list[int]:
     return kids
 
 
-def _kill_everything(pid: int, uid) -> None:
+def _kill_everything(pid: int, uid, cgroup: MemoryCgroup | None) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     if uid is not None:
         _kill_uid(uid)
-    for kid in _children():
+    for kid in _children() + (cgroup.pids() if cgroup else []):
         try:
             os.kill(kid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
 
-def _reap_all(pid: int, uid) -> tuple[int, int]:
+def _reap_all(pid: int, uid, cgroup: MemoryCgroup | None) -> tuple[int, int]:
     """Kill and reap every process of the program; returns (main exit status, processes left)."""
-    _kill_everything(pid, uid)
+    _kill_everything(pid, uid, cgroup)
     _, main_status = os.waitpid(pid, 0)
     deadline, pause = time.monotonic() + REAP_DEADLINE_S, 0.0005
     while True:
@@ -547,7 +753,7 @@ def _reap_all(pid: int, uid) -> tuple[int, int]:
             return main_status, len(_children())
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
-        _kill_everything(pid, uid)
+        _kill_everything(pid, uid, cgroup)
 
 
 def _read_capped(path: str, limit: int) -> tuple[str, bool]:
@@ -579,7 +785,7 @@ def _verdict(status_text: str, timed_out: bool, main_status: int) -> tuple[str, 
     return "failed", f"exited with status {os.waitstatus_to_exitcode(main_status)} before the program finished"
 
 
-def run_one(request: dict, info: dict) -> dict:
+def run_one(request: dict, info: dict, cgroup: MemoryCgroup | None = None) -> dict:
     """Fork, confine and run one program; kill and reap everything it started; read its outputs."""
     base, uid = info["base"], info["uid"]
     run_dir = tempfile.mkdtemp(dir=base)  # root-only: output files the program cannot reach by path
@@ -591,6 +797,8 @@ def run_one(request: dict, info: dict) -> dict:
     paths = {name: os.path.join(run_dir, name) for name in ("stdout", "stderr", "status")}
     fds = {name: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for name, path in paths.items()}
     key_read, key_write = os.pipe()
+    if cgroup:
+        cgroup.start(request["memory_mb"])
     start = time.monotonic()
     try:
         pid = os.fork()
@@ -599,6 +807,8 @@ def run_one(request: dict, info: dict) -> dict:
             _child(request, info, work_dir, fds, key_read)
         os.close(key_read)
         key_read = -1
+        if cgroup:  # the child waits for its key below: it joins before running a line of the program
+            cgroup.join(pid)
         key = os.urandom(KEY_BYTES)  # after the fork: never in the child's memory but through the pipe
         try:
             os.write(key_write, key)
@@ -606,14 +816,20 @@ def run_one(request: dict, info: dict) -> dict:
             pass
         timed_out = not _wait_exit(pid, request["timeout_s"])
         duration = time.monotonic() - start
-        main_status, left = _reap_all(pid, uid)
+        main_status, left = _reap_all(pid, uid, cgroup)
     finally:
         for fd in (*fds.values(), key_read, key_write):
             if fd >= 0:
                 os.close(fd)
+    oom_kills, peak_mb = (cgroup.oom_kills(), cgroup.peak_mb()) if cgroup else (0, None)
+    if cgroup and not left:
+        cgroup.finish()
     with open(paths["status"], "rb") as f:
         status_text = _authentic(f.read(MAC_CHARS + 1 + 8 * REASON_CHARS), key)
     status, reason = _verdict(status_text, timed_out, main_status)
+    if oom_kills and status != "passed":
+        reason = (f"memory limit: the program's processes together exceeded {request['memory_mb']} MiB "
+                  f"({oom_kills} killed)" + (f"; {reason}" if reason else ""))
     if left:
         status, reason = "error", f"{left} processes could not be killed"
     stdout, stdout_truncated = _read_capped(paths["stdout"], request["max_output_bytes"])
@@ -628,6 +844,7 @@ def run_one(request: dict, info: dict) -> dict:
         "stderr_truncated": stderr_truncated,
         "exit_code": os.waitstatus_to_exitcode(main_status),
         "duration_s": duration,
+        "memory_peak_mb": peak_mb,
     }
 
 
@@ -650,15 +867,19 @@ def _reply(obj: dict) -> None:
 
 def main() -> None:
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    info = _set_up(config)
+    info, cgroup = _set_up(config)
     _reply({"ready": True, **info})
     buffer = bytearray()
-    while (line := _read_line(buffer)) is not None:
-        try:
-            reply = run_one(json.loads(line), info)
-        except Exception as exc:  # the zygote itself must survive anything a request does
-            reply = {"status": "error", "reason": f"sandbox: {_one_line(exc)}"}
-        _reply(reply)
+    try:
+        while (line := _read_line(buffer)) is not None:
+            try:
+                reply = run_one(json.loads(line), info, cgroup)
+            except Exception as exc:  # the zygote itself must survive anything a request does
+                reply = {"status": "error", "reason": f"sandbox: {_one_line(exc)}"}
+            _reply(reply)
+    finally:
+        if cgroup:
+            cgroup.close()
     if not info["private_tmpfs"]:  # a private tmpfs vanishes with the namespace
         shutil.rmtree(info["base"], ignore_errors=True)
 

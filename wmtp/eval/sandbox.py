@@ -55,7 +55,7 @@ class SandboxLimits:
     """What one program may use."""
 
     timeout_s: float = 10.0  # wall clock; the CPU-time limit is this rounded up plus one second
-    memory_mb: int = 1024  # address space (RLIMIT_AS) of each process
+    memory_mb: int = 1024  # the program's processes together (memory cgroup) and each one's address space
     max_processes: int = 16  # processes + threads the program may have at once (RLIMIT_NPROC)
     max_output_bytes: int = 64 * 1024  # kept of stdout and of stderr each
     max_file_mb: int = 16  # largest file it may write, stdout/stderr included (RLIMIT_FSIZE)
@@ -87,6 +87,7 @@ class ExecutionResult:
     stderr_truncated: bool = False
     exit_code: Optional[int] = None
     duration_s: float = 0.0
+    memory_peak_mb: Optional[float] = None  # most the program's processes held together (memory cgroup only)
 
     @property
     def passed(self) -> bool:
@@ -104,6 +105,7 @@ class Isolation:
     user_namespace: bool = False  # not root: the namespaces below live in a user namespace of the zygote's
     readonly_fs: bool = False
     no_network: bool = False
+    memory_cgroup: Optional[str] = None  # "v2" / "v1": memory_mb bounds a program with all its processes
     notes: list[str] = field(default_factory=list)
 
 
@@ -183,9 +185,33 @@ class _Zygote:
         if info:
             if info.get("uid") is not None:
                 _kill_uid_from_parent(info["uid"])
+            if info.get("memory_cgroup_path"):  # a zygote killed mid-program leaves its cgroups behind
+                _remove_cgroup(info["memory_cgroup_path"])
             shutil.rmtree(info["base"], ignore_errors=True)
         self.proc.stdout.close()
         self.stderr_file.close()
+
+
+def _remove_cgroup(path: str) -> None:
+    """Remove a zygote's memory cgroup and its run cgroup, killing what is still in them."""
+    for directory in (os.path.join(path, "run"), path):
+        if not os.path.isdir(directory):
+            continue
+        def members() -> list[int]:
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    return [int(pid) for pid in f.read().split()]
+            except OSError:
+                return []
+        _kill_until_gone(members)
+        for _ in range(100):
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
 
 
 def _kill_uid_from_parent(uid: int) -> None:
@@ -270,7 +296,7 @@ class Sandbox:
             raise
         first = self._all[0].info
         self.isolation = Isolation(
-            first["uid"], first["user_namespace"], first["readonly_fs"], first["no_network"], list(first["notes"])
+            **{name: first[name] for name in Isolation.__dataclass_fields__ if name != "notes"}, notes=list(first["notes"])
         )
 
     def _add_zygote(self) -> None:
