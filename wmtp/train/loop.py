@@ -489,7 +489,8 @@ class Trainer:
         if self.ctx.is_main:
             from wmtp.train.plots import write_plots
 
-            for png in write_plots(self.history, self.stage_dir / "plots", self.n_heads):
+            for png in write_plots(self.history, self.stage_dir / "plots", self.n_heads,
+                                   experiment=self.spec.experiment, stage=self.spec.stage):
                 tracker.log_artifact(png, "plots")
         return final
 
