@@ -9,7 +9,7 @@ import typer
 
 from wmtp_cli.common import WmtpTyper, report_bad_input
 
-app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval, index, validate.")
+app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval, small splits, index, validate.")
 prepare_app = WmtpTyper(help="Raw dataset → <out>/processed/<split>.jsonl + index + *_metadata.json.")
 app.add_typer(prepare_app, name="prepare")
 
@@ -105,6 +105,22 @@ def prepare_smoke_cmd(
     report = prepare_smoke(out, tokenizer, max_tokens=max_tokens, limit=limit, incorrect_per_problem=incorrect_per_problem,
                            seed=seed, timeout_s=timeout, workers=workers, show_progress=wants_progress(progress))
     print_report(report)
+
+
+@app.command("small")
+def small_cmd(
+    split_dir: Path = typer.Argument(..., help="Folder with train.jsonl [+ valid.jsonl] (or its parent holding "
+                                     "processed/), e.g. storage/datasets_v2/smoke/processed."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+) -> None:
+    """Write train_small (≤ 100 rows) and valid_small (≤ 32) beside the full splits, for data.split_variant: small."""
+    from wmtp.data.small import write_small_splits
+
+    for split, index in write_small_splits(split_dir, seed).items():
+        meta = index.metadata
+        typer.echo(f"wrote {index.jsonl_path}: {meta['n_samples']} of {split}.jsonl's rows "
+                   f"({meta['n_correct']} correct, {meta['n_incorrect']} incorrect; difficulties "
+                   f"{', '.join(f'{d}×{n}' for d, n in meta['difficulty_histogram'].items())})")
 
 
 @app.command("index")

@@ -58,7 +58,7 @@ def run_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Completions decoded together."),
     workers: Optional[int] = typer.Option(None, help="Sandbox processes (default: one per core)."),
     timeout: float = typer.Option(10.0, help="Seconds of wall clock per program."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda[:i] (default: cuda when available)."),
+    device: Optional[str] = typer.Option(None, help="auto | cuda[:i] | mps | cpu (default auto: cuda, else mps, else cpu)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow",
                                 help="Log to MLflow when a run is active or MLFLOW_TRACKING_URI is set."),
@@ -117,7 +117,7 @@ def loss_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="The first N rows only."),
     max_length: int = typer.Option(2048, "--max-length", help="Tokens per sample after truncation (as data.max_length)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default storage/eval/loss-<model>-<time>)."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda[:i] (default: cuda when available)."),
+    device: Optional[str] = typer.Option(None, help="auto | cuda[:i] | mps | cpu (default auto: cuda, else mps, else cpu)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal)."),
 ) -> None:

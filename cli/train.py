@@ -23,6 +23,9 @@ def train(
     spec: str = typer.Argument(..., help="jobs/<experiment>.yaml, or an experiment name (smoke, verifiable, …)."),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
+    micro: bool = typer.Option(False, "--micro", help="The experiment's stages on the micro model and the small "
+                               "splits, one local process (the `micro` preset, before --preset); builds what is "
+                               "missing first."),
     run_dir: Optional[Path] = typer.Option(None, help="Run directory; one holding checkpoints is resumed."),
     stages: list[str] = typer.Option([], "--stage", help="Run only this stage (repeatable); a stage it needs "
                                      "must have finished in --run-dir."),
@@ -31,10 +34,12 @@ def train(
 ) -> None:
     """Train every stage of an experiment (or the --stage ones); prints progress, metrics go to MLflow."""
     from wmtp.train.config import check_world_size, dump_spec, load_experiment, select_stages
+    from wmtp.train.laptop import PRESET as MICRO_PRESET, build_missing
 
     load_env_file(env_file)
     refuse_secret_overrides(overrides, [], read_env_file(env_file) if env_file else {})  # before spec errors quote one
-    experiment = select_stages(load_experiment(spec, overrides, preset), stages)
+    presets = ([MICRO_PRESET] if micro else []) + ([preset] if preset else [])
+    experiment = select_stages(load_experiment(spec, overrides, presets), stages)
     # As `submit` does: a secret's value in --set would be written into spec.yaml, MLflow and the logs.
     refuse_secret_overrides(overrides, declared_secret_names([stage.env for stage in experiment.stages]),
                             read_env_file(env_file) if env_file else {})
@@ -51,23 +56,35 @@ def train(
     from wmtp.train.runner import check_inputs, check_stage_needs, default_run_dir, main_process
     from wmtp.train.resume import check_run_dir
 
-    check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
     run_dir = run_dir or default_run_dir(experiment)
     check_stage_needs(experiment, run_dir)  # read-only: a missing critic is refused before the lock makes the dir
     check_run_dir(experiment, run_dir)  # a run dir started with another spec: refused once, not by N ranks
+    if micro:
+        build_missing(experiment, log=typer.echo)  # micro model, smoke dataset, small splits (each once)
+    check_inputs(experiment)  # here, before a run dir exists and before torchrun starts N ranks
+    check_devices(experiment)
     if note:
         typer.echo(note, err=True)
     dist = experiment.stages[0].distributed
     # One writer per run dir, for the run's lifetime; a second one is refused here, having written nothing.
     with acquire(run_dir) as lock:
         if experiment.stages[0].launch_world_size() > 1:
-            raise typer.Exit(launch_torchrun(spec, overrides, preset, run_dir, dist.nproc_per_node,
+            raise typer.Exit(launch_torchrun(spec, overrides, presets, run_dir, dist.nproc_per_node,
                                              dist.preemption_grace_s, stages, lock))
         typer.echo(f"run dir: {run_dir}")
         main_process(experiment, run_dir)
 
 
-def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_dir: Path, nproc: int,
+def check_devices(experiment) -> None:
+    """Resolve each stage's `train.device` (auto: cuda, else mps, else cpu) and its `model.dtype` on it now:
+    a device this machine lacks, or bfloat16 on an Apple GPU, stops here rather than in every rank."""
+    from wmtp.device import precision, resolve_device
+
+    for stage in experiment.stages:
+        precision(stage.model.dtype, resolve_device(stage.train.device))
+
+
+def launch_torchrun(spec: str, overrides: list[str], presets: Sequence[str], run_dir: Path, nproc: int,
                     grace_s: int = 600, stages: Sequence[str] = (), lock: Optional[RunLock] = None) -> int:
     """Hand over to torchrun (single node); it sets RANK/WORLD_SIZE/MASTER_* for `python -m wmtp.train`.
 
@@ -92,7 +109,7 @@ def launch_torchrun(spec: str, overrides: list[str], preset: Optional[str], run_
                "-m", "wmtp.train", spec, "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
-    if preset:
+    for preset in presets:
         command += ["--preset", preset]
     for stage in stages:
         command += ["--stage", stage]

@@ -170,7 +170,7 @@ def read_mlflow(experiment: str, filter_string: str = "", uri: Optional[str] = N
     stages = []
     for run in runs:
         tags = run.data.tags
-        if "stage" not in tags:  # an evaluation run, or one not written by wmtp train
+        if "stage" not in tags:  # a job's run (its stages' runs are nested under it), an evaluation run, …
             continue
         history = {key: [(m.step, float(m.value)) for m in sorted(client.get_metric_history(run.info.run_id, key),
                                                                     key=lambda m: (m.step, m.timestamp))]

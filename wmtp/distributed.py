@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wmtp.device import DeviceError, resolve_device
+
 
 @dataclass
 class DistContext:
@@ -31,20 +33,26 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(backend: str = "auto") -> DistContext:
-    """Join the process group when launched by torchrun; pick the device (cuda:LOCAL_RANK or cpu)."""
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext:
+    """Pick the device (`train.device`: cuda:LOCAL_RANK, mps or cpu; see wmtp.device) and join the
+    process group when torchrun started several processes. One process never makes a process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    device_type = resolve_device(device)
+    if device_type == "mps" and world_size > 1:
+        # Neither NCCL nor gloo moves MPS tensors: an Apple GPU trains as one process.
+        raise DeviceError(f"train.device: mps runs one process, not {world_size}; set distributed.strategy: none "
+                          "(or train.device: cpu for several processes)")
+    if device_type == "cuda":
+        ctx_device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(ctx_device)
     else:
-        device = torch.device("cpu")
+        ctx_device = torch.device(device_type)
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
+            backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=ctx_device)
 
 
 def destroy_distributed() -> None:

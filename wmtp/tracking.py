@@ -11,11 +11,19 @@
   are kept); drops and what was never delivered are reported once, at `close()`.
 - With `run_id_path` (the stage dir's `mlflow_run_id`), the run id is written there and a resumed
   stage reopens that run instead of starting a new one.
+- One job (a run dir, one `wmtp train`) is one parent run named after the run dir (`make_job_tracker`,
+  its id in `<run dir>/mlflow_job_run_id`, so a resumed job reopens it); each stage's run nests under
+  it (`parent`: the `mlflow.parentRunId` tag MLflow's UI nests by) and is named `<job>/<stage>`. The
+  parent is created when it is first needed, like any run here: an unreachable server delays it, never
+  the job; parent and stages share one warning.
+- Params are the training settings; the deployment sections of a spec (`targets`, `env`, `output`:
+  where and how the job runs, `DEPLOYMENT_SECTIONS`) go to one artifact, `deployment.yaml` (`log_spec`).
 - Credentials come from the environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_* for
-  artifacts) and are never logged: params are the resolved spec, which holds secret *names* only,
-  and URIs are printed with userinfo and query strings redacted. A URI that carries credentials
-  itself (`http://user:pw@host`) is used as given to connect, but params and tags hold it redacted
-  (`redact_urls`) and MLflow's own "View run … at: URI" line is replaced by one without them.
+  artifacts) and are never logged: params and deployment.yaml are the resolved spec, which holds
+  secret *names* only, and URIs are printed with userinfo and query strings redacted. A URI that
+  carries credentials itself (`http://user:pw@host`) is used as given to connect, but params, tags
+  and deployment.yaml hold it redacted (`redact_urls`) and MLflow's own "View run … at: URI" line is
+  replaced by one without them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 LOCAL_STORE = Path("storage/mlflow")
 RUN_ID_FILE = "mlflow_run_id"  # in the stage dir: the MLflow run a resumed stage continues
+JOB_RUN_ID_FILE = "mlflow_job_run_id"  # in the run dir: the job's parent run, which a resumed job reopens
+# Spec sections that say where and how a job runs, not what it trains: one artifact, not params.
+DEPLOYMENT_SECTIONS = ("targets", "env", "output")
+DEPLOYMENT_ARTIFACT = "deployment.yaml"
 
 
 def local_store_uri(root: Path = LOCAL_STORE) -> str:
@@ -103,6 +115,14 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def split_spec(spec: dict) -> tuple[dict, dict]:
+    """(training settings, deployment settings) of a spec as `StageSpec.to_dict()` gives it: the
+    `DEPLOYMENT_SECTIONS` go to the second, everything else to the first."""
+    training = {k: v for k, v in spec.items() if k not in DEPLOYMENT_SECTIONS}
+    deployment = {k: spec[k] for k in DEPLOYMENT_SECTIONS if k in spec}
+    return training, deployment
+
+
 @contextmanager
 def http_limits(timeout_s: int, max_retries: int) -> Iterator[None]:
     """MLflow reads these per request (mlflow.utils.rest_utils.http_request); set them only around
@@ -132,11 +152,21 @@ class Tracker:
     def log_params(self, params: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def forget_after(self, step: int) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
     run_id: Optional[str] = None
+
+    def log_spec(self, spec: dict) -> None:
+        """The resolved spec: its training settings as params, its deployment sections (`targets`, `env`,
+        `output`) as one `deployment.yaml` artifact, URLs redacted in both (see `redact_urls`)."""
+        import yaml
+
+        training, deployment = split_spec(spec)
+        self.log_params(training)
+        self.log_text(yaml.safe_dump(redact_urls(deployment), sort_keys=False), DEPLOYMENT_ARTIFACT)
 
 
 class NullTracker(Tracker):
@@ -148,9 +178,13 @@ def _not_found(exc: Exception) -> bool:
 
 
 class MlflowTracker(Tracker):
+    """One MLflow run. With `parent` (the job's run, same store and experiment), the run is created or
+    reopened nested under it, the parent being created first if it could not be yet; a failure of either
+    is one warning for both."""
+
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], max_buffer: int = 10000,
                  run_id_path: Optional[Path] = None, http_timeout_s: int = 5, retry_initial_s: float = 5.0,
-                 retry_max_s: float = 120.0):
+                 retry_max_s: float = 120.0, parent: Optional["MlflowTracker"] = None):
         from mlflow.tracking import MlflowClient
 
         # The store's schema-migration chatter ("Creating initial MLflow database tables...") is not
@@ -163,6 +197,7 @@ class MlflowTracker(Tracker):
         self.experiment, self.run_name, self.tags = experiment, run_name, redact_urls(tags)
         self.experiment_id: Optional[str] = None
         self.run_id_path = Path(run_id_path) if run_id_path is not None else None
+        self.parent = parent
         self.pending: deque[tuple[str, tuple]] = deque()
         self.max_buffer = max_buffer  # metric points
         self.buffered_points = 0
@@ -201,12 +236,27 @@ class MlflowTracker(Tracker):
                     raise  # the server failed: retry later rather than split the stage into two runs
                 run = None
             if run is not None and run.info.lifecycle_stage == "active" and run.info.experiment_id == exp_id:
+                tags = self._run_tags()  # the parent first: a failure leaves the run as it was
                 self.client.update_run(saved, status="RUNNING")
                 self.run_id, self.resumed = saved, True
-                self._do_tags(self.tags)
+                self._do_tags(tags)
                 return
-        self.run_id = self.client.create_run(exp_id, tags=self.tags, run_name=self.run_name).info.run_id
+        self.run_id = self.client.create_run(exp_id, tags=self._run_tags(), run_name=self.run_name).info.run_id
         self._keep_run_id()
+
+    def _run_tags(self) -> dict[str, str]:
+        """The run's tags, with `mlflow.parentRunId` (how MLflow nests runs) when it has a parent."""
+        if self.parent is None:
+            return self.tags
+        return {**self.tags, "mlflow.parentRunId": self.parent.ensure_run()}
+
+    def ensure_run(self) -> str:
+        """This run's id, creating (or reopening) the run now if that has not succeeded yet; raises when
+        MLflow fails (a nested run then retries with its own back-off)."""
+        if self.run_id is None:
+            with http_limits(self.http_timeout_s, 0):
+                self._start_run()
+        return self.run_id
 
     def _keep_run_id(self) -> None:
         """Write the run id to `run_id_path` (atomically), where a resumed stage finds it."""
@@ -223,12 +273,13 @@ class MlflowTracker(Tracker):
     def _failed(self, exc: Exception) -> None:
         self.retry_at = time.monotonic() + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
-        if not self.warned:
+        first = self.parent or self  # one warning per job: the stage runs share the parent's
+        if not self.warned and not first.warned:
             message = redact(f"{type(exc).__name__}: {exc}", self.uri)[:300]  # redacted, then cut
             print(f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering up to "
                   f"{self.max_buffer} metric points and retrying with back-off — training continues",
                   file=sys.stderr)
-            self.warned = True
+        self.warned = first.warned = True
 
     def _flush(self, force: bool = False) -> bool:
         """Send buffered calls in order; stop at the first failure (kept for the next retry).
@@ -290,7 +341,7 @@ class MlflowTracker(Tracker):
         if self.resumed:
             # MLflow refuses a changed param value, and the refused batch would hold back every metric
             # queued behind it: a resumed run keeps the params it started with (wmtp.train.resume checks
-            # that only platform-only keys, e.g. tracking.uri or targets.*, can differ) and gets new keys only.
+            # that only platform-only keys, e.g. tracking.uri, can differ) and gets new keys only.
             logged = self.client.get_run(self.run_id).data.params
             items = [item for item in items if item.key not in logged]
         for i in range(0, len(items), 100):
@@ -304,6 +355,9 @@ class MlflowTracker(Tracker):
 
     def _do_artifact(self, path: str, artifact_path: Optional[str]) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def _do_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def _do_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
@@ -373,6 +427,9 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path, artifact_path=None):
         self._enqueue("artifact", str(path), artifact_path)
 
+    def log_text(self, text, artifact_file):
+        self._enqueue("text", text, artifact_file)
+
     def set_tags(self, tags):
         self._enqueue("tags", tags)
 
@@ -421,10 +478,24 @@ def read_run_id(path: Path) -> Optional[str]:
 
 
 def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int,
-                 stage_dir: Optional[Path] = None) -> Tracker:
+                 stage_dir: Optional[Path] = None, parent: Optional[Tracker] = None) -> Tracker:
     """The tracker of one stage. With `stage_dir`, its MLflow run id is kept in `<stage_dir>/mlflow_run_id`
-    so that a resumed stage continues the run."""
+    so that a resumed stage continues the run. With `parent` (`make_job_tracker`), the run nests under the
+    job's run, unless the stage tracks to another store or experiment (MLflow nests within one experiment)."""
     if not is_main:
         return NullTracker()
+    uri = resolve_tracking_uri(uri)
+    if not (isinstance(parent, MlflowTracker) and (parent.uri, parent.experiment) == (uri, experiment)):
+        parent = None
     run_id_path = Path(stage_dir) / RUN_ID_FILE if stage_dir is not None else None
-    return MlflowTracker(resolve_tracking_uri(uri), experiment, run_name, tags, max_buffer, run_id_path=run_id_path)
+    return MlflowTracker(uri, experiment, run_name, tags, max_buffer, run_id_path=run_id_path, parent=parent)
+
+
+def make_job_tracker(is_main: bool, uri: Optional[str], experiment: str, run_dir: Path, tags: dict) -> Tracker:
+    """The parent run of one job: named after its run dir (`smoke-20261203-211406`), its id kept in
+    `<run_dir>/mlflow_job_run_id` so that a resumed job reopens it. It holds no params or metrics; its
+    stages' runs nest under it (`make_tracker(parent=…)`). A NullTracker on ranks ≠ 0."""
+    if not is_main:
+        return NullTracker()
+    return MlflowTracker(resolve_tracking_uri(uri), experiment, Path(run_dir).name, tags,
+                         run_id_path=Path(run_dir) / JOB_RUN_ID_FILE)

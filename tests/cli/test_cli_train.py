@@ -187,3 +187,26 @@ def test_train_errors_never_echo_a_secret(clean_env, monkeypatch, tmp_path):
     for args in (["--preset", SECRET], ["--stage", SECRET]):
         result = runner.invoke(app, ["train", "smoke", "--dry-run", "--run-dir", str(tmp_path / "run"), *args])
         assert result.exit_code == 2 and SECRET not in result.output and "***" in result.output, result.output
+
+
+def test_micro_is_a_preset_before_preset_and_the_torchrun_entry_point_takes_both():
+    """`wmtp train … --micro --preset local-light` = the micro layer then local-light; `python -m wmtp.train`
+    (what torchrun runs) takes the presets repeated, as `wmtp train` passes them on."""
+    import subprocess
+    import sys
+
+    result = runner.invoke(app, ["train", "verifiable", "--micro", "--preset", "local-light", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "split_variant: small" in result.output and "batch_size: 1\n" in result.output
+    entry = subprocess.run([sys.executable, "-m", "wmtp.train", "verifiable", "--preset", "micro", "--preset",
+                            "local-light", "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert entry.returncode == 0, entry.stderr
+    assert entry.stdout == result.stdout
+
+
+def test_micro_with_a_stage_that_needs_an_unfinished_one_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "verifiable", "--micro", "--stage", "verifiable", "--run-dir", "run"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: stage verifiable needs the final checkpoint of stage critic")
+    assert list(tmp_path.iterdir()) == []  # refused before the micro model or the data was built

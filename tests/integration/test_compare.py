@@ -63,8 +63,13 @@ def test_compare_reports_the_numbers_of_the_run_dir_and_of_mlflow(smoke_override
     assert html.count('src="data:image/png;base64,') >= 3  # val/ce vs step, vs tokens, verifiable's weights
     assert "src=\"val_ce" not in html and "run/verifiable" in html
 
-    # The same numbers from the MLflow store the run logged to.
+    # The same numbers from the MLflow store the run logged to (the job's own run, holding the four, left out).
     uri = next(o for o in smoke_overrides if o.startswith("tracking.uri=")).split("=", 1)[1]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("wmtp-compare").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["run", "run/baseline", "run/critic", "run/rho1", "run/verifiable"]
     result = CliRunner().invoke(app, ["compare", "--mlflow", "wmtp-compare", "--tracking-uri", uri,
                                       "--filter", "tags.stage != 'critic'", "--out", str(tmp_path / "from-mlflow")])
     assert result.exit_code == 0, result.output

@@ -39,7 +39,7 @@ def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(smoke_overrides
 
     uri = next(o.split("=", 1)[1] for o in smoke_overrides if o.startswith("tracking.uri="))
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id], "tags.stage = 'baseline'")
     assert run.data.metrics["eval/humaneval/pass_at_1"] == summary["pass@1"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval/humaneval")} >= {"eval/humaneval/summary.json"}
 
@@ -64,7 +64,7 @@ def test_mbpp_data_evaluates_mbpp_as_well(smoke_overrides, tmp_path, monkeypatch
 
     uri = next(o.split("=", 1)[1] for o in smoke_overrides if o.startswith("tracking.uri="))
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id], "tags.stage = 'baseline'")
     assert run.data.metrics["eval/mbpp/pass_at_1"] == mbpp["pass@1"] and "eval/humaneval/pass_at_1" in run.data.metrics
     assert run.data.params["eval_run.mbpp.limit"] == "1"
 
@@ -93,8 +93,9 @@ def test_eval_run_on_a_stage_dir_logs_to_that_stages_run(smoke_overrides, tmp_pa
     assert result.exit_code == 0, result.output
     assert f"mlflow run: {run_id}" in result.output and "95% CI" in result.output
 
-    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id])
-    assert run.info.run_id == run_id  # no run of its own: the stage's
+    runs = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id])
+    [run] = [r for r in runs if "stage" in r.data.tags]
+    assert len(runs) == 2 and run.info.run_id == run_id  # no run of its own: the stage's (and the job's run)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert run.data.metrics["eval/humaneval/pass_at_1"] == summary["pass@1"]
     assert run.data.metrics["eval/humaneval/pass_at_1_ci95_high"] == summary["ci95"]["pass@1"][1]

@@ -86,9 +86,12 @@ def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(smoke
     assert steps == list(range(1, 151))  # strictly increasing, each step once: no second writer interleaved
     assert not (run_dir / ".wmtp.lock").exists()  # released at the end
 
-    # MLflow: one run, one loss point per step (the refused writers opened no run, logged nothing).
+    # MLflow: one job with one stage run, one loss point per step (the refused writers opened no run,
+    # logged nothing).
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id])
+    job, run = sorted(client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id]),
+                      key=lambda r: "stage" in r.data.tags)
+    assert run.data.tags["mlflow.parentRunId"] == job.info.run_id
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/mtp")] == steps
 
 

@@ -217,9 +217,14 @@ def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(
     assert [e["step"] for e in entries] == sorted(e["step"] for e in entries)
 
     client = MlflowClient(next(o for o in smoke_overrides if o.startswith("tracking.uri=")).split("=", 1)[1])
-    [run] = client.search_runs([client.get_experiment_by_name("wmtp-resume").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("wmtp-resume").experiment_id],
+                               "tags.stage = 'baseline'")  # the stage's run (the job's run holds it)
     assert run.info.run_id == (stage_dir / "mlflow_run_id").read_text().strip()
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "8"
+    # The killed job's own run is reopened, not doubled: the resumed stage's run (the copy) nests under it.
+    job = client.get_run((run_dir / "mlflow_job_run_id").read_text().strip())
+    assert job.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == job.info.run_id
+    assert len(client.search_runs([run.info.experiment_id])) == 2
     for key, steps in (("loss/total", list(range(1, 9))), ("val/ce", [2, 4, 6, 8])):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         assert [m.step for m in history] == steps, key

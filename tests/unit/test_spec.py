@@ -80,7 +80,7 @@ def test_a_bad_value_from_a_file_names_the_file_not_an_override(tmp_path):
 def test_unknown_experiment_and_preset_list_the_choices():
     with pytest.raises(SpecError, match=r"no jobs/nope\.yaml; available: \['baseline'"):
         load_experiment("nope")
-    with pytest.raises(SpecError, match=r"preset 'heavy'.*available: \['local-light'\]"):
+    with pytest.raises(SpecError, match=r"preset 'heavy'.*available: \['local-light', 'micro'\]"):
         load_experiment("baseline", preset="heavy")
 
 
@@ -123,3 +123,22 @@ def test_a_missing_eval_file_is_refused_before_training(tmp_path):
     with pytest.raises(SpecError, match=r"stage verifiable: eval\.mbpp_data: .*mbpp\.jsonl does not exist"):
         run_experiment(experiment, tmp_path / "run", DistContext())
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_micro_runs_the_experiments_own_stages_on_the_micro_model_and_small_splits(name):
+    own, micro = load_experiment(name), load_experiment(name, preset=["micro"])
+    assert [s.stage for s in micro.stages] == [s.stage for s in own.stages]
+    for stage, mine in zip(micro.stages, own.stages):
+        assert stage.objective == mine.objective and stage.data.sampling == mine.data.sampling
+        assert stage.model.path == "storage/models_v2/micro-mtp" and stage.rho1.reference == "storage/models_v2/micro-ref"
+        assert stage.data.train_file == "storage/datasets_v2/smoke/processed/train_small.jsonl"
+        assert stage.data.valid_file == "storage/datasets_v2/smoke/processed/valid_small.jsonl"
+        assert stage.launch_world_size() == 1 and stage.train.device == "auto"
+
+
+def test_presets_apply_in_order_micro_then_local_light():
+    critic = load_experiment("verifiable", ["train.max_steps=3"], preset=["micro", "local-light"]).stages[0]
+    assert critic.model.path.endswith("micro-mtp") and critic.data.split_variant == "small"  # micro
+    assert critic.train.batch_size == 1 and critic.data.valid_samples == 16  # local-light over micro
+    assert critic.train.max_steps == 3  # --set over both

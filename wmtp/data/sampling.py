@@ -209,18 +209,24 @@ def bin_pools(index: DatasetIndex, spec: SamplingSpec) -> list[np.ndarray]:
     return [np.flatnonzero((difficulty >= low) & (difficulty <= high)) for low, high in spec.curriculum_bins.values()]
 
 
+def schedule_shares(spec: SamplingSpec) -> np.ndarray:
+    """Each bin's share of a whole curriculum (its windows' shares weighted by their lengths), bins in spec order."""
+    shares = np.zeros(len(spec.curriculum_bins))
+    previous = 0.0
+    for stage in spec.curriculum_schedule:
+        weights = np.array([stage.weights.get(name, 0.0) for name in spec.curriculum_bins])
+        shares += (stage.until - previous) * weights / weights.sum()
+        previous = stage.until
+    return shares
+
+
 def largest_curriculum_draw(spec: SamplingSpec, pool_sizes: list[int]) -> int:
     """The most rows whose every bin demand fits its pool.
 
     Rounding moves each bin's demand by less than one row per window, so `(size + windows) / share`
     bounds the answer from above; count down from there to the first draw that fits.
     """
-    shares = np.zeros(len(pool_sizes))
-    previous = 0.0
-    for stage in spec.curriculum_schedule:
-        weights = np.array([stage.weights.get(name, 0.0) for name in spec.curriculum_bins])
-        shares += (stage.until - previous) * weights / weights.sum()
-        previous = stage.until
+    shares = schedule_shares(spec)
     windows = len(spec.curriculum_schedule)
     n = int(min((size + windows) / share for size, share in zip(pool_sizes, shares) if share > 0))
     while n > 0 and np.any(curriculum_plan(spec, n).sum(axis=0) > pool_sizes):

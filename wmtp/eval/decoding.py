@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wmtp.device import has_complex_kernels
 from wmtp.model.transformer import Transformer
 
 
@@ -149,6 +150,16 @@ class CachedMTP:
 
 def rotate(x_BSND: torch.Tensor, cos_BSD: torch.Tensor, sin_BSD: torch.Tensor) -> torch.Tensor:
     """RoPE with per-row angles: adjacent pairs as complex numbers times `cos + i·sin`, in float32 (Meta's convention)."""
+    if not has_complex_kernels(x_BSND.device):  # MPS: the same rotation in real arithmetic
+        return rotate_real(x_BSND, cos_BSD, sin_BSD)
     x_complex = torch.view_as_complex(x_BSND.float().unflatten(-1, (-1, 2)).contiguous())
     rotation = torch.complex(cos_BSD.float(), sin_BSD.float())[:, :, None, :]
     return torch.view_as_real(x_complex * rotation).flatten(-2).type_as(x_BSND)
+
+
+def rotate_real(x_BSND: torch.Tensor, cos_BSD: torch.Tensor, sin_BSD: torch.Tensor) -> torch.Tensor:
+    """`rotate` in real arithmetic (for devices without complex kernels)."""
+    x_even, x_odd = x_BSND.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos_BSD.float()[:, :, None, :], sin_BSD.float()[:, :, None, :]
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x_BSND)

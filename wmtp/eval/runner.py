@@ -60,8 +60,8 @@ class EvalOptions:
     batch_size: int = 8
     workers: Optional[int] = None  # sandbox processes (default: one per core)
     timeout_s: float = 10.0  # per program, wall clock
-    device: Optional[str] = None  # default: cuda when available, else cpu
-    dtype: Optional[str] = None  # default: bfloat16 on cuda, float32 on cpu
+    device: Optional[str] = None  # default (or auto): cuda when available, else mps, else cpu
+    dtype: Optional[str] = None  # default: bfloat16 on cuda, float32 on mps and cpu
 
     def check(self) -> "EvalOptions":
         """Refuse bad options before a model is loaded or a token generated."""
@@ -134,11 +134,13 @@ def resolve_model_dir(path: Path) -> Path:
 
 
 def pick_device(device: Optional[str], dtype: Optional[str]) -> tuple[str, str]:
-    import torch
+    """(device, dtype) to evaluate on: `auto` / None as training picks it (cuda, else mps, else cpu;
+    `wmtp.device`), an indexed one such as `cuda:1` as given; dtype bf16 on CUDA, else float32."""
+    from wmtp.device import DEVICES, eval_dtype, resolve_device
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    return device, dtype
+    if device is None or device in DEVICES:
+        device = resolve_device(device or "auto")
+    return device, dtype or eval_dtype(device)
 
 
 def default_progress() -> bool:

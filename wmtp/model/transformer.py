@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmtp.device import has_complex_kernels
 from wmtp.model.args import ModelArgs
 
 
@@ -51,7 +52,7 @@ def apply_rope(x_BSND: torch.Tensor, cos_SD: torch.Tensor, sin_SD: torch.Tensor)
     from the real tables, so no complex tensor is ever a buffer or in a state dict. Computed in float32
     as Meta does.
     """
-    if x_BSND.device.type == "mps":  # complex kernels are incomplete on MPS: same rotation, real arithmetic
+    if not has_complex_kernels(x_BSND.device):  # MPS: the same rotation in real arithmetic
         return _apply_rope_real(x_BSND, cos_SD, sin_SD)
     x_complex = torch.view_as_complex(x_BSND.float().unflatten(-1, (-1, 2)))
     rotation = torch.complex(cos_SD.float(), sin_SD.float())[None, :, None, :]

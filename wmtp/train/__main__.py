@@ -1,4 +1,4 @@
-"""`python -m wmtp.train SPEC [--set k=v]… [--preset P] [--run-dir DIR] [--stage NAME]… [--dry-run]`.
+"""`python -m wmtp.train SPEC [--set k=v]… [--preset P]… [--run-dir DIR] [--stage NAME]… [--dry-run]`.
 
 What torchrun runs (`wmtp train` passes its arguments on when it launches torchrun)."""
 
@@ -16,7 +16,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m wmtp.train", description=__doc__)
     parser.add_argument("spec", help="jobs/<experiment>.yaml or an experiment name")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--preset", default=None)
+    parser.add_argument("--preset", dest="presets", action="append", default=[], metavar="NAME",
+                        help="a jobs/presets/ layer (repeatable: applied in order)")
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
                         help="run only this stage of the experiment (repeatable); default: every stage")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from wmtp.train.config import dump_spec, load_experiment, select_stages
 
     try:
-        experiment = select_stages(load_experiment(args.spec, args.overrides, args.preset), args.stages)
+        experiment = select_stages(load_experiment(args.spec, args.overrides, args.presets), args.stages)
         if args.dry_run:
             for spec in experiment.stages:
                 print(f"# stage: {spec.stage}\n{dump_spec(spec)}---")

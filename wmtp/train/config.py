@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,8 +72,18 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str = Field(description="Standard model dir or Meta release dir")
-    dtype: Literal["float32", "bfloat16", "auto"] = "auto"  # auto: bf16 on CUDA, float32 on CPU
+    # auto: fp32 weights + bf16 autocast on CUDA, fp32 on MPS / CPU; float16: fp16 autocast + loss scaling
+    # (wmtp.device.precision has the whole table; MPS refuses bfloat16)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
     max_seq_len: Optional[int] = Field(None, ge=1)  # override of params.json's RoPE table length
+
+
+def variant_file(path: str, variant: str) -> str:
+    """`…/train.jsonl` → `…/train_small.jsonl` for the small variant; the path as given for full."""
+    if variant == "full":
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}_{variant}{p.suffix}"))
 
 
 class DataSection(Section):
@@ -83,9 +93,24 @@ class DataSection(Section):
     sampling: SamplingSpec = SamplingSpec(strategy="correct_only")
     valid_samples: Optional[int] = Field(256, ge=1)  # rows of `valid` used per validation (None = all)
     num_workers: int = Field(0, ge=0)  # DataLoader workers per rank
+    # small: train on `<dir>/train_small.jsonl` and validate on `valid_small.jsonl` beside the files named
+    # by `train` / `valid` (`wmtp data small DIR` writes them: ≤ 100 and ≤ 32 rows); full: the files as named.
+    split_variant: Literal["full", "small"] = "full"
+
+    @property
+    def train_file(self) -> str:
+        """The training JSONL this stage reads (`train`, or its small split)."""
+        return variant_file(self.train, self.split_variant)
+
+    @property
+    def valid_file(self) -> Optional[str]:
+        """The validation JSONL this stage reads (`valid`, or its small split), None without validation."""
+        return variant_file(self.valid, self.split_variant) if self.valid else None
 
 
 class TrainSection(Section):
+    # Where the stage computes (and its end-of-stage evaluation): auto = cuda, else mps, else cpu (wmtp.device).
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     num_epochs: int = Field(1, ge=1)
     max_steps: Optional[int] = Field(None, ge=1)  # global cap on optimizer steps
     batch_size: int = Field(4, ge=1)  # per rank, per micro-step
@@ -268,7 +293,26 @@ class StageSpec(Section):
                             f"(RoPE positions for the longest sample), or null (got {self.model.max_seq_len})",
                             ("data.max_length",))
         self.check_validation_rows(world_size=1)  # one rank at least; launchers check their own count
+        self.check_device()
         return self
+
+    def check_device(self) -> None:
+        """What an explicit `train.device` cannot run, refused before anything starts (`auto` is checked
+        where the device is known: `wmtp.device`). MPS: one process, no bfloat16. float16's loss scaler
+        skips a step on an overflow it finds in this rank's gradients: FSDP shards them, so ranks could
+        disagree."""
+        ranks = self.launch_world_size()
+        if self.train.device == "mps" and ranks > 1:
+            raise RuleError("train.device", f"mps runs one process; expected distributed.strategy none (or "
+                            f"train.device cpu / cuda for {ranks} processes) (got mps)",
+                            ("distributed.strategy", "distributed.nproc_per_node"))
+        if self.train.device == "mps" and self.model.dtype == "bfloat16":
+            raise RuleError("model.dtype", "bfloat16 is not supported on mps (train.device); expected float32, "
+                            "float16 or auto (got bfloat16)", ("train.device",))
+        if self.model.dtype == "float16" and self.distributed.strategy == "fsdp" and ranks > 1:
+            raise RuleError("model.dtype", "float16 (loss scaling) does not run under distributed.strategy fsdp; "
+                            "expected auto, float32 or bfloat16, or strategy ddp (got float16)",
+                            ("distributed.strategy",))
 
     def check_validation_rows(self, world_size: int) -> None:
         """Every rank runs the same number of full validation batches: fewer rows than one batch on each
@@ -461,9 +505,12 @@ def layer_file(spec_path: Path, relative: str) -> Path:
 
 
 def load_experiment(
-    experiment: str, overrides: Optional[list[str]] = None, preset: Optional[str] = None
+    experiment: str, overrides: Optional[list[str]] = None, preset: Optional[str | Sequence[str]] = None
 ) -> Experiment:
-    """Resolve and validate every stage of an experiment (a jobs/ name or a YAML path)."""
+    """Resolve and validate every stage of an experiment (a jobs/ name or a YAML path).
+
+    `preset`: a jobs/presets/ name, or several applied in order (`wmtp train --micro --preset local-light`
+    applies `micro`, then `local-light`)."""
     spec_path = resolve_spec_path(experiment)
     experiment_doc = read_yaml(spec_path)
     stage_names = experiment_doc.pop("stages", None)
@@ -475,13 +522,13 @@ def load_experiment(
         raise SpecError(f"{spec_path}: per_stage.{unknown_stage_keys[0]}: not one of the stages {stage_names}")
     layers = [("defaults", read_yaml(layer_file(spec_path, "defaults.yaml")))]
     preset_layer = []
-    if preset:
-        preset_file = layer_file(spec_path, f"presets/{preset}.yaml")
+    for name in [preset] if isinstance(preset, str) else list(preset or []):
+        preset_file = layer_file(spec_path, f"presets/{name}.yaml")
         if not preset_file.is_file():
             names = sorted({p.stem for folder in (spec_path.parent, asset_dir("jobs"))
                             for p in (folder / "presets").glob("*.yaml")})
-            raise SpecError(f"preset {preset!r}: no {preset_file}; available: {names}")
-        preset_layer = [(str(preset_file), read_yaml(preset_file))]
+            raise SpecError(f"preset {name!r}: no {preset_file}; available: {names}")
+        preset_layer.append((str(preset_file), read_yaml(preset_file)))
     override_layers = [(f"--set {text}", nest(*parse_override(text))) for text in overrides or []]
     name = experiment_doc.pop("name", spec_path.stem)
     stages = []

@@ -66,12 +66,12 @@ def build_train_sampler(index: DatasetIndex, rows: np.ndarray, sampling: Samplin
 
 
 def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> TrainData:
-    index = DatasetIndex.load(spec.data.train)
+    index = DatasetIndex.load(spec.data.train_file)
     rows = draw_indices(index, spec.data.sampling, seed=spec.train.seed)
     sampling = build_train_sampler(index, rows, spec.data.sampling, spec.train, ctx)
     sampler = sampling.sampler
     loader = DataLoader(
-        JsonlSamples(spec.data.train, rows),
+        JsonlSamples(spec.data.train_file, rows),
         batch_size=spec.train.batch_size,
         sampler=sampler,
         collate_fn=MTPCollator(tokenizer, n_heads, spec.data.max_length),
@@ -85,16 +85,16 @@ def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext)
 
 def build_valid_loader(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> DataLoader | None:
     """The first `valid_samples` rows of the validation split, the same rows every time, split by rank."""
-    if not spec.data.valid:
+    if not spec.data.valid_file:
         return None
-    index = DatasetIndex.load(spec.data.valid)
+    index = DatasetIndex.load(spec.data.valid_file)
     n = len(index) if spec.data.valid_samples is None else min(len(index), spec.data.valid_samples)
     n -= n % (ctx.world_size * spec.train.batch_size)  # every rank runs the same number of batches
     if n == 0:
         return None
     rows = np.arange(n)[ctx.rank :: ctx.world_size]
     return DataLoader(
-        JsonlSamples(spec.data.valid, rows),
+        JsonlSamples(spec.data.valid_file, rows),
         batch_size=spec.train.batch_size,
         shuffle=False,
         collate_fn=MTPCollator(tokenizer, n_heads, spec.data.max_length),

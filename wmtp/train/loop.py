@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from wmtp.device import precision
 from wmtp.distributed import DistContext, all_reduce_any, all_reduce_mean, parallelize, unwrap
 from wmtp.model import ValueHead, load_model, load_tokenizer
 from wmtp.train import checkpointing as ckpt
@@ -80,9 +81,8 @@ class History:
 
 
 def model_dtype(spec: StageSpec, device: torch.device) -> torch.dtype:
-    if spec.model.dtype == "auto":
-        return torch.float32  # master weights stay fp32; CUDA runs the math in bf16 autocast
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec.model.dtype]
+    """The parameters' dtype: fp32 master weights unless `model.dtype: bfloat16` (wmtp.device.precision)."""
+    return precision(spec.model.dtype, device.type).weights
 
 
 def git_commit() -> str:
@@ -226,7 +226,7 @@ class Trainer:
             from wmtp.errors import WmtpError
 
             raise WmtpError(
-                f"{spec.data.train}: {self.data.n_rows} sampled rows give no optimizer step with batch_size="
+                f"{spec.data.train_file}: {self.data.n_rows} sampled rows give no optimizer step with batch_size="
                 f"{t.batch_size} × grad_accum_steps={t.grad_accum_steps} × {ctx.world_size} rank(s)"
             )
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, t.warmup_steps, t.schedule, t.min_lr_ratio)
@@ -237,7 +237,9 @@ class Trainer:
         self.history = History()
         self.resumed: Optional[bool] = None  # resume_if_possible's answer once it has looked
         self.progress: Optional[StageProgress] = None  # set by run(); validation reports to it
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and spec.model.dtype == "auto" else None
+        mixed = precision(spec.model.dtype, self.device.type)  # bf16 autocast on CUDA for auto; fp16 + scaler
+        self.autocast = torch.autocast(self.device.type, dtype=mixed.autocast) if mixed.autocast else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if mixed.loss_scaling else None
 
     # ------------------------------------------------------------------ metrics
 
@@ -306,7 +308,7 @@ class Trainer:
                 out = self.module(batch, self.objective)
         else:
             out = self.module(batch, self.objective)
-        out.loss.backward()
+        (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
         return out
 
     def optimizer_step(self, window: list[dict]) -> dict[str, float]:
@@ -320,7 +322,11 @@ class Trainer:
             self.history.add_weights(out.token_weights)
             n_tokens += int(batch["attention_mask"].sum())
         grad_norm = self.clip_gradients()
-        self.optimizer.step()
+        if self.scaler is not None:  # skips the step when a gradient overflowed, then adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics = combine_metrics(outputs, window=True) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
@@ -328,6 +334,8 @@ class Trainer:
         return metrics
 
     def clip_gradients(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradients, not the scaled ones
         params = [p for p in self.module.parameters() if p.grad is not None]
         max_norm = self.spec.train.grad_clip if self.spec.train.grad_clip is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -495,16 +503,19 @@ class Trainer:
         return final
 
 
-def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path]) -> StageResult:
-    """Train one stage in `stage_dir` (resuming when it holds a checkpoint) and track it on rank 0."""
+def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path],
+                parent: Optional[Tracker] = None) -> StageResult:
+    """Train one stage in `stage_dir` (resuming when it holds a checkpoint) and track it on rank 0, in a run
+    named `<job>/<stage>` (the job: the run dir's name) nested under the job's run `parent`, if given."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, stage_dir, ctx, earlier)
     trainer.resume_if_possible()  # before tracking: what was logged after the checkpoint goes first (below)
     tags = {"experiment": spec.experiment, "stage": spec.stage, "objective": spec.objective,
-            "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve())}
-    run_name = spec.tracking.run_name or f"{spec.experiment}/{spec.stage}"
+            "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve()),
+            "job": stage_dir.resolve().parent.name}
+    run_name = spec.tracking.run_name or f"{tags['job']}/{spec.stage}"
     tracker = make_tracker(ctx.is_main, spec.tracking.uri, spec.tracking.experiment, run_name, tags,
-                           spec.tracking.buffer_size, stage_dir=stage_dir)
+                           spec.tracking.buffer_size, stage_dir=stage_dir, parent=parent)
     if ctx.is_main:
         # Each step once, with the values of the run that goes on: the interrupted run's entries after
         # the checkpoint (all of them when it saved none) are dropped before anything is logged again.
@@ -512,7 +523,7 @@ def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dic
         tracker.forget_after(trainer.state["step"])
         if not (stage_dir / "spec.yaml").is_file():  # a resumed stage keeps the spec it started with (check_run_dir)
             (stage_dir / "spec.yaml").write_text(dump_spec(spec))
-        tracker.log_params(spec.to_dict())
+        tracker.log_spec(spec.to_dict())  # params, and deployment.yaml for targets / env / output
         tracker.log_artifact(stage_dir / "spec.yaml")
     status = "FAILED"
     try:

@@ -40,6 +40,7 @@ PLATFORM_ONLY = (
     "tracking.buffer_size",  # how many points survive an outage, not which are logged
     "eval",  # evaluation of the final checkpoint, after training
     "data.num_workers",  # DataLoader processes; the sampler alone decides what each step reads
+    "train.device",  # cuda, mps or cpu: a run started on a GPU may go on on a laptop, and back
     # How the ranks run, not how many (ranks are compared below): DDP and FSDP2 train the same
     # global batch, activation checkpointing recomputes the same values, the rest is transport/timeouts.
     "distributed",

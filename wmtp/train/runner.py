@@ -10,6 +10,9 @@ and `summary.json`; pass@k also logged to the stage's MLflow run): right after t
 process, after the last stage when distributed (the other ranks then leave instead of waiting in a
 collective for as long as generation takes). A finished stage whose evaluation is missing is
 evaluated when the run dir is run again.
+
+MLflow (rank 0): the job, one run dir, is one run named after the run dir (`job_tracker`), and each
+stage's run, named `<run dir name>/<stage>`, is nested under it.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def stage_is_finished(stage_dir: Path) -> bool:
 
 def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
     """(key, path, what it should be) of every file or dir the stage reads, in the order it reads them."""
+    small = spec.data.split_variant == "small"
+    prepared = f"a prepared JSONL (wmtp data prepare{', then wmtp data small DIR' if small else ''})"
     paths = [("model.path", spec.model.path, "a model dir (wmtp model convert-meta / micro)"),
-             ("data.train", spec.data.train, "a prepared JSONL (wmtp data prepare)")]
-    if spec.data.valid:
-        paths.append(("data.valid", spec.data.valid, "a prepared JSONL (wmtp data prepare)"))
+             ("data.train", spec.data.train_file, prepared)]
+    if spec.data.valid_file:
+        paths.append(("data.valid", spec.data.valid_file, prepared))
     if spec.objective == "rho1" and spec.rho1.reference and not spec.rho1.reference.startswith("hf:"):
         paths.append(("rho1.reference", spec.rho1.reference, "the reference model dir"))
     if spec.objective == "verifiable" and spec.td.value_head:
@@ -128,14 +133,32 @@ def run_experiment(experiment: Experiment, run_dir: Optional[Path], ctx: DistCon
     check_run_dir(experiment, run_dir)  # every stage, finished ones too, before any of them trains
     lock = hold_run_lock(run_dir, ctx)
     try:
-        return run_stages(experiment, run_dir, ctx)
+        job = job_tracker(experiment, run_dir, ctx)
+        status = "FAILED"
+        try:
+            results = run_stages(experiment, run_dir, ctx, job)
+            status = "KILLED" if any(r.preempted for r in results) else "FINISHED"
+            return results
+        finally:
+            job.close(status)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext) -> list[StageResult]:
-    """The stages of `run_experiment`, in the locked run dir."""
+def job_tracker(experiment: Experiment, run_dir: Path, ctx: DistContext):
+    """The job's MLflow run (rank 0; a NullTracker elsewhere), at the first stage's tracking URI and
+    experiment, named after the run dir; a resumed job reopens it (`<run_dir>/mlflow_job_run_id`). It ends
+    as its stages do: FINISHED, KILLED when one was preempted, FAILED when one raised."""
+    from wmtp.tracking import make_job_tracker
+
+    tracking = experiment.stages[0].tracking
+    tags = {"job": run_dir.resolve().name, "experiment": experiment.name, "run_dir": str(run_dir.resolve())}
+    return make_job_tracker(ctx.is_main, tracking.uri, tracking.experiment, run_dir, tags)
+
+
+def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext, job=None) -> list[StageResult]:
+    """The stages of `run_experiment`, in the locked run dir; their MLflow runs nest under `job`'s."""
     earlier: dict[str, Path] = {}
     results = []
     to_evaluate: list[tuple[StageSpec, Path]] = []
@@ -152,7 +175,7 @@ def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext) -> list[
             if spec.eval is not None and not (stage_dir / "eval" / "summary.json").is_file():
                 to_evaluate.append((spec, stage_dir))
             continue
-        result = train_stage(spec, stage_dir, ctx, earlier)
+        result = train_stage(spec, stage_dir, ctx, earlier, parent=job)
         results.append(result)
         if result.preempted:
             return results  # exit promptly: the rerun resumes this stage (and evaluates what is pending)
@@ -206,7 +229,7 @@ def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
                               temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               out_dir=out_dir, speculative=cfg.speculative, limit=cfg.limit,
                               seed=spec.train.seed, timeout=cfg.timeout_s, data=data, batch_size=cfg.batch_size,
-                              progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
+                              device=spec.train.device, progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
                               tracking_uri=spec.tracking.uri)
         except WmtpError as exc:
             print(f"{spec.stage}: {benchmark} evaluation skipped: {exc}", file=sys.stderr)
@@ -253,7 +276,7 @@ def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
 def main_process(experiment: Experiment, run_dir: Optional[Path]) -> int:
     """Process entry: join the process group (if torchrun started us), train, leave cleanly."""
     Preemption.install()
-    ctx = init_distributed(experiment.stages[0].distributed.backend)
+    ctx = init_distributed(experiment.stages[0].distributed.backend, experiment.stages[0].train.device)
     try:
         run_experiment(experiment, run_dir, ctx)
     finally:
