@@ -397,13 +397,16 @@ def active_run(uri: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     return None, uri
 
 
+EVAL_HTTP_TIMEOUT_S, EVAL_HTTP_RETRIES = 10, 1  # per request, logging into an existing run
+
+
 def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[str] = None,
                      uri: Optional[str] = None, experiment: str = MLFLOW_EXPERIMENT) -> Optional[str]:
     """Log pass@k and the files to MLflow; returns the run id (None when nothing asked for tracking).
 
     A failing server never fails the evaluation: the files are already written; one warning is printed.
     """
-    from wmtp.tracking import MlflowTracker, redact, redact_uri, resolve_tracking_uri
+    from wmtp.tracking import MlflowTracker, http_limits, redact, redact_uri, resolve_tracking_uri
 
     if run_id is None:
         run_id, uri = active_run(uri)
@@ -427,10 +430,13 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
 
         client = MlflowClient(tracking_uri=uri)
         stamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
-        log_new_params(client, run_id, eval_params(summary))
-        for path in artifacts:
-            client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
+        # MLflow's default (7 retries with back-off per request) would hold a finished evaluation for
+        # minutes when the server is down; the files are written, so fail fast and say so instead.
+        with http_limits(EVAL_HTTP_TIMEOUT_S, EVAL_HTTP_RETRIES):
+            client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()])
+            log_new_params(client, run_id, eval_params(summary))
+            for path in artifacts:
+                client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
     except Exception as exc:  # the server or store failed: the summary is on disk anyway
         message = redact(f"{type(exc).__name__}: {exc}", uri)[:200]  # credentials never printed
         print(f"warning: MLflow at {redact_uri(uri)} failed ({message}); "
