@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from wmtp.distributed import DistContext, unwrap
+from wmtp.train import flops as flops_module
 from wmtp.train import loop
 from wmtp.train.config import SpecError, load_experiment
 from wmtp.train.data_loading import move_batch
@@ -84,6 +85,44 @@ def test_epoch_progress_is_logged_and_shown(smoke_overrides, tmp_path, one_torch
     assert [line.split(" loss ")[0] for line in printed if "epoch" in line] == [
         "smoke/baseline step 1/4 epoch 0.33", "smoke/baseline step 2/4 epoch 0.67",
         "smoke/baseline step 3/4 epoch 1.00", "smoke/baseline step 4/4 epoch 1.33"]
+
+
+@pytest.mark.parametrize("stage", ["baseline", "critic"])
+def test_mfu_is_the_objectives_model_flops_over_the_peak(smoke_overrides, tmp_path, one_torch_thread, stage,
+                                                         monkeypatch):
+    """mfu · peak / (tokens/s per device) = the step's model FLOPs per token (up to float rounding: the
+    same elapsed time divides both): the whole MTP model forward and backward for baseline, the frozen
+    trunk's forward for the critic."""
+    overrides = smoke_overrides + QUIET + ["train.max_steps=1", "train.log_interval=1", "train.peak_tflops=0.5"]
+    trainer = Trainer(stage_spec(overrides, stage=stage), tmp_path, DistContext(), {})
+    seen = []
+    model_flops = trainer.objective.model_flops
+
+    def spy(args, n_tokens, sum_len_sq):
+        seen.append((n_tokens, sum_len_sq, model_flops(args, n_tokens, sum_len_sq)))
+        return seen[-1][2]
+
+    monkeypatch.setattr(trainer.objective, "model_flops", spy)
+    trainer.run(NullTracker())
+    [logged] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "mfu" in line]
+    [(n_tokens, sum_len_sq, flops)] = seen
+    assert n_tokens == logged["tokens"]
+    args = trainer.model_args
+    expected = (flops_module.training_flops(args, n_tokens, sum_len_sq) if stage == "baseline"
+                else flops_module.trunk_forward_flops(args, n_tokens, sum_len_sq))
+    assert flops == expected
+    assert logged["mfu"] * 0.5e12 / logged["tokens_per_s_per_device"] == pytest.approx(flops / n_tokens, rel=1e-9)
+    assert logged["tokens_per_s_per_device"] == logged["tokens_per_s"]  # one process
+    assert logged["memory/peak_gib"] > 0
+
+
+def test_no_mfu_without_a_known_peak(smoke_overrides, tmp_path, one_torch_thread):
+    """On CPU the peak is unknown (no table entry): no mfu rather than a made-up one."""
+    overrides = smoke_overrides + QUIET + ["train.max_steps=1", "train.log_interval=1"]
+    trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
+    trainer.run(NullTracker())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not any("mfu" in m for m in logged) and any("tokens_per_s_per_device" in m for m in logged)
 
 
 def test_metrics_combine_by_kind_over_a_window():

@@ -133,6 +133,8 @@ class TrainSection(Section):
     eval_interval: int = Field(100, ge=1)  # validation every N optimizer steps (and at the end)
     save_interval: int = Field(100, ge=1)  # checkpoint every N optimizer steps (and at the end)
     keep_last: int = Field(2, ge=0)  # step checkpoints kept besides best/ and final/
+    # The device's peak dense bf16 TFLOP/s for `mfu`; None: wmtp.train.flops' table by GPU name (no mfu on CPU/MPS).
+    peak_tflops: Optional[float] = Field(None, gt=0)
 
     @field_validator("head_weights")
     @classmethod

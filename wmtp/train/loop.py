@@ -16,6 +16,7 @@ import math
 import random
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from wmtp.device import precision
 from wmtp.distributed import DistContext, all_reduce_any, all_reduce_mean, parallelize, unwrap
 from wmtp.model import ValueHead, load_model, load_tokenizer
 from wmtp.train import checkpointing as ckpt
+from wmtp.train.flops import mfu, peak_flops
 from wmtp.train.config import StageSpec, dump_spec
 from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
 from wmtp.train.early_stopping import EarlyStopping
@@ -41,7 +43,10 @@ from wmtp.tracking import Tracker, make_tracker
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
 # What the loop adds to the objective's; `epoch` = epochs completed (fractional: micro-batches / per epoch);
 # `tokens` = input tokens (attention mask) seen since the stage began, all ranks, so runs compare by data seen.
-LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch", "tokens"]
+# `tokens_per_s_per_device`, `mfu` (model FLOPs utilisation, wmtp.train.flops; only with a known peak) and
+# `memory/peak_gib` (most device memory, or on CPU the process's peak RSS) are logged every log_interval.
+LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch", "tokens", "tokens_per_s_per_device",
+                "mfu", "memory/peak_gib"]
 
 
 class Preemption:
@@ -83,6 +88,23 @@ class History:
 def model_dtype(spec: StageSpec, device: torch.device) -> torch.dtype:
     """The parameters' dtype: fp32 master weights unless `model.dtype: bfloat16` (wmtp.device.precision)."""
     return precision(spec.model.dtype, device.type).weights
+
+
+def device_name(device: torch.device) -> str:
+    """What the peak-FLOPs table is matched against: the GPU's name, else the device type."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Most memory this stage has held on its device: CUDA allocator peak; elsewhere the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**30
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 
 
 def git_commit() -> str:
@@ -213,6 +235,8 @@ class Trainer:
         inner = TrainModule(model, value_head)
         self.objective.prepare(inner, self.device)
         self.n_heads = model.n_future_tokens
+        self.model_args = model.args
+        self.peak_flops = peak_flops(device_name(self.device), spec.train.peak_tflops)
         self.data = build_train_data(spec, self.tokenizer, self.n_heads, ctx)
         self.valid_loader = build_valid_loader(spec, self.tokenizer, self.n_heads, ctx)
         self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing)
@@ -313,14 +337,16 @@ class Trainer:
 
     def optimizer_step(self, window: list[dict]) -> dict[str, float]:
         num_valid_H, num_response = window_normalizers(window, self.ctx, self.device, self.objective)
-        outputs, n_tokens = [], 0
+        outputs, n_tokens, sum_len_sq = [], 0, 0
         for raw in window:
             batch = move_batch(raw, self.device)
             batch["num_valid_H"], batch["num_response"] = num_valid_H, num_response
             out = self.forward_backward(batch)
             outputs.append(out.metrics | {"loss/total": out.loss.item()})
             self.history.add_weights(out.token_weights)
-            n_tokens += int(batch["attention_mask"].sum())
+            lengths = batch["attention_mask"].sum(dim=1)
+            n_tokens += int(lengths.sum())
+            sum_len_sq += int((lengths * lengths).sum())
         grad_norm = self.clip_gradients()
         if self.scaler is not None:  # skips the step when a gradient overflowed, then adapts the scale
             self.scaler.step(self.optimizer)
@@ -331,6 +357,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = combine_metrics(outputs, window=True) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
         metrics["tokens"] = float(n_tokens)
+        metrics["flops"] = self.objective.model_flops(self.model_args, n_tokens, sum_len_sq)
+        return metrics
+
+    def speed_metrics(self, tokens: float, flops: float, elapsed: float) -> dict[str, float]:
+        """Throughput of one log interval: all ranks' tokens/s, per device, this rank's MFU and peak memory."""
+        elapsed = max(elapsed, 1e-9)
+        metrics = {"tokens_per_s": tokens / elapsed, "tokens_per_s_per_device": tokens / self.ctx.world_size / elapsed,
+                   "memory/peak_gib": peak_memory_gib(self.device)}
+        utilisation = mfu(flops / elapsed, self.peak_flops)
+        if utilisation is not None:
+            metrics["mfu"] = utilisation
         return metrics
 
     def clip_gradients(self) -> float:
@@ -371,7 +408,7 @@ class Trainer:
         label = f"{self.spec.experiment}/{self.spec.stage}"
         self.progress = progress = StageProgress(self.ctx.is_main, label, self.total_steps, self.state["step"])
         result = StageResult(stage_dir=self.stage_dir, final=None, steps=self.state["step"])
-        started, tokens_since = time.perf_counter(), 0.0
+        started, tokens_since, flops_since = time.perf_counter(), 0.0, 0.0
         while self.state["step"] < self.total_steps and self.state["epoch"] < t.num_epochs:
             self.data.sampler.set_epoch(self.state["epoch"])
             self.data.sampler.load_state_dict({"epoch": self.state["epoch"],
@@ -387,13 +424,14 @@ class Trainer:
                 # This rank's tokens × world size: the mean over ranks (reduce_metrics) is the global sum.
                 step_tokens = metrics.pop("tokens") * self.ctx.world_size
                 tokens_since += step_tokens
+                flops_since += metrics.pop("flops")  # this rank's
                 self.state["tokens"] += step_tokens
                 self.early_stopping.observe_step(metrics)
                 if step % t.log_interval == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - started
-                    metrics["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
+                    metrics.update(self.speed_metrics(tokens_since, flops_since, elapsed))
                     metrics["tokens"] = self.state["tokens"]
-                    started, tokens_since = time.perf_counter(), 0.0
+                    started, tokens_since, flops_since = time.perf_counter(), 0.0, 0.0
                     metrics = reduce_metrics(metrics, self.train_metric_names(), self.ctx, self.device)
                     tracker.log_metrics(metrics, step)
                     self.write_local_metrics(step, metrics)

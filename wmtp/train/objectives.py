@@ -25,6 +25,7 @@ from wmtp.errors import CheckpointError
 from wmtp.model import IGNORE_INDEX, Transformer, ValueHead
 from wmtp.model.mtp_loss import head_weights_or_uniform, mtp_loss_recomputed
 from wmtp.train.config import StageSpec
+from wmtp.train.flops import training_flops, trunk_forward_flops
 from wmtp.weighting import rho1 as rho1_weights
 from wmtp.weighting import td
 from wmtp.weighting.stats import masked_stats, weight_stats
@@ -159,6 +160,12 @@ class Objective:
         """The keys `pooled_metrics` derives from `total_names`."""
         return ["ce", *(f"ce/head_{k}" for k in range(1, n_heads + 1))]
 
+    def model_flops(self, args, n_tokens: float, sum_len_sq: float) -> float:
+        """Model FLOPs of a training step over these tokens (for MFU; wmtp.train.flops): the whole MTP
+        model forward and backward. Work outside the model (a reference model, no-grad passes) is not
+        model FLOPs, as in PaLM's MFU."""
+        return training_flops(args, n_tokens, sum_len_sq)
+
     def prepare(self, module: TrainModule, device: torch.device) -> None:
         """Freeze / load what the objective needs before the optimizer is built."""
 
@@ -215,6 +222,9 @@ class CriticObjective(Objective):
 
     def prepare(self, module, device):
         module.model.requires_grad_(False)
+
+    def model_flops(self, args, n_tokens, sum_len_sq):
+        return trunk_forward_flops(args, n_tokens, sum_len_sq)  # the frozen trunk runs forward only
 
     def metric_names(self, n_heads):
         return ["loss/value", "value/explained_variance", "value/pred_var", *stat_names("value")]
