@@ -9,7 +9,7 @@ import typer
 
 from wmtp_cli.common import WmtpTyper, report_bad_input
 
-app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval, small splits, index, validate.")
+app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval / Python sources (pycode), small splits, index, validate.")
 prepare_app = WmtpTyper(help="Raw dataset → <out>/processed/<split>.jsonl + index + *_metadata.json.")
 app.add_typer(prepare_app, name="prepare")
 
@@ -104,6 +104,27 @@ def prepare_smoke_cmd(
 
     report = prepare_smoke(out, tokenizer, max_tokens=max_tokens, limit=limit, incorrect_per_problem=incorrect_per_problem,
                            seed=seed, timeout_s=timeout, workers=workers, show_progress=wants_progress(progress))
+    print_report(report)
+
+
+@prepare_app.command("pycode")
+def prepare_pycode_cmd(
+    src: Optional[Path] = typer.Option(None, help="Folder of .py files (default: this Python's standard library)."),
+    out: Path = typer.Option(Path("storage/datasets_v2/pycode"), help="Output folder (writes processed/{train,valid,test}.jsonl)."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Model dir whose tokenizer counts tokens (default: no budget)."),
+    max_tokens: int = typer.Option(1024, help="Drop samples with more tokens (only with --tokenizer)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N files (sorted by path)."),
+    require_docstring: bool = typer.Option(False, "--require-docstring", help="Drop functions without a docstring."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when OUT was prepared from the same files and options."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
+) -> None:
+    """Functions and methods of Python sources (signature + docstring → body), split by file; reused when unchanged."""
+    from wmtp.data.pycode import prepare_pycode
+
+    report = prepare_pycode(out, src, tokenizer, max_tokens, limit=limit, require_docstring=require_docstring,
+                            force=force, show_progress=wants_progress(progress))
+    for note in report.notes:
+        typer.echo(note)
     print_report(report)
 
 
