@@ -53,6 +53,14 @@ def test_compare_reports_the_numbers_of_the_run_dir_and_of_mlflow(smoke_override
                 assert r[f"{key} best"] == r[f"{key} final"] == "", stage
                 continue
             assert float(r[f"{key} best"]) == min(logged) and float(r[f"{key} final"]) == logged[-1]
+    # pass@1 and its interval: the stage's own end-of-stage evaluation (eval/summary.json), none for the critic.
+    assert rows["run/critic"]["pass@1"] == ""
+    for stage in ("verifiable", "baseline", "rho1"):
+        summary = json.loads((run_dir / stage / "eval" / "summary.json").read_text())
+        r = rows[f"run/{stage}"]
+        assert float(r["pass@1"]) == summary["pass@1"]
+        assert [float(r["pass@1 ci95 low"]), float(r["pass@1 ci95 high"])] == summary["ci95"]["pass@1"]
+        assert any(line.startswith(f"run/{stage} ") and f"{summary['pass@1']:.4f} [" in line for line in printed)
     assert rows["run/critic"]["early stopping"] == "ran to the end"  # on by default for the critic only
     assert rows["run/baseline"]["early stopping"] == "off"
 
