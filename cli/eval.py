@@ -51,7 +51,9 @@ def run_cmd(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Tokens generated per completion at most."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default storage/eval/<model>-<benchmark>-<time>)."),
-    speculative: bool = typer.Option(False, "--speculative", help="Self-speculative decoding with the MTP heads (greedy)."),
+    speculative: bool = typer.Option(False, "--speculative",
+                                     help="Self-speculative decoding with the MTP heads: greedy, or at --temperature > 0 "
+                                          "speculative sampling (plain sampling's distribution)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="The first N problems only."),
     data: Optional[Path] = typer.Option(None, "--data", help="Benchmark file (MBPP: required; HumanEval: optional)."),
     seed: int = typer.Option(0, help="Sampling seed."),

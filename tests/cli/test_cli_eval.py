@@ -45,6 +45,22 @@ def test_eval_run_on_mbpp_with_speculative_decoding(micro_models, tmp_path):
     assert [json.loads(line)["task_id"] for line in (out / "samples.jsonl").read_text().splitlines()] == [11]
 
 
+def test_eval_run_speculative_sampling_at_a_temperature(micro_models, tmp_path):
+    """pass@k's sampling (--n, --temperature, --top-p) runs speculatively: same options, acceptance reported."""
+    out = tmp_path / "spec-sampled"
+    result = invoke("run", micro_models["micro-mtp"], "-b", "humaneval", "--limit", 2, "--n", 3, "--k", "1,2",
+                    "--temperature", 0.8, "--top-p", 0.95, "--max-new-tokens", 8, "--speculative", "--out", out,
+                    "--workers", 2)
+    assert result.exit_code == 0, result.output
+    assert "humaneval: 2 problems × 3 samples" in result.output
+    assert "pass@2" in result.output and "(speculative)" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["speculative"] is True and summary["config"]["temperature"] == 0.8
+    assert summary["generation"]["drafted"] > 0 and 0 <= summary["acceptance_rate"] <= 1
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(1 <= s["n_tokens"] <= 8 for s in samples if s["finish_reason"] != "eos")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

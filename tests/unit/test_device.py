@@ -12,8 +12,7 @@ import wmtp
 from wmtp import device as wd
 from wmtp.device import DeviceError, precision, resolve_device
 from wmtp.distributed import init_distributed
-from wmtp.eval import decoding
-from wmtp.eval.decoding import CachedMTP, rotate, rotate_real
+from wmtp.eval.decoding import CachedMTP
 from wmtp.eval.runner import pick_device
 from wmtp.model import ModelArgs, Transformer, transformer
 from wmtp.train.config import SpecError, load_experiment
@@ -124,37 +123,49 @@ def tiny_model() -> Transformer:
     return model.eval()
 
 
-def test_mps_has_no_complex_kernels():
-    assert not wd.has_complex_kernels(torch.device("mps"))
-    assert wd.has_complex_kernels(torch.device("cpu")) and wd.has_complex_kernels(torch.device("cuda", 0))
+def complex_rope(x_BSND, cos_SD, sin_SD):
+    """Meta's RoPE as written in its release: adjacent pairs as complex numbers times cos + i·sin."""
+    x_complex = torch.view_as_complex(x_BSND.float().unflatten(-1, (-1, 2)))
+    rotation = torch.complex(cos_SD.float(), sin_SD.float())[None, :, None, :]
+    return torch.view_as_real(x_complex * rotation).flatten(-2).type_as(x_BSND)
 
 
-def test_the_models_mps_path_gives_the_same_logits(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_models_real_rope_is_bit_identical_to_the_complex_product(dtype):
+    """One RoPE path for every device (MPS has no complex kernels, inductor no complex codegen): the
+    complex product's own multiplies and adds, so not just close but equal."""
+    cos, sin = transformer.rope_tables(32, 64, 10000.0)
+    x = torch.randn(3, 40, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(transformer.apply_rope(x, cos[5:45], sin[5:45]), complex_rope(x, cos[5:45], sin[5:45]))
+
+
+def test_the_models_logits_equal_those_with_complex_rope(monkeypatch):
+    model, tokens = tiny_model(), torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        got = model(tokens)
+        monkeypatch.setattr(transformer, "apply_rope", complex_rope)
+        expected = model(tokens)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_decoding_runs_the_models_own_rope(monkeypatch):
+    """Decoding has no RoPE (or attention) of its own: the cached steps call the model's `apply_rope`, rows
+    at different positions included, so whatever form it takes on a device, decoding takes too."""
     model, tokens = tiny_model(), torch.randint(0, 97, (2, 12))
     with torch.no_grad():
         expected = model(tokens)
-        real_calls = []
-        monkeypatch.setattr(transformer, "has_complex_kernels", lambda device: False)  # as on MPS
-        monkeypatch.setattr(transformer, "_apply_rope_real",
-                            lambda *a, real=transformer._apply_rope_real: real_calls.append(1) or real(*a))
-        got = model(tokens)
-    assert real_calls, "the MPS branch was not taken"
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_decodings_mps_path_gives_the_same_logits(monkeypatch):
-    model, tokens = tiny_model(), torch.randint(0, 97, (2, 10))
-    positions = torch.arange(10).expand_as(tokens)
-    expected = CachedMTP(model, 2, 16, n_heads=3).step(tokens, positions, 3).full()
-    real_calls = []
-    monkeypatch.setattr(decoding, "has_complex_kernels", lambda device: False)  # as on MPS
-    monkeypatch.setattr(decoding, "rotate_real", lambda *a, real=rotate_real: real_calls.append(1) or real(*a))
-    got = CachedMTP(model, 2, 16, n_heads=3).step(tokens, positions, 3).full()
-    assert real_calls, "the MPS branch was not taken"
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    x, cos, sin = torch.randn(2, 5, 4, 8), torch.randn(2, 5, 4), torch.randn(2, 5, 4)
-    monkeypatch.undo()
-    torch.testing.assert_close(rotate_real(x, cos, sin), rotate(x, cos, sin))
+    calls = []
+    monkeypatch.setattr(transformer, "apply_rope", lambda *a: calls.append(1) or complex_rope(*a))
+    cached = CachedMTP(model, 2, 16, n_heads=3)
+    prompts = torch.cat([tokens[:, :9], torch.zeros(2, 1, dtype=torch.long)], dim=1)
+    prompts[0, 8] = 0  # right-padded: row 0's prompt is 8 tokens, row 1's 9
+    prompt = cached.step(prompts, [0, 0], 3).full()
+    ragged = cached.step(torch.stack([tokens[0, 8:10], tokens[1, 9:11]]), [8, 9], 3).full()  # rows at 8.., 9..
+    assert calls, "decoding did not call the model's apply_rope"
+    torch.testing.assert_close(prompt[0, :8], expected[0, :8], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(prompt[1, :9], expected[1, :9], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ragged[0], expected[0, 8:10], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ragged[1], expected[1, 9:11], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- the spec keys

@@ -1,5 +1,6 @@
 """Generation: the batched KV-cache forward equals the model's, greedy equals an uncached reference,
-self-speculative decoding equals greedy (also with heads that disagree), sampling is seeded."""
+self-speculative decoding equals greedy (also with heads that disagree), sampling is seeded.
+Speculative sampling's distribution: `test_speculative_sampling.py`."""
 
 from __future__ import annotations
 
@@ -72,9 +73,9 @@ def test_cached_forward_equals_model_forward_for_ragged_batch(micro_models, toke
     model = load_model(micro_models["micro-mtp"], dtype="float32").eval()
     ids, tokens = right_padded(tokenizer, PROMPTS)
     cached = CachedMTP(model, len(ids), tokens.shape[1] + 4, n_heads=model.n_future_tokens)
-    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-    prefill = cached.step(tokens[:, :-2], positions[:, :-2], n_heads=4)
-    last_two = cached.step(tokens[:, -2:], positions[:, -2:], n_heads=4)  # incremental continuation
+    width = tokens.shape[1]
+    prefill = cached.step(tokens[:, :-2], [0] * len(ids), n_heads=4)
+    last_two = cached.step(tokens[:, -2:], [width - 2] * len(ids), n_heads=4)  # incremental continuation
     logits = torch.cat([prefill.full(), last_two.full()], dim=1)
     with torch.no_grad():
         for i, row in enumerate(ids):
@@ -85,6 +86,27 @@ def test_cached_forward_equals_model_forward_for_ragged_batch(micro_models, toke
                 torch.testing.assert_close(logits[i, : len(row)], reference, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("seqlen", [1, 3])
+def test_cached_steps_of_rows_at_different_positions_equal_the_models_forward(micro_models, tokenizer, seqlen):
+    """Each row continues from the end of its own prompt (as decoding does): per-row RoPE, writes and mask."""
+    model = load_model(micro_models["micro-mtp"], dtype="float32").eval()
+    ids, tokens = right_padded(tokenizer, PROMPTS)
+    extra = torch.randint(5, 1000, (len(ids), 2 * seqlen), generator=torch.Generator().manual_seed(0))
+    cached = CachedMTP(model, len(ids), tokens.shape[1] + 2 * seqlen, n_heads=4)
+    cached.step(tokens, [0] * len(ids), n_heads=4)
+    lengths = [len(row) for row in ids]
+    first = cached.step(extra[:, :seqlen], lengths, n_heads=4).full()
+    cached.keep_rows([3, 1, 0])  # a row leaves the batch, the rest are reordered
+    kept = [3, 1, 0]
+    second = cached.step(extra[kept, seqlen:], [lengths[i] + seqlen for i in kept], n_heads=4).full()
+    with torch.no_grad():
+        for i, row in enumerate(ids):
+            reference = model(torch.cat([torch.tensor(row), extra[i]])[None])[0, len(row):]
+            torch.testing.assert_close(first[i], reference[:seqlen], atol=2e-5, rtol=1e-4)
+            if i in kept:
+                torch.testing.assert_close(second[kept.index(i)], reference[seqlen:], atol=2e-5, rtol=1e-4)
+
+
 def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_models, tokenizer):
     model = load_model(micro_models["micro-mtp"], dtype="float32").eval()
     ids, tokens = right_padded(tokenizer, PROMPTS)
@@ -93,11 +115,10 @@ def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_m
     projected = []
     hook = model.output.register_forward_hook(lambda module, args, out: projected.append(out.shape[:-1].numel()))
     try:
-        positions = torch.arange(width).expand_as(tokens)
-        prefill = cached.step(tokens, positions, n_heads)
+        prefill = cached.step(tokens, [0] * batch, n_heads)
         rows, last = torch.arange(batch), torch.tensor([len(r) - 1 for r in ids])
         at_last = prefill[rows, last]  # as generation's prefill: every head at each row's last token
-        step = cached.step(tokens[:, :n_heads], (last + 1)[:, None] + torch.arange(n_heads), n_heads)
+        step = cached.step(tokens[:, :n_heads], (last + 1).tolist(), n_heads)
         head1 = step[:, :, 0]  # as speculative decoding: head 1 everywhere, the others at one position
         accepted = torch.tensor([0, 1, 2, 3])
         drafts = step[rows, accepted, 1:]
@@ -183,6 +204,31 @@ def test_tiny_top_p_keeps_only_the_most_likely_token(model64, tokenizer):
     assert [c.text for c in nucleus] == [c.text for c in greedy]
 
 
+@pytest.mark.parametrize("which", ["micro-mtp", "heads-disagree"])
+def test_speculative_sampling_with_one_token_nuclei_is_greedy(model64, disagreeing_model, tokenizer, which):
+    """top_p → 0 makes p and every q one-hot: acceptance is then 1 for head 1's argmax and 0 otherwise,
+    the residual is head 1's argmax — speculative sampling must reduce to greedy decoding exactly."""
+    model = model64 if which == "micro-mtp" else disagreeing_model
+    greedy, _ = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=30, batch_size=3))
+    config = GenerationConfig(max_new_tokens=30, batch_size=3, temperature=1.0, top_p=1e-9, speculative=True)
+    sampled, stats = generate(model, tokenizer, PROMPTS, config)
+    assert [c.text for c in sampled] == [c.text for c in greedy]
+    assert stats.drafted > 0
+
+
+def test_speculative_sampling_is_seeded_and_reports_acceptance(model64, tokenizer):
+    def sample(seed):
+        config = GenerationConfig(max_new_tokens=20, temperature=0.8, top_p=0.95, seed=seed, batch_size=3,
+                                  speculative=True)
+        completions, stats = generate(model64, tokenizer, PROMPTS, config)
+        return [c.text for c in completions], stats
+
+    (first, stats), (again, _), (other, _) = sample(0), sample(0), sample(1)
+    assert first == again and first != other
+    assert stats.drafted > 0 and 0 <= stats.acceptance_rate <= 1
+    assert stats.forward_passes > 0 and stats.n_tokens > 0
+
+
 def test_long_prompt_is_truncated_from_the_left(model64, tokenizer):
     long_prompt = "x = 1\n" * 2000
     completions, _ = generate(model64, tokenizer, [long_prompt, "x"], GenerationConfig(max_new_tokens=4))
@@ -192,7 +238,6 @@ def test_long_prompt_is_truncated_from_the_left(model64, tokenizer):
 def test_bad_generation_options(micro_models, model64, tokenizer):
     reference = load_model(micro_models["micro-ref"], dtype="float32")
     cases = [
-        (model64, GenerationConfig(speculative=True, temperature=0.8), "--speculative decodes greedily"),
         (reference, GenerationConfig(speculative=True), "needs a model with extra heads"),
         (model64, GenerationConfig(max_new_tokens=5000), "--max-new-tokens 5000"),
         (model64, GenerationConfig(top_p=0), "--top-p"),

@@ -69,7 +69,6 @@ def test_a_stage_dir_means_its_final_checkpoint(tmp_path):
         ({"n": 3}, "--n 3 with --temperature 0"),
         ({"n": 0}, "--n must be at least 1"),
         ({"limit": 0}, "--limit must be at least 1"),
-        ({"speculative": True, "temperature": 0.5}, "--speculative decodes greedily"),
     ],
 )
 def test_bad_options_are_refused_before_loading_or_generating(options, message, tmp_path, never_generate):

@@ -5,11 +5,19 @@
 
 - Standard decoding uses head 1 only: greedy (`temperature=0`) or sampling with temperature and
   nucleus (`top_p`), seeded by `seed`.
-- Self-speculative decoding (greedy only) uses every head: at each step head 1 verifies the tokens
-  the extra heads drafted in the previous step; the longest verified run of drafts is kept plus head
-  1's own next token, and the extra heads draft again from the last verified position. The result is
-  exactly greedy decoding's output (only the number of forward passes changes); `stats` reports how
-  many drafts were accepted.
+- Self-speculative decoding uses every head: at each step head 1 verifies the tokens the extra heads
+  drafted in the previous step (head k + 1 drafts the token k positions after head 1's); the verified
+  run of drafts is kept plus one token of head 1's, and the extra heads draft again from the last
+  verified position. Greedy (`temperature=0`), a draft is verified when it is head 1's argmax, and
+  the output is exactly greedy decoding's. Sampling (`temperature > 0`, with `top_p`), it is
+  speculative *sampling* (Leviathan et al. 2023; Chen et al. 2023): a draft x drawn from its head's
+  distribution q is accepted with probability min(1, p(x)/q(x)), p being head 1's distribution there
+  (the same temperature / top-p as plain sampling); at the first rejection the token is drawn from
+  norm(max(0, p − q)) instead, and when every draft is accepted one more is drawn from p. Completions
+  are then distributed exactly as plain sampling's (`tests/unit/test_speculative_sampling.py` checks
+  it, analytically and by sampling); only the draws differ, so a seed gives other completions than
+  plain sampling with that seed. Either way only the
+  number of forward passes changes, and `stats` reports how many drafts were accepted.
 - A completion stops at end-of-sequence, at the first stop sequence (cut off there, not included), or
   after `max_new_tokens` tokens.
 """
@@ -34,7 +42,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()  # cut the completion at the first of these
     seed: int = 0
     batch_size: int = 8  # rows decoded together
-    speculative: bool = False  # self-speculative decoding with the extra heads (greedy only)
+    speculative: bool = False  # self-speculative decoding / sampling with the extra heads
 
     def validate(self, model) -> "GenerationConfig":
         if self.max_new_tokens < 1:
@@ -45,8 +53,6 @@ class GenerationConfig:
             raise EvalError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.batch_size < 1:
             raise EvalError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.speculative and self.temperature > 0:
-            raise EvalError("--speculative decodes greedily: use it with --temperature 0")
         if self.speculative and model.n_future_tokens < 2:
             raise EvalError("--speculative needs a model with extra heads (n_future_tokens ≥ 2), this one has 1")
         reserve = model.n_future_tokens if self.speculative else 1
@@ -146,18 +152,19 @@ def generate(
 
 
 def _prefill(model, batch: list[_Row], config: GenerationConfig, n_heads: int):
-    """Run the right-padded prompts; returns (cache, logits at each row's last prompt token `[B, H, V]`)."""
+    """Run the right-padded prompts: (cache, logits at each row's last prompt token `[B, H, V]`,
+    each row's prompt length — the position of its first new token — as host ints)."""
     device = model_device(model)
-    lengths = torch.tensor([len(r.prompt_ids) for r in batch], device=device)
-    width = int(lengths.max())
-    tokens = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+    lengths = [len(r.prompt_ids) for r in batch]
+    width = max(lengths)
+    tokens = torch.zeros(len(batch), width, dtype=torch.long)
     for i, row in enumerate(batch):
-        tokens[i, : len(row.prompt_ids)] = torch.tensor(row.prompt_ids, device=device)
+        tokens[i, : lengths[i]] = torch.tensor(row.prompt_ids)
     reserve = n_heads if n_heads > 1 else 1
     cached = CachedMTP(model, len(batch), width + config.max_new_tokens + reserve, n_heads)
-    positions = torch.arange(width, device=device).expand(len(batch), width)
-    logits = cached.step(tokens, positions, n_heads)
-    return cached, logits[torch.arange(len(batch), device=device), lengths - 1], lengths
+    logits = cached.step(tokens.to(device), [0] * len(batch), n_heads)
+    last = torch.tensor(lengths, device=device) - 1
+    return cached, logits[torch.arange(len(batch), device=device), last], lengths
 
 
 def _append(row: _Row, token: int, tokenizer, config: GenerationConfig) -> bool:
@@ -187,18 +194,71 @@ def completion_text(tokenizer, prompt_ids: list[int], prompt_text: str, generate
     return full[len(prompt_text) :] if full.startswith(prompt_text) else tokenizer.decode(generated)
 
 
-def sample_next(logits_BV: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next token per row: argmax at temperature 0, else a draw from the temperature/top-p distribution."""
-    if config.temperature == 0:
-        return logits_BV.argmax(-1)
-    probs = torch.softmax(logits_BV.float() / config.temperature, dim=-1)
+def token_probs(logits: torch.Tensor, config: GenerationConfig, normalize: bool = False) -> torch.Tensor:
+    """The distribution `[..., V]` sampling draws from (temperature > 0): softmax at the temperature,
+    cut to the nucleus when `top_p` < 1 (the smallest set of most likely tokens whose mass reaches it).
+
+    The nucleus is left unnormalised unless `normalize` (a draw normalises anyway); speculative
+    sampling's ratios and residuals need the normalised distribution.
+    """
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
     if config.top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
         outside = sorted_probs.cumsum(-1) - sorted_probs >= config.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if normalize:
+            probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_next(logits_BV: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> torch.Tensor:
+    """Next token per row: argmax at temperature 0, else a draw from the temperature/top-p distribution."""
+    if config.temperature == 0:
+        return logits_BV.argmax(-1)
+    return torch.multinomial(token_probs(logits_BV, config), 1, generator=generator).squeeze(-1)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token from each distribution of `probs` `[..., V]` (not necessarily normalised) → `[...]`."""
+    return torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
+
+
+def acceptance_probability(p_draft: torch.Tensor, q_draft: torch.Tensor) -> torch.Tensor:
+    """Speculative sampling's min(1, p(x)/q(x)) for drafts x drawn from q (so q(x) > 0)."""
+    return (p_draft / q_draft).clamp(max=1.0)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p − q)) over the last dim: where a rejected draft's token is drawn from.
+
+    When p ≤ q everywhere (p = q: then no draft is ever rejected, save for rounding), p itself.
+    """
+    rest = (p - q).clamp(min=0.0)
+    mass = rest.sum(-1, keepdim=True)
+    return torch.where(mass > 0, rest / mass.clamp(min=torch.finfo(rest.dtype).tiny), p)
+
+
+def verify_sampled(p_BHV: torch.Tensor, q_BKV: torch.Tensor, drafts_BK: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling's verification of K = H − 1 drafts per row.
+
+    `p_BHV`: head 1's distribution at the H pending positions (position j predicts the token at j + 1,
+    where draft j + 1 sits); `q_BKV` the distributions the drafts were drawn from. Returns (accepted
+    drafts per row `[B]`, the next token per row `[B]`): draft j is kept with probability
+    min(1, p_j(x)/q_j(x)) while every earlier one was; the token after the kept run is drawn from
+    norm(max(0, p − q)) at the first rejected draft, or from p after the last draft when all are kept.
+    """
+    rows = torch.arange(p_BHV.shape[0], device=p_BHV.device)
+    index = drafts_BK[..., None]
+    accept = acceptance_probability(p_BHV[:, :-1].gather(-1, index), q_BKV.gather(-1, index)).squeeze(-1)
+    uniform = torch.rand(accept.shape, generator=generator, device=accept.device, dtype=accept.dtype)
+    accepted = (uniform < accept).long().cumprod(-1).sum(-1)  # [B]
+    # No draft follows the last position: against q = 0 the residual there is p itself.
+    q_padded = torch.cat((q_BKV, torch.zeros_like(q_BKV[:, :1])), dim=1)
+    token = draw(residual(p_BHV[rows, accepted], q_padded[rows, accepted]), generator)
+    return accepted, token
 
 
 # ---------------------------------------------------------------- standard decoding
@@ -210,16 +270,17 @@ def _decode_standard(model, tokenizer, batch, config, generator, stats) -> None:
     live = list(batch)
     while True:
         tokens = sample_next(next_logits, config, generator)
-        still = [i for i, (row, tok) in enumerate(zip(live, tokens.tolist())) if not _append(row, tok, tokenizer, config)]
+        host = tokens.tolist()  # the step's one device→host copy: stop sequences are checked on the host
+        still = [i for i, (row, tok) in enumerate(zip(live, host)) if not _append(row, tok, tokenizer, config)]
         if not still:
             return
         if len(still) < len(live):
-            keep = torch.tensor(still, device=tokens.device)
-            cached.keep_rows(keep)
-            tokens, positions = tokens[keep], positions[keep]
+            cached.keep_rows(still)
+            tokens = tokens[torch.tensor(still, device=tokens.device)]
+            positions = [positions[i] for i in still]
             live = [live[i] for i in still]
-        next_logits = cached.step(tokens[:, None], positions[:, None], n_heads=1)[:, 0, 0]
-        positions = positions + 1
+        next_logits = cached.step(tokens[:, None], positions, n_heads=1)[:, 0, 0]
+        positions = [p + 1 for p in positions]
         stats.forward_passes += 1
 
 
@@ -227,38 +288,54 @@ def _decode_standard(model, tokenizer, batch, config, generator, stats) -> None:
 
 
 def _decode_speculative(model, tokenizer, batch, config, generator, stats) -> None:
-    """Draft with heads 2..H, verify with head 1; commits exactly the greedy tokens."""
+    """Draft with heads 2..H, verify with head 1: greedy's tokens, or plain sampling's distribution."""
     n_heads = model.n_future_tokens
-    cached, last_logits, lengths = _prefill(model, batch, config, n_heads)
+    sampling = config.temperature > 0
+    cached, last_logits, starts = _prefill(model, batch, config, n_heads)
     # pending[:, 0] is a committed token not yet run through the model; pending[:, 1:] are drafts.
-    pending = last_logits.argmax(-1)  # [B, H]: head 1's next token, then the extra heads' drafts
-    start = lengths  # position of pending[:, 0]
-    live = list(batch)
-    finished = [_append(row, tok, tokenizer, config) for row, tok in zip(live, pending[:, 0].tolist())]
+    # Prefill: head 1's next token (drawn as plain sampling draws it), then the extra heads' drafts.
+    if sampling:
+        probs = token_probs(last_logits, config, normalize=True)  # [B, H, V]
+        pending, draft_probs = draw(probs, generator), probs[:, 1:]  # q of each draft, for its verification
+    else:
+        pending, draft_probs = last_logits.argmax(-1), None
     device = pending.device
-    offsets = torch.arange(n_heads, device=device)
+    pending_host = pending.tolist()
+    live = list(batch)
+    finished = [_append(row, tokens[0], tokenizer, config) for row, tokens in zip(live, pending_host)]
     while True:
         still = [i for i, done in enumerate(finished) if not done]
         if not still:
             return
         if len(still) < len(live):
+            cached.keep_rows(still)
             keep = torch.tensor(still, device=device)
-            cached.keep_rows(keep)
-            pending, start = pending[keep], start[keep]
+            pending = pending[keep]
+            draft_probs = None if draft_probs is None else draft_probs[keep]
+            starts, pending_host = [starts[i] for i in still], [pending_host[i] for i in still]
             live = [live[i] for i in still]
-        logits = cached.step(pending, start[:, None] + offsets, n_heads)  # [B, H(positions), H(heads), V]
+        logits = cached.step(pending, starts, n_heads)  # [B, H(positions), H(heads), V]; pending[b] at starts[b]..
         stats.forward_passes += 1
-        greedy = logits[:, :, 0].argmax(-1)  # head 1 at each pending position: the true next tokens
-        drafts_ok = (pending[:, 1:] == greedy[:, :-1]).long().cumprod(-1)  # verified prefix of the drafts
-        accepted = drafts_ok.sum(-1)  # [B]
-        stats.drafted += (n_heads - 1) * len(live)
-        stats.accepted += int(accepted.sum())
         rows = torch.arange(len(live), device=device)
-        bonus = greedy[rows, accepted]  # head 1's token after the last accepted draft
-        new_drafts = logits[rows, accepted, 1:].argmax(-1)  # extra heads at the last verified position
+        if sampling:
+            head1 = token_probs(logits[:, :, 0], config, normalize=True)
+            accepted, token = verify_sampled(head1, draft_probs, pending[:, 1:], generator)
+            # The extra heads at the last kept position draft again; their q verifies the drafts next step.
+            draft_probs = token_probs(logits[rows, accepted, 1:], config, normalize=True)
+            drafts = draw(draft_probs, generator)
+        else:
+            greedy = logits[:, :, 0].argmax(-1)  # head 1 at each pending position: the true next tokens
+            accepted = (pending[:, 1:] == greedy[:, :-1]).long().cumprod(-1).sum(-1)  # verified prefix of the drafts
+            token = greedy[rows, accepted]  # head 1's token after the last accepted draft
+            drafts = logits[rows, accepted, 1:].argmax(-1)  # extra heads at the last verified position
+        pending = torch.cat([token[:, None], drafts], dim=1)
+        host = torch.cat([accepted[:, None], pending], dim=1).tolist()  # the step's one device→host copy
+        stats.drafted += (n_heads - 1) * len(live)
         finished = []
         for i, row in enumerate(live):
-            committed = pending[i, 1 : 1 + int(accepted[i])].tolist() + [int(bonus[i])]
+            n = host[i][0]
+            stats.accepted += n
+            committed = pending_host[i][1 : 1 + n] + [host[i][1]]
             finished.append(any(_append(row, tok, tokenizer, config) for tok in committed))
-        pending = torch.cat([bonus[:, None], new_drafts], dim=1)
-        start = start + accepted + 1
+            starts[i] += n + 1
+        pending_host = [h[1:] for h in host]

@@ -79,8 +79,6 @@ class EvalOptions:
             raise EvalError(f"--timeout must be positive, got {self.timeout_s}")
         if self.workers is not None and self.workers < 1:
             raise EvalError(f"--workers must be at least 1, got {self.workers}")
-        if self.speculative and self.temperature > 0:
-            raise EvalError("--speculative decodes greedily: use it with --temperature 0")
         return self
 
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmtp.device import has_complex_kernels
 from wmtp.model.args import ModelArgs
 
 
@@ -47,24 +46,21 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
 def apply_rope(x_BSND: torch.Tensor, cos_SD: torch.Tensor, sin_SD: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) by the RoPE angles — Meta's complex-number convention.
 
-    Adjacent pairs viewed as complex numbers times `cos + i·sin` is one fused multiply forward and
-    backward (about 4x faster than the real-arithmetic form on CPU). The complex factor is built here
-    from the real tables, so no complex tensor is ever a buffer or in a state dict. Computed in float32
-    as Meta does.
+    The pair (a, b) becomes (a·cos − b·sin, b·cos + a·sin), which is (a + ib)(cos + i·sin) written in
+    real arithmetic: `x·cos + swap(x)·(−sin, +sin)`. These are the complex product's own multiplies and
+    adds, so the result is bit-identical to `view_as_complex(x) * complex(cos, sin)` (tested), and it
+    is one path for every device: MPS lacks complex kernels and inductor generates no code for complex
+    operators (a compiled block would fall back to eager around them). Computed in float32 as Meta does.
     """
-    if not has_complex_kernels(x_BSND.device):  # MPS: the same rotation in real arithmetic
-        return _apply_rope_real(x_BSND, cos_SD, sin_SD)
-    x_complex = torch.view_as_complex(x_BSND.float().unflatten(-1, (-1, 2)))
-    rotation = torch.complex(cos_SD.float(), sin_SD.float())[None, :, None, :]
-    return torch.view_as_real(x_complex * rotation).flatten(-2).type_as(x_BSND)
+    return _apply_rope_real(x_BSND, cos_SD, sin_SD)
 
 
 def _apply_rope_real(x_BSND: torch.Tensor, cos_SD: torch.Tensor, sin_SD: torch.Tensor) -> torch.Tensor:
-    """`apply_rope` in real arithmetic (for devices without complex kernels)."""
-    x_even, x_odd = x_BSND.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos_SD.float()[None, :, None, :], sin_SD.float()[None, :, None, :]
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x_BSND)
+    """`apply_rope`'s arithmetic: pairs on a trailing axis of 2, (a, b)·cos + (b, a)·(−sin, sin)."""
+    pairs = x_BSND.float().unflatten(-1, (-1, 2))  # [B, S, N, D/2, 2]
+    cos = cos_SD.float()[None, :, None, :, None]
+    signed_sin = torch.stack((-sin_SD.float(), sin_SD.float()), dim=-1)[None, :, None, :, :]
+    return (pairs * cos + pairs.flip(-1) * signed_sin).flatten(-2).type_as(x_BSND)
 
 
 class Attention(nn.Module):
@@ -85,27 +81,50 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         kv_cache: Optional["KVCacheLayer"] = None,
     ) -> torch.Tensor:
+        """Causal self-attention over `x_BSD`; with `kv_cache`, over the cached keys/values as well
+        (decoding: `cos`/`sin` are then the angles of the positions the cache's `seek` set)."""
         bsz, seqlen, _ = x_BSD.shape
         q = self.wq(x_BSD).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        if kv_cache is not None:  # decoding
+            return self.wo(self._cached(q, k, v, cos, sin, kv_cache).reshape(bsz, seqlen, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
+        # SDPA's GQA mode reads the shared kv heads in place instead of materialising copies.
         gqa = self.n_kv_heads != self.n_heads  # each kv head serves n_heads/n_kv_heads queries
-        if kv_cache is None or k.shape[2] == seqlen:
-            # SDPA's GQA mode reads the shared kv heads in place instead of materialising copies.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
-        else:  # decoding with a cache: new queries sit at the end of the key sequence
-            if gqa:  # with a mask, fused kernels lack GQA support, so repeat the kv heads
-                repeat = self.n_heads // self.n_kv_heads
-                k = k.repeat_interleave(repeat, dim=1)
-                v = v.repeat_interleave(repeat, dim=1)
-            offset = k.shape[2] - seqlen
-            mask = torch.ones(seqlen, k.shape[2], dtype=torch.bool, device=q.device).tril(offset)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+    def _cached(self, q_BSND, k_BSND, v_BSND, cos, sin, layer: "KVCacheLayer") -> torch.Tensor:
+        """Attention output `[B, S, n_heads, head_dim]` of the step's queries over the cache.
+
+        The step's keys/values are written into the cache at their positions first. Each kv head
+        serves `n_heads / n_kv_heads` query heads: the queries of one group are laid out as one longer
+        query sequence of that kv head (`[B, n_kv_heads, group·S, head_dim]`), so attention reads the
+        cache in place — no repeated kv heads, whatever the mask.
+        """
+        step = layer.cache  # where this forward's tokens sit (`KVCache.seek`)
+        bsz, seqlen = q_BSND.shape[:2]
+        # RoPE: q and k together, in one call; rows at different positions are one flattened sequence
+        # (`apply_rope` broadcasts its [S, D/2] tables over the batch dim).
+        qk = torch.cat((q_BSND, k_BSND), dim=2)
+        if step.per_row_rope:
+            qk = apply_rope(qk.view(1, bsz * seqlen, -1, self.head_dim), cos, sin).view(bsz, seqlen, -1, self.head_dim)
+        else:
+            qk = apply_rope(qk, cos, sin)
+        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
+        layer.write(k, v_BSND)
+        if step.from_start:  # a prompt pass from position 0: its own keys are all there is
+            gqa = self.n_kv_heads != self.n_heads
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v_BSND.transpose(1, 2),
+                                                 is_causal=seqlen > 1, enable_gqa=gqa)
+            return out.transpose(1, 2)
+        group = self.n_heads // self.n_kv_heads
+        q_grouped = q.transpose(1, 2).reshape(bsz, self.n_kv_heads, group * seqlen, self.head_dim)
+        keys, values = layer.visible()
+        out = F.scaled_dot_product_attention(q_grouped, keys, values, attn_mask=step.mask)
+        return out.view(bsz, self.n_heads, seqlen, self.head_dim).transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -134,26 +153,108 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class KVCacheLayer:
-    """Keys/values of one block for incremental decoding (used by `wmtp.eval`, never in training)."""
+class KVCache:
+    """Keys and values of every block for incremental decoding (`wmtp.eval`; never used in training).
 
-    def __init__(self):
-        self.k: Optional[torch.Tensor] = None
-        self.v: Optional[torch.Tensor] = None
+    Allocated once — `[blocks, B, n_kv_heads, max_len, head_dim]` for keys and for values — and written
+    in place: row b's token at position p lives in slot p of row b. Rows may sit at different positions
+    (right-padded prompts of different lengths; in speculative decoding, a different number of accepted
+    drafts per row). Before each forward, `seek(starts, seqlen)` places the next `seqlen` tokens of row b
+    at positions `starts[b], starts[b] + 1, …`; a query at position p then attends to slots ≤ p of its
+    own row. So the slots past a row's position — the pads of a shorter prompt, rejected drafts — are
+    never read before the row's own tokens overwrite them: nothing is ever truncated or masked for good.
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+    `seek` takes host integers, so the step's bookkeeping (visible span, RoPE angles, mask, where to
+    write) costs no device→host sync, and is computed once per forward, not once per block.
+    """
 
-    def truncate(self, length: int) -> None:
-        """Drop cached positions at and after `length` (rejected speculative tokens)."""
-        if self.k is not None:
-            self.k, self.v = self.k[:, :, :length], self.v[:, :, :length]
+    def __init__(self, n_blocks: int, batch: int, max_len: int, args: ModelArgs,
+                 rope_cos: torch.Tensor, rope_sin: torch.Tensor, device=None, dtype=None):
+        if max_len > rope_cos.shape[0]:
+            raise ValueError(f"cache length {max_len} exceeds max_seq_len={rope_cos.shape[0]}")
+        shape = (n_blocks, batch, args.n_kv_heads, max_len, args.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.group = args.n_heads // args.n_kv_heads
+        self.rope_cos, self.rope_sin = rope_cos, rope_sin
+        self._slots = torch.arange(max_len, device=device)
+        self.rows = torch.arange(batch, device=device)[:, None]  # [B, 1], to index rows with positions
+        self.layers = [KVCacheLayer(self, i) for i in range(n_blocks)]
+        # The step `seek` set:
+        self.span = 0  # slots [0, span) hold every key a query of this step may see
+        self.from_start = False  # every row starts at 0: causal attention over the step's own keys
+        self.per_row_rope = False  # cos/sin are [B·S, D/2] (rows at different positions), else [S, D/2]
+        self.cos: Optional[torch.Tensor] = None
+        self.sin: Optional[torch.Tensor] = None
+        self.mask: Optional[torch.Tensor] = None  # [(B, 1,) group·S, span] bool, None: every slot < span
+        self.write_at: Optional[slice | torch.Tensor] = None  # slots of a uniform step, else positions [B, S]
 
     @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def batch(self) -> int:
+        return self.keys.shape[1]
+
+    def seek(self, starts: list[int], seqlen: int) -> "KVCache":
+        """Place the next forward's `seqlen` tokens of row b at positions `starts[b] ..` (host ints)."""
+        if len(starts) != self.batch:
+            raise ValueError(f"seek: {len(starts)} starts for a batch of {self.batch}")
+        first, last = min(starts), max(starts)
+        self.span = last + seqlen
+        if first < 0 or self.span > self.max_len:
+            raise ValueError(f"positions {first}..{self.span - 1} outside the cache's {self.max_len} slots")
+        uniform = first == last
+        self.from_start = uniform and first == 0
+        self.per_row_rope = not uniform
+        if uniform:  # one position range for every row: slices, no gathers
+            self.cos, self.sin = self.rope_cos[first : self.span], self.rope_sin[first : self.span]
+            self.write_at = slice(first, self.span)
+            # Query i (position first + i) sees slots ≤ first + i; a single query sees all `span` slots.
+            if seqlen == 1 or self.from_start:  # (from the start: SDPA's own causal mask)
+                self.mask = None
+            else:
+                causal = self._slots[None, : self.span] <= self._slots[first : self.span, None]  # [S, span]
+                self.mask = causal.repeat(self.group, 1)  # [group·S, span]
+        else:
+            device = self.keys.device
+            offsets = self._slots[:seqlen]
+            positions = torch.tensor(starts, device=device)[:, None] + offsets  # [B, S]
+            self.cos = self.rope_cos[positions].flatten(0, 1)
+            self.sin = self.rope_sin[positions].flatten(0, 1)
+            self.write_at = positions
+            visible = self._slots[None, None, : self.span] <= positions[:, :, None]  # [B, S, span]
+            self.mask = visible.repeat(1, self.group, 1)[:, None]  # [B, 1, group·S, span]
+        return self
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Drop finished rows: keep `rows` (indices into the current batch), in that order."""
+        index = torch.tensor(rows, device=self.keys.device)
+        self.keys = self.keys.index_select(1, index)
+        self.values = self.values.index_select(1, index)
+        self.rows = self.rows[: len(rows)]
+        self.layers = [KVCacheLayer(self, i) for i in range(len(self.layers))]
+
+
+class KVCacheLayer:
+    """One block's view of a `KVCache`: its key/value buffers and the step's placement."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache = cache
+        self.keys, self.values = cache.keys[index], cache.values[index]  # [B, n_kv_heads, max_len, head_dim]
+
+    def write(self, k_BSND: torch.Tensor, v_BSND: torch.Tensor) -> None:
+        """Store the step's keys/values `[B, S, n_kv_heads, head_dim]` at their slots, in place."""
+        at = self.cache.write_at
+        if isinstance(at, slice):
+            self.keys[:, :, at] = k_BSND.transpose(1, 2)
+            self.values[:, :, at] = v_BSND.transpose(1, 2)
+        else:  # row b's token s goes to slot at[b, s]
+            self.keys[self.cache.rows, :, at] = k_BSND
+            self.values[self.cache.rows, :, at] = v_BSND
+
+    def visible(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values `[B, n_kv_heads, span, head_dim]` of the slots this step can see."""
+        span = self.cache.span
+        return self.keys[:, :, :span], self.values[:, :, :span]
 
 
 class Transformer(nn.Module):
@@ -194,26 +295,40 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence end {end} exceeds max_seq_len={self.rope_cos.shape[0]}")
         return self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
 
-    def forward_trunk(self, tokens_BS: torch.Tensor, start_pos: int = 0, kv_cache=None) -> torch.Tensor:
-        """Hidden state after the shared trunk, `[B, S, D]` (not normalised)."""
-        cos, sin = self._rope(start_pos, tokens_BS.shape[1])
+    def _angles(self, seqlen: int, kv_cache: Optional[KVCache]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin: positions 0..seqlen-1, or with a cache the positions its `seek` set."""
+        return self._rope(0, seqlen) if kv_cache is None else (kv_cache.cos, kv_cache.sin)
+
+    def forward_trunk(self, tokens_BS: torch.Tensor, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Hidden state after the shared trunk, `[B, S, D]` (not normalised).
+
+        With `kv_cache` (decoding): the tokens sit where `kv_cache.seek` placed them, attend to the cached
+        keys/values, and their own are cached.
+        """
+        cos, sin = self._angles(tokens_BS.shape[1], kv_cache)
         h = self.tok_embeddings(tokens_BS)
         for i, layer in enumerate(self.layers[:-1]):
-            h = layer(h, cos, sin, None if kv_cache is None else kv_cache[i])
+            h = layer(h, cos, sin, None if kv_cache is None else kv_cache.layers[i])
         return h
 
     def forward_head(
-        self, h_trunk_BSD: torch.Tensor, head_index: int, start_pos: int = 0, kv_cache=None
+        self, h_trunk_BSD: torch.Tensor, head_index: int, kv_cache: Optional[KVCache] = None
     ) -> torch.Tensor:
         """Logits `[B, S, V]` (float32) of head `head_index` (0 = next token) from the trunk output."""
-        return self.output_logits(self.head_hidden(h_trunk_BSD, head_index, start_pos, kv_cache))
+        return self.output_logits(self.head_hidden(h_trunk_BSD, head_index, kv_cache))
 
     def head_hidden(
-        self, h_trunk_BSD: torch.Tensor, head_index: int, start_pos: int = 0, kv_cache=None
+        self, h_trunk_BSD: torch.Tensor, head_index: int, kv_cache: Optional[KVCache] = None
     ) -> torch.Tensor:
         """Output `[B, S, D]` of head block `head_index`, before the shared `norm` and `output`."""
-        cos, sin = self._rope(start_pos, h_trunk_BSD.shape[1])
-        cache = None if kv_cache is None else kv_cache[self.args.n_trunk_layers + head_index]
+        cos, sin = self._angles(h_trunk_BSD.shape[1], kv_cache)
+        cache = None
+        if kv_cache is not None:
+            index = self.args.n_trunk_layers + head_index
+            if index >= len(kv_cache.layers):
+                raise ValueError(f"the cache holds {len(kv_cache.layers) - self.args.n_trunk_layers} heads, "
+                                 f"head {head_index + 1} asked for")
+            cache = kv_cache.layers[index]
         return self.heads[head_index](h_trunk_BSD, cos, sin, cache)
 
     def output_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -231,9 +346,13 @@ class Transformer(nn.Module):
         z_BSHD = torch.stack([self.head_hidden(h_trunk, k) for k in range(n_heads)], dim=2)
         return self.output_logits(z_BSHD)
 
-    def new_kv_cache(self) -> list[KVCacheLayer]:
-        """One empty cache per block: trunk blocks, then every head."""
-        return [KVCacheLayer() for _ in range(self.args.n_trunk_layers + self.n_future_tokens)]
+    def new_kv_cache(self, batch: int, max_len: int, n_heads: Optional[int] = None) -> KVCache:
+        """An empty cache for `batch` rows of up to `max_len` positions: the trunk blocks, then the
+        first `n_heads` heads (all by default), in the weights' device and dtype."""
+        n_heads = self.n_future_tokens if n_heads is None else n_heads
+        weight = self.tok_embeddings.weight
+        return KVCache(self.args.n_trunk_layers + n_heads, batch, max_len, self.args, self.rope_cos, self.rope_sin,
+                       device=weight.device, dtype=weight.dtype)
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:

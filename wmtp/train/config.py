@@ -72,7 +72,8 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str = Field(description="Standard model dir or Meta release dir")
-    # auto: fp32 weights + bf16 autocast on CUDA, fp32 on MPS / CPU; float16: fp16 autocast + loss scaling
+    # auto: fp32 weights + bf16 autocast on CUDA (under FSDP with > 1 rank: FSDP2's bf16 mixed precision
+    # over fp32 shards instead), fp32 on MPS / CPU; float16: fp16 autocast + loss scaling
     # (wmtp.device.precision has the whole table; MPS refuses bfloat16)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
     max_seq_len: Optional[int] = Field(None, ge=1)  # override of params.json's RoPE table length
@@ -135,6 +136,10 @@ class TrainSection(Section):
     keep_last: int = Field(2, ge=0)  # step checkpoints kept besides best/ and final/
     # The device's peak dense bf16 TFLOP/s for `mfu`; None: wmtp.train.flops' table by GPU name (no mfu on CPU/MPS).
     peak_tflops: Optional[float] = Field(None, gt=0)
+    # torch.compile each transformer block (trunk and heads), as torchtitan does: inductor fuses the
+    # norms, RoPE, SwiGLU and residual adds around the matmuls. The first steps pay the compilation
+    # (tens of seconds per distinct block graph); losses agree with eager up to float rounding.
+    compile: bool = False
 
     @field_validator("head_weights")
     @classmethod
@@ -209,11 +214,21 @@ class EarlyStoppingSection(Section):
 class DistributedSection(Section):
     strategy: Literal["none", "ddp", "fsdp"] = "none"
     nproc_per_node: int = Field(1, ge=1)
-    activation_checkpointing: bool = False
+    # Recompute activations in backward instead of keeping them (wmtp.distributed): full = every
+    # transformer block keeps only its input; selective = per op, as torchtitan's "op" mode: matmul
+    # and attention outputs are kept (all but every second matmul), the cheap elementwise ops (norms,
+    # RoPE, SiLU) are recomputed; none = keep everything. true / false mean full / none.
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     # `wmtp train` launching torchrun: seconds torchrun gives its workers after passing on a SIGTERM
     # (finish the step, validate if due, save) before it SIGKILLs them; torchrun's own default is 30.
     preemption_grace_s: int = Field(600, ge=1)
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _bool_is_full_or_none(cls, value: Any) -> Any:
+        """Specs written before `selective` existed say true / false."""
+        return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TrackingSection(Section):
@@ -238,7 +253,7 @@ class EvalSection(Section):
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
-    speculative: bool = False  # self-speculative decoding with the MTP heads (greedy only)
+    speculative: bool = False  # self-speculative decoding with the MTP heads (greedy, or sampling at temperature > 0)
     limit: Optional[int] = Field(None, ge=1)  # first N problems only
     timeout_s: float = Field(10.0, gt=0)  # per program
     batch_size: int = Field(8, ge=1)
@@ -250,8 +265,6 @@ class EvalSection(Section):
             raise RuleError("ks", f"pass@{too_large[0]} needs 1 ≤ k ≤ n (n={self.n}) (got {self.ks})")
         if self.n > 1 and self.temperature == 0:
             raise RuleError("n", f"{self.n} greedy samples would all be the same; set temperature > 0 or n: 1")
-        if self.speculative and self.temperature > 0:
-            raise RuleError("speculative", f"decodes greedily; needs temperature 0 (got temperature {self.temperature})")
         if self.benchmark == "mbpp" and not self.data:
             raise RuleError("data", "MBPP needs the path of its JSONL or parquet file")
         return self

@@ -126,8 +126,10 @@ def build_optimizer(params, t, device: torch.device) -> torch.optim.Optimizer:
     """The stage's optimizer from `train.optimizer` (AdamW, or plain SGD for exact comparisons)."""
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=0.0, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
-                             foreach=device.type == "cuda")
+    # CUDA: the fused kernel (a few launches for every parameter's update, FSDP2's DTensor shards
+    # included, as torchtitan runs it); elsewhere the per-tensor loop the pinned CPU losses were taken with.
+    kernel = {"fused": True} if device.type == "cuda" else {"foreach": False}
+    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, **kernel)
 
 
 def window_normalizers(batches: list[dict], ctx: DistContext, device,
@@ -239,7 +241,16 @@ class Trainer:
         self.peak_flops = peak_flops(device_name(self.device), spec.train.peak_tflops)
         self.data = build_train_data(spec, self.tokenizer, self.n_heads, ctx)
         self.valid_loader = build_valid_loader(spec, self.tokenizer, self.n_heads, ctx)
-        self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing)
+        # auto on CUDA: FSDP2 mixed precision when FSDP shards (no autocast then), else bf16 autocast.
+        mixed = precision(spec.model.dtype, self.device.type,
+                          fsdp=spec.distributed.strategy == "fsdp" and ctx.is_distributed)
+        self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing,
+                                  compile=spec.train.compile, fsdp_param_dtype=mixed.fsdp_param_dtype)
+        reference = getattr(self.objective, "reference", None)  # Rho-1's frozen model, outside the shards
+        if mixed.fsdp_param_dtype is not None and isinstance(reference, torch.nn.Module):
+            # With no autocast it would compute in fp32: give it the policy's dtype (it only scores
+            # tokens without gradients; its logits come out fp32), which also halves its memory.
+            reference.to(mixed.fsdp_param_dtype)
         # Seed + rank from here on: whatever is random after the (identical) init differs between ranks.
         seed_everything(spec.train.seed + ctx.rank)
         params = self.objective.trainable_parameters(unwrap(self.module))
@@ -261,8 +272,13 @@ class Trainer:
         self.history = History()
         self.resumed: Optional[bool] = None  # resume_if_possible's answer once it has looked
         self.progress: Optional[StageProgress] = None  # set by run(); validation reports to it
-        mixed = precision(spec.model.dtype, self.device.type)  # bf16 autocast on CUDA for auto; fp16 + scaler
-        self.autocast = torch.autocast(self.device.type, dtype=mixed.autocast) if mixed.autocast else None
+        # Selective AC replays a block's ops in backward and matches them one by one with the forward's:
+        # autocast's weight-cast cache would let the forward skip casts that the replay then makes (of
+        # weights already cast earlier in the step, e.g. by Rho-1's no-grad pass of the policy), so
+        # it is off then (costing one cast per use of a weight instead of one per step).
+        cache = spec.distributed.activation_checkpointing != "selective"
+        self.autocast = (torch.autocast(self.device.type, dtype=mixed.autocast, cache_enabled=cache)
+                         if mixed.autocast else None)
         self.scaler = torch.amp.GradScaler(self.device.type) if mixed.loss_scaling else None
 
     # ------------------------------------------------------------------ metrics

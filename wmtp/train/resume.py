@@ -41,6 +41,8 @@ PLATFORM_ONLY = (
     "eval",  # evaluation of the final checkpoint, after training
     "data.num_workers",  # DataLoader processes; the sampler alone decides what each step reads
     "train.device",  # cuda, mps or cpu: a run started on a GPU may go on on a laptop, and back
+    "train.compile",  # per-block torch.compile computes the same losses (tested) — only faster
+    "train.peak_tflops",  # the MFU denominator: a logged ratio, not what is trained
     # How the ranks run, not how many (ranks are compared below): DDP and FSDP2 train the same
     # global batch, activation checkpointing recomputes the same values, the rest is transport/timeouts.
     "distributed",
