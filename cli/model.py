@@ -1,4 +1,4 @@
-"""`wmtp model …`: convert Meta checkpoints, build the micro model, verify and inspect model dirs."""
+"""`wmtp model …`: convert Meta checkpoints, build the micro and pycode models, verify and inspect model dirs."""
 
 from __future__ import annotations
 
@@ -40,6 +40,45 @@ def micro_cmd(
     say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
     for name, path in build_micro_models(out, seed=seed, vocab_size=vocab_size, log=say).items():
         typer.echo(f"wrote {name}: {path}")
+
+
+@app.command("pycode")
+def pycode_cmd(
+    out: Path = typer.Option(Path("storage/models_v2/pycode-mtp"), help="Model directory to write."),
+    data_dir: Path = typer.Option(Path("storage/datasets_v2/pycode"), help="Pycode dataset folder (prepared "
+                                  "or reused; the tokenizer is kept in it, in tokenizer-v<VOCAB>/)."),
+    src: Optional[Path] = typer.Option(None, help="Folder of .py files (default: this Python's standard library)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N source files (sorted by path)."),
+    steps: int = typer.Option(360, help="Optimizer steps (a step budget: the same run every time)."),
+    vocab_size: int = typer.Option(4096, help="SentencePiece vocabulary size."),
+    dim: int = typer.Option(256, help="Model width."),
+    trunk_layers: int = typer.Option(12, help="Blocks of the shared trunk."),
+    head_layers: int = typer.Option(4, help="Prediction heads (one block each)."),
+    seed: int = typer.Option(0, help="Seed of the random initialisation."),
+    valid_rows: int = typer.Option(128, help="Valid-split rows of the per-head loss report."),
+    prompts: int = typer.Option(32, help="Held-out test-split prompts decoded self-speculatively."),
+    max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt at most."),
+    overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE of jobs/pycode.yaml (repeatable)."),
+    threads: int = typer.Option(1, help="Torch CPU threads (0: torch's default). One is fastest on a shared 2-core "
+                                "machine: width-256 matmuls gain little from a second thread and lose much "
+                                "when it is descheduled."),
+    force: bool = typer.Option(False, "--force", help="Rebuild OUT even when it exists."),
+) -> None:
+    """Train a trunk-heavy MTP model on the Python standard library (tokenizer, data, training, report)."""
+    from wmtp.train.pycode_model import PycodeOptions, build_pycode_model, summary_lines
+
+    options = PycodeOptions(out=out, data_dir=data_dir, src=src, limit=limit, vocab_size=vocab_size, dim=dim,
+                            trunk_layers=trunk_layers, head_layers=head_layers, steps=steps, seed=seed,
+                            valid_rows=valid_rows, prompts=prompts, max_new_tokens=max_new_tokens,
+                            overrides=tuple(overrides), threads=threads)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
+    result = build_pycode_model(options, force=force, log=say)
+    for note in result.notes:
+        typer.echo(note)
+    for line in summary_lines(result):
+        typer.echo(line)
+    if not result.reused:
+        typer.echo(f"wrote {result.out} ({result.out / 'report.json'})")
 
 
 @app.command("verify")

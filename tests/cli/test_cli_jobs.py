@@ -121,7 +121,7 @@ def test_jobs_ls_lists_both_sources_and_the_shadowing(cwd):
     result = runner.invoke(app, ["jobs", "ls"])
     assert result.exit_code == 0, result.output
     rows = [line.split(None, 1) for line in result.stdout.splitlines()]
-    assert [row[0] for row in rows] == ["NAME", "baseline", "critic", "mine", "rho1", "smoke", "verifiable"]
+    assert [row[0] for row in rows] == ["NAME", "baseline", "critic", "mine", "pycode", "rho1", "smoke", "verifiable"]
     by_name = {row[0]: row[1] for row in rows}
     assert by_name["baseline"].split() == ["baseline", "shipped"]
     assert by_name["mine"].split("  ")[0] == "critic, verifiable"
@@ -173,11 +173,11 @@ def test_jobs_cp_with_defaults_and_to_another_folder(cwd):
 
 def test_unknown_names_list_the_available_ones(cwd):
     line = one_error_line(runner.invoke(app, ["jobs", "cp", "nosuch"]))
-    assert line == "error: experiment 'nosuch': not a shipped experiment; shipped: baseline, critic, rho1, smoke, verifiable"
+    assert line == "error: experiment 'nosuch': not a shipped experiment; shipped: baseline, critic, pycode, rho1, smoke, verifiable"
     (cwd / "jobs").mkdir()
     (cwd / "jobs" / "mine.yaml").write_text("stages: [baseline]\n")
     line = one_error_line(runner.invoke(app, ["train", "nosuch", "--dry-run"]))
-    assert "experiment 'nosuch': no jobs/nosuch.yaml; available: ['baseline', 'critic', 'mine', 'rho1'" in line
+    assert "experiment 'nosuch': no jobs/nosuch.yaml; available: ['baseline', 'critic', 'mine', 'pycode', 'rho1'" in line
 
 
 def test_a_broken_local_spec_is_one_line_naming_it(cwd):

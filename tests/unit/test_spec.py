@@ -11,7 +11,7 @@ EXPERIMENTS = sorted(p.stem for p in asset_dir("jobs").glob("*.yaml") if p.stem 
 
 
 def test_the_shipped_experiments_are_the_documented_ones():
-    assert EXPERIMENTS == ["baseline", "critic", "rho1", "smoke", "verifiable"]
+    assert EXPERIMENTS == ["baseline", "critic", "pycode", "rho1", "smoke", "verifiable"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

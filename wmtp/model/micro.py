@@ -39,6 +39,28 @@ def micro_mtp_args(vocab_size: int) -> ModelArgs:
     )
 
 
+def trunk_heavy_mtp_args(vocab_size: int, dim: int = 256, trunk_layers: int = 12, head_layers: int = 4) -> ModelArgs:
+    """A trunk-heavy MTP model (`wmtp model pycode`): 12 shared blocks + 4 one-block heads, width 256.
+
+    Meta's 7B MTP release is 28 trunk + 4 head blocks: the extra heads are a small part of the model, as
+    here, which is what makes self-speculative drafts cheap. GQA as the micro model (4 query heads, 2
+    key/value heads; head dim 64 at width 256). ~14M parameters at vocab 4096.
+    """
+    return ModelArgs(
+        dim=dim,
+        n_layers=trunk_layers + head_layers,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=vocab_size,
+        multiple_of=32,
+        ffn_dim_multiplier=None,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        n_future_tokens=head_layers,
+        max_seq_len=1024,
+    )
+
+
 def micro_reference_args(vocab_size: int) -> ModelArgs:
     """Next-token-only reference LM for Rho-1 (same tokenizer as the micro MTP model)."""
     return ModelArgs(
