@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Set before torch is imported (OpenMP reads them once, at load), here and in every subprocess a test
+# starts; a test that wants more threads says so in its subprocess's env (test_pinned_losses: 2).
+# The suite runs several busy processes at once on a 2-core machine (pytest-xdist workers, torchrun
+# ranks, servers). The micro model's ops are too small to share out between threads; shared anyway,
+# each op waits for a partner thread that another process holds off the core, and a thread that
+# spins while it waits takes the very core its partner needs: under `-n 2` the micro-model runs took
+# up to 10x longer (one hit its 600 s timeout). One thread each, and waiting threads that sleep rather
+# than spin. What a test computes and asserts is unchanged.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[1]
