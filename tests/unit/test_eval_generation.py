@@ -113,7 +113,8 @@ def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_m
     batch, width, n_heads = tokens.shape[0], tokens.shape[1], model.n_future_tokens
     cached = CachedMTP(model, batch, width + n_heads, n_heads=n_heads)
     projected = []
-    hook = model.output.register_forward_hook(lambda module, args, out: projected.append(out.shape[:-1].numel()))
+    output = cached.cache.output  # the norm + output projection decoding runs (`OutputProjection`)
+    cached.cache.output = lambda z: projected.append(z.shape[:-1].numel()) or output(z)
     try:
         prefill = cached.step(tokens, [0] * batch, n_heads)
         rows, last = torch.arange(batch), torch.tensor([len(r) - 1 for r in ids])
@@ -125,7 +126,7 @@ def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_m
         assert projected == [batch * n_heads, batch * n_heads, batch * (n_heads - 1)]
         full = step.full()
     finally:
-        hook.remove()
+        cached.cache.output = output
     assert step.shape == full.shape == (batch, n_heads, n_heads, model.output.out_features)
     torch.testing.assert_close(prefill.full()[rows, last], at_last, atol=1e-5, rtol=1e-5)
     for got, expected in ((head1, full[:, :, 0]), (drafts, full[rows, accepted, 1:]), (step[..., :5], full[..., :5]),
@@ -154,6 +155,48 @@ def test_self_speculative_output_equals_greedy(model64, disagreeing_model, token
     assert [c.n_tokens for c in speculative] == [c.n_tokens for c in greedy]
     assert stats.drafted > 0 and 0 <= stats.acceptance_rate <= 1
     assert stats.forward_passes <= greedy_stats.forward_passes
+
+
+@pytest.mark.parametrize("which", ["micro-mtp", "heads-disagree"])
+def test_self_speculative_with_stop_sequences_equals_greedy(model64, disagreeing_model, tokenizer, which):
+    """A speculative step commits several tokens at once, its text decoded once: the completion must
+    still end at the first token that completes a stop sequence, exactly as greedy's token by token."""
+    model = model64 if which == "micro-mtp" else disagreeing_model
+    free, _ = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=40, batch_size=2))
+    # Stops cut from the middle of the free completions (some rows stop, some run to the end), plus one
+    # that never occurs.
+    stop = tuple(c.text[len(c.text) // 2 : len(c.text) // 2 + 2] for c in free[:2] if len(c.text) > 4) + ("\x00",)
+    config = dict(max_new_tokens=40, batch_size=2, stop=stop)
+    greedy, _ = generate(model, tokenizer, PROMPTS, GenerationConfig(**config))
+    speculative, _ = generate(model, tokenizer, PROMPTS, GenerationConfig(**config, speculative=True))
+    assert any(c.finish_reason == "stop" for c in greedy)
+    assert [(c.text, c.n_tokens, c.finish_reason) for c in speculative] == [
+        (c.text, c.n_tokens, c.finish_reason) for c in greedy]
+
+
+def test_committing_several_tokens_at_once_stops_where_one_at_a_time_does(tokenizer):
+    """`_commit` decodes a step's tokens once: the row must end as it would token by token (stop cut,
+    end-of-sequence, length), whatever the step sizes — stops inside a step included."""
+    from wmtp.eval.generation import _commit, _Row
+
+    text = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n# done\n"
+    ids = tokenizer.encode(text)
+    prompt = tokenizer.encode("import os\n", bos=True)
+    cases = [((), 100), (("\nclass",), 100), (("+ 1", "\n#"), 100), (("pass",), 100), (("\nclass",), 5),
+             (("nowhere",), len(ids) + 5)]
+    for stop, max_new in cases:
+        for tail in ([], [tokenizer.eos_id, 5, 6]):
+            tokens = ids[:7] + tail + ids[7:] if tail else ids
+            config = GenerationConfig(max_new_tokens=max_new, stop=stop)
+            ends = []
+            for size in (1, 2, 3, 4):
+                row = _Row(0, prompt, False, tokenizer.decode(prompt))
+                for start in range(0, len(tokens), size):
+                    if _commit(row, tokens[start : start + size], tokenizer, config):
+                        break
+                ends.append((row.generated, row.text, row.finish_reason))
+            assert all(end == ends[0] for end in ends), (stop, max_new, tail)
+            assert ends[0][2] is not None or not tail
 
 
 @pytest.mark.slow

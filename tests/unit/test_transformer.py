@@ -113,3 +113,71 @@ def test_invalid_params_are_named():
 
     with pytest.raises(CheckpointError, match="n_kv_heads"):
         tiny_args(n_kv_heads=3)
+
+
+# ---------------------------------------------------------------- decoding (KV cache) projections
+
+# The same float32 dot products (length ≤ 384, terms of order 1) summed in another order differ by a few
+# units in the last place of their largest partial sums: ≤ 1e-5 relative here, ≤ 1e-4 after six blocks
+# and the output projection amplify it. A wrong weight, slice or transpose changes values by O(1).
+ROUNDING = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 32])
+def test_decoding_projections_agree_with_f_linear(rows, one_torch_thread):
+    """Decoding fuses q/k/v and w1/w3 into one matmul each, multiplies stored-transposed weights from
+    `GEMM_MIN_ROWS` rows on and normalises with `F.rms_norm` (CPU, float32): every output is the same
+    dot products as the modules' own calls. On this project's machines the bits are equal; a BLAS on
+    another CPU may sum a transposed or fused operand in another order, so the check allows float32
+    rounding (`ROUNDING`), and a wrong slice, weight or transpose is off by orders of magnitude more."""
+    import torch.nn.functional as F
+
+    from wmtp.model.transformer import DecodingProjections, Projection, decoding_norm
+
+    torch.manual_seed(0)
+    model = tiny_model(dim=128, n_heads=4, n_kv_heads=2, multiple_of=64)  # FFN 384: w1/w3 fused
+    block = model.layers[0]
+    fast = DecodingProjections(block, fast=True)
+    assert fast.wqkv is not None and fast.w13 is not None and fast.wo.weight_t is not None
+    x = torch.randn(rows, 1, 128) * 3
+    with torch.no_grad():
+        for module in (block.attention.wq, block.attention.wo, block.feed_forward.w2, model.output):
+            w = module.weight
+            xin = torch.randn(rows, w.shape[1])
+            torch.testing.assert_close(Projection(w, transposed=True)(xin), F.linear(xin, w), **ROUNDING)
+        a = block.attention
+        qk, v = fast.qkv(x)
+        expected_qk = torch.cat((a.wq(x).view(rows, 1, 4, 32), a.wk(x).view(rows, 1, 2, 32)), dim=2)
+        torch.testing.assert_close(qk, expected_qk, **ROUNDING)
+        torch.testing.assert_close(v, a.wv(x).view(rows, 1, 2, 32), **ROUNDING)
+        torch.testing.assert_close(fast.feed_forward(x), block.feed_forward(x), **ROUNDING)
+        torch.testing.assert_close(decoding_norm(block.ffn_norm, True)(x), block.ffn_norm(x), **ROUNDING)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cached_steps_with_fused_projections_equal_the_modules(batch, monkeypatch, one_torch_thread):
+    """A prompt pass and greedy / speculative-shaped steps (1 and 4 tokens a row, rows at different
+    positions) give the same logits through the fast decoding projections as through the modules (up to
+    float32 rounding: see `test_decoding_projections_agree_with_f_linear`)."""
+    from functools import partial
+
+    from wmtp.eval.decoding import CachedMTP
+    from wmtp.model import transformer
+
+    model = tiny_model(dim=128, n_heads=4, n_kv_heads=2, multiple_of=64, n_layers=6, max_seq_len=128).eval()
+    tokens = torch.randint(0, 97, (batch, 40), generator=torch.Generator().manual_seed(1))
+    lengths = [20 + 3 * b for b in range(batch)]
+
+    def run():
+        cached = CachedMTP(model, batch, 64, n_heads=3)
+        out = [cached.step(tokens[:, :26], [0] * batch, 3).full()]
+        for start, n in ((0, 1), (1, 4), (5, 1), (6, 4)):
+            steps = torch.stack([tokens[b, lengths[b] + start : lengths[b] + start + n] for b in range(batch)])
+            out.append(cached.step(steps, [length + start for length in lengths], 3).full())
+        return out
+
+    fast = run()
+    monkeypatch.setattr(transformer, "decoding_projections", partial(transformer.decoding_projections, fast=False))
+    plain = run()
+    for got, expected in zip(fast, plain):
+        torch.testing.assert_close(got, expected, **ROUNDING)

@@ -15,11 +15,14 @@ uses head 1's logits at every position and the other heads' at one position per 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from wmtp.model.transformer import Transformer
+from wmtp.model.transformer import GEMM_MIN_ROWS, OutputProjection, Transformer
+
+
+FULL_MAX_ROWS = 16  # `HeadLogits.full_pays`: up to this many vectors, one projection of all is the cheaper
 
 
 class HeadLogits:
@@ -31,9 +34,10 @@ class HeadLogits:
     An index that reaches the vocabulary dim (or `...`), and `full()`, project everything.
     """
 
-    def __init__(self, model: Transformer, hidden_BSHD: torch.Tensor):
+    def __init__(self, model: Transformer, hidden_BSHD: torch.Tensor, output: Optional[OutputProjection] = None):
         self.model = model
         self.hidden = hidden_BSHD
+        self.output = output  # the cache's `output_logits` (same bits, fewer calls), else the model's
 
     @property
     def shape(self) -> torch.Size:
@@ -48,9 +52,22 @@ class HeadLogits:
     def full(self) -> torch.Tensor:
         return self._project(self.hidden)
 
+    def full_pays(self, rows: int) -> bool:
+        """Whether `full()` is the cheaper way to get logits for `rows` of the vectors, with their own bits.
+
+        The output is multiplied as a GEMM from `GEMM_MIN_ROWS` rows on (CPU, float32), where a row's
+        result does not depend on how many rows there are: projecting everything at once then changes
+        nothing for those rows, and while the step is small (`FULL_MAX_ROWS` vectors: batch 1 of a
+        4-head speculative step) it reads the output matrix — the largest of a small model — once
+        instead of once per index. With more rows the extra multiplies cost more than the read.
+        """
+        output, total = self.output, self.hidden.shape[:-1].numel()
+        return (output is not None and output.output.weight_t is not None
+                and GEMM_MIN_ROWS <= rows and GEMM_MIN_ROWS <= total <= FULL_MAX_ROWS)
+
     @torch.inference_mode()
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.output_logits(hidden)
+        return (self.output or self.model.output_logits)(hidden)
 
 
 def _dims_indexed(key) -> int:
@@ -88,5 +105,6 @@ class CachedMTP:
         model, cache = self.model, self.cache.seek([int(s) for s in starts], tokens_BS.shape[1])
         h = model.forward_trunk(tokens_BS, cache)
         if n_heads == 1:
-            return HeadLogits(model, model.head_hidden(h, 0, cache)[:, :, None])
-        return HeadLogits(model, torch.stack([model.head_hidden(h, k, cache) for k in range(n_heads)], dim=2))
+            return HeadLogits(model, model.head_hidden(h, 0, cache)[:, :, None], cache.output)
+        hidden = torch.stack([model.head_hidden(h, k, cache) for k in range(n_heads)], dim=2)
+        return HeadLogits(model, hidden, cache.output)

@@ -167,21 +167,51 @@ def _prefill(model, batch: list[_Row], config: GenerationConfig, n_heads: int):
     return cached, logits[torch.arange(len(batch), device=device), last], lengths
 
 
-def _append(row: _Row, token: int, tokenizer, config: GenerationConfig) -> bool:
-    """Add one token to a row; returns True when the row is finished."""
-    if token == tokenizer.eos_id:
-        row.finish_reason = "eos"
-        return True
-    row.generated.append(token)
-    row.text = completion_text(tokenizer, row.prompt_ids, row.prompt_text, row.generated)
-    cut = min((i for i in (row.text.find(s) for s in config.stop) if i >= 0), default=-1)
-    if cut >= 0:
-        row.text, row.finish_reason = row.text[:cut], "stop"
-        return True
-    if len(row.generated) >= config.max_new_tokens:
-        row.finish_reason = "length"
-        return True
-    return False
+def _commit(row: _Row, tokens: Sequence[int], tokenizer, config: GenerationConfig) -> bool:
+    """Add a step's tokens to a row, in order; True when the row is finished (later tokens are dropped).
+
+    Token by token: end-of-sequence finishes the row (not kept); a kept token that completes a stop
+    sequence finishes it, the text cut there; so does the `max_new_tokens`-th token. The text is
+    decoded once per call, not once per token, and not at all before the end when there are no stop
+    sequences: decoding more tokens only appends text (save for U+FFFD standing for an unfinished UTF-8
+    sequence at the end, which no stop sequence without U+FFFD can match), so a stop sequence in the
+    text of any prefix of the step's tokens is also in the text of all of them. Only when it is (or in
+    a case outside that argument) are the tokens replayed one by one to find the first.
+    """
+    before = len(row.generated)
+    reason = None
+    for token in tokens:
+        if token == tokenizer.eos_id:
+            reason = "eos"
+            break
+        row.generated.append(token)
+        if len(row.generated) >= config.max_new_tokens:
+            reason = "length"
+            break
+    if config.stop and len(row.generated) > before:
+        text, exact = _completion_text(tokenizer, row.prompt_ids, row.prompt_text, row.generated)
+        if not exact or _first_stop(text, config.stop) >= 0 or any("\ufffd" in stop for stop in config.stop):
+            added = row.generated[before:]
+            del row.generated[before:]
+            for token in added:
+                row.generated.append(token)
+                row.text = completion_text(tokenizer, row.prompt_ids, row.prompt_text, row.generated)
+                cut = _first_stop(row.text, config.stop)
+                if cut >= 0:
+                    row.text, row.finish_reason = row.text[:cut], "stop"
+                    return True
+        row.text = text
+    if reason is None:
+        return False
+    if not config.stop and row.generated:
+        row.text = completion_text(tokenizer, row.prompt_ids, row.prompt_text, row.generated)
+    row.finish_reason = reason
+    return True
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where the earliest stop sequence in `text` starts, or -1."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
 
 
 def completion_text(tokenizer, prompt_ids: list[int], prompt_text: str, generated: list[int]) -> str:
@@ -190,8 +220,15 @@ def completion_text(tokenizer, prompt_ids: list[int], prompt_text: str, generate
     Decoded together with the prompt and then cut: SentencePiece drops the leading space of a
     sequence's first piece, so decoding the new tokens alone would lose indentation.
     """
+    return _completion_text(tokenizer, prompt_ids, prompt_text, generated)[0]
+
+
+def _completion_text(tokenizer, prompt_ids, prompt_text, generated) -> tuple[str, bool]:
+    """`completion_text`, and whether it came from the usual case (the full text starts with the prompt's)."""
     full = tokenizer.decode(prompt_ids + generated)
-    return full[len(prompt_text) :] if full.startswith(prompt_text) else tokenizer.decode(generated)
+    if full.startswith(prompt_text):
+        return full[len(prompt_text) :], True
+    return tokenizer.decode(generated), False
 
 
 def token_probs(logits: torch.Tensor, config: GenerationConfig, normalize: bool = False) -> torch.Tensor:
@@ -271,7 +308,7 @@ def _decode_standard(model, tokenizer, batch, config, generator, stats) -> None:
     while True:
         tokens = sample_next(next_logits, config, generator)
         host = tokens.tolist()  # the step's one device→host copy: stop sequences are checked on the host
-        still = [i for i, (row, tok) in enumerate(zip(live, host)) if not _append(row, tok, tokenizer, config)]
+        still = [i for i, (row, tok) in enumerate(zip(live, host)) if not _commit(row, (tok,), tokenizer, config)]
         if not still:
             return
         if len(still) < len(live):
@@ -302,7 +339,7 @@ def _decode_speculative(model, tokenizer, batch, config, generator, stats) -> No
     device = pending.device
     pending_host = pending.tolist()
     live = list(batch)
-    finished = [_append(row, tokens[0], tokenizer, config) for row, tokens in zip(live, pending_host)]
+    finished = [_commit(row, tokens[:1], tokenizer, config) for row, tokens in zip(live, pending_host)]
     while True:
         still = [i for i, done in enumerate(finished) if not done]
         if not still:
@@ -317,6 +354,11 @@ def _decode_speculative(model, tokenizer, batch, config, generator, stats) -> No
         logits = cached.step(pending, starts, n_heads)  # [B, H(positions), H(heads), V]; pending[b] at starts[b]..
         stats.forward_passes += 1
         rows = torch.arange(len(live), device=device)
+        # Head 1 at every position, the other heads at one: in one projection when that is cheaper and
+        # keeps head 1's bits (and, sampling, the drafts' — whose q decides acceptance; greedy drafts
+        # only decide how many tokens a step commits, never which).
+        if logits.full_pays(len(live) * (n_heads - 1) if sampling else len(live) * n_heads):
+            logits = logits.full()
         if sampling:
             head1 = token_probs(logits[:, :, 0], config, normalize=True)
             accepted, token = verify_sampled(head1, draft_probs, pending[:, 1:], generator)
@@ -336,6 +378,6 @@ def _decode_speculative(model, tokenizer, batch, config, generator, stats) -> No
             n = host[i][0]
             stats.accepted += n
             committed = pending_host[i][1 : 1 + n] + [host[i][1]]
-            finished.append(any(_append(row, tok, tokenizer, config) for tok in committed))
+            finished.append(_commit(row, committed, tokenizer, config))
             starts[i] += n + 1
         pending_host = [h[1:] for h in host]

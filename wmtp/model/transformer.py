@@ -14,7 +14,8 @@ Every head is a full transformer block applied to the *trunk output*.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import weakref
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +84,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Causal self-attention over `x_BSD`; with `kv_cache`, over the cached keys/values as well
         (decoding: `cos`/`sin` are then the angles of the positions the cache's `seek` set)."""
+        if kv_cache is not None:  # decoding
+            return self._cached(x_BSD, cos, sin, kv_cache)
         bsz, seqlen, _ = x_BSD.shape
         q = self.wq(x_BSD).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        if kv_cache is not None:  # decoding
-            return self.wo(self._cached(q, k, v, cos, sin, kv_cache).reshape(bsz, seqlen, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, head_dim]
         # SDPA's GQA mode reads the shared kv heads in place instead of materialising copies.
@@ -96,8 +97,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
-    def _cached(self, q_BSND, k_BSND, v_BSND, cos, sin, layer: "KVCacheLayer") -> torch.Tensor:
-        """Attention output `[B, S, n_heads, head_dim]` of the step's queries over the cache.
+    def _cached(self, x_BSD, cos, sin, layer: "KVCacheLayer") -> torch.Tensor:
+        """Attention `[B, S, D]` of the step's tokens over the cache (decoding; `DecodingProjections`).
 
         The step's keys/values are written into the cache at their positions first. Each kv head
         serves `n_heads / n_kv_heads` query heads: the queries of one group are laid out as one longer
@@ -105,10 +106,10 @@ class Attention(nn.Module):
         cache in place — no repeated kv heads, whatever the mask.
         """
         step = layer.cache  # where this forward's tokens sit (`KVCache.seek`)
-        bsz, seqlen = q_BSND.shape[:2]
-        # RoPE: q and k together, in one call; rows at different positions are one flattened sequence
-        # (`apply_rope` broadcasts its [S, D/2] tables over the batch dim).
-        qk = torch.cat((q_BSND, k_BSND), dim=2)
+        bsz, seqlen, _ = x_BSD.shape
+        # q and k side by side, so that RoPE rotates both in one call; rows at different positions are
+        # one flattened sequence (`apply_rope` broadcasts its [S, D/2] tables over the batch dim).
+        qk, v_BSND = layer.projections.qkv(x_BSD)
         if step.per_row_rope:
             qk = apply_rope(qk.view(1, bsz * seqlen, -1, self.head_dim), cos, sin).view(bsz, seqlen, -1, self.head_dim)
         else:
@@ -118,13 +119,14 @@ class Attention(nn.Module):
         if step.from_start:  # a prompt pass from position 0: its own keys are all there is
             gqa = self.n_kv_heads != self.n_heads
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v_BSND.transpose(1, 2),
-                                                 is_causal=seqlen > 1, enable_gqa=gqa)
-            return out.transpose(1, 2)
-        group = self.n_heads // self.n_kv_heads
-        q_grouped = q.transpose(1, 2).reshape(bsz, self.n_kv_heads, group * seqlen, self.head_dim)
-        keys, values = layer.visible()
-        out = F.scaled_dot_product_attention(q_grouped, keys, values, attn_mask=step.mask)
-        return out.view(bsz, self.n_heads, seqlen, self.head_dim).transpose(1, 2)
+                                                 is_causal=seqlen > 1, enable_gqa=gqa).transpose(1, 2)
+        else:
+            group = self.n_heads // self.n_kv_heads
+            q_grouped = q.transpose(1, 2).reshape(bsz, self.n_kv_heads, group * seqlen, self.head_dim)
+            keys, values = layer.visible()
+            out = F.scaled_dot_product_attention(q_grouped, keys, values, attn_mask=step.mask)
+            out = out.view(bsz, self.n_heads, seqlen, self.head_dim).transpose(1, 2)
+        return layer.projections.wo(out.reshape(bsz, seqlen, -1))
 
 
 class FeedForward(nn.Module):
@@ -149,8 +151,146 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
     def forward(self, x, cos, sin, kv_cache=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, kv_cache)
+        if kv_cache is not None:  # decoding: the same arithmetic through the cache's `DecodingProjections`
+            block = kv_cache.projections
+            h = x + self.attention(block.attention_norm(x), cos, sin, kv_cache)
+            return h + block.feed_forward(block.ffn_norm(h))
+        h = x + self.attention(self.attention_norm(x), cos, sin)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ---------------------------------------------------------------- decoding (KV cache)
+
+GEMM_MIN_ROWS = 4
+"""From this many rows on, `x @ Wᵀ` with `Wᵀ` a contiguous copy of the weight is faster than `F.linear`'s
+transposed view (about a third less time at 4–32 rows here: no transposed operand to pack), and MKL's
+float32 GEMM on this project's machines gives it the same bits; with fewer rows `F.linear` takes a
+matrix-vector path that sums in another order, so those keep `F.linear`. Another BLAS or CPU may round
+differently: `tests/unit/test_transformer.py::test_decoding_projections_agree_with_f_linear` checks the
+results agree to float32 rounding."""
+
+
+class Projection:
+    """`F.linear(x, weight)` for decoding (the same dot products); on the CPU in float32, from
+    `GEMM_MIN_ROWS` rows on, as `x @ weight_t` with `weight_t` a contiguous copy of `weight.T` (faster;
+    the same bits under MKL here)."""
+
+    __slots__ = ("weight", "weight_t")
+
+    def __init__(self, weight: torch.Tensor, transposed: bool = False):
+        self.weight = weight
+        self.weight_t = weight.t().contiguous() if transposed else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.weight_t is not None and x2.shape[0] >= GEMM_MIN_ROWS:
+            out = torch.mm(x2, self.weight_t)
+        else:
+            out = F.linear(x2, self.weight)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class DecodingProjections:
+    """A block's projections as decoding runs them: the same arithmetic as its modules, in fewer calls.
+
+    `fast` (the CPU in float32, where the bits are checked): wq/wk/wv are one matrix (their rows
+    stacked) and so are w1/w3, so a block runs 4 matmuls instead of 7 — each output element is the same
+    dot product, so the same bits (a row of a matmul's output does not depend on the weight's other
+    rows); every projection keeps a transposed copy for steps of `GEMM_MIN_ROWS`+ rows (`Projection`);
+    the norms run as `F.rms_norm`. That holds about twice the block's weights again while a model
+    decodes. Otherwise (CUDA, MPS, other dtypes) the module weights are used as they are: no copies,
+    and no bets on which kernel a fused shape would get.
+    """
+
+    def __init__(self, block: "TransformerBlock", fast: bool):
+        attention, ffn = block.attention, block.feed_forward
+        self.head_dim, self.n_heads, self.n_kv_heads = attention.head_dim, attention.n_heads, attention.n_kv_heads
+        transposed = fast
+        self.attention_norm = decoding_norm(block.attention_norm, fast)
+        self.ffn_norm = decoding_norm(block.ffn_norm, fast)
+        if fast:
+            qkv = torch.cat([attention.wq.weight, attention.wk.weight, attention.wv.weight])
+            self.wqkv: Optional[Projection] = Projection(qkv, transposed)
+        else:
+            self.wqkv = None
+            self.wq, self.wk, self.wv = (Projection(m.weight) for m in (attention.wq, attention.wk, attention.wv))
+        self.wo = Projection(attention.wo.weight, transposed)
+        self.hidden = ffn.w1.out_features
+        # SiLU on w1's half of the fused output is a strided view: the same vectorised chunks as on a
+        # tensor of its own only when rows are whole chunks (2 × 16 floats with AVX-512; 64 is safe).
+        if fast and self.hidden % 64 == 0:
+            self.w13: Optional[Projection] = Projection(torch.cat([ffn.w1.weight, ffn.w3.weight]), transposed)
+        else:
+            self.w13 = None
+            self.w1, self.w3 = Projection(ffn.w1.weight, transposed), Projection(ffn.w3.weight, transposed)
+        self.w2 = Projection(ffn.w2.weight, transposed)
+
+    def qkv(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q and k side by side `[B, S, n_heads + n_kv_heads, head_dim]`, v `[B, S, n_kv_heads, head_dim]`)."""
+        bsz, seqlen, _ = x_BSD.shape
+        heads = self.n_heads + self.n_kv_heads
+        if self.wqkv is not None:
+            qkv = self.wqkv(x_BSD)
+            return (qkv[..., : heads * self.head_dim].view(bsz, seqlen, heads, self.head_dim),
+                    qkv[..., heads * self.head_dim :].view(bsz, seqlen, self.n_kv_heads, self.head_dim))
+        q = self.wq(x_BSD).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        return torch.cat((q, k), dim=2), self.wv(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`FeedForward`'s SwiGLU, w2(silu(w1 x) * w3 x)."""
+        if self.w13 is not None:
+            gate_up = self.w13(x)
+            return self.w2(F.silu(gate_up[..., : self.hidden]) * gate_up[..., self.hidden :])
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def decoding_norm(norm: RMSNorm, fused: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`norm` itself, or (`fused`: CPU, float32) `F.rms_norm` with its weight and eps: the same operations in the
+    same order (float32 mean of squares, + eps, rsqrt, ×, × weight) in one C++ call — the same bits,
+    without a Python module call and seven Python-dispatched ops per norm."""
+    if not fused:
+        return norm
+    shape, weight, eps = (norm.weight.shape[0],), norm.weight, norm.eps
+    return lambda x: F.rms_norm(x, shape, weight, eps)
+
+
+# The projections of a model's blocks while its weights stay the same (the key: each parameter's
+# storage and version counter, which in-place updates — optimizer steps, load_state_dict — bump).
+_DECODING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def decoding_projections(model: "Transformer", fast: Optional[bool] = None
+                         ) -> tuple[list[DecodingProjections], "OutputProjection"]:
+    """Every block's `DecodingProjections` (trunk, then heads in order) and `output_logits` for decoding.
+
+    `fast` (default: on the CPU in float32, where its bits are checked) fuses and copies weights as
+    `DecodingProjections` says; False runs the modules' own weights, call for call as the training
+    forward does (what tests compare with).
+    """
+    weight = model.output.weight
+    fast = (weight.device.type == "cpu" and weight.dtype == torch.float32) if fast is None else fast
+    key = (fast, *((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters()))
+    cached = _DECODING.get(model)
+    if cached is None or cached[0] != key:
+        blocks = [*model.layers[:-1], *model.heads]
+        cached = (key, [DecodingProjections(b, fast) for b in blocks], Projection(weight, fast),
+                  decoding_norm(model.norm, fast))
+        _DECODING[model] = cached
+    return cached[1], OutputProjection(cached[3], cached[2])
+
+
+class OutputProjection:
+    """`Transformer.output_logits` (shared norm, output projection, float32) for decoding: the same bits."""
+
+    __slots__ = ("norm", "output")
+
+    def __init__(self, norm: Callable[[torch.Tensor], torch.Tensor], output: Projection):
+        self.norm, self.output = norm, output
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(z)).float()
 
 
 class KVCache:
@@ -169,9 +309,14 @@ class KVCache:
     """
 
     def __init__(self, n_blocks: int, batch: int, max_len: int, args: ModelArgs,
-                 rope_cos: torch.Tensor, rope_sin: torch.Tensor, device=None, dtype=None):
+                 rope_cos: torch.Tensor, rope_sin: torch.Tensor, device=None, dtype=None,
+                 projections: Optional[list[DecodingProjections]] = None,
+                 output: Optional["OutputProjection"] = None):
         if max_len > rope_cos.shape[0]:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len={rope_cos.shape[0]}")
+        if projections is None or len(projections) != n_blocks:
+            raise ValueError("a KVCache needs one DecodingProjections per block (Transformer.new_kv_cache)")
+        self.projections, self.output = projections, output
         shape = (n_blocks, batch, args.n_kv_heads, max_len, args.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -180,6 +325,10 @@ class KVCache:
         self.rope_cos, self.rope_sin = rope_cos, rope_sin
         self._slots = torch.arange(max_len, device=device)
         self.rows = torch.arange(batch, device=device)[:, None]  # [B, 1], to index rows with positions
+        # An attention mask is additive (0 where visible, −inf elsewhere), made once per step: SDPA
+        # would turn a boolean one into exactly this in every block.
+        self._visible = torch.zeros((), device=device, dtype=dtype)
+        self._hidden = torch.full((), float("-inf"), device=device, dtype=dtype)
         self.layers = [KVCacheLayer(self, i) for i in range(n_blocks)]
         # The step `seek` set:
         self.span = 0  # slots [0, span) hold every key a query of this step may see
@@ -187,7 +336,7 @@ class KVCache:
         self.per_row_rope = False  # cos/sin are [B·S, D/2] (rows at different positions), else [S, D/2]
         self.cos: Optional[torch.Tensor] = None
         self.sin: Optional[torch.Tensor] = None
-        self.mask: Optional[torch.Tensor] = None  # [(B, 1,) group·S, span] bool, None: every slot < span
+        self.mask: Optional[torch.Tensor] = None  # [(B, 1,) group·S, span] additive, None: every slot < span
         self.write_at: Optional[slice | torch.Tensor] = None  # slots of a uniform step, else positions [B, S]
 
     @property
@@ -213,7 +362,7 @@ class KVCache:
                 self.mask = None
             else:
                 causal = self._slots[None, : self.span] <= self._slots[first : self.span, None]  # [S, span]
-                self.mask = causal.repeat(self.group, 1)  # [group·S, span]
+                self.mask = self._additive(causal.repeat(self.group, 1))  # [group·S, span]
         else:
             device = self.keys.device
             offsets = self._slots[:seqlen]
@@ -222,8 +371,11 @@ class KVCache:
             self.sin = self.rope_sin[positions].flatten(0, 1)
             self.write_at = positions
             visible = self._slots[None, None, : self.span] <= positions[:, :, None]  # [B, S, span]
-            self.mask = visible.repeat(1, self.group, 1)[:, None]  # [B, 1, group·S, span]
+            self.mask = self._additive(visible.repeat(1, self.group, 1)[:, None])  # [B, 1, group·S, span]
         return self
+
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
+        return torch.where(visible, self._visible, self._hidden)
 
     def keep_rows(self, rows: list[int]) -> None:
         """Drop finished rows: keep `rows` (indices into the current batch), in that order."""
@@ -235,11 +387,12 @@ class KVCache:
 
 
 class KVCacheLayer:
-    """One block's view of a `KVCache`: its key/value buffers and the step's placement."""
+    """One block's view of a `KVCache`: its key/value buffers, its projections and the step's placement."""
 
     def __init__(self, cache: KVCache, index: int):
         self.cache = cache
         self.keys, self.values = cache.keys[index], cache.values[index]  # [B, n_kv_heads, max_len, head_dim]
+        self.projections = cache.projections[index]
 
     def write(self, k_BSND: torch.Tensor, v_BSND: torch.Tensor) -> None:
         """Store the step's keys/values `[B, S, n_kv_heads, head_dim]` at their slots, in place."""
@@ -351,8 +504,10 @@ class Transformer(nn.Module):
         first `n_heads` heads (all by default), in the weights' device and dtype."""
         n_heads = self.n_future_tokens if n_heads is None else n_heads
         weight = self.tok_embeddings.weight
-        return KVCache(self.args.n_trunk_layers + n_heads, batch, max_len, self.args, self.rope_cos, self.rope_sin,
-                       device=weight.device, dtype=weight.dtype)
+        n_blocks = self.args.n_trunk_layers + n_heads
+        projections, output = decoding_projections(self)
+        return KVCache(n_blocks, batch, max_len, self.args, self.rope_cos, self.rope_sin,
+                       device=weight.device, dtype=weight.dtype, projections=projections[:n_blocks], output=output)
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
