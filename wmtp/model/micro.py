@@ -22,29 +22,11 @@ from wmtp.model.tokenizer import train_sentencepiece
 from wmtp.model.transformer import Transformer
 
 
-def micro_mtp_args(vocab_size: int) -> ModelArgs:
-    """2 trunk blocks + 4 head blocks, width 128: trains at a few hundred tokens/s·core on CPU."""
-    return ModelArgs(
-        dim=128,
-        n_layers=6,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=vocab_size,
-        multiple_of=32,
-        ffn_dim_multiplier=None,
-        norm_eps=1e-5,
-        rope_theta=10000.0,
-        n_future_tokens=4,
-        max_seq_len=1024,
-    )
+def small_mtp_args(vocab_size: int, dim: int, trunk_layers: int, head_layers: int) -> ModelArgs:
+    """A small MTP model for CPU runs: `trunk_layers` shared blocks + `head_layers` one-block heads.
 
-
-def trunk_heavy_mtp_args(vocab_size: int, dim: int = 256, trunk_layers: int = 12, head_layers: int = 4) -> ModelArgs:
-    """A trunk-heavy MTP model (`wmtp model pycode`): 12 shared blocks + 4 one-block heads, width 256.
-
-    Meta's 7B MTP release is 28 trunk + 4 head blocks: the extra heads are a small part of the model, as
-    here, which is what makes self-speculative drafts cheap. GQA as the micro model (4 query heads, 2
-    key/value heads; head dim 64 at width 256). ~14M parameters at vocab 4096.
+    GQA with 4 query and 2 key/value heads (head dim `dim / 4`), FFN rounded to a multiple of 32,
+    RoPE θ 10000, 1024 positions.
     """
     return ModelArgs(
         dim=dim,
@@ -59,6 +41,20 @@ def trunk_heavy_mtp_args(vocab_size: int, dim: int = 256, trunk_layers: int = 12
         n_future_tokens=head_layers,
         max_seq_len=1024,
     )
+
+
+def micro_mtp_args(vocab_size: int) -> ModelArgs:
+    """2 trunk blocks + 4 head blocks, width 128: trains at a few hundred tokens/s·core on CPU."""
+    return small_mtp_args(vocab_size, dim=128, trunk_layers=2, head_layers=4)
+
+
+def trunk_heavy_mtp_args(vocab_size: int, dim: int = 256, trunk_layers: int = 12, head_layers: int = 4) -> ModelArgs:
+    """A trunk-heavy MTP model (`wmtp model pycode`): 12 shared blocks + 4 one-block heads, width 256.
+
+    Meta's 7B MTP release is 28 trunk + 4 head blocks: the extra heads are a small part of the model, as
+    here, which is what makes self-speculative drafts cheap. ~14M parameters at vocab 4096.
+    """
+    return small_mtp_args(vocab_size, dim=dim, trunk_layers=trunk_layers, head_layers=head_layers)
 
 
 def micro_reference_args(vocab_size: int) -> ModelArgs:
