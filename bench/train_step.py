@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from wmtp.data.collate import mtp_labels  # noqa: E402
 from wmtp.distributed import DistContext, destroy_distributed, init_distributed, parallelize, unwrap  # noqa: E402
 from wmtp.model import ModelArgs, Transformer, ValueHead  # noqa: E402
-from wmtp.train.config import StageSpec  # noqa: E402
+from wmtp.train.config import StageSpec, parse_stage_spec  # noqa: E402
 from wmtp.train.loop import window_normalizers  # noqa: E402
 from wmtp.train.objectives import VALUE_HEAD_FILE, BaselineObjective, TrainModule, VerifiableObjective  # noqa: E402
 
@@ -126,9 +126,10 @@ def synthetic_batch(opts, seed: int) -> dict:
 
 
 def stage_spec(objective: str, value_head: Path) -> StageSpec:
-    return StageSpec(experiment="bench", stage=objective, objective=objective,
-                     model={"path": "unused"}, data={"train": "unused"},
-                     td={"value_head": str(value_head)})  # td defaults: β 0.9, w ∈ [0.1, 5], value_clip 0.2
+    td = {"td": {"value_head": str(value_head)}} if objective == "verifiable" else {}
+    return parse_stage_spec({"experiment": "bench", "stage": objective, "objective": objective,
+                             "model": {"path": "unused"}, "data": {"train": "unused"},
+                             **td})  # td defaults: β 0.9, w ∈ [0.1, 5], value_clip 0.2
 
 
 def write_value_head(dim: int, directory: Path, seed: int) -> Path:

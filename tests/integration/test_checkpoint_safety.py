@@ -33,15 +33,15 @@ CHECKPOINT_FILES = {"configs/params.json", "safetensors/model.safetensors", "tok
                     "metadata.json", "optimizer.safetensors", "rng.safetensors", "train_state.json"}
 
 
-def baseline_spec(smoke_overrides, extra=()):
-    return load_experiment("baseline", smoke_overrides + OVERRIDES + list(extra)).stages[0]
+def baseline_spec(baseline_overrides, extra=()):
+    return load_experiment("baseline", baseline_overrides + OVERRIDES + list(extra)).stages[0]
 
 
-def interrupted_run(smoke_overrides, run_dir, extra=()):
+def interrupted_run(baseline_overrides, run_dir, extra=()):
     """`run_dir/baseline` as a run killed after its step-1 checkpoint leaves it (spec.yaml included)."""
     stage_dir = run_dir / "baseline"
     stage_dir.mkdir(parents=True)
-    spec = baseline_spec(smoke_overrides, extra)
+    spec = baseline_spec(baseline_overrides, extra)
     (stage_dir / "spec.yaml").write_text(dump_spec(spec))
     Trainer(spec, stage_dir, DistContext(), {}).run(NullTracker())
     for later in ("final", "best"):  # both written at step 2 (its final validation is the first one)
@@ -50,15 +50,15 @@ def interrupted_run(smoke_overrides, run_dir, extra=()):
 
 
 @pytest.fixture
-def step_1(smoke_overrides, tmp_path, one_torch_thread):
+def step_1(baseline_overrides, tmp_path, one_torch_thread):
     """The step-1 checkpoint of an interrupted baseline stage in tmp_path/run (AdamW: optimizer state)."""
-    return interrupted_run(smoke_overrides, tmp_path / "run")
+    return interrupted_run(baseline_overrides, tmp_path / "run")
 
 
-def wmtp_train(smoke_overrides, run_dir, extra=()) -> subprocess.CompletedProcess:
+def wmtp_train(baseline_overrides, run_dir, extra=()) -> subprocess.CompletedProcess:
     """A real `wmtp train baseline` resuming `run_dir` with the overrides the run was started with."""
     command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
-    for o in smoke_overrides + OVERRIDES + list(extra):
+    for o in baseline_overrides + OVERRIDES + list(extra):
         command += ["--set", o]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -92,7 +92,7 @@ def test_checkpoints_hold_only_safetensors_and_json(step_1):
     assert state["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.95]
 
 
-def test_a_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(smoke_overrides, step_1, tmp_path):
+def test_a_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(baseline_overrides, step_1, tmp_path):
     marker = tmp_path / "payload-ran"
     planted = step_1 / ckpt.LEGACY_TRAIN_STATE
     torch.save({"step": 1, "optimizer": OpenForWriting(marker)}, planted)
@@ -102,7 +102,7 @@ def test_a_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(smoke_overri
     torch.load(decoy, weights_only=False)
     assert (tmp_path / "decoy-ran").exists()
 
-    error = one_error_line(wmtp_train(smoke_overrides, tmp_path / "run"))
+    error = one_error_line(wmtp_train(baseline_overrides, tmp_path / "run"))
     assert error.startswith(f"{planted}: written by an older wmtp that stored the train state as a pickle")
     assert "start a fresh run dir" in error
     assert not marker.exists()
@@ -118,26 +118,26 @@ def set_step(text: str) -> str:
     ("train_state.json", set_step, "'step' is \"four\"; expected an integer ≥ 0"),
     ("optimizer.safetensors", None, "cannot be read as safetensors"),
 ])
-def test_a_garbage_checkpoint_file_is_named_in_one_line(smoke_overrides, step_1, tmp_path, name, corrupt, expected):
+def test_a_garbage_checkpoint_file_is_named_in_one_line(baseline_overrides, step_1, tmp_path, name, corrupt, expected):
     path = step_1 / name
     if corrupt is None:
         path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" + os.urandom(64))
     else:
         path.write_text(corrupt(path.read_text()))
-    error = one_error_line(wmtp_train(smoke_overrides, tmp_path / "run"))
+    error = one_error_line(wmtp_train(baseline_overrides, tmp_path / "run"))
     assert error.startswith(f"{path}: ") and expected in error
 
 
-def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(smoke_overrides, micro_models, tmp_path,
+def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(baseline_overrides, micro_models, tmp_path,
                                                                     one_torch_thread):
     # The stage ran on the 3-block next-token model at `model`; then `model` became the 4-head MTP model
     # (same path, so the spec the run dir was started with still matches).
     model = tmp_path / "model"
     shutil.copytree(micro_models["micro-ref"], model)
-    interrupted_run(smoke_overrides, tmp_path / "run", [f"model.path={model}"])
+    interrupted_run(baseline_overrides, tmp_path / "run", [f"model.path={model}"])
     shutil.rmtree(model)
     shutil.copytree(micro_models["micro-mtp"], model)
-    error = one_error_line(wmtp_train(smoke_overrides, tmp_path / "run", [f"model.path={model}"]))
+    error = one_error_line(wmtp_train(baseline_overrides, tmp_path / "run", [f"model.path={model}"]))
     step_1 = tmp_path / "run" / "baseline" / "checkpoints" / "step_000001"
     assert error.startswith(f"{step_1}: saved from another model than this run's (model.path?): "
                             "missing from the checkpoint: ")
@@ -145,7 +145,7 @@ def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(smoke_overri
     assert "RuntimeError" not in error and len(error) < 600
 
 
-def test_half_written_checkpoints_are_cleared_before_resuming(smoke_overrides, step_1, capsys):
+def test_half_written_checkpoints_are_cleared_before_resuming(baseline_overrides, step_1, capsys):
     root = step_1.parent
     temp = root / ".step_000002.k3j_x9q"  # a save killed while writing its temp dir
     (temp / "safetensors").mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_half_written_checkpoints_are_cleared_before_resuming(smoke_overrides, s
     shutil.copytree(step_1, root / ".step_000001.old")  # killed after the swap: the copy is stale
     shutil.copytree(step_1, root / ".best.old")  # killed between the two renames: the only `best`
     (root / ".keep").write_text("not ours")
-    trainer = Trainer(baseline_spec(smoke_overrides), root.parent, DistContext(), {})
+    trainer = Trainer(baseline_spec(baseline_overrides), root.parent, DistContext(), {})
     assert trainer.resume_if_possible() and trainer.state["step"] == 1
     assert sorted(p.name for p in root.iterdir()) == [".keep", "best", "step_000001"]
     assert ckpt.read_train_state(root / "best")["step"] == 1
@@ -189,8 +189,8 @@ def fail_second_save(monkeypatch, how):
 
 @pytest.mark.parametrize("how", ["safetensors", "oserror"])
 def test_a_full_disk_is_one_line_keeps_earlier_checkpoints_and_fails_the_mlflow_run(
-        smoke_overrides, tmp_path, monkeypatch, one_torch_thread, no_tracking_env, how):
-    spec = baseline_spec(smoke_overrides, ["train.max_steps=3"])
+        baseline_overrides, tmp_path, monkeypatch, one_torch_thread, no_tracking_env, how):
+    spec = baseline_spec(baseline_overrides, ["train.max_steps=3"])
     stage_dir = tmp_path / "run" / "baseline"
     fail_second_save(monkeypatch, how)
     with pytest.raises(CheckpointError) as caught:

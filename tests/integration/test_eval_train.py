@@ -2,7 +2,7 @@
 to the stage's MLflow run; a rerun of the finished run dir evaluates a stage whose evaluation is missing;
 `wmtp eval run STAGE_DIR` logs to that stage's run (and refuses another run's MLFLOW_RUN_ID).
 (The experiments evaluate HumanEval by default; the other end-to-end tests cut it to 2 problems and 8
-tokens in `smoke_overrides`.)"""
+tokens in `baseline_overrides`.)"""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ SHORT = ["train.max_steps=2", "train.grad_accum_steps=1", "train.eval_interval=1
          "data.sampling.n_samples=8"]
 
 
-def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(smoke_overrides, tmp_path, monkeypatch):
+def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(baseline_overrides, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    experiment = load_experiment("baseline", smoke_overrides + SHORT + EVAL)
+    experiment = load_experiment("baseline", baseline_overrides + SHORT + EVAL)
     assert experiment.stages[0].eval.limit == 2
     [result] = run_experiment(experiment, tmp_path / "run", DistContext())
     eval_dir = result.stage_dir / "eval"
@@ -37,7 +37,7 @@ def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(smoke_overrides
     assert low <= summary["pass@1"] <= high and isinstance(summary["exact_match"], float)
     assert len((eval_dir / "samples.jsonl").read_text().splitlines()) == 2
 
-    uri = next(o.split("=", 1)[1] for o in smoke_overrides if o.startswith("tracking.uri="))
+    uri = next(o.split("=", 1)[1] for o in baseline_overrides if o.startswith("tracking.uri="))
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id], "tags.stage = 'baseline'")
     assert run.data.metrics["eval/humaneval/pass_at_1"] == summary["pass@1"]
@@ -50,30 +50,30 @@ def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(smoke_overrides
 
 
 
-def test_mbpp_data_evaluates_mbpp_as_well(smoke_overrides, tmp_path, monkeypatch):
+def test_mbpp_data_evaluates_mbpp_as_well(baseline_overrides, tmp_path, monkeypatch):
     from tests.unit.test_eval_benchmarks import MBPP_ROWS
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "mbpp.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in MBPP_ROWS))
-    experiment = load_experiment("baseline", smoke_overrides + SHORT + ["eval.limit=1", f"eval.mbpp_data={data}"])
+    experiment = load_experiment("baseline", baseline_overrides + SHORT + ["eval.limit=1", f"eval.mbpp_data={data}"])
     [result] = run_experiment(experiment, tmp_path / "run", DistContext())
     assert json.loads((result.stage_dir / "eval" / "summary.json").read_text())["benchmark"] == "humaneval"
     mbpp = json.loads((result.stage_dir / "eval" / "mbpp" / "summary.json").read_text())
     assert mbpp["benchmark"] == "mbpp" and mbpp["n_tasks"] == 1 and "exact_match" in mbpp
 
-    uri = next(o.split("=", 1)[1] for o in smoke_overrides if o.startswith("tracking.uri="))
+    uri = next(o.split("=", 1)[1] for o in baseline_overrides if o.startswith("tracking.uri="))
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id], "tags.stage = 'baseline'")
     assert run.data.metrics["eval/mbpp/pass_at_1"] == mbpp["pass@1"] and "eval/humaneval/pass_at_1" in run.data.metrics
     assert run.data.params["eval_run.mbpp.limit"] == "1"
 
 
-def train_stage_without_eval(smoke_overrides, tmp_path):
+def train_stage_without_eval(baseline_overrides, tmp_path):
     """A finished baseline stage dir (no end-of-stage evaluation) and the test's MLflow client."""
-    experiment = load_experiment("baseline", smoke_overrides + SHORT + ["eval=null"])
+    experiment = load_experiment("baseline", baseline_overrides + SHORT + ["eval=null"])
     [result] = run_experiment(experiment, tmp_path / "run", DistContext())
-    uri = next(o.split("=", 1)[1] for o in smoke_overrides if o.startswith("tracking.uri="))
+    uri = next(o.split("=", 1)[1] for o in baseline_overrides if o.startswith("tracking.uri="))
     return result.stage_dir, MlflowClient(uri)
 
 
@@ -85,8 +85,8 @@ def eval_cli(*args):
     return CliRunner().invoke(app, ["eval", "run", *map(str, args)])
 
 
-def test_eval_run_on_a_stage_dir_logs_to_that_stages_run(smoke_overrides, tmp_path, no_tracking_env):
-    stage_dir, client = train_stage_without_eval(smoke_overrides, tmp_path)
+def test_eval_run_on_a_stage_dir_logs_to_that_stages_run(baseline_overrides, tmp_path, no_tracking_env):
+    stage_dir, client = train_stage_without_eval(baseline_overrides, tmp_path)
     run_id = (stage_dir / "mlflow_run_id").read_text().strip()
     result = eval_cli(stage_dir, "-b", "humaneval", "--limit", 2, "--max-new-tokens", 8, "--workers", 1,
                       "--out", tmp_path / "out")
@@ -105,8 +105,8 @@ def test_eval_run_on_a_stage_dir_logs_to_that_stages_run(smoke_overrides, tmp_pa
     assert params["eval_run.humaneval.temperature"] == "0.0"
 
 
-def test_eval_run_on_a_stage_dir_refuses_another_runs_id(smoke_overrides, tmp_path, no_tracking_env, monkeypatch):
-    stage_dir, _ = train_stage_without_eval(smoke_overrides, tmp_path)
+def test_eval_run_on_a_stage_dir_refuses_another_runs_id(baseline_overrides, tmp_path, no_tracking_env, monkeypatch):
+    stage_dir, _ = train_stage_without_eval(baseline_overrides, tmp_path)
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
     result = eval_cli(stage_dir, "-b", "humaneval", "--limit", 1, "--out", tmp_path / "out")
     assert result.exit_code == 2

@@ -51,15 +51,15 @@ def test_micro_on_a_fresh_directory_builds_what_is_missing_and_runs_verifiable(t
     assert lines == []
 
 
-def test_float16_trains_with_loss_scaling(smoke_overrides, tmp_path):
+def test_float16_trains_with_loss_scaling(baseline_overrides, tmp_path):
     from wmtp.distributed import DistContext
     from wmtp.train.config import load_experiment
     from wmtp.train.loop import Trainer
     from wmtp.train.runner import run_experiment
 
-    overrides = smoke_overrides + ["model.dtype=float16", "distributed.strategy=none", "train.max_steps=2",
-                                   "train.batch_size=2", "train.grad_accum_steps=1",
-                                   "data.max_length=64", "data.valid_samples=2", "eval=null"]
+    overrides = baseline_overrides + ["model.dtype=float16", "distributed.strategy=none", "train.max_steps=2",
+                                      "train.batch_size=2", "train.grad_accum_steps=1",
+                                      "data.max_length=64", "data.valid_samples=2", "eval=null"]
     experiment = load_experiment("baseline", overrides)
     trainer = Trainer(experiment.stages[0], tmp_path / "probe", DistContext(), {})
     assert trainer.autocast.fast_dtype == torch.float16 and trainer.scaler is not None

@@ -35,6 +35,7 @@ def command(entry: list[str], run_dir, overrides: list[str]) -> list[str]:
     if not spec.exists():
         doc = yaml.safe_load((asset_dir("jobs") / "smoke.yaml").read_text())
         doc.pop("per_stage")  # only the other stages have a block
+        doc.pop("rho1")  # the rho1 stage's reference: a setting of an objective no stage runs is refused
         spec.write_text(yaml.safe_dump({**doc, "name": "smoke", "stages": ["baseline"]}))
     args = [sys.executable, *entry, str(spec), "--run-dir", str(run_dir)]
     for o in overrides:
@@ -53,10 +54,10 @@ def logged_steps(stage_dir) -> list[int]:
 
 
 @pytest.mark.parametrize("launch", ["in-process", "torchrun"])
-def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(smoke_overrides, tmp_path, launch):
+def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(baseline_overrides, tmp_path, launch):
     """`torchrun`: `wmtp train` launching 2 DDP workers holds the lock; its own rank 0 must not refuse itself."""
     run_dir = tmp_path / "run"
-    overrides = smoke_overrides + LONG + (DDP if launch == "torchrun" else [])
+    overrides = baseline_overrides + LONG + (DDP if launch == "torchrun" else [])
     log = (tmp_path / "first.log").open("w+")
     first = subprocess.Popen(command(WMTP_TRAIN, run_dir, overrides), stdout=log, stderr=subprocess.STDOUT,
                              text=True, env=ENV)
@@ -95,14 +96,14 @@ def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(smoke
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/mtp")] == steps
 
 
-def test_a_stale_lock_is_taken_over_with_a_warning(smoke_overrides, tmp_path):
+def test_a_stale_lock_is_taken_over_with_a_warning(baseline_overrides, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names no process now (nothing else is likely to get it within seconds)
     (run_dir / ".wmtp.lock").write_text(json.dumps(
         {"pid": gone.pid, "host": socket.gethostname(), "started": "2026-01-02T03:04:05+00:00"}))
-    overrides = smoke_overrides + ["train.max_steps=2", "train.eval_interval=1000", "train.save_interval=1000",
+    overrides = baseline_overrides + ["train.max_steps=2", "train.eval_interval=1000", "train.save_interval=1000",
                                    "data.sampling.n_samples=8"]
     result = subprocess.run(command(WMTP_TRAIN, run_dir, overrides), capture_output=True, text=True, env=ENV,
                             timeout=600)

@@ -47,8 +47,8 @@ def test_smoke_runs_all_four_stages_and_chains_the_critic(smoke_overrides, tmp_p
         assert "pass@1" in summary and len(summary["ci95"]["pass@1"]) == 2 and "exact_match" in summary
 
 
-def test_loss_falls_on_a_tiny_repeated_dataset(smoke_overrides, tmp_path):
-    overrides = smoke_overrides + [
+def test_loss_falls_on_a_tiny_repeated_dataset(baseline_overrides, tmp_path):
+    overrides = baseline_overrides + [
         "train.grad_accum_steps=1", "train.max_steps=25", "train.num_epochs=50", "train.lr=3e-3", "train.warmup_steps=0",
         "train.schedule=constant", "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
         "data.sampling.n_samples=8",
@@ -59,7 +59,7 @@ def test_loss_falls_on_a_tiny_repeated_dataset(smoke_overrides, tmp_path):
     assert result.last_metrics["loss/total"] < 0.7 * history["loss/total"]
 
 
-def test_a_finished_run_dir_is_not_trained_again(smoke_overrides, tmp_path):
-    overrides = smoke_overrides + ["train.max_steps=2", "train.grad_accum_steps=1"]
+def test_a_finished_run_dir_is_not_trained_again(baseline_overrides, tmp_path):
+    overrides = baseline_overrides + ["train.max_steps=2", "train.grad_accum_steps=1"]
     run(overrides, tmp_path / "run", spec="baseline")
     assert run(overrides, tmp_path / "run", spec="baseline") == []

@@ -1,5 +1,5 @@
 """The loop's pieces in one process on the micro model: loss normalisers, metric reduction,
-validation metrics, early-stopping signals and seeding (DESIGN.md "Token weights", "Training")."""
+validation metrics, early-stopping signals and seeding (docs/architecture.md, docs/training.md)."""
 
 from __future__ import annotations
 
@@ -202,14 +202,19 @@ def test_best_is_chosen_by_validation_ce_by_default(smoke_overrides, tmp_path, o
                                             ("critic", "val/value/explained_variance"),  # higher is better
                                             ("rho1", "val/rho1/kept_fraction")])
 def test_a_monitor_that_is_not_a_validation_loss_is_refused(smoke_overrides, tmp_path, stage, monitor):
-    spec = stage_spec(smoke_overrides + [f"early_stopping.monitor={monitor}"], stage=stage)
+    # When the spec loads, from the objective's declared metric names (before any model loads) ...
+    with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss"):
+        stage_spec(smoke_overrides + [f"early_stopping.monitor={monitor}"], stage=stage)
+    # ... and by the loop, against the names for the model's heads (a spec built without that check).
+    spec = stage_spec(smoke_overrides, stage=stage)
+    spec.early_stopping.monitor = monitor
     with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss"):
         Trainer(spec, tmp_path, DistContext(), {})
 
 
 def test_the_loop_reads_early_stopping_signals_from_the_objective(smoke_overrides, tmp_path, monkeypatch,
                                                                   one_torch_thread):
-    assert "objective ==" not in inspect.getsource(loop)  # DESIGN.md: no `if experiment == …` in the loop
+    assert "objective ==" not in inspect.getsource(loop)  # docs/architecture.md: no `if experiment == …` in the loop
 
     class WatchesGradNorm(BaselineObjective):
         early_stopping_signals = ("loss", "grad_norm")

@@ -32,9 +32,9 @@ def overrides_for(smoke_overrides, uri, steps):
                    "distributed.strategy=none"]
 
 
-def test_params_metrics_and_artifacts_arrive(smoke_overrides, tmp_path):
+def test_params_metrics_and_artifacts_arrive(baseline_overrides, tmp_path):
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
-        result = subprocess.run(train_command(overrides_for(smoke_overrides, server.uri, 4), tmp_path / "run"),
+        result = subprocess.run(train_command(overrides_for(baseline_overrides, server.uri, 4), tmp_path / "run"),
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         client = MlflowClient(server.uri)
@@ -51,12 +51,12 @@ def test_params_metrics_and_artifacts_arrive(smoke_overrides, tmp_path):
 
 
 @pytest.mark.parametrize("given_by", ["--set", "MLFLOW_TRACKING_URI"])
-def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(smoke_overrides, tmp_path, given_by):
+def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(baseline_overrides, tmp_path, given_by):
     """`http://user:pw@host`: MLflow sends them as basic auth (this server ignores it); nothing prints or keeps them."""
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
         port = server.uri.rsplit(":", 1)[1]
         uri = f"http://user:s3cret@127.0.0.1:{port}"
-        overrides = [o for o in overrides_for(smoke_overrides, uri, 2) if not o.startswith("tracking.uri=")]
+        overrides = [o for o in overrides_for(baseline_overrides, uri, 2) if not o.startswith("tracking.uri=")]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         if given_by == "--set":
             overrides.append(f"tracking.uri={uri}")
@@ -86,10 +86,10 @@ def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(s
         assert "s3cret" not in spec_yaml.read_text() and "experiment: wmtp-test" in spec_yaml.read_text()
 
 
-def test_server_killed_mid_run_does_not_stop_training(smoke_overrides, tmp_path):
+def test_server_killed_mid_run_does_not_stop_training(baseline_overrides, tmp_path):
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
         run_dir = tmp_path / "run"
-        proc = subprocess.Popen(train_command(overrides_for(smoke_overrides, server.uri, 40), run_dir),
+        proc = subprocess.Popen(train_command(overrides_for(baseline_overrides, server.uri, 40), run_dir),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         metrics_file = run_dir / "baseline" / "metrics.jsonl"

@@ -103,11 +103,11 @@ def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_o
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how, num_workers", [("SIGTERM", 0), ("SIGINT", 2), ("SIGKILL", 0)])
-def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(smoke_overrides, tmp_path, how, num_workers):
+def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(baseline_overrides, tmp_path, how, num_workers):
     """`wmtp train` with 2 DDP processes: SIGTERM or Ctrl-C (SIGINT) to it, with DataLoader worker
     processes or without, or even SIGKILL of `wmtp train` itself → the workers save a step checkpoint."""
     run_dir = tmp_path / "run"
-    overrides = smoke_overrides + [
+    overrides = baseline_overrides + [
         "distributed.strategy=ddp", "distributed.nproc_per_node=2", "distributed.preemption_grace_s=120",
         "train.batch_size=1", "train.grad_accum_steps=1", "train.num_epochs=100", "train.max_steps=1000",
         "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
@@ -190,10 +190,10 @@ def one_stage_overrides(smoke_overrides) -> list[str]:
     ]
 
 
-def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(smoke_overrides, tmp_path):
+def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(baseline_overrides, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    overrides = one_stage_overrides(smoke_overrides)
+    overrides = one_stage_overrides(baseline_overrides)
     run_dir, stage_dir = tmp_path / "run", tmp_path / "run" / "baseline"
     killed = baseline_process(overrides, run_dir, sigkill_at=5)
     output = killed.communicate(timeout=600)[0]
@@ -216,7 +216,7 @@ def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(
     assert train_steps == list(range(1, 9)) and val_steps == [2, 4, 6, 8]
     assert [e["step"] for e in entries] == sorted(e["step"] for e in entries)
 
-    client = MlflowClient(next(o for o in smoke_overrides if o.startswith("tracking.uri=")).split("=", 1)[1])
+    client = MlflowClient(next(o for o in baseline_overrides if o.startswith("tracking.uri=")).split("=", 1)[1])
     [run] = client.search_runs([client.get_experiment_by_name("wmtp-resume").experiment_id],
                                "tags.stage = 'baseline'")  # the stage's run (the job's run holds it)
     assert run.info.run_id == (stage_dir / "mlflow_run_id").read_text().strip()

@@ -131,7 +131,11 @@ def test_micro_runs_the_experiments_own_stages_on_the_micro_model_and_small_spli
     assert [s.stage for s in micro.stages] == [s.stage for s in own.stages]
     for stage, mine in zip(micro.stages, own.stages):
         assert stage.objective == mine.objective and stage.data.sampling == mine.data.sampling
-        assert stage.model.path == "storage/models_v2/micro-mtp" and stage.rho1.reference == "storage/models_v2/micro-ref"
+        assert stage.model.path == "storage/models_v2/micro-mtp"
+        if stage.objective == "rho1":
+            assert stage.rho1.reference == "storage/models_v2/micro-ref"
+        else:  # the preset names the rho1 section for every experiment: only a rho1 stage keeps it
+            assert "rho1" not in stage.to_dict()
         assert stage.data.train_file == "storage/datasets_v2/smoke/processed/train_small.jsonl"
         assert stage.data.valid_file == "storage/datasets_v2/smoke/processed/valid_small.jsonl"
         assert stage.launch_world_size() == 1 and stage.train.device == "auto"
@@ -142,3 +146,77 @@ def test_presets_apply_in_order_micro_then_local_light():
     assert critic.model.path.endswith("micro-mtp") and critic.data.split_variant == "small"  # micro
     assert critic.train.batch_size == 1 and critic.data.valid_samples == 16  # local-light over micro
     assert critic.train.max_steps == 3  # --set over both
+
+
+# ---------------------------------------------------------------- objective sections (wmtp.train.objectives)
+
+
+def test_a_stage_spec_carries_only_its_objectives_section():
+    sections = {s.stage: [k for k in s.to_dict() if k in ("td", "critic", "rho1")]
+                for s in load_experiment("smoke").stages}
+    assert sections == {"critic": ["critic"], "verifiable": ["td"], "baseline": [], "rho1": ["rho1"]}
+    verifiable = load_experiment("verifiable").stages[1]
+    assert list(verifiable.to_dict())[:7] == ["experiment", "stage", "objective", "model", "data", "train", "td"]
+
+
+def test_experiment_wide_settings_of_an_objective_reach_its_stages_only():
+    stages = {s.stage: s for s in load_experiment("smoke", ["td.beta=0.5", "critic.gamma=0.9"]).stages}
+    assert stages["verifiable"].td.beta == 0.5 and stages["critic"].critic.gamma == 0.9
+    assert not hasattr(stages["baseline"], "td") and not hasattr(stages["rho1"], "critic")
+
+
+@pytest.mark.parametrize("experiment, override, key, objectives", [
+    ("baseline", "td.beta=2", "td.beta", "baseline"),
+    ("verifiable", "rho1.mode=tokenskip", "rho1.mode", "critic, verifiable"),
+    ("rho1", "critic={gamma: 0.5}", "critic.gamma", "rho1"),
+])
+def test_a_setting_of_an_objective_no_stage_runs_is_refused(experiment, override, key, objectives):
+    with pytest.raises(SpecError) as caught:
+        load_experiment(experiment, [override])
+    assert str(caught.value).endswith(f"jobs/{experiment}.yaml, from --set {override}: {key}: a setting of the "
+                                      f"{key.split('.')[0].replace('td', 'verifiable')} objective, which no stage of "
+                                      f"experiment {experiment} runs (its objectives: {objectives})")
+
+
+def test_a_section_in_an_experiment_file_or_a_stages_own_layer_must_be_its_objectives(tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("stages: [baseline]\ntd: {beta: 2}\n")
+    with pytest.raises(SpecError, match=r"mine\.yaml: td\.beta: a setting of the verifiable objective, which no stage "
+                                        r"of experiment mine runs \(its objectives: baseline\)"):
+        load_experiment(str(spec))
+    spec.write_text("stages: [critic, verifiable]\nper_stage:\n  critic:\n    td: {beta: 2}\n")
+    with pytest.raises(SpecError, match=r"mine\.yaml per_stage\.critic: td\.beta: a setting of the verifiable "
+                                        r"objective; stage critic runs the critic objective"):
+        load_experiment(str(spec))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "baseline.yaml").write_text("objective: baseline\nrho1: {mode: tokenskip}\n")
+    spec.write_text("stages: [baseline, rho1]\n")
+    with pytest.raises(SpecError, match=r"stages/baseline\.yaml: rho1\.mode: a setting of the rho1 objective; "
+                                        r"stage baseline runs the baseline objective"):
+        load_experiment(str(spec))
+
+
+def test_a_typo_in_a_section_no_stage_uses_is_still_named(tmp_path):
+    """A preset is written for every experiment: its rho1 section is dropped from a baseline run, not unread."""
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.yaml").write_text("rho1: {referense: x}\n")
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("stages: [baseline]\n")
+    with pytest.raises(SpecError, match=r"presets/mine\.yaml: rho1\.referense: unknown key"):
+        load_experiment(str(spec), preset="mine")
+    (tmp_path / "presets" / "mine.yaml").write_text("rho1: {reference: x}\n")
+    assert "rho1" not in load_experiment(str(spec), preset="mine").stages[0].to_dict()
+
+
+def test_an_unknown_objective_lists_the_registered_ones():
+    with pytest.raises(SpecError, match=r"\(stage baseline\), from --set objective=focal: objective: Input should be "
+                                        r"'baseline', 'critic', 'rho1' or 'verifiable' \(got 'focal'\)"):
+        load_experiment("baseline", ["objective=focal"])
+
+
+@pytest.mark.parametrize("experiment, monitor", [("baseline", "val/weight/mean"), ("critic", "val/value/pred_var"),
+                                                 ("rho1", "val/rho1/kept_fraction"), ("verifiable", "val/loss/td")])
+def test_a_monitor_that_is_not_a_validation_loss_is_refused_when_the_spec_loads(experiment, monitor):
+    with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss of the"):
+        load_experiment(experiment, [f"early_stopping.monitor={monitor}"])
+    load_experiment(experiment, ["early_stopping.monitor=val/loss"])  # every objective's own loss

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+import yaml
+
 from wmtp.train.config import SpecError, dump_spec, load_experiment
 from wmtp.train.resume import RANKS, check_run_dir, drop_metrics_after, spec_differences
 
@@ -41,7 +43,7 @@ CASES = [
     ({"data__sampling__strategy": "balanced"}, [("data.sampling.strategy", "correct_only", "balanced")]),
     ({"train__max_steps": 100}, [("train.max_steps", None, 100)]),  # more steps: another LR schedule
     ({"train__betas": [0.9, 0.99]}, [("train.betas", [0.9, 0.95], [0.9, 0.99])]),
-    ({"td__beta": 0.5}, [("td.beta", 0.9, 0.5)]),
+    ({"td__beta": 0.5}, []),  # not baseline's: a section of another objective takes no part (see below)
     ({"early_stopping__patience": 9}, [("early_stopping.patience", 3, 9)]),
     ({"objective": "rho1"}, [("objective", "baseline", "rho1")]),
     ({"tracking__experiment": "other"}, [("tracking.experiment", "weighted-mtp", "other")]),  # would split the run
@@ -136,3 +138,32 @@ def test_metrics_after_the_checkpoint_are_dropped_atomically(tmp_path):
     assert [json.loads(line) for line in path.read_text().splitlines()] == entries[:3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temp file left
     assert drop_metrics_after(path, 3) == 0 and drop_metrics_after(tmp_path / "absent.jsonl", 3) == 0
+
+
+def test_a_section_of_the_stages_objective_must_be_as_started(tmp_path):
+    verifiable = load_experiment("verifiable").stages[1]
+    (tmp_path / "verifiable").mkdir()
+    (tmp_path / "verifiable" / "spec.yaml").write_text(dump_spec(verifiable))
+    with pytest.raises(SpecError, match=r"started with another spec: td\.beta 0\.9 → 0\.5;"):
+        check_run_dir(load_experiment("verifiable", ["td.beta=0.5"]), tmp_path)
+
+
+@pytest.mark.parametrize("experiment", ["baseline", "verifiable", "rho1"])
+def test_a_spec_yaml_with_every_objectives_section_resumes(tmp_path, experiment):
+    """Run dirs written before stage specs carried only their objective's section hold all of them (with their
+    defaults): the others are dropped from the comparison, the stage's own still compared."""
+    legacy = {"td": {"gamma": 1.0, "beta": 0.9, "w_min": 0.1, "w_max": 5.0, "value_coef": 0.5, "value_loss": "mse",
+                     "huber_delta": 1.0, "value_clip": 0.2, "value_head": None},
+              "critic": {"value_loss": "mse", "huber_delta": 1.0, "gamma": 1.0},
+              "rho1": {"reference": None, "mode": "weighted", "keep_ratio": 0.6, "temperature": 1.0, "w_min": 0.0,
+                       "w_max": 3.0}}
+    stage = load_experiment(experiment).stages[-1]
+    saved = stage.to_dict()
+    for section, values in legacy.items():
+        saved.setdefault(section, values)  # the stage's own as it was run, the others at their defaults
+    (tmp_path / stage.stage).mkdir()
+    (tmp_path / stage.stage / "spec.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    check_run_dir(load_experiment(experiment), tmp_path)
+    if experiment == "verifiable":
+        with pytest.raises(SpecError, match=r"td\.w_max 5\.0 → 4\.0"):
+            check_run_dir(load_experiment(experiment, ["td.w_max=4.0"]), tmp_path)

@@ -9,7 +9,12 @@ An experiment name is `./jobs/<name>.yaml` of the working directory when there i
 `jobs/<name>.yaml` (`find_experiment`); each layer comes from the spec's own folder when it has that file,
 else from the shipped jobs/ (`layer_file`).
 
-`⊕` is a deep merge (mappings merge key by key, anything else is replaced). Unknown keys are
+`⊕` is a deep merge (mappings merge key by key, anything else is replaced). Each objective has its own
+section of settings (`td` for verifiable, `critic`, `rho1`; baseline none: wmtp.train.objectives) and a
+stage spec carries only its objective's (`StageSpec` is a discriminated union on `objective`). The shared
+layers (defaults, presets) may set any objective's section; the experiment file and `--set` those of the
+objectives its stages run (each stage keeps its own); a stage's own layers (its stage file, `per_stage`)
+its objective's only (`check_objective_sections`). Unknown keys are
 rejected and every number is range-checked (floats must be finite; rules across keys such as
 `td.w_min < td.w_max` too), before any model loads: every error is one line naming the key path, what
 was expected and the value found (`SpecError`).
@@ -18,22 +23,21 @@ was expected and the value found (`SpecError`).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from wmtp.assets import asset_dir
 from wmtp.data.sampling import SamplingSpec
 from wmtp.errors import WmtpError
-
-OBJECTIVES = ("baseline", "critic", "verifiable", "rho1")
-
 
 class SpecError(WmtpError):
     """A spec file, preset or override is malformed; the message names the key path."""
@@ -149,43 +153,6 @@ class TrainSection(Section):
         return weights
 
 
-class TDSection(Section):
-    gamma: Fraction = 1.0
-    beta: float = Field(0.9, gt=0)  # temperature of exp(δ/β)
-    w_min: float = Field(0.1, ge=0)
-    w_max: float = 5.0  # > w_min
-    value_coef: float = Field(0.5, ge=0)
-    value_loss: Literal["mse", "huber"] = "mse"
-    huber_delta: float = Field(1.0, gt=0)
-    value_clip: Optional[float] = Field(0.2, gt=0)  # clip around the frozen stage-1 head; None = no anchor
-    value_head: Optional[str] = None  # critic's value_head.safetensors; None = from an earlier stage
-
-    @model_validator(mode="after")
-    def _check(self) -> "TDSection":
-        check_below("w_min", self.w_min, "w_max", self.w_max)
-        return self
-
-
-class CriticSection(Section):
-    value_loss: Literal["mse", "huber"] = "mse"
-    huber_delta: float = Field(1.0, gt=0)
-    gamma: Fraction = 1.0
-
-
-class Rho1Section(Section):
-    reference: Optional[str] = None  # model dir (our class) or `hf:<name or path>`
-    mode: Literal["weighted", "tokenskip"] = "weighted"
-    keep_ratio: float = Field(0.6, gt=0, le=1)  # tokenskip: fraction of tokens kept
-    temperature: float = Field(1.0, gt=0)  # weighted: softmax temperature
-    w_min: float = Field(0.0, ge=0)
-    w_max: float = 3.0  # > w_min
-
-    @model_validator(mode="after")
-    def _check(self) -> "Rho1Section":
-        check_below("w_min", self.w_min, "w_max", self.w_max)
-        return self
-
-
 class EarlyStoppingSection(Section):
     enabled: bool = False
     # Validation metric watched for improvement (lower is better) by early stopping and for `best`;
@@ -271,17 +238,20 @@ class EvalSection(Section):
 
 
 class StageSpec(Section):
-    """One fully resolved stage of an experiment: everything `wmtp.train` needs."""
+    """One fully resolved stage of an experiment: everything `wmtp.train` needs.
+
+    The sections every stage has are fields here; its objective's own section (`td`, `critic`, `rho1`, or
+    none for baseline) is a field of the objective's subclass (`stage_spec_class`): a stage spec is one
+    member of the discriminated union on `objective` (`parse_stage_spec`), built from the registry of
+    objectives (wmtp.train.objectives), and carries only its objective's settings.
+    """
 
     experiment: str
     stage: str
-    objective: Literal["baseline", "critic", "verifiable", "rho1"]
+    objective: str  # the subclass's Literal[<its name>]
     model: ModelSection
     data: DataSection
     train: TrainSection = TrainSection()
-    td: TDSection = TDSection()
-    critic: CriticSection = CriticSection()
-    rho1: Rho1Section = Rho1Section()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     distributed: DistributedSection = DistributedSection()
     tracking: TrackingSection = TrackingSection()
@@ -290,15 +260,23 @@ class StageSpec(Section):
     targets: dict[str, dict[str, Any]] = {}  # per-target platform settings (read by the CLI)
     env: dict[str, Any] = {}  # environment constants and secret *names* (never values)
 
+    @property
+    def objective_class(self):
+        """The `Objective` subclass of this stage (wmtp.train.objectives)."""
+        from wmtp.train.objectives import objective_class
+
+        return objective_class(self.objective)
+
     @model_validator(mode="after")
     def _check_objective_needs(self) -> "StageSpec":
-        if self.objective == "critic" and self.eval is not None:
-            # The critic trains only the value head: its policy is the initial model, so evaluating it
-            # measures nothing the experiment changed. Dropped rather than refused, so that experiment-
-            # wide settings (smoke's `eval: {limit: 4}`, `--set eval.limit=…`) may name every stage.
-            self.eval = None
-        if self.objective == "rho1" and not self.rho1.reference:
-            raise RuleError("rho1.reference", "required for the rho1 objective (a model dir or hf:<name>)")
+        """The objective's own rules (`Objective.check_spec`), then its metric names and the monitor."""
+        from wmtp.train.objectives import objectives
+
+        if self.objective not in objectives():  # StageSpec itself, validated without its objective's class
+            raise RuleError("objective", f"expected one of {choices(list(objectives()))} (got {self.objective!r})")
+        cls = self.objective_class
+        cls.check_spec(self)
+        check_metric_names(cls, self)
         return self
 
     @model_validator(mode="after")
@@ -345,7 +323,18 @@ class StageSpec(Section):
         return self.distributed.nproc_per_node if self.distributed.strategy != "none" else 1
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The spec as plain data, its objective's section (if any) right after `train` (as files write it)."""
+        data = self.model_dump(mode="json")
+        section = self.objective_class.section
+        if section is None:
+            return data
+        ordered = {}
+        for key, value in data.items():
+            if key != section:
+                ordered[key] = value
+            if key == "train":
+                ordered[section] = data[section]
+        return ordered
 
     def spec_hash(self) -> str:
         """12 hex digits of the spec as stored (URLs redacted): a hash of a credential, shown in the tags
@@ -354,6 +343,93 @@ class StageSpec(Section):
 
         shown = redact_urls(self.to_dict())
         return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def choices(names: list[str]) -> str:
+    """'a', 'b' or 'c' (as pydantic lists a Literal's values)."""
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def check_metric_names(cls, spec: StageSpec) -> None:
+    """What can be checked of the objective's metric names before a model loads: declared once each, none
+    also logged by the loop, and `early_stopping.monitor` (or the objective's default) one of its validation
+    losses. Whether `compute` logs exactly what it declares is a test (tests/integration/test_objectives.py)
+    and, on every run, the loop's `reduce_metrics`."""
+    from wmtp.train.objectives import LOOP_METRICS
+
+    declared = cls.declared_metrics(spec, n_heads=2)
+    for kind, names in (("train", declared.train), ("totals", declared.totals), ("pooled", declared.pooled)):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        clash = sorted(set(names) & set(LOOP_METRICS)) if kind == "train" else []
+        if twice or clash:
+            raise RuleError("objective", f"the {cls.name} objective's declared {kind} metrics name "
+                            f"{twice or clash} {'twice' if twice else 'as the loop does'} (got {cls.name!r})")
+    monitor = spec.early_stopping.monitor or cls.default_monitor
+    heads = [int(k) for k in re.findall(r"head_(\d+)", monitor)]
+    losses = [f"val/{k}" for k in cls.declared_metrics(spec, max([1, *heads])).validation
+              if k.split("/")[0] in ("loss", "ce")]
+    if monitor not in losses:
+        shown = ", ".join(dict.fromkeys(re.sub(r"head_\d+$", "head_K", k) for k in losses))
+        heads_note = " (K: a head of the model)" if "head_K" in shown else ""
+        raise RuleError("early_stopping.monitor", f"{monitor!r} is not a validation loss of the {cls.name} objective "
+                        f"(lower is better); expected one of {shown}{heads_note} (got {monitor!r})")
+
+
+@functools.cache
+def stage_spec_class(objective) -> type[StageSpec]:
+    """`StageSpec` for one objective class: `objective: Literal[<name>]` and its section, if it has one."""
+    fields: dict[str, Any] = {"objective": (Literal[objective.name], ...)}
+    if objective.section:
+        fields[objective.section] = (objective.config, Field(default_factory=objective.config))
+    name = "".join(part.title() for part in objective.name.split("_")) + "StageSpec"
+    return create_model(name, __base__=StageSpec, __module__=__name__, **fields)
+
+
+def stage_spec_classes() -> dict[str, type[StageSpec]]:
+    """Objective name → its StageSpec class, one per registered objective."""
+    from wmtp.train.objectives import objectives
+
+    return {name: stage_spec_class(cls) for name, cls in objectives().items()}
+
+
+@functools.cache
+def _union_adapter(classes: tuple[type[StageSpec], ...]) -> TypeAdapter:
+    return TypeAdapter(Annotated[Union[classes], Field(discriminator="objective")])
+
+
+def stage_spec_union() -> TypeAdapter:
+    """The discriminated union of every objective's StageSpec, on `objective` (rebuilt if the registry grows)."""
+    return _union_adapter(tuple(stage_spec_classes().values()))
+
+
+def parse_stage_spec(data: dict) -> StageSpec:
+    """A stage spec from plain data, validated as its objective's member of the union.
+
+    A ValidationError names key paths as the spec writes them (`td.beta`, not the union's
+    `verifiable.td.beta`): on an error the data is validated again by its member alone (or, when
+    `objective` names none, by a model of the choices) to raise that member's errors."""
+    try:
+        return stage_spec_union().validate_python(data)
+    except ValidationError:
+        member = stage_spec_classes().get(str(data.get("objective"))) if isinstance(data, dict) else None
+        if member is None:
+            names = tuple(stage_spec_classes())
+            create_model("ObjectiveChoice", objective=(Literal[names], ...)).model_validate(
+                data if isinstance(data, dict) else {})
+        else:
+            member.model_validate(data)
+        raise
+
+
+def drop_foreign_sections(data: dict) -> dict:
+    """`data` without the sections of objectives other than its own (spec.yaml files written before stage specs
+    held only their objective's section have every objective's)."""
+    from wmtp.train.objectives import objectives, section_owners
+
+    owners = section_owners()
+    own = objectives().get(str(data.get("objective")))
+    return {k: v for k, v in data.items() if k not in owners or (own is not None and k == own.section)}
 
 
 class Experiment(BaseModel):
@@ -546,7 +622,7 @@ def load_experiment(
         preset_layer.append((str(preset_file), read_yaml(preset_file)))
     override_layers = [(f"--set {text}", nest(*parse_override(text))) for text in overrides or []]
     name = experiment_doc.pop("name", spec_path.stem)
-    stages = []
+    resolved = []
     for stage in stage_names:
         stage_file = layer_file(spec_path, f"stages/{stage}.yaml")
         stage_layers = [
@@ -562,12 +638,85 @@ def load_experiment(
             merged = deep_merge(merged, layer)
         merged.setdefault("stage", stage)
         merged["experiment"] = name
+        # Which objectives' sections each layer may set (check_objective_sections), layer by layer.
+        reach = ["any"] * len(layers) + ["own", "experiment", "own"] + ["any"] * len(preset_layer) \
+            + ["experiment"] * len(override_layers)
+        resolved.append((stage, stage_layers, merged, reach))
+    check_objective_sections(name, spec_path, resolved)
+    stages = []
+    for stage, stage_layers, merged, _ in resolved:
         try:
-            stages.append(StageSpec.model_validate(merged))
+            stages.append(parse_stage_spec(drop_foreign_sections(merged)))
         except ValidationError as exc:
             origin = f"{spec_path} (stage {stage})"
             raise SpecError(format_validation_error(exc, origin, stage_layers)) from None
+    check_unused_sections(resolved)
     return Experiment(name=name, stages=stages)
+
+
+def section_settings(layer: dict, owners: dict[str, str]) -> list[tuple[str, str]]:
+    """(section, the first key path set under it) of each objective section a layer sets: (`td`, `td.beta`)."""
+    found = []
+    for key, value in layer.items():
+        if key in owners:
+            path = key
+            while isinstance(value, dict) and value:
+                first = next(iter(value))
+                path, value = f"{path}.{first}", value[first]
+            found.append((key, path))
+    return found
+
+
+def check_objective_sections(name: str, spec_path: Path, resolved: list[tuple[str, list, dict, list]]) -> None:
+    """Each layer may set the sections of the objectives it can reach: a stage's own layers (its stage file,
+    `per_stage.<stage>`) its objective's only; the experiment file and `--set` those of objectives some stage
+    of the experiment runs (each stage keeps its own, `drop_foreign_sections`); the shared layers (defaults,
+    presets: written for every experiment) any objective's. Anything else is a SpecError naming the key."""
+    from wmtp.train.objectives import objectives, section_owners
+
+    registry, owners = objectives(), section_owners()
+    objective_of = {stage: merged.get("objective") for stage, _, merged, _ in resolved}
+    if not all(isinstance(o, str) and o in registry for o in objective_of.values()):
+        return  # a stage's `objective` is the first error, named when that stage validates
+    used = list(dict.fromkeys(objective_of.values()))
+    for stage, stage_layers, _, reach in resolved:
+        objective = objective_of[stage]
+        for (layer_name, layer), may_set in zip(stage_layers, reach):
+            for section, path in section_settings(layer, owners):
+                owner = owners[section]
+                if may_set == "own":
+                    if owner != objective:
+                        raise SpecError(f"{layer_name}: {path}: a setting of the {owner} objective; stage {stage} "
+                                        f"runs the {objective} objective")
+                elif may_set == "experiment" and owner not in used:
+                    origin = f"{spec_path}, from {layer_name}" if layer_name.startswith("--set ") else layer_name
+                    raise SpecError(f"{origin}: {path}: a setting of the {owner} objective, which no stage of "
+                                    f"experiment {name} runs (its objectives: {', '.join(used)})")
+
+
+@functools.cache
+def sections_model(sections: tuple[tuple[str, type[Section]], ...]) -> type[Section]:
+    return create_model("ObjectiveSections", __base__=Section,
+                        **{section: (Optional[config], None) for section, config in sections})
+
+
+def check_unused_sections(resolved: list[tuple[str, list, dict, list]]) -> None:
+    """Sections of objectives no stage runs (set by defaults or a preset, which every experiment shares):
+    not part of any stage, but still validated, so that a typo in them is named rather than ignored."""
+    from wmtp.train.objectives import objectives
+
+    _, stage_layers, merged, _ = resolved[0]
+    used = {str(stage_merged.get("objective")) for _, _, stage_merged, _ in resolved}
+    unused = [(cls.section, cls.config) for cls in objectives().values() if cls.section and cls.name not in used]
+    present = {section: merged[section] for section, _ in unused if section in merged}
+    if not present:
+        return
+    try:
+        sections_model(tuple(unused)).model_validate(present)
+    except ValidationError as exc:
+        loc = tuple(exc.errors()[0]["loc"])
+        origin = layer_setting(stage_layers, loc) or layer_setting(stage_layers, loc[:1]) or "(defaults)"
+        raise SpecError(format_validation_error(exc, origin, stage_layers)) from None
 
 
 def select_stages(experiment: Experiment, names: Optional[list[str]]) -> Experiment:

@@ -33,11 +33,8 @@ Log = Callable[[str], None]
 
 
 def model_dirs(spec: StageSpec) -> list[Path]:
-    """The model dirs a stage loads: the policy and, for rho1, a local reference."""
-    dirs = [Path(spec.model.path)]
-    if spec.objective == "rho1" and spec.rho1.reference and not spec.rho1.reference.startswith("hf:"):
-        dirs.append(Path(spec.rho1.reference))
-    return dirs
+    """The model dirs a stage loads: the policy and those its objective reads (rho1: a local reference)."""
+    return [Path(spec.model.path), *(Path(p.path) for p in spec.objective_class.input_paths(spec) if p.model_dir)]
 
 
 def build_micro_pair(missing: Path, log: Log) -> None:

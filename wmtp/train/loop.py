@@ -34,19 +34,14 @@ from wmtp.train.flops import mfu, peak_flops
 from wmtp.train.config import StageSpec, dump_spec
 from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
 from wmtp.train.early_stopping import EarlyStopping
-from wmtp.train.objectives import Objective, TrainModule, build_objective, pooled_metrics
+from wmtp.train.objectives import LOOP_METRICS, Objective, TrainModule, build_objective, pooled_metrics
 from wmtp.train.progress import StageProgress
 from wmtp.train.resume import drop_metrics_after
 from wmtp.train.schedule import build_scheduler
 from wmtp.tracking import Tracker, make_tracker
 
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
-# What the loop adds to the objective's; `epoch` = epochs completed (fractional: micro-batches / per epoch);
-# `tokens` = input tokens (attention mask) seen since the stage began, all ranks, so runs compare by data seen.
-# `tokens_per_s_per_device`, `mfu` (model FLOPs utilisation, wmtp.train.flops; only with a known peak) and
-# `memory/peak_gib` (most device memory, or on CPU the process's peak RSS) are logged every log_interval.
-LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch", "tokens", "tokens_per_s_per_device",
-                "mfu", "memory/peak_gib"]
+# LOOP_METRICS: what the loop logs besides the objective's (wmtp.train.objectives.base says which).
 
 
 class Preemption:

@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from wmtp.train.config import Experiment, SpecError, StageSpec, format_validation_error, read_yaml
+from wmtp.train.config import (Experiment, SpecError, drop_foreign_sections, format_validation_error, parse_stage_spec,
+                               read_yaml)
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -79,8 +80,10 @@ def is_platform_only(key: str) -> bool:
 
 
 def comparable(spec: dict) -> dict[str, Any]:
-    """The keys of a spec (as `StageSpec.to_dict()` gives it) that a resume must keep, flattened."""
-    flat = {k: v for k, v in flatten_spec(spec).items() if not is_platform_only(k)}
+    """The keys of a spec (as `StageSpec.to_dict()` gives it) that a resume must keep, flattened; of the
+    objectives' sections only its own objective's (`drop_foreign_sections`: a spec.yaml written before stage
+    specs held one section has every objective's, and the others never took part in the run)."""
+    flat = {k: v for k, v in flatten_spec(drop_foreign_sections(spec)).items() if not is_platform_only(k)}
     flat[RANKS] = launch_ranks(spec)
     return flat
 
@@ -114,10 +117,11 @@ def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
 
 def read_saved_spec(path: Path) -> dict:
     """The spec a stage dir was started with, validated (defaults filled as today's code fills them),
-    as `StageSpec.to_dict()`; a file that does not parse or validate is a SpecError naming it."""
+    as `StageSpec.to_dict()`; a file that does not parse or validate is a SpecError naming it. Sections of
+    other objectives (every spec.yaml written before stage specs held only their own) are left out."""
     raw = read_yaml(path)  # invalid YAML → `<path>:<line>: invalid YAML (…)`
     try:
-        return StageSpec.model_validate(raw).to_dict()
+        return parse_stage_spec(drop_foreign_sections(raw)).to_dict()
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, str(path))) from None
 

@@ -39,17 +39,15 @@ def stage_is_finished(stage_dir: Path) -> bool:
 
 
 def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
-    """(key, path, what it should be) of every file or dir the stage reads, in the order it reads them."""
+    """(key, path, what it should be) of every file or dir the stage reads, in the order it reads them: the
+    model and data, then what its objective declares (`Objective.input_paths`), then the evaluation's files."""
     small = spec.data.split_variant == "small"
     prepared = f"a prepared JSONL (wmtp data prepare{', then wmtp data small DIR' if small else ''})"
     paths = [("model.path", spec.model.path, "a model dir (wmtp model convert-meta / micro)"),
              ("data.train", spec.data.train_file, prepared)]
     if spec.data.valid_file:
         paths.append(("data.valid", spec.data.valid_file, prepared))
-    if spec.objective == "rho1" and spec.rho1.reference and not spec.rho1.reference.startswith("hf:"):
-        paths.append(("rho1.reference", spec.rho1.reference, "the reference model dir"))
-    if spec.objective == "verifiable" and spec.td.value_head:
-        paths.append(("td.value_head", spec.td.value_head, "the critic's value_head.safetensors"))
+    paths += [(p.key, p.path, p.expected) for p in spec.objective_class.input_paths(spec)]
     if spec.eval is not None and spec.eval.data:
         paths.append(("eval.data", spec.eval.data,
                       f"the {spec.eval.benchmark} file to evaluate the final checkpoint on"))
@@ -63,31 +61,29 @@ def check_inputs(experiment: Experiment, world_size: int = 1) -> None:
 
     One line naming the stage, the key and the path (`wmtp train` prints it and exits 2, before it
     would launch torchrun, so it is printed once rather than by every rank). Then, once every path
-    exists, a Rho-1 reference must fit its policy (same vocab size and tokenizer; params, config and
-    tokenizer files only, no weights): see `check_reference_fits`. Last, validation must give each of
-    the `world_size` ranks a full batch (`check_world_size`).
+    exists, the objective's own checks of them (`Objective.check_inputs`: a Rho-1 reference must fit
+    its policy, same vocab size and tokenizer; params, config and tokenizer files only, no weights, see
+    `check_reference_fits`). Last, validation must give each of the `world_size` ranks a full batch
+    (`check_world_size`).
     """
+    from wmtp.errors import WmtpError
+
     for spec in experiment.stages:
         for key, path, expected in input_paths(spec):
             if not Path(path).exists():
                 raise SpecError(f"stage {spec.stage}: {key}: {path} does not exist (expected {expected})")
     for spec in experiment.stages:
-        if spec.objective == "rho1" and spec.rho1.reference:
-            from wmtp.errors import WmtpError
-            from wmtp.train.reference import check_reference_fits
-
-            try:
-                check_reference_fits(spec.model.path, spec.rho1.reference)
-            except WmtpError as exc:
-                raise SpecError(f"stage {spec.stage}: {exc}") from None
+        try:
+            spec.objective_class.check_inputs(spec)
+        except WmtpError as exc:
+            raise SpecError(f"stage {spec.stage}: {exc}") from None
     check_world_size(experiment, world_size)
 
 
 def stage_needs(spec: StageSpec) -> Optional[str]:
-    """The earlier stage whose final checkpoint `spec` loads (the critic's value head), or None."""
-    if spec.objective == "verifiable" and not spec.td.value_head:
-        return "critic"  # the name build_objective looks the value head up by
-    return None
+    """The earlier stage whose final checkpoint `spec` loads (`Objective.needs_stage`: the critic's value
+    head for verifiable), or None."""
+    return spec.objective_class.needs_stage(spec)
 
 
 def check_stage_needs(experiment: Experiment, run_dir: Path) -> None:
@@ -99,8 +95,9 @@ def check_stage_needs(experiment: Experiment, run_dir: Path) -> None:
     for spec in experiment.stages:
         needed = stage_needs(spec)
         if needed and needed not in earlier and not stage_is_finished(run_dir / needed):
+            instead = spec.objective_class.instead_of_stage
             raise SpecError(f"stage {spec.stage} needs the final checkpoint of stage {needed} in "
-                            f"{run_dir / needed} (run --stage {needed} first) or td.value_head")
+                            f"{run_dir / needed} (run --stage {needed} first)" + (f" or {instead}" if instead else ""))
         earlier.add(spec.stage)
 
 
