@@ -31,7 +31,7 @@ def docker_client():
     """A docker SDK client whose engine answered a ping, or one clear line."""
     from wmtp_cli.platform.plugins.local_docker import require_engine
 
-    require_engine()
+    require_engine(instead="")  # build and push need the engine itself
     import docker
 
     return docker.from_env()

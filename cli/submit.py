@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from wmtp_cli.envfile import load_env_file
-from wmtp_cli.platform.registry import DEFAULT_TARGET, names
+from wmtp_cli.platform.registry import DEFAULT_TARGET, names, tracked_names
 
 TARGET_HELP = f"Where the job runs; {DEFAULT_TARGET} = this machine."
 REF_HELP = "Job name, or the VESSL run id (see `wmtp ls`)."
@@ -24,6 +24,11 @@ def complete_target(incomplete: str) -> list[str]:
     return [name for name in names() if name.startswith(incomplete)]
 
 
+def complete_tracked_target(incomplete: str) -> list[str]:
+    """Shell completion of a lifecycle command's --target: the targets whose jobs it can find."""
+    return [name for name in tracked_names() if name.startswith(incomplete)]
+
+
 def target_option(default=...):
     """The --target option every command shares: its choices are the registry's. A name that is not one
     is refused by the registry in one line (exit 2), not by click's multi-line usage error."""
@@ -31,8 +36,15 @@ def target_option(default=...):
                         autocompletion=complete_target)
 
 
+def tracked_target_option():
+    """--target of status / logs / cancel / ls: a foreground target (local) is no choice there (it is refused
+    in one line: the job runs in its terminal)."""
+    return typer.Option(..., "--target", "-t", metavar=f"[{'|'.join(tracked_names())}]",
+                        help="Where the job was submitted.", autocompletion=complete_tracked_target)
+
+
 def submit(
-    experiment: str = typer.Argument(..., help="An experiment in jobs/ (smoke, baseline, critic, verifiable, rho1)."),
+    experiment: str = typer.Argument(..., help="An experiment in jobs/ (`wmtp jobs ls` lists them), or a spec file."),
     target: str = target_option(DEFAULT_TARGET),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable; targets.* shape the job)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
@@ -106,7 +118,7 @@ def warn_about_submit_refusal(job) -> None:
 
 def status(
     name: str = typer.Argument(..., help=REF_HELP),
-    target: str = target_option(),
+    target: str = tracked_target_option(),
     overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
 ) -> None:
     """Where a submitted job stands."""
@@ -118,7 +130,7 @@ def status(
 
 def logs(
     name: str = typer.Argument(..., help=REF_HELP),
-    target: str = target_option(),
+    target: str = tracked_target_option(),
     tail: int = typer.Option(200, help="Lines from the end."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Then print new lines as they come, until the job ends."),
     overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
@@ -132,7 +144,7 @@ def logs(
 
 def cancel(
     name: str = typer.Argument(..., help=REF_HELP),
-    target: str = target_option(),
+    target: str = tracked_target_option(),
     overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
 ) -> None:
     """Stop a submitted job and remove what runs it (VESSL terminate, PyTorchJob delete, compose down)."""
@@ -143,7 +155,7 @@ def cancel(
 
 
 def list_jobs(
-    target: str = target_option(),
+    target: str = tracked_target_option(),
     overrides: list[str] = typer.Option([], "--set", help=SETTINGS_HELP),
 ) -> None:
     """The jobs this tool submitted to a target: name, status, age (newest first)."""

@@ -136,7 +136,7 @@ def container_violations(role: str, rspec: dict) -> list[str]:
 
 
 def template_violations(doc: dict, context: JobContext) -> list[str]:
-    """What DESIGN.md asks of our jobs beyond admission: layout, GPUs, /dev/shm, storage, secrets, grace."""
+    """What the platform design asks of our jobs beyond admission: layout, GPUs, /dev/shm, storage, secrets, grace."""
     settings, spec = context.settings, doc["spec"]
     replicas = spec["pytorchReplicaSpecs"]
     problems = []

@@ -2,8 +2,8 @@
 
 Every module there defines `TARGET` (see `target.py`), named as the module is (`local_docker.py` →
 `local-docker`); nothing else lists the targets. The `--target` choices, rendering and submitting, the
-README's targets table (`python -m wmtp_cli.platform.registry` prints it; a test checks README.md
-against it) and the tests' parametrization all come from here.
+targets table in docs/platform.md (`python -m wmtp_cli.platform.registry` prints it; a test checks the
+file against it) and the tests' parametrization all come from here.
 
 `names()` reads the folder without importing the modules (their settings models load pydantic), so
 that every command's help can list the choices without paying for it.
@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # imported in targets(): it loads pydantic, which names() mus
 
 PLUGIN_PACKAGE = "wmtp_cli.platform.plugins"
 DEFAULT_TARGET = "local"  # `wmtp submit` without --target runs on this machine
+# Targets whose jobs run in the foreground (`tracks_jobs = False`): status / logs / cancel / ls refuse them, so
+# those commands' --target choices leave them out. Named here because names() imports no target module.
+FOREGROUND = ("local",)
 
 
 @functools.cache
@@ -35,6 +38,11 @@ def module_names() -> tuple[str, ...]:
 def names() -> list[str]:
     """The --target choices, in order: the module names, `_` written `-`."""
     return [module.replace("_", "-") for module in module_names()]
+
+
+def tracked_names() -> list[str]:
+    """The --target choices of status / logs / cancel / ls: the targets whose jobs those commands find."""
+    return [name for name in names() if name not in FOREGROUND]
 
 
 @functools.cache
@@ -60,7 +68,7 @@ def get_target(name: str) -> Target:
 
 
 def markdown_table() -> list[str]:
-    """README.md's targets table, one line per target (the first line is the header)."""
+    """docs/platform.md's targets table, one line per target (the first line is the header)."""
     lines = ["| target | what it does | needs |", "|---|---|---|"]
     for target in targets().values():
         label = f"`{target.name}`" + (" (default)" if target.name == DEFAULT_TARGET else "")
@@ -68,5 +76,5 @@ def markdown_table() -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # paste into README.md's "Submitting jobs" after adding or changing a target
+if __name__ == "__main__":  # paste into docs/platform.md's "Targets" after adding or changing a target
     print("\n".join(markdown_table()))

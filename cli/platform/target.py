@@ -38,14 +38,16 @@ class Target(ABC):
     """One place jobs run: its settings, its manifest, and the job lifecycle there."""
 
     name: ClassVar[str]  # the --target value: the module's name, `_` written `-`
-    summary: ClassVar[str]  # what it does: the README table's second column
-    needs: ClassVar[str]  # what it needs: the README table's third column
+    summary: ClassVar[str]  # what it does: docs/platform.md's targets table, second column
+    needs: ClassVar[str]  # what it needs: that table's third column
     settings_model: ClassVar[Optional[type[TargetSettings]]] = None  # targets.<spec_key>; None: no settings
     template: ClassVar[Optional[str]] = None  # "folder/file.j2" among the shipped assets; None: no manifest
     in_container: ClassVar[bool] = True  # runs the trainer image, which has only the shipped jobs/
     job_ref: ClassVar[str] = "job name"  # what status / logs / cancel take, for help texts
     env_file_credentials: ClassVar[bool] = False  # its SDK reads credentials (tokens, KUBECONFIG) from --env-file
     server_dry_run: ClassVar[bool] = False  # the API can validate a job without creating it
+    # status / logs / cancel / ls find its jobs; False for a foreground target (registry.FOREGROUND lists them)
+    tracks_jobs: ClassVar[bool] = True
 
     @property
     def spec_key(self) -> str:

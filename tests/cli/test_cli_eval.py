@@ -64,7 +64,8 @@ def test_eval_run_speculative_sampling_at_a_temperature(micro_models, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--n", "2", "--k", "1,5", "--temperature", "0.8"], "--k 5 is larger than the 2 samples per task"),
+        (["--n", "2", "--k", "1,5", "--temperature", "0.8"],
+         "--k 5 is larger than the 2 samples per task: pass@k needs k ≤ n (raise --n)"),
         (["--n", "4"], "greedy decoding gives the same completion every time"),
         (["--k", "x"], "expected comma-separated integers"),
     ],
@@ -101,6 +102,8 @@ def test_eval_score_with_k_above_the_samples_per_task_is_refused(tmp_path):
     samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": ""}) + "\n")
     result = invoke("score", samples, "-b", "humaneval", "--k", "2")
     assert result.exit_code == 2 and "--k 2 is larger than the 1 samples per task" in result.output
+    # eval score has no --n: the file decides how many samples a task has
+    assert "(lower --k, or score a file with more samples per task)" in result.output and "--n" not in result.output
     assert not (tmp_path / "s.jsonl_results.jsonl").exists()
 
 

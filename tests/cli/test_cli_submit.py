@@ -104,6 +104,7 @@ def test_image_commands_without_an_engine_are_one_line(command, tmp_path, monkey
     extra = ["--file", str(dockerfile), "--context", str(tmp_path)] if command[1] == "build" else []
     line = one_error_line(runner.invoke(app, command + extra))
     assert line.startswith(f"error: no Docker engine reachable at unix://{tmp_path}/none.sock")
+    assert line.endswith("; start Docker") and "--dry-run" not in line  # `wmtp image` has no --dry-run
 
 
 def test_image_build_needs_a_dockerfile(tmp_path):

@@ -219,7 +219,7 @@ def test_without_the_kubernetes_package_says_how_to_install_it(command, monkeypa
     result = runner.invoke(app, [*command, "--target", "k8s"])
     assert result.exit_code == 2, result.output
     assert result.output == ("error: the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
-                             "(or use --dry-run / wmtp render to get the PyTorchJob without it)\n")
+                             "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)\n")
     dry = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--dry-run"])
     assert dry.exit_code == 0 and "kind: PyTorchJob" in dry.stdout
 

@@ -276,8 +276,8 @@ def test_without_the_sdk_says_how_to_install_it(clean_env, monkeypatch):
     for command in (["submit", "smoke"], ["status", "wmtp-s5"], ["ls"]):
         result = runner.invoke(app, [*command, "--target", "skypilot"])
         assert result.exit_code == 2
-        assert result.output == ("error: the SkyPilot SDK is not installed: pip install 'weighted-mtp[skypilot]' (or "
-                                 "use --dry-run / wmtp render to get the task YAML)\n")
+        assert result.output == ("error: the SkyPilot SDK is not installed: pip install 'weighted-mtp[skypilot]' "
+                                 "(`wmtp submit … --dry-run` and `wmtp render` give the task YAML without it)\n")
 
 
 def test_submit_launches_the_rendered_task_as_a_managed_job(sky, monkeypatch, tmp_path):

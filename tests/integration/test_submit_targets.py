@@ -15,12 +15,13 @@ runner = CliRunner()
 TRACKED = ["--set", "targets.vessl.local_tracking=true"]  # a VESSL submit needs a store that outlives the run
 
 
-def test_vessl_without_the_sdk_says_how_to_install_it(monkeypatch):
+@pytest.mark.parametrize("command", [["submit", "verifiable", *TRACKED], ["status", "1234"], ["ls"]])
+def test_vessl_without_the_sdk_says_how_to_install_it(command, monkeypatch):
     monkeypatch.setitem(sys.modules, "vessl", None)  # what a machine without the optional extra sees
-    result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", *TRACKED])
+    result = runner.invoke(app, [*command, "--target", "vessl"])
     assert result.exit_code == 2
-    assert result.output.startswith("error: the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]'")
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.output == ("error: the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
+                             "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)\n")
 
 
 # A recording stand-in for the `vessl` package with the behaviour read from vessl 0.1.199:
@@ -561,6 +562,9 @@ def test_local_docker_lifecycle_without_an_engine_is_one_line(command, tmp_path,
     result = runner.invoke(app, [*command, "--target", "local-docker"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert result.output.startswith(f"error: no Docker engine reachable at unix://{tmp_path}/no-docker.sock")
+    # these commands have no --dry-run: the hint names the ones that work without an engine
+    assert result.output.endswith("start Docker (`wmtp submit … --dry-run` and `wmtp render … --target local-docker "
+                                  "-o compose.yaml` need none)\n")
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The target registry: every module in wmtp_cli/platform/plugins/ is a target, its settings match its block
-in jobs/defaults.yaml, its template ships, README.md's table is the registry's; and a new target is one
+in jobs/defaults.yaml, its template ships, docs/platform.md's table is the registry's; and a new target is one
 module (plus its template and defaults block), picked up by every command without another edit."""
 
 from __future__ import annotations
@@ -61,29 +61,45 @@ def test_template_ships_with_the_assets(name):
     assert (asset_dir(folder) / file).is_file()
 
 
+def test_foreground_targets_are_the_ones_that_track_no_jobs():
+    """registry.FOREGROUND (read without importing the plug-ins) agrees with each target's tracks_jobs, and a
+    foreground target refuses every lifecycle command in one line."""
+    assert list(registry.FOREGROUND) == [name for name, target in registry.targets().items() if not target.tracks_jobs]
+    for name in registry.FOREGROUND:
+        for command in (["status", "x"], ["logs", "x"], ["cancel", "x"], ["ls"]):
+            result = runner.invoke(app, [*command, "--target", name])
+            assert result.exit_code == 2 and result.output.startswith(f"error: {command[0]} is not available"), command
+
+
 def test_lifecycle_methods_are_documented_on_the_interface():
     for method in ("submit", "status", "logs", "cancel", "list_jobs", "settings", "render", "validate"):
         assert inspect.getdoc(getattr(Target, method)), method
 
 
-def readme_targets_table() -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## Submitting jobs"):]
+def docs_targets_table() -> list[str]:
+    text = (REPO_ROOT / "docs" / "platform.md").read_text()
+    section = text[text.index("## Targets"):]
     section = section[:section.index("\n## ", 1)]
     start = section.index("| target | what it does | needs |")
     return list(__import__("itertools").takewhile(lambda line: line.startswith("|"), section[start:].splitlines()))
 
 
-def test_readme_targets_table_is_the_registrys():
+def test_docs_targets_table_is_the_registrys():
     """After adding or changing a target: `python -m wmtp_cli.platform.registry` prints the table."""
-    assert readme_targets_table() == registry.markdown_table()
+    assert docs_targets_table() == registry.markdown_table()
 
 
 def test_target_choices_in_help_and_errors_come_from_the_registry():
     choices = "[" + "|".join(registry.names()) + "]"
-    for command in ("submit", "render", "status", "logs", "cancel", "ls"):
+    for command in ("submit", "render"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0 and choices in result.output, command
+    # status / logs / cancel / ls refuse a foreground target (local): their help does not offer it
+    tracked = "[" + "|".join(registry.tracked_names()) + "]"
+    assert tracked != choices and "local" not in registry.tracked_names() and "local-docker" in tracked
+    for command in ("status", "logs", "cancel", "ls"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and tracked in result.output and choices not in result.output, command
     wrong = runner.invoke(app, ["ls", "--target", "slurm"])
     assert wrong.exit_code == 2
     assert wrong.output == f"error: --target 'slurm': expected one of {', '.join(registry.names())}\n"

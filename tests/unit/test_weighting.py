@@ -1,4 +1,4 @@
-"""Token-weight math (DESIGN.md "Token weights") on hand-computed examples."""
+"""Token-weight math (docs/architecture.md) on hand-computed examples."""
 
 import math
 

@@ -27,8 +27,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def resolve_ks(requested: Optional[Sequence[int]], samples_per_task: int) -> list[int]:
-    """The k values to report: `requested`, or those of 1/5/10 that fit in `samples_per_task`."""
+def resolve_ks(requested: Optional[Sequence[int]], samples_per_task: int, more_samples: str = "raise --n") -> list[int]:
+    """The k values to report: `requested`, or those of 1/5/10 that fit in `samples_per_task`.
+
+    `more_samples` is how the caller's user gets more samples per task (`wmtp eval run` has `--n`;
+    `wmtp eval score` takes them from its file)."""
     if not requested:
         return [k for k in SUMMARY_KS if k <= samples_per_task]
     for k in requested:
@@ -36,7 +39,7 @@ def resolve_ks(requested: Optional[Sequence[int]], samples_per_task: int) -> lis
             raise EvalError(f"--k {k}: k must be at least 1")
         if k > samples_per_task:
             raise EvalError(
-                f"--k {k} is larger than the {samples_per_task} samples per task: pass@k needs k ≤ n (raise --n)"
+                f"--k {k} is larger than the {samples_per_task} samples per task: pass@k needs k ≤ n ({more_samples})"
             )
     return sorted(set(requested))
 

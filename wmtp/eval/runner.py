@@ -91,9 +91,9 @@ class EvalResult:
     mlflow_run_id: Optional[str] = None
 
 
-def report_ks(requested: Optional[Sequence[int]], samples_per_task: int) -> list[int]:
+def report_ks(requested: Optional[Sequence[int]], samples_per_task: int, more_samples: str = "raise --n") -> list[int]:
     """Requested ks (each must be ≤ n, else a clear error) together with 1/5/10 where ≤ n."""
-    chosen = set(resolve_ks(list(requested), samples_per_task)) if requested else set()
+    chosen = set(resolve_ks(list(requested), samples_per_task, more_samples)) if requested else set()
     chosen.update(k for k in SUMMARY_KS if k <= samples_per_task)
     return sorted(chosen)
 
@@ -293,7 +293,8 @@ def score_file(
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
     samples = read_samples(samples_path, bench)
     per_task = Counter(str(s["task_id"]) for s in samples)
-    chosen_ks = report_ks(ks, min(per_task.values()))  # k > n refused before anything runs
+    # k > n refused before anything runs; n is the file's (eval score has no --n)
+    chosen_ks = report_ks(ks, min(per_task.values()), "lower --k, or score a file with more samples per task")
     progress = default_progress() if progress is None else progress
     from wmtp.data.progress import progress_bar
 

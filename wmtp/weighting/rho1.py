@@ -1,4 +1,4 @@
-"""Rho-1 token weights from the reference model's excess loss (DESIGN.md, "Token weights").
+"""Rho-1 token weights from the reference model's excess loss (docs/architecture.md, "Token weights").
 
 Δ_j = L_θ(x_j) − L_ref(x_j), with L_θ from head 1 (detached) and L_ref from the reference LM.
 - tokenskip: w_j = 1 for the top `keep_ratio` of valid tokens in the batch by Δ, else 0; the loss is

@@ -1,4 +1,4 @@
-"""TD-error token weights for the verifiable experiment (DESIGN.md, "Token weights").
+"""TD-error token weights for the verifiable experiment (docs/architecture.md, "Token weights").
 
 Per sequence with response positions j (token x_j is a response token), last response position T and
 reward R ∈ {0, 1}:

@@ -6,7 +6,7 @@ pytorchjob_webhook.go) hold for every manifest our template renders from validat
 check them (tests/template_rules.py), a submit does not. What a user can choose wrong is checked here:
 more processes per node than GPUs, and a job name too long for its pods' names.
 spec.nprocPerNode exists from training-operator v1.7 on: v1.6 drops it without a word (one process per
-pod), so v1.7 is the minimum (README). A multi-node job mounts one storage PVC in every pod: ReadWriteMany.
+pod), so v1.7 is the minimum (docs/platform.md). A multi-node job mounts one storage PVC in every pod: ReadWriteMany.
 Our jobs carry the label app.kubernetes.io/name=wmtp (the template's); `wmtp ls` selects by it.
 """
 
@@ -66,7 +66,7 @@ def choice_problems(context: JobContext) -> list[str]:
 # ---------------------------------------------------------------- the API
 
 INSTALL_HINT = ("the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
-                "(or use --dry-run / wmtp render to get the PyTorchJob without it)")
+                "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)")
 
 
 def kubernetes_modules():

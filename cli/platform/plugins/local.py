@@ -62,6 +62,7 @@ class LocalTarget(Target):
                "than one process), tracked in `storage/mlflow` unless `MLFLOW_TRACKING_URI` is set")
     needs = "nothing else"
     in_container = False
+    tracks_jobs = False
 
     def render(self, context: JobContext, env_file: Optional[Path]) -> str:
         return command_line(context)

@@ -110,8 +110,11 @@ def check_with_binary(text: str) -> None:
 # ---------------------------------------------------------------- the engine
 
 
-def require_engine() -> None:
-    """Fail with one line unless a Docker engine answers (docker SDK ping)."""
+RENDER_INSTEAD = " (`wmtp submit … --dry-run` and `wmtp render … --target local-docker -o compose.yaml` need none)"
+
+
+def require_engine(instead: str = RENDER_INSTEAD) -> None:
+    """Fail with one line unless a Docker engine answers (docker SDK ping); `instead`: what works without one."""
     try:
         import docker
     except ImportError:
@@ -120,8 +123,7 @@ def require_engine() -> None:
         docker.from_env(timeout=5).ping()
     except Exception as exc:  # DockerException or a connection error: no engine to talk to
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise WmtpError(f"no Docker engine reachable at {where} ({type(exc).__name__}); start Docker, "
-                        "or use --dry-run / `wmtp render … --target local-docker -o compose.yaml`") from None
+        raise WmtpError(f"no Docker engine reachable at {where} ({type(exc).__name__}); start Docker{instead}") from None
 
 
 def run_compose(args: list[str]) -> subprocess.CompletedProcess:

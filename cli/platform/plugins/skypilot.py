@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 TRACKING_VARIABLE = "MLFLOW_TRACKING_URI"
 OWN_NAME_PREFIX = "wmtp-"  # `wmtp ls` lists the managed jobs named like ours (the default job names)
 INSTALL_HINT = ("the SkyPilot SDK is not installed: pip install 'weighted-mtp[skypilot]' "
-                "(or use --dry-run / wmtp render to get the task YAML)")
+                "(`wmtp submit … --dry-run` and `wmtp render` give the task YAML without it)")
 
 Accelerator = Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9._-]*",
                                       "an accelerator name like H100 or A100-80GB (the count is gpus_per_node)")]

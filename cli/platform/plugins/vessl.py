@@ -148,7 +148,7 @@ def import_sdk():
         import vessl
     except ImportError:
         raise WmtpError("the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
-                        "(or use --dry-run / wmtp render to get the run YAML)") from None
+                        "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)") from None
     except Exception as exc:  # the import itself calls the API (who is this token?); urllib3 gives up
         raise WmtpError(f"cannot reach the VESSL API at {api_host()}: {unreachable_cause(exc)}") from None
     if getattr(vessl.vessl_api, "user", None) is None:
