@@ -47,11 +47,11 @@ from wmtp.distributed import DistContext, broadcast_object, unwrap
 from wmtp.errors import CheckpointError
 from wmtp.model.checkpoint import populate_model_dir
 from wmtp.model.tokenizer import Tokenizer
+from wmtp.train.objectives.base import VALUE_HEAD_FILE  # the value head of a stage that trains one
 
 TRAIN_STATE = "train_state.json"  # written last: its presence marks a complete checkpoint
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
-VALUE_HEAD_FILE = "value_head.safetensors"
 LEGACY_TRAIN_STATE = "train_state.pt"  # a pickle: refused, never loaded
 STEP_PREFIX = "step_"
 FORMAT = "wmtp-train-state-v1"
