@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from wmtp.eval.benchmarks import load_humaneval  # noqa: E402
 from wmtp.eval.runner import score_file  # noqa: E402
-from wmtp.eval.sandbox import default_workers  # noqa: E402
+from wmtp.sandbox import default_workers  # noqa: E402
 
 SLOW_WRONG = "    import time\n    time.sleep(0.5)\n    return None\n"
 

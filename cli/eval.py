@@ -24,7 +24,7 @@ def _set_threads(threads: Optional[int]) -> None:
     if threads is not None:
         import torch
 
-        from wmtp.eval.errors import EvalError
+        from wmtp.errors import EvalError
 
         if threads < 1:
             raise EvalError(f"--threads must be at least 1, got {threads}")

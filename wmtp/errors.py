@@ -10,3 +10,7 @@ class WmtpError(Exception):
 
 class CheckpointError(WmtpError):
     """A model directory or checkpoint file is missing, corrupt, or disagrees with its params."""
+
+
+class EvalError(WmtpError):
+    """Bad evaluation input: a samples or benchmark file line, an option (k > n, …), a sandbox limit."""

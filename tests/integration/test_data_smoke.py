@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,7 @@ from wmtp.data.collate import IGNORE_INDEX, MTPCollator
 from wmtp.data.dataset import JsonlSamples
 from wmtp.data.index import DatasetIndex
 from wmtp.data.mutation import candidate_mutants, constant_mutant, token_mutants
-from wmtp.data.prepare import humaneval_program, length_difficulties, prepare_smoke, read_humaneval, run_in_subprocess
+from wmtp.data.prepare import humaneval_program, length_difficulties, prepare_smoke, read_humaneval
 from wmtp.data.sampler import ShardedSampler
 from wmtp.data.sampling import SamplingSpec, draw_indices
 from wmtp.data.validate import validate_dir
@@ -26,6 +31,20 @@ def smoke(tmp_path_factory, micro_models) -> Path:
     out = tmp_path_factory.mktemp("smoke")
     prepare_smoke(out, micro_models["micro-mtp"], max_tokens=512, limit=LIMIT, incorrect_per_problem=2)
     return out / "processed"
+
+
+def run_in_subprocess(source: str, timeout_s: float) -> bool:
+    """An execution independent of the sandbox: a fresh interpreter in a temp dir, its own process
+    group, killed at the timeout; True if it exited 0."""
+    with tempfile.TemporaryDirectory(prefix="wmtp-smoke-") as workdir:
+        process = subprocess.Popen([sys.executable, "-I", "-c", source], cwd=workdir, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return process.wait(timeout=timeout_s) == 0
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return False
 
 
 def records(path: Path) -> list[dict]:

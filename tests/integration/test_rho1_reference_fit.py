@@ -106,7 +106,7 @@ def test_check_inputs_refuses_a_misfit_reference(micro_models, refs, train_file,
 def test_the_trainer_side_load_refuses_a_misfit_reference(micro_models, refs, train_file, case):
     """The safety net for `python -m wmtp.train` and direct callers: refused before any weight is loaded."""
     from wmtp.train.objectives import build_objective
-    from wmtp.train.reference import load_reference_model
+    from wmtp.model.reference import load_reference_model
 
     policy, reference = micro_models["micro-mtp"], refs[case]
     experiment = load_experiment("rho1", rho1_overrides(policy, reference, train_file))
@@ -156,7 +156,7 @@ def hf_refs(micro_models, refs, tmp_path_factory) -> dict[str, str]:
 
 
 def test_hf_references_are_checked_by_config_vocab_and_probe_ids(micro_models, hf_refs, train_file):
-    from wmtp.train.reference import HFCausalLM, load_reference_model
+    from wmtp.model.reference import HFCausalLM, load_reference_model
     from wmtp.train.runner import check_inputs
 
     policy = micro_models["micro-mtp"]

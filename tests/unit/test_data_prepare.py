@@ -291,11 +291,12 @@ def test_unreadable_raw_parquet_is_named_and_nothing_written(tmp_path, prepare, 
 
 
 def test_a_sandbox_that_cannot_run_the_tests_stops_the_smoke_set(monkeypatch):
-    import wmtp.eval.sandbox as sandbox
+    import wmtp.data.prepare as prepare_module
     from wmtp.data.prepare import program_passes
+    from wmtp.sandbox import ExecutionResult
 
-    broken = sandbox.ExecutionResult(status="error", reason="cannot set the memory limit")
-    monkeypatch.setattr(sandbox, "run_program", lambda source, timeout_s: broken)
+    broken = ExecutionResult(status="error", reason="cannot set the memory limit")
+    monkeypatch.setattr(prepare_module, "run_program", lambda source, timeout_s: broken)
     with pytest.raises(DataError) as error:
         program_passes("assert True", 1.0)
     assert str(error.value) == ("smoke: the sandbox could not run a test program (cannot set the memory limit); "

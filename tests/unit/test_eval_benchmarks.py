@@ -7,7 +7,7 @@ import json
 import pytest
 
 from wmtp.eval.benchmarks import MBPP_FEW_SHOT, load_benchmark, load_humaneval, load_mbpp, mbpp_prompt
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.scoring import read_samples, score_samples
 
 MBPP_ROWS = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wmtp.eval.decoding import CachedMTP
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.generation import GenerationConfig, generate
 from wmtp.model import IGNORE_INDEX, load_model, load_tokenizer, mtp_loss_memory_efficient
 

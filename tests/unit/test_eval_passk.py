@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.passk import mean_pass_at_k, pass_at_k, resolve_ks
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from wmtp.eval import generation
 from wmtp.eval.benchmarks import load_humaneval
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.passk import pass_at_k
 from wmtp.eval.runner import evaluate, parse_ks, report_ks, score_file
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from wmtp.eval import sandbox as sandbox_module
-from wmtp.eval.errors import EvalError
-from wmtp.eval.sandbox import Sandbox, SandboxLimits, run_program, run_programs
+import wmtp.sandbox as sandbox_module
+from wmtp.errors import EvalError
+from wmtp.sandbox import Sandbox, SandboxLimits, run_program, run_programs
 
 
 @pytest.fixture(scope="module")

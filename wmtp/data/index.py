@@ -25,8 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
-from wmtp.data.files import atomic_output, file_fingerprint, write_json_atomic
-from wmtp.data.progress import progress_bar
+from wmtp.common.files import atomic_output, file_fingerprint, write_json_atomic
+from wmtp.common.progress import progress_bar
 from wmtp.data.schema import DataError, json_type, parse_line
 from wmtp.data.template import MAX_INDEXED_TOKENS, count_tokens
 

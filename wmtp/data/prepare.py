@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections import Counter
@@ -30,10 +25,11 @@ from typing import Iterator
 import numpy as np
 
 from wmtp.data.mutation import Mutant, candidate_mutants
-from wmtp.data.progress import progress_bar
+from wmtp.common.progress import progress_bar
 from wmtp.data.raw import check_files, find_split_files, iter_rows
 from wmtp.data.schema import DIFFICULTY_MAX, DataError, make_record
 from wmtp.data.writer import PreparationReport, SplitWriter, TokenBudget
+from wmtp.sandbox import run_program
 
 PYTHON_LANGUAGES = {1: "python2", 3: "python3"}  # CodeContests `language` enum values kept
 MAX_EXAMPLES = 2  # public test examples shown in `input`
@@ -295,33 +291,16 @@ def humaneval_program(problem: dict, solution: str) -> str:
 
 
 def program_passes(source: str, timeout_s: float) -> bool:
-    """Run `source` in the evaluation sandbox (a plain subprocess where `wmtp.eval` is absent); True if it passed.
+    """Run `source` in the evaluation sandbox; True if it passed.
 
     A sandbox that could not run the program at all (status `error`) raises: counting that as a
     failing mutant would write a wrong label.
     """
-    try:
-        from wmtp.eval.sandbox import run_program
-    except ImportError:
-        return run_in_subprocess(source, timeout_s)
     result = run_program(source, timeout_s)
-    if getattr(result, "status", None) == "error":
-        raise DataError(f"smoke: the sandbox could not run a test program ({getattr(result, 'reason', '')}); "
+    if result.status == "error":
+        raise DataError(f"smoke: the sandbox could not run a test program ({result.reason}); "
                         f"labels cannot be verified")
-    return bool(result.passed)
-
-
-def run_in_subprocess(source: str, timeout_s: float) -> bool:
-    """Minimal isolation: a fresh interpreter in a temp dir, its own process group, killed at the timeout."""
-    with tempfile.TemporaryDirectory(prefix="wmtp-smoke-") as workdir:
-        process = subprocess.Popen([sys.executable, "-I", "-c", source], cwd=workdir, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            return process.wait(timeout=timeout_s) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return False
+    return result.passed
 
 
 def verify_problem(problem: dict, difficulty: int, incorrect_per_problem: int, max_attempts: int, seed: int,

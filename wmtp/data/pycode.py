@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from wmtp.data.files import file_sha256
+from wmtp.common.files import file_sha256
 from wmtp.data.index import DatasetIndex
 from wmtp.data.prepare import make_budget, processed_path
-from wmtp.data.progress import progress_bar
+from wmtp.common.progress import progress_bar
 from wmtp.data.schema import DataError, make_record
 from wmtp.data.writer import PreparationReport, SplitReport, SplitWriter, TokenBudget
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from wmtp.data.files import atomic_output
+from wmtp.common.files import atomic_output
 from wmtp.data.index import DatasetIndex, index_path, metadata_path, write_index
 from wmtp.data.sampling import SamplingSpec, apportion, bin_pools, schedule_shares
 from wmtp.data.schema import DataError, parse_line

@@ -21,7 +21,7 @@ from wmtp.data.index import (
     read_rows,
     rebuild_hint,
 )
-from wmtp.data.progress import progress_bar
+from wmtp.common.progress import progress_bar
 from wmtp.data.schema import DataError, parse_line
 from wmtp.data.template import count_tokens
 

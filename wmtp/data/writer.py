@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wmtp.data.files import atomic_output
+from wmtp.common.files import atomic_output
 from wmtp.data.index import IndexBuilder, index_path, metadata_path, write_index
 from wmtp.data.template import encode_response, format_prompt
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from wmtp.eval.decoding import CachedMTP
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 
 
 @dataclass(frozen=True)

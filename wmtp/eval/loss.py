@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 
 SUMMARY_FILE = "loss_summary.json"
 HISTOGRAM_FILE = "excess_loss_hist.png"
@@ -58,11 +58,11 @@ def token_loss_report(
     from wmtp.data.collate import MTPCollator
     from wmtp.data.dataset import JsonlSamples
     from wmtp.data.index import DatasetIndex
-    from wmtp.data.progress import progress_bar
+    from wmtp.common.progress import progress_bar
     from wmtp.eval.runner import pick_device, resolve_model_dir
     from wmtp.model import Transformer, load_model, load_tokenizer
     from wmtp.model.mtp_loss import IGNORE_INDEX
-    from wmtp.train.reference import load_reference_model
+    from wmtp.model.reference import load_reference_model
     from wmtp.weighting.rho1 import token_losses
 
     if batch_size < 1:
@@ -136,7 +136,7 @@ def plot_excess_histogram(excess: np.ndarray, summary: dict, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wmtp.data.files import atomic_output
+    from wmtp.common.files import atomic_output
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(excess, bins=80, color="tab:blue")
@@ -155,7 +155,7 @@ def plot_excess_histogram(excess: np.ndarray, summary: dict, path: Path) -> Path
 
 def write_loss_report(summary: dict, excess: np.ndarray, out_dir: Path) -> tuple[Path, Path]:
     """Write the histogram PNG and the JSON summary into `out_dir`; returns (summary path, png path)."""
-    from wmtp.data.files import write_json_atomic
+    from wmtp.common.files import write_json_atomic
 
     out_dir = Path(out_dir)
     png = plot_excess_histogram(excess, summary, out_dir / HISTOGRAM_FILE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 
 SUMMARY_KS = (1, 5, 10)
 

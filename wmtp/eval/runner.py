@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.passk import SUMMARY_KS, resolve_ks
-from wmtp.eval.sandbox import SandboxLimits, default_workers
+from wmtp.sandbox import SandboxLimits, default_workers
 from wmtp.eval.scoring import pass_at_k_metrics, read_samples, score_samples, write_results
 
 SAMPLES_FILE = "samples.jsonl"
@@ -202,7 +202,7 @@ def evaluate(
 
     keys = list(bench.problems)
     prompts = [bench.problems[key].prompt for key in keys for _ in range(n)]
-    from wmtp.data.progress import progress_bar
+    from wmtp.common.progress import progress_bar
 
     with progress_bar(f"generate {bench.name}", total=len(prompts), enabled=progress) as advance:
         completions, stats = generate(model, tokenizer, prompts, config, on_completion=advance)
@@ -296,7 +296,7 @@ def score_file(
     # k > n refused before anything runs; n is the file's (eval score has no --n)
     chosen_ks = report_ks(ks, min(per_task.values()), "lower --k, or score a file with more samples per task")
     progress = default_progress() if progress is None else progress
-    from wmtp.data.progress import progress_bar
+    from wmtp.common.progress import progress_bar
 
     with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
         records, summary = score_samples(samples, bench, chosen_ks, SandboxLimits(timeout_s=timeout), workers,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from wmtp.eval.benchmarks import Benchmark, read_jsonl
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 from wmtp.eval.passk import CI_METHOD, exact_match, mean_pass_at_k, pass_at_k_ci95, resolve_ks
-from wmtp.eval.sandbox import Sandbox, SandboxLimits, default_workers
+from wmtp.sandbox import Sandbox, SandboxLimits, default_workers
 
 N_EXAMPLES = 3
 

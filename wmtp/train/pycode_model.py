@@ -110,7 +110,7 @@ def chunk_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
 def build_tokenizer(options: PycodeOptions, src: Path, log: Log) -> Path:
     """`<data_dir>/tokenizer-v<vocab>/tokenizer.model` trained on the train split's files; reused when it was
     trained on the same files (their SHA-256) with the same vocabulary. Returns the folder (a tokenizer dir)."""
-    from wmtp.data.files import write_json_atomic
+    from wmtp.common.files import write_json_atomic
     from wmtp.data.pycode import Selection, read_source
     from wmtp.model.tokenizer import train_sentencepiece
 
@@ -305,7 +305,7 @@ def fmt(values: list[float]) -> str:
 def publish_model(final_checkpoint: Path, stage_dir: Path, dest: Path, report: dict) -> Path:
     """The trained weights as a fresh standard model dir at `dest` (no optimizer or RNG state), with
     `report.json` and `training/` (spec.yaml, metrics.jsonl, plots/ of the run)."""
-    from wmtp.data.files import write_json_atomic
+    from wmtp.common.files import write_json_atomic
     from wmtp.model import load_model
     from wmtp.model.checkpoint import save_model
 

@@ -63,7 +63,7 @@ class Rho1Objective(Objective):
 
     @classmethod
     def check_inputs(cls, spec):
-        from wmtp.train.reference import check_reference_fits
+        from wmtp.model.reference import check_reference_fits
 
         check_reference_fits(spec.model.path, spec.rho1.reference)  # vocab and tokenizer, no weights
 
@@ -75,7 +75,7 @@ class Rho1Objective(Objective):
 
     @classmethod
     def build(cls, spec, device, earlier_outputs):
-        from wmtp.train.reference import load_reference_model
+        from wmtp.model.reference import load_reference_model
 
         # policy=: refuse a reference with another vocabulary or tokenizer before loading it.
         return cls(spec, load_reference_model(spec.rho1.reference, device, policy=spec.model.path))

@@ -1,6 +1,6 @@
 """Sandbox zygote: a small stdlib-only server process that runs untrusted programs one at a time.
 
-Started by `wmtp.eval.sandbox` as `python -I _zygote.py CONFIG_JSON`; it never imports `wmtp` or
+Started by `wmtp.sandbox` as `python -I _zygote.py CONFIG_JSON`; it never imports `wmtp` or
 torch, so forking it for every program is cheap (about a millisecond) and the child starts clean.
 
 Protocol: one JSON request per line on stdin, one JSON reply per line on stdout; the first line it

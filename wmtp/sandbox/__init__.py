@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from wmtp.eval.errors import EvalError
+from wmtp.errors import EvalError
 
 ZYGOTE = Path(__file__).with_name("_zygote.py")
 STATUSES = ("passed", "failed", "timeout", "error")
