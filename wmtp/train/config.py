@@ -37,25 +37,12 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from wmtp.assets import asset_dir
 from wmtp.data.sampling import SamplingSpec
-from wmtp.errors import WmtpError
+from wmtp.errors import RuleError, WmtpError
+from wmtp.eval.options import EvalOptions
+
 
 class SpecError(WmtpError):
     """A spec file, preset or override is malformed; the message names the key path."""
-
-
-class RuleError(ValueError):
-    """A rule across fields is broken; raised by a model validator, it names the key it blames.
-
-    `key` is relative to the model whose validator raises it (`w_min` in TDSection, `data.valid_samples`
-    in StageSpec); `format_validation_error` prints it after the model's own path: `td.w_min: …`. The
-    message says what is expected and ends with the value(s) found, `(got …)`.
-    """
-
-    def __init__(self, key: str, message: str, related: tuple[str, ...] = ()):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-        self.related = related  # the other keys the rule read (an override of one of them is named)
 
 
 def check_below(low_key: str, low: Optional[float], high_key: str, high: Optional[float]) -> None:
@@ -209,29 +196,16 @@ class OutputSection(Section):
     root: str = "storage/checkpoints"  # run dirs are <root>/<experiment>-<timestamp> unless given
 
 
-class EvalSection(Section):
-    """End-of-stage evaluation of the final checkpoint (rank 0; `wmtp.eval.runner.evaluate`)."""
+class EvalSection(EvalOptions):
+    """End-of-stage evaluation of the final checkpoint (rank 0; `wmtp.eval.runner.evaluate`): the
+    evaluation options (`wmtp.eval.options.EvalOptions`, shared with `wmtp eval run`) and the benchmark."""
 
     benchmark: Literal["humaneval", "mbpp"] = "humaneval"
     data: Optional[str] = None  # benchmark file (MBPP: required; HumanEval: the shipped 164 problems)
     mbpp_data: Optional[str] = None  # an MBPP file: MBPP is evaluated as well, into <stage>/eval/mbpp/
-    n: int = Field(1, ge=1)  # samples per problem (n > 1 needs temperature > 0)
-    ks: list[int] = [1]  # pass@k reported (each ≤ n), besides 1/5/10 where ≤ n
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    speculative: bool = False  # self-speculative decoding with the MTP heads (greedy, or sampling at temperature > 0)
-    limit: Optional[int] = Field(None, ge=1)  # first N problems only
-    timeout_s: float = Field(10.0, gt=0)  # per program
-    batch_size: int = Field(8, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalSection":
-        too_large = [k for k in self.ks if k > self.n or k < 1]
-        if too_large:
-            raise RuleError("ks", f"pass@{too_large[0]} needs 1 ≤ k ≤ n (n={self.n}) (got {self.ks})")
-        if self.n > 1 and self.temperature == 0:
-            raise RuleError("n", f"{self.n} greedy samples would all be the same; set temperature > 0 or n: 1")
+    def _check_benchmark(self) -> "EvalSection":
         if self.benchmark == "mbpp" and not self.data:
             raise RuleError("data", "MBPP needs the path of its JSONL or parquet file")
         return self

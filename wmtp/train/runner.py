@@ -212,9 +212,11 @@ def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
     skipped: the trained checkpoints stay valid and `wmtp eval run <stage_dir>` can evaluate them later.
     """
     from wmtp.errors import WmtpError
+    from wmtp.eval.options import EvalOptions
     from wmtp.eval.runner import evaluate
 
     cfg = spec.eval
+    options = EvalOptions(**cfg.model_dump(include=set(EvalOptions.model_fields)))  # the block less its files
     run_id = stage_run_id(spec, stage_dir)
     runs = [(cfg.benchmark, cfg.data, stage_dir / "eval")]
     if cfg.mbpp_data and cfg.benchmark != "mbpp":
@@ -222,12 +224,9 @@ def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
     first = None
     for benchmark, data, out_dir in runs:
         try:
-            result = evaluate(stage_dir / "checkpoints" / "final", benchmark, n=cfg.n, ks=cfg.ks,
-                              temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                              out_dir=out_dir, speculative=cfg.speculative, limit=cfg.limit,
-                              seed=spec.train.seed, timeout=cfg.timeout_s, data=data, batch_size=cfg.batch_size,
-                              device=spec.train.device, progress=False, mlflow=run_id is not None, mlflow_run_id=run_id,
-                              tracking_uri=spec.tracking.uri)
+            result = evaluate(stage_dir / "checkpoints" / "final", benchmark, options, out_dir=out_dir, data=data,
+                              seed=spec.train.seed, device=spec.train.device, progress=False,
+                              mlflow=run_id is not None, mlflow_run_id=run_id, tracking_uri=spec.tracking.uri)
         except WmtpError as exc:
             print(f"{spec.stage}: {benchmark} evaluation skipped: {exc}", file=sys.stderr)
             continue
