@@ -99,7 +99,7 @@ def render(
 def say_which_file(experiment: str, job) -> None:
     """On stderr (stdout may be the manifest): the ./jobs file a name resolved to, and for a container
     target the shipped experiment and --set it gets in its place (the image has only the shipped jobs/)."""
-    from wmtp_cli.jobs import source_note
+    from wmtp_cli.experiments import source_note
 
     note = source_note(experiment, job.carried)
     if note:

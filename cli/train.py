@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import typer
 
 from wmtp_cli.envfile import declared_secret_names, load_env_file, read_env_file, refuse_secret_overrides
-from wmtp_cli.jobs import source_note
+from wmtp_cli.experiments import source_note
 from wmtp.train.run_lock import HELD_ENV, RunLock, acquire
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
