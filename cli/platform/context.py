@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from wmtp_cli.platform.names import validate_job_name
-from wmtp_cli.platform.registry import get_target
 from wmtp.errors import WmtpError
 from wmtp.train.config import Experiment
 
@@ -49,16 +48,30 @@ class JobContext:
         return asdict(self)
 
 
+@dataclass
+class RenderedJob:
+    """A validated manifest ready to print, write or submit."""
+
+    context: JobContext
+    manifest: str
+    document: Any  # the parsed manifest (None for --target local, whose manifest is a command line)
+    # --set giving the image a ./jobs spec's changes (carry.py); None for a target that runs the file here
+    carried: Optional[list[str]] = None
+
+
 def build_context(
     experiment: Experiment,
     experiment_arg: str,
-    target: str,
+    plugin: "Target",  # wmtp_cli.platform.target's; not imported: target imports this module
     name: str,
     overrides: list[str],
     preset: Optional[str],
 ) -> JobContext:
-    """Validate everything a manifest needs and gather it into a JobContext."""
-    plugin = get_target(target)
+    """Validate everything a manifest needs for `plugin`'s target and gather it into a JobContext.
+
+    The caller looked the target up in the registry; taking it here keeps the registry out of the
+    modules a target imports (no cycle registry → target → render → context → registry)."""
+    target = plugin.name
     validate_job_name(name)
     first = experiment.stages[0]
     settings = plugin.settings(first.targets)

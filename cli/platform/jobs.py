@@ -3,28 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from wmtp_cli.envfile import read_env_file
 from wmtp_cli.platform.carry import image_arguments
-from wmtp_cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, build_context
+from wmtp_cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, RenderedJob, build_context
 from wmtp_cli.platform.names import default_job_name
 from wmtp_cli.platform.registry import get_target, targets
 from wmtp_cli.secrets import find_url_credentials, refuse_manifest_credentials, refuse_secret_overrides
 from wmtp.errors import WmtpError
-
-
-@dataclass
-class RenderedJob:
-    """A validated manifest ready to print, write or submit."""
-
-    context: JobContext
-    manifest: str
-    document: Any  # the parsed manifest (None for --target local, whose manifest is a command line)
-    # --set giving the image a ./jobs spec's changes (carry.py); None for a target that runs the file here
-    carried: Optional[list[str]] = None
 
 
 def prepare_job(
@@ -46,7 +34,7 @@ def prepare_job(
     resolved = load_experiment(experiment, overrides, preset)
     # A ./jobs spec: the container's trainer gets the shipped one plus its changes (checked to match).
     carried, image_preset = image_arguments(experiment, resolved, target, overrides, preset, plugin.in_container)
-    context = build_context(resolved, experiment, target, name or default_job_name(resolved.name),
+    context = build_context(resolved, experiment, plugin, name or default_job_name(resolved.name),
                             (carried or []) + overrides, image_preset)
     manifest = plugin.render(context, env_file)
     document = plugin.parse(manifest)

@@ -20,8 +20,7 @@ from wmtp_cli.platform.targets import TargetSettings, describe_error
 from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:  # annotations only: importing them here would load the spec machinery for `--help`
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.jobs import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 
 @dataclass(frozen=True)

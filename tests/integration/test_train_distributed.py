@@ -146,7 +146,7 @@ EARLY_STOP_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     from wmtp.distributed import init_distributed, destroy_distributed
-    from wmtp.train.config import EarlyStoppingSection
+    from wmtp.train.sections import EarlyStoppingSection
     from wmtp.train.early_stopping import EarlyStopping
 
     ctx = init_distributed("gloo")

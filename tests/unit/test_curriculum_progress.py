@@ -8,7 +8,7 @@ import pytest
 
 from wmtp.data.sampling import SamplingSpec, draw_indices
 from wmtp.distributed import DistContext
-from wmtp.train.config import TrainSection
+from wmtp.train.sections import TrainSection
 from wmtp.train.data_loading import build_train_sampler
 
 from tests.unit.test_data_sampling import bin_of, make_index

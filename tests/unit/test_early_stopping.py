@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wmtp.distributed import DistContext
-from wmtp.train.config import EarlyStoppingSection
+from wmtp.train.sections import EarlyStoppingSection
 from wmtp.train.early_stopping import EarlyStopping
 
 CRITIC_SIGNALS = ("loss", "grad_norm", "pred_var")

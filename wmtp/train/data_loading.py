@@ -14,7 +14,8 @@ from wmtp.data.index import DatasetIndex
 from wmtp.data.sampler import ShardedSampler
 from wmtp.data.sampling import CurriculumOrder, SamplingSpec, draw_indices
 from wmtp.distributed import DistContext
-from wmtp.train.config import StageSpec, TrainSection
+from wmtp.train.config import StageSpec
+from wmtp.train.sections import TrainSection
 
 
 def ignore_preemption_signal(_worker_id: int) -> None:

@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from wmtp.distributed import DistContext, all_reduce_any
-from wmtp.train.config import EarlyStoppingSection
+from wmtp.train.sections import EarlyStoppingSection
 
 STEP_SIGNALS = ("grad_norm",)  # can change after any optimizer step, not only at a validation
 PRED_VAR_METRIC = "val/value/pred_var"

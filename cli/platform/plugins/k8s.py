@@ -26,7 +26,7 @@ from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
     from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.jobs import RenderedJob
+    from wmtp_cli.platform.context import RenderedJob
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER_NAME = "pytorch"

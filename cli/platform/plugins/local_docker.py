@@ -28,7 +28,7 @@ from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
     from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.jobs import RenderedJob
+    from wmtp_cli.platform.context import RenderedJob
 
 # The binary sees no secrets: `config` resolves pass-through variables and env files, so it runs
 # with only what it needs from the environment (its output is never shown either way).

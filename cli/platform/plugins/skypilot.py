@@ -42,7 +42,7 @@ from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
     from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.jobs import RenderedJob
+    from wmtp_cli.platform.context import RenderedJob
 
 TRACKING_VARIABLE = "MLFLOW_TRACKING_URI"
 OWN_NAME_PREFIX = "wmtp-"  # `wmtp ls` lists the managed jobs named like ours (the default job names)

@@ -38,7 +38,7 @@ from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
     from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.jobs import RenderedJob
+    from wmtp_cli.platform.context import RenderedJob
 
 
 class VesslSettings(TargetSettings):

@@ -32,13 +32,13 @@ from wmtp.train.objectives.base import (LOOP_METRICS, VALUE_HEAD_FILE, InputPath
 if TYPE_CHECKING:
     import torch
 
-    from wmtp.train.config import StageSpec
     from wmtp.train.objectives._train_module import TrainModule
     from wmtp.train.objectives.baseline import BaselineObjective
     from wmtp.train.objectives.critic import CriticObjective, CriticSection
     from wmtp.train.objectives.rho1 import Rho1Objective, Rho1Section
     from wmtp.train.objectives.verifiable import TDSection, VerifiableObjective, load_value_head
 
+# `StageSpec` (wmtp.train.config) is named in annotations only: config imports this registry (see base.py).
 NOT_OBJECTIVES = ("base",)  # helper modules of the package (and any `_name`)
 
 

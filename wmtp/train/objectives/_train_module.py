@@ -11,7 +11,8 @@ from wmtp.model import Transformer, ValueHead
 if TYPE_CHECKING:
     import torch
 
-    from wmtp.train.objectives.base import Objective, ObjectiveOutput
+# `Objective` and `ObjectiveOutput` (wmtp.train.objectives.base) name this class in their annotations, so
+# they are named here as strings only: importing them, even for type checking, would be an import cycle.
 
 
 class TrainModule(nn.Module):

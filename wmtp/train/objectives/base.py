@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from wmtp.train.config import Section, StageSpec
     from wmtp.train.objectives._train_module import TrainModule
+    from wmtp.train.sections import Section
+
+# `StageSpec` (wmtp.train.config) is named in annotations only, as a string: config asks this registry for
+# the objectives' sections and rules, so importing it here, even for type checking, would be a cycle.
 
 
 class lazy_module:  # noqa: N801 (used as a module)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from wmtp.train.config import Fraction, Section
+from wmtp.train.sections import Fraction, Section
 from wmtp.train.objectives.base import (VALUE_POOLED, VALUE_TOTALS, MetricNames, Objective, ObjectiveOutput,
                                         flops, stat_names, stats, td, torch)
 

@@ -18,7 +18,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from wmtp.train.config import RuleError, Section, check_below
+from wmtp.errors import RuleError
+from wmtp.train.sections import Section, check_below
 from wmtp.train.objectives.base import (WEIGHT_METRICS, InputPath, MetricNames, Objective, ce_pooled_names,
                                         ce_total_names, lazy_module, mtp_loss, mtp_metric_names, per_head_weights,
                                         stat_names, stats, torch)

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from wmtp.errors import CheckpointError
-from wmtp.train.config import Fraction, Section, check_below
+from wmtp.train.sections import Fraction, Section, check_below
 from wmtp.train.objectives.base import (VALUE_HEAD_FILE, VALUE_POOLED, VALUE_TOTALS, WEIGHT_METRICS, InputPath,
                                         MetricNames, Objective, ce_pooled_names, ce_total_names, mtp_metric_names,
                                         stat_names, stats, td, torch)
