@@ -4,8 +4,6 @@ there. Thin commands over `wmtp_cli.platform`."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -87,11 +85,12 @@ def render(
     env_file: Optional[Path] = typer.Option(None, help="local-docker: env file the compose file references."),
 ) -> None:
     """Write the validated manifest of an experiment job to a file (nothing is submitted)."""
+    from wmtp.common.files import write_text_atomic
     from wmtp_cli.platform.jobs import prepare_job
 
     job = prepare_job(experiment, target, overrides, preset, name, env_file)
     say_which_file(experiment, job)
-    write_atomically(output, job.manifest)
+    write_text_atomic(output, job.manifest)
     warn_about_submit_refusal(job)
     typer.echo(f"wrote {output} ({target} job {job.context.name})")
 
@@ -163,15 +162,6 @@ def list_jobs(
 
     for line in job_lines(target, overrides):
         typer.echo(line)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so a failure leaves nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temp, path)
 
 
 def register(app: typer.Typer) -> None:

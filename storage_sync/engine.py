@@ -472,6 +472,8 @@ class _Download(_Run):
         dest = self.root / rel
         _refuse_symlinked_dirs(self.root, rel)  # again: the tree may have changed since the run began
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # Not `atomic_output`: the backend writes the file itself (by path, in parallel ranges for S3), and
+        # the content is checked before it is renamed into place; PARTIAL_SUFFIX marks the fragment.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}")
         try:
             self.backend.download(rel, entry, tmp, self._progress.advance)

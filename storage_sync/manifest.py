@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from wmtp.common.files import atomic_output
 from wmtp_storage_sync.errors import SyncError
 
 MANIFEST_NAME = ".wmtp-manifest.json"
@@ -28,9 +28,9 @@ HASH_CHUNK = 4 * 1024 * 1024
 # place, so never worth sending (a colleague would get half a checkpoint).
 LOCK_FILES = frozenset({".wmtp.lock"})  # wmtp/train/run_lock.py: a run dir's writer lock
 # tempfile.mkdtemp(prefix=".NAME.") staging dirs (checkpoints, model dirs, `wmtp model micro`) and the
-# ".NAME.old" a replaced checkpoint is moved to before it is removed (wmtp/train/checkpointing.py).
+# ".NAME.old" a replaced checkpoint is moved to before it is removed (wmtp/common/files.py: replace_dir).
 STAGING_DIR = re.compile(r"\..+\.(?:[a-z0-9_]{8}|old)")
-STAGING_FILE = re.compile(r"\..+\.tmp")  # atomic writes: ".NAME.tmp", ".NAME.XXXXXXXX.tmp"
+STAGING_FILE = re.compile(r"\..+\.tmp")  # atomic writes: ".NAME.XXXXXXXX.tmp" (wmtp/common/files.py), ".NAME.tmp"
 CHECKPOINTS_DIR = "checkpoints"  # in it, a hidden entry is a checkpoint being written or removed
 
 
@@ -228,11 +228,8 @@ class HashCache:
         """Write atomically (temp file + rename) so a killed sync never leaves a torn cache."""
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hashes-")
-        with os.fdopen(fd, "w") as f:
+        with atomic_output(self.path, "w") as f:
             json.dump({"root": str(self.root), "entries": self.entries}, f)
-        os.replace(tmp, self.path)
         self.dirty = False
 
 

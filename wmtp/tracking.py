@@ -39,6 +39,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from wmtp.common.files import write_text_atomic
+
+# The MLflow experiment training stages (`tracking.experiment`) and evaluations log to unless told otherwise.
+# Defined here, where both can import it without loading MLflow (this module imports it lazily).
+DEFAULT_EXPERIMENT = "weighted-mtp"
 LOCAL_STORE = Path("storage/mlflow")
 RUN_ID_FILE = "mlflow_run_id"  # in the stage dir: the MLflow run a resumed stage continues
 JOB_RUN_ID_FILE = "mlflow_job_run_id"  # in the run dir: the job's parent run, which a resumed job reopens
@@ -262,9 +267,7 @@ class MlflowTracker(Tracker):
         """Write the run id to `run_id_path` (atomically), where a resumed stage finds it."""
         if self.run_id_path is not None:
             try:
-                tmp = self.run_id_path.with_name(self.run_id_path.name + ".tmp")
-                tmp.write_text(self.run_id + "\n")
-                tmp.replace(self.run_id_path)
+                write_text_atomic(self.run_id_path, self.run_id + "\n")
             except OSError as exc:
                 print(f"warning: could not keep the MLflow run id in {self.run_id_path} ({exc}); "
                       "a resumed stage will start a new run", file=sys.stderr)

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
+from wmtp.common.files import atomic_output
 from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
 from wmtp_storage_sync.errors import SyncError
 from wmtp_storage_sync.manifest import (
@@ -52,7 +53,10 @@ class LocalDirBackend(Backend):
 
     def upload(self, f: LocalFile, sha256: Optional[str], on_bytes: OnBytes) -> ObjectInfo:
         """Copy to a temp file beside the target while hashing, compare with the manifest hash (if the
-        engine had one), then rename; the hash of the copied bytes is what the manifest records."""
+        engine had one), then rename; the hash of the copied bytes is what the manifest records.
+
+        Not `atomic_output`: a transfer in flight is named with PARTIAL_SUFFIX, as the engine names a
+        download, so both directions leave the same kind of fragment that listings skip."""
         dest = self._path(f.rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
@@ -89,10 +93,8 @@ class LocalDirBackend(Backend):
         return Manifest.from_bytes(path.read_bytes(), str(path))
 
     def write_manifest(self, manifest: Manifest) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        tmp.write_bytes(manifest.to_bytes())
-        os.replace(tmp, self.root / MANIFEST_NAME)
+        with atomic_output(self.root / MANIFEST_NAME) as out:
+            out.write(manifest.to_bytes())
 
 
 def _copy_hashing(source: Path, dest: Path, on_bytes: OnBytes) -> str:

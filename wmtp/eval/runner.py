@@ -40,10 +40,10 @@ from wmtp.eval.options import EvalOptions
 from wmtp.eval.passk import SUMMARY_KS, resolve_ks
 from wmtp.sandbox import SandboxLimits, default_workers
 from wmtp.eval.scoring import pass_at_k_metrics, read_samples, score_samples, write_results
+from wmtp.tracking import DEFAULT_EXPERIMENT
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
-MLFLOW_EXPERIMENT = "weighted-mtp"
 
 
 def check_workers(workers: Optional[int]) -> None:
@@ -361,7 +361,7 @@ EVAL_HTTP_TIMEOUT_S, EVAL_HTTP_RETRIES = 10, 1  # per request, logging into an e
 
 
 def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[str] = None,
-                     uri: Optional[str] = None, experiment: str = MLFLOW_EXPERIMENT) -> Optional[str]:
+                     uri: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT) -> Optional[str]:
     """Log pass@k and the files to MLflow; returns the run id (None when nothing asked for tracking).
 
     A failing server never fails the evaluation: the files are already written; one warning is printed.

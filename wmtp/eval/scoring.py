@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from wmtp.common.files import write_text_atomic
 from wmtp.eval.benchmarks import Benchmark, read_jsonl
 from wmtp.errors import EvalError
 from wmtp.eval.passk import CI_METHOD, exact_match, mean_pass_at_k, pass_at_k_ci95, resolve_ks
@@ -120,16 +121,8 @@ def score_samples(
 
 def write_results(records: Sequence[dict], summary: dict, results_path: Path, summary_path: Path) -> None:
     """Write per-sample results JSONL and the summary JSON (each via a temp file, then renamed)."""
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(results_path, "".join(json.dumps(r) + "\n" for r in records))
-    _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
 
 
 def pass_at_k_metrics(summary: dict) -> dict[str, float]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -29,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from wmtp.common.files import atomic_dir
 from wmtp.errors import CheckpointError
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer
@@ -266,14 +266,8 @@ def write_model_dir(
     dest = Path(dest)
     if dest.exists():
         raise CheckpointError(f"{dest}: already exists; choose a new destination")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         populate_model_dir(tmp, args, state, source, tokenizer_model, extra_metadata)
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from wmtp.common.files import atomic_dir
 from wmtp.errors import CheckpointError, WmtpError
 from wmtp.model.args import read_json_object
 
@@ -109,9 +109,7 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, dtype=str(dtype).removeprefix("torch."),
     )
     config.architectures = ["LlamaForCausalLM"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         from safetensors.torch import save_file
 
         config.save_pretrained(tmp)
@@ -121,10 +119,6 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
                   metadata={"format": "pt"})
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"layers": n_blocks, "trunk": args.n_trunk_layers, "dropped_heads": args.n_future_tokens - 1,
             "tokenizer": tokenizer is not None, "dtype": str(dtype).removeprefix("torch.")}
 

@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from wmtp.common.files import atomic_dir
 from wmtp.distributed import DistContext, broadcast_object, unwrap
 from wmtp.errors import CheckpointError
 from wmtp.model.checkpoint import populate_model_dir
@@ -56,7 +56,7 @@ LEGACY_TRAIN_STATE = "train_state.pt"  # a pickle: refused, never loaded
 STEP_PREFIX = "step_"
 FORMAT = "wmtp-train-state-v1"
 # What `write_checkpoint` leaves behind when killed: its temp dir `.<name>.<mkdtemp suffix>` and the
-# previous checkpoint moved aside by `replace_dir`, `.<name>.old`.
+# previous checkpoint moved aside by `wmtp.common.files.replace_dir`, `.<name>.old`.
 PARTIAL_DIR = re.compile(rf"\.({STEP_PREFIX}\d+|best|final)\.(\w+)")
 MAX_KEYS_SHOWN = 4
 
@@ -221,23 +221,18 @@ def write_checkpoint(name, run_dir, module, model_state, optim_state, rng_states
     value_head = {k.removeprefix("value_head."): v for k, v in model_state.items() if k.startswith("value_head.")}
     optim_tensors, optim_json = optimizer_to_files(optim_state)
     rng_tensors, rng_json = rng_to_files(rng_states)
-    tmp = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        populate_model_dir(tmp, inner.model.args, policy, source=f"wmtp training checkpoint {name}",
-                           tokenizer_model=tokenizer.path, extra_metadata={"train_step": train_state["step"]})
-        if value_head:
-            write_tensors(value_head, tmp / VALUE_HEAD_FILE)
-        write_tensors(optim_tensors, tmp / OPTIMIZER_FILE)
-        write_tensors(rng_tensors, tmp / RNG_FILE)
-        document = {**train_state, "format": FORMAT, "optimizer": optim_json, "rng": rng_json}
-        (tmp / TRAIN_STATE).write_text(json.dumps(document, indent=1) + "\n")
-        replace_dir(tmp, root / name)
-    except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, Exception) and is_disk_full(exc):
+        with atomic_dir(root / name, replace=True) as tmp:  # on failure, removed before the space is measured
+            populate_model_dir(tmp, inner.model.args, policy, source=f"wmtp training checkpoint {name}",
+                               tokenizer_model=tokenizer.path, extra_metadata={"train_step": train_state["step"]})
+            if value_head:
+                write_tensors(value_head, tmp / VALUE_HEAD_FILE)
+            write_tensors(optim_tensors, tmp / OPTIMIZER_FILE)
+            write_tensors(rng_tensors, tmp / RNG_FILE)
+            document = {**train_state, "format": FORMAT, "optimizer": optim_json, "rng": rng_json}
+            (tmp / TRAIN_STATE).write_text(json.dumps(document, indent=1) + "\n")
+    except Exception as exc:
+        if is_disk_full(exc):
             tensors = [*model_state.values(), *optim_tensors.values(), *rng_tensors.values()]
             needed = sum(t.numel() * t.element_size() for t in tensors)
             needed += os.path.getsize(tokenizer.path) if tokenizer.path else 0
@@ -271,24 +266,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Put `new` at `dest`; an existing `dest` is moved aside first and removed after the swap.
-
-    If the second rename fails, the old `dest` is moved back: a failed save never loses a checkpoint."""
-    if dest.exists():
-        trash = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.rename(dest, trash)
-        try:
-            os.rename(new, dest)
-        except BaseException:
-            os.rename(trash, dest)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(new, dest)
 
 
 def prune_step_checkpoints(run_dir: Path, keep_last: int) -> None:

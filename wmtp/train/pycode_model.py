@@ -131,6 +131,7 @@ def build_tokenizer(options: PycodeOptions, src: Path, log: Log) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=folder))
     try:
+        # SentencePiece writes the model file itself (by path): trained in a staging dir, then renamed.
         trained = train_sentencepiece(texts, staging / "tokenizer.model", options.vocab_size)
         os.replace(trained, folder / "tokenizer.model")
         write_json_atomic(info, identity)
@@ -325,13 +326,6 @@ def publish_model(final_checkpoint: Path, stage_dir: Path, dest: Path, report: d
     return dest
 
 
-def swap_into_place(new: Path, out: Path) -> None:
-    """Rename `new` to `out`; an existing `out` is moved aside first, restored if the rename fails."""
-    from wmtp.train.checkpointing import replace_dir
-
-    replace_dir(new, out)
-
-
 def existing_build(options: PycodeOptions) -> Optional[dict]:
     """The report of a complete `out` (it has report.json), or None when there is none."""
     report_file = Path(options.out) / REPORT_FILE
@@ -372,6 +366,7 @@ def build_pycode_model(options: PycodeOptions, force: bool = False, log: Log = p
 def build_in_staging(options: PycodeOptions, src: Path, log: Log) -> BuildResult:
     """The build proper, once reuse was ruled out: everything in a staging dir beside `out`, then renamed."""
     import wmtp.eval.generation  # noqa: F401 — now: the report's decoding must not fail to import after training
+    from wmtp.common.files import replace_dir
 
     out = Path(options.out)
     started = time.perf_counter()
@@ -393,7 +388,7 @@ def build_in_staging(options: PycodeOptions, src: Path, log: Log) -> BuildResult
                                                 "trained")}
         report = make_report(options, data, training, evaluation, time.perf_counter() - started)
         built = publish_model(training["final_checkpoint"], training["stage_dir"], staging / "model", report)
-        swap_into_place(built, out)
+        replace_dir(built, out)  # an existing `out` is moved aside first, restored if the rename fails
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, report)

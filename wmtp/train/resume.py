@@ -19,12 +19,12 @@ strings; a path that differs may be other data, which a string cannot rule out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
+from wmtp.common.files import write_text_atomic
 from wmtp.train.config import (Experiment, SpecError, drop_foreign_sections, format_validation_error, parse_stage_spec,
                                read_yaml)
 
@@ -173,7 +173,5 @@ def drop_metrics_after(path: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
     return dropped

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from wmtp.data.sampling import SamplingSpec
 from wmtp.errors import RuleError
 from wmtp.eval.options import EvalOptions
+from wmtp.tracking import DEFAULT_EXPERIMENT
 
 
 def check_below(low_key: str, low: Optional[float], high_key: str, high: Optional[float]) -> None:
@@ -160,7 +161,7 @@ class DistributedSection(Section):
 
 class TrackingSection(Section):
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else a local store under storage/mlflow
-    experiment: str = "weighted-mtp"
+    experiment: str = DEFAULT_EXPERIMENT
     run_name: Optional[str] = None
     buffer_size: int = Field(10000, ge=1)  # metric points kept while the server is unreachable
 
