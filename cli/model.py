@@ -35,10 +35,11 @@ def micro_cmd(
     vocab_size: int = typer.Option(1024, help="SentencePiece vocabulary size."),
 ) -> None:
     """Build the micro MTP model and its micro reference LM (random init + locally trained tokenizer)."""
+    from wmtp.data.humaneval import humaneval_code_texts
     from wmtp.model.micro import build_micro_models
 
     say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
-    for name, path in build_micro_models(out, seed=seed, vocab_size=vocab_size, log=say).items():
+    for name, path in build_micro_models(out, humaneval_code_texts(), seed=seed, vocab_size=vocab_size, log=say).items():
         typer.echo(f"wrote {name}: {path}")
 
 

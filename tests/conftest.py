@@ -30,9 +30,10 @@ def meta_tiny_dir() -> Path:
 @pytest.fixture(scope="session")
 def micro_models(tmp_path_factory) -> dict[str, Path]:
     """`{"micro-mtp": dir, "micro-ref": dir}` standard model directories (random init, seed 0)."""
+    from wmtp.data.humaneval import humaneval_code_texts
     from wmtp.model.micro import build_micro_models
 
-    return build_micro_models(tmp_path_factory.mktemp("models_v2"), seed=0)
+    return build_micro_models(tmp_path_factory.mktemp("models_v2"), humaneval_code_texts(), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ MUST_SHARE = "a reference must share the policy's tokenizer"
 
 
 def corpus(every: int = 1) -> list[str]:
-    from wmtp.model.micro import humaneval_code_texts
+    from wmtp.data.humaneval import humaneval_code_texts
 
     return list(humaneval_code_texts())[::every]
 

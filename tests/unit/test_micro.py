@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from wmtp.data.humaneval import humaneval_code_texts
 from wmtp.model import load_model, load_tokenizer
 
 
@@ -30,7 +31,7 @@ def test_tokenizer_round_trips_code_and_has_special_ids(micro_models):
 def test_same_seed_gives_the_same_weights(micro_models, tmp_path):
     from wmtp.model.micro import build_micro_models
 
-    again = build_micro_models(tmp_path, seed=0)["micro-mtp"]
+    again = build_micro_models(tmp_path, humaneval_code_texts(), seed=0)["micro-mtp"]
     a, b = load_model(micro_models["micro-mtp"]), load_model(again)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -45,7 +46,7 @@ def test_second_run_is_refused_before_any_work_and_leaves_nothing(micro_models, 
     before = sorted(p.name for p in out.iterdir())
     monkeypatch.setattr(micro, "train_sentencepiece", lambda *a, **k: pytest.fail("trained a tokenizer"))
     with pytest.raises(CheckpointError, match=r"micro-mtp: already exists"):
-        micro.build_micro_models(out, seed=0)
+        micro.build_micro_models(out, humaneval_code_texts(), seed=0)
     assert sorted(p.name for p in out.iterdir()) == before == ["micro-mtp", "micro-ref"]
 
 
@@ -71,5 +72,5 @@ def test_a_failure_midway_leaves_no_half_built_pair(micro_models, tmp_path, monk
     monkeypatch.setattr(micro, "train_sentencepiece", copy_tokenizer)
     monkeypatch.setattr(micro, "save_model", save_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        micro.build_micro_models(tmp_path / "models", seed=0)
+        micro.build_micro_models(tmp_path / "models", humaneval_code_texts(), seed=0)
     assert list((tmp_path / "models").iterdir()) == []  # no micro-mtp alone, no temporary tokenizer

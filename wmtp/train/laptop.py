@@ -39,6 +39,7 @@ def model_dirs(spec: StageSpec) -> list[Path]:
 
 def build_micro_pair(missing: Path, log: Log) -> None:
     """`wmtp model micro --out <parent>` for a missing `micro-mtp` / `micro-ref` (the pair, or neither)."""
+    from wmtp.data.humaneval import humaneval_code_texts
     from wmtp.model.micro import build_micro_models
 
     partner = missing.parent / next(name for name in MICRO_MODELS if name != missing.name)
@@ -46,7 +47,7 @@ def build_micro_pair(missing: Path, log: Log) -> None:
         raise WmtpError(f"{missing} is missing but {partner} exists; they share one tokenizer, so they are "
                         f"built together: remove {partner} and run again")
     log(f"--micro: {missing} is missing: building the micro model pair (wmtp model micro --out {missing.parent})")
-    build_micro_models(missing.parent, log=lambda line: log(f"  {line}"))
+    build_micro_models(missing.parent, humaneval_code_texts(), log=lambda line: log(f"  {line}"))
 
 
 def build_smoke(tokenizer_dir: Path, log: Log) -> None:
