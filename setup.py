@@ -11,8 +11,9 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 # jobs/ and every top-level folder holding a job template (*.j2): a new target's template folder ships
 # without an edit here.
-ASSET_DIRS = {f"wmtp_assets.{name}": name
-              for name in ["jobs", *sorted({path.parent.name for path in HERE.glob("*/*.j2")})]}
+ASSET_DIRS = {
+    f"wmtp_assets.{name}": name for name in ["jobs", *sorted({path.parent.name for path in HERE.glob("*/*.j2")})]
+}
 # The cli/ and storage_sync/ folders install as `wmtp_cli` and `wmtp_storage_sync`: generic names such as
 # `cli` would collide with a user's own package (a working directory holding a cli/ folder would
 # hijack `python -m cli.main`, which `wmtp submit --target local` runs).

@@ -44,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--line-bytes", type=int, default=1000, help="approximate bytes per JSONL line")
     parser.add_argument("--samples", type=int, default=50_000, help="balanced samples to draw and materialise")
     parser.add_argument("--batch-size", type=int, default=32, help="records in the first batch")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the JSONL goes (default: a temp dir, removed)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the JSONL goes (default: a temp dir, removed)"
+    )
     parser.add_argument("--skip-hf", action="store_true", help="leave out (b) Hugging Face datasets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds, order alternated; medians reported")
@@ -72,10 +74,14 @@ def generate_jsonl(path: Path, lines: int, line_bytes: int, seed: int) -> None:
             while len(output) < body_chars:
                 output += chunks[(i * 13 + j) % len(chunks)] + "\n"
                 j += 1
-            record = {"instruction": instruction, "input": "", "output": output[:body_chars],
-                      "task_id": f"problem{i // 8}_{'correct' if i % 2 == 0 else 'incorrect'}_{i % 8}",
-                      "is_correct": rng.random() < 0.5,
-                      "metadata": {"source": "bench", "difficulty": rng.randint(0, 11), "has_tests": True}}
+            record = {
+                "instruction": instruction,
+                "input": "",
+                "output": output[:body_chars],
+                "task_id": f"problem{i // 8}_{'correct' if i % 2 == 0 else 'incorrect'}_{i % 8}",
+                "is_correct": rng.random() < 0.5,
+                "metadata": {"source": "bench", "difficulty": rng.randint(0, 11), "has_tests": True},
+            }
             buffer.append(json.dumps(record))
             if len(buffer) == 10000:
                 handle.write("\n".join(buffer) + "\n")
@@ -124,8 +130,13 @@ def measure_ours(args) -> dict:
     records = first + [dataset[i] for i in range(args.batch_size, len(dataset))]
     total = time.perf_counter() - start
     assert sum(r["is_correct"] for r in records) == args.samples // 2
-    return {"first_batch_s": first_batch, "total_s": total, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
-            "index_bytes_per_sample": index.nbytes / len(index)}
+    return {
+        "first_batch_s": first_batch,
+        "total_s": total,
+        "peak_rss_mb": peak_rss_mb(),
+        "base_rss_mb": base,
+        "index_bytes_per_sample": index.nbytes / len(index),
+    }
 
 
 def measure_jsonloads(args) -> dict:
@@ -156,8 +167,13 @@ def measure_hf(args) -> dict:
     records = list(chosen)
     total = time.perf_counter() - start
     assert sum(r["is_correct"] for r in records) == args.samples // 2
-    return {"first_batch_s": first_batch, "total_s": total, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
-            "datasets_version": datasets.__version__}
+    return {
+        "first_batch_s": first_batch,
+        "total_s": total,
+        "peak_rss_mb": peak_rss_mb(),
+        "base_rss_mb": base,
+        "datasets_version": datasets.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -179,8 +195,21 @@ def ensure_hf_python() -> Path | None:
 
 
 def run_child(python: Path, mode: str, args, extra: list[str] | None = None) -> dict:
-    command = [str(python), str(Path(__file__).resolve()), "--measure", mode, "--file", str(args.file),
-               "--samples", str(args.samples), "--batch-size", str(args.batch_size), "--seed", str(args.seed), *(extra or [])]
+    command = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--measure",
+        mode,
+        "--file",
+        str(args.file),
+        "--samples",
+        str(args.samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        *(extra or []),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     if out.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{out.stderr[-3000:]}")
@@ -191,14 +220,19 @@ def median_result(values: list[dict]) -> dict:
     """Field-wise median of one contender's rounds (numbers); other fields from the first round."""
     import statistics
 
-    return {k: statistics.median(v[k] for v in values) if isinstance(values[0][k], (int, float)) else values[0][k]
-            for k in values[0]}
+    return {
+        k: statistics.median(v[k] for v in values) if isinstance(values[0][k], (int, float)) else values[0][k]
+        for k in values[0]
+    }
 
 
 def print_table(results: dict, build: dict) -> None:
-    print(f"\nindex build: {build['mb']:.0f} MB, {build['lines']:,} lines in {build['seconds']:.1f} s → "
-          f"{build['mb'] / build['seconds']:.0f} MB/s; index {build['index_bytes'] / build['lines']:.1f} bytes/sample on disk, "
-          f"{results['ours']['index_bytes_per_sample']:.0f} bytes/sample resident")
+    print(
+        f"\nindex build: {build['mb']:.0f} MB, {build['lines']:,} lines in {build['seconds']:.1f} s → "
+        f"{build['mb'] / build['seconds']:.0f} MB/s; "
+        f"index {build['index_bytes'] / build['lines']:.1f} bytes/sample on disk, "
+        f"{results['ours']['index_bytes_per_sample']:.0f} bytes/sample resident"
+    )
     names = [("ours", "ours"), ("jsonloads", "(a) json.loads"), ("hf", "(b) HF datasets")]
     present = [(key, label) for key, label in names if key in results]
     rows = [
@@ -207,18 +241,24 @@ def print_table(results: dict, build: dict) -> None:
         ("peak RSS (MB)", lambda r: r["peak_rss_mb"]),
         ("peak RSS above imports (MB)", lambda r: r["peak_rss_mb"] - r["base_rss_mb"]),
     ]
-    header = f"{'':32}" + "".join(f"{label:>18}" for _, label in present) + "".join(
-        f"{label.split()[0] + ' / ours':>16}" for key, label in present if key != "ours")
+    header = (
+        f"{'':32}"
+        + "".join(f"{label:>18}" for _, label in present)
+        + "".join(f"{label.split()[0] + ' / ours':>16}" for key, label in present if key != "ours")
+    )
     print(header)
     for title, value in rows:
         cells = "".join(f"{value(results[key]):>18.2f}" for key, _ in present)
-        ratios = "".join(f"{value(results[key]) / max(value(results['ours']), 1e-9):>15.1f}×"
-                         for key, _ in present if key != "ours")
+        ratios = "".join(
+            f"{value(results[key]) / max(value(results['ours']), 1e-9):>15.1f}×" for key, _ in present if key != "ours"
+        )
         print(f"{title:32}{cells}{ratios}")
     ours = results["ours"]
     cold = build["seconds"] + ours["first_batch_s"]
-    print(f"{'ours incl. index build (cold)':32}{cold:>18.2f}  s to first batch"
-          + (f"; (b)/ours {results['hf']['first_batch_s'] / cold:.1f}×" if "hf" in results else ""))
+    print(
+        f"{'ours incl. index build (cold)':32}{cold:>18.2f}  s to first batch"
+        + (f"; (b)/ours {results['hf']['first_batch_s'] / cold:.1f}×" if "hf" in results else "")
+    )
     if "hf" in results:
         print(f"(b) datasets {results['hf']['datasets_version']}")
 
@@ -242,19 +282,27 @@ def main() -> None:
         print("building the index …", flush=True)
         started = time.perf_counter()
         build_index(args.file)
-        build = {"seconds": time.perf_counter() - started, "mb": size / MB, "lines": args.lines,
-                 "index_bytes": index_path(args.file).stat().st_size}
+        build = {
+            "seconds": time.perf_counter() - started,
+            "mb": size / MB,
+            "lines": args.lines,
+            "index_bytes": index_path(args.file).stat().st_size,
+        }
         hf_python = None if args.skip_hf else ensure_hf_python()
         contenders = {"ours": Path(sys.executable), "jsonloads": Path(sys.executable)}
         if hf_python is not None:
             contenders["hf"] = hf_python
         elif args.skip_hf:
             print("note: (b) skipped (--skip-hf)")
-        labels = {"ours": "ours", "jsonloads": "(a) json.loads of every line", "hf": "(b) datasets.load_dataset('json'), cold cache"}
+        labels = {
+            "ours": "ours",
+            "jsonloads": "(a) json.loads of every line",
+            "hf": "(b) datasets.load_dataset('json'), cold cache",
+        }
         runs: dict[str, list[dict]] = {key: [] for key in contenders}
         for rnd in range(args.rounds):
             # Alternate the order (ours, a, b / b, a, ours / …) so a busy spell on a shared machine hits all alike.
-            for key in (list(contenders) if rnd % 2 == 0 else list(contenders)[::-1]):
+            for key in list(contenders) if rnd % 2 == 0 else list(contenders)[::-1]:
                 print(f"round {rnd + 1}/{args.rounds}: {labels[key]} …", flush=True)
                 extra = None
                 if key == "hf":
@@ -265,9 +313,13 @@ def main() -> None:
         results = {key: median_result(values) for key, values in runs.items()}
         results["ours"]["samples"] = args.samples
         if args.rounds > 1:
-            print(f"(medians over {args.rounds} rounds; first-batch seconds per round: "
-                  + "; ".join(f"{key} " + ", ".join(f"{r['first_batch_s']:.2f}" for r in values) for key, values in runs.items())
-                  + ")")
+            print(
+                f"(medians over {args.rounds} rounds; first-batch seconds per round: "
+                + "; ".join(
+                    f"{key} " + ", ".join(f"{r['first_batch_s']:.2f}" for r in values) for key, values in runs.items()
+                )
+                + ")"
+            )
         print_table(results, build)
     finally:
         if args.workdir is None:

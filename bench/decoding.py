@@ -60,33 +60,53 @@ PYCODE_TEST = Path("storage/datasets_v2/pycode/processed/test.jsonl")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None,
-                        help=f"model dir / checkpoint (default: {PYCODE_MODEL} if it exists, else micro in a temp dir)")
-    parser.add_argument("--prompts-from", choices=("pycode", "humaneval"), default=None,
-                        help="pycode: held-out test split of the stdlib corpus (default when present); humaneval")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"model dir / checkpoint (default: {PYCODE_MODEL} if it exists, else micro in a temp dir)",
+    )
+    parser.add_argument(
+        "--prompts-from",
+        choices=("pycode", "humaneval"),
+        default=None,
+        help="pycode: held-out test split of the stdlib corpus (default when present); humaneval",
+    )
     parser.add_argument("--pycode-test", type=Path, default=PYCODE_TEST, help="the pycode test split (JSONL)")
     parser.add_argument("--prompts", type=int, default=16, help="prompts decoded")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated: each is a full run of every mode")
-    parser.add_argument("--humaneval-stop", action="store_true",
-                        help="apply HumanEval's stop sequences (our modes only; hf is then left out)")
+    parser.add_argument(
+        "--humaneval-stop",
+        action="store_true",
+        help="apply HumanEval's stop sequences (our modes only; hf is then left out)",
+    )
     parser.add_argument("--no-hf", action="store_true", help="leave Hugging Face generate out")
-    parser.add_argument("--sampling", action="store_true",
-                        help="also plain sampling vs speculative sampling at --temperature / --top-p")
+    parser.add_argument(
+        "--sampling", action="store_true", help="also plain sampling vs speculative sampling at --temperature / --top-p"
+    )
     parser.add_argument("--reps", type=int, default=3, help="timed runs per mode and batch size")
     parser.add_argument("--fit-steps", type=int, default=0, help="first train the model this many steps")
-    parser.add_argument("--n-layers", type=int, default=None,
-                        help="replace the model by a random-init one with this many blocks (the micro model has 6: "
-                             "2 trunk + 4 heads; Meta's 7B_1T_4 has 32: 28 + 4) — use with --fit-steps")
+    parser.add_argument(
+        "--n-layers",
+        type=int,
+        default=None,
+        help="replace the model by a random-init one with this many blocks (the micro model has 6: "
+        "2 trunk + 4 heads; Meta's 7B_1T_4 has 32: 28 + 4) — use with --fit-steps",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 (default on CPU) or bfloat16 (default on CUDA)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--temperature", type=float, default=0.8, help="of the sampling rows")
     parser.add_argument("--top-p", type=float, default=1.0, help="of the sampling rows")
     parser.add_argument("--seed", type=int, default=0, help="model init (micro) and sampling seed")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="time runs by wall clock, or by this process's CPU time (on a machine shared with "
-                             "other jobs, time spent preempted then does not count)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time runs by wall clock, or by this process's CPU time (on a machine shared with "
+        "other jobs, time spent preempted then does not count)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -181,9 +201,15 @@ def run_hf(hf_model, tokenizer, prompts, batch_size: int, max_new_tokens: int, k
             input_ids[j, width - len(ids[i]) :] = torch.tensor(ids[i])
             mask[j, width - len(ids[i]) :] = 1
         with torch.inference_mode():
-            out = hf_model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                    num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
-                                    pad_token_id=tokenizer.pad_id)
+            out = hf_model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_id,
+                pad_token_id=tokenizer.pad_id,
+            )
         for j, i in enumerate(batch):
             new = out[j, width:].tolist()  # the device→host copy ends the timing of a GPU batch too
             if tokenizer.eos_id in new:  # ours stops at end-of-sequence without keeping it
@@ -244,9 +270,12 @@ def main(argv=None) -> int:
         fit(model, tokenizer, texts, opts.fit_steps, device)
         label += f", fitted {opts.fit_steps} steps"
     trunk, heads = model.args.n_layers - model.n_future_tokens, model.n_future_tokens
-    print(f"model: {label}: {trunk} trunk blocks + {heads} head blocks, dim {model.args.dim}, "
-          f"vocab {model.args.vocab_size}; {len(prompts)} {source} prompts; {device.type} {dtype_name}, "
-          f"{opts.threads} thread(s)", flush=True)
+    print(
+        f"model: {label}: {trunk} trunk blocks + {heads} head blocks, dim {model.args.dim}, "
+        f"vocab {model.args.vocab_size}; {len(prompts)} {source} prompts; {device.type} {dtype_name}, "
+        f"{opts.threads} thread(s)",
+        flush=True,
+    )
 
     use_hf = not opts.no_hf and not opts.humaneval_stop
     hf_model = None
@@ -262,8 +291,11 @@ def main(argv=None) -> int:
         saved = save_model(model.cpu(), tmp / "ours", source="bench/decoding.py", tokenizer_model=Path(tokenizer.path))
         summary = export_hf(saved, tmp / "hf")
         hf_model = LlamaForCausalLM.from_pretrained(tmp / "hf", dtype=dtype).to(device).eval()
-        print(f"hf: exported {summary['layers']} layers (trunk + head 1) to a LlamaForCausalLM "
-              f"(attention: {hf_model.config._attn_implementation})", flush=True)
+        print(
+            f"hf: exported {summary['layers']} layers (trunk + head 1) to a LlamaForCausalLM "
+            f"(attention: {hf_model.config._attn_implementation})",
+            flush=True,
+        )
     model = model.to(device=device, dtype=dtype)
 
     if opts.humaneval_stop:
@@ -285,7 +317,7 @@ def main(argv=None) -> int:
             configs["spec-sample"] = GenerationConfig(**common, **sampled, speculative=True)
         modes = list(configs) + (["hf"] if use_hf else [])
 
-        def once(mode: str) -> Run:
+        def once(mode: str, batch_size: int = batch_size, configs: dict = configs) -> Run:
             if mode == "hf":
                 return run_hf(hf_model, tokenizer, prompts, batch_size, opts.max_new_tokens, keep)
             return run_ours(model, tokenizer, prompts, configs[mode])
@@ -297,7 +329,7 @@ def main(argv=None) -> int:
                 generate(model, tokenizer, prompts[:batch_size], configs[mode])
         runs = {mode: [] for mode in modes}
         for rep in range(opts.reps):
-            for mode in (modes if rep % 2 == 0 else modes[::-1]):
+            for mode in modes if rep % 2 == 0 else modes[::-1]:
                 run = once(mode)
                 if runs[mode] and run.rows != runs[mode][0].rows:  # seeded or greedy: a rerun is identical
                     raise AssertionError(f"{mode}: outputs changed between runs")
@@ -310,15 +342,21 @@ def main(argv=None) -> int:
             bad = next(i for i, (a, b) in enumerate(zip(greedy_rows, spec_rows)) if a != b)
             if dtype == torch.float32:
                 raise AssertionError(f"batch {batch_size}: speculative output differs from greedy on prompt {bad}")
-            print(f"  note: in {dtype_name} speculative differs from greedy on {1 - spec_same:.0%} of the rows "
-                  "(a near-tie rounded the other way in a 4-position pass)")
+            print(
+                f"  note: in {dtype_name} speculative differs from greedy on {1 - spec_same:.0%} of the rows "
+                "(a near-tie rounded the other way in a 4-position pass)"
+            )
         rate = {mode: statistics.median(r.rate for r in runs[mode]) for mode in modes}
         spec_stats = first["speculative"].stats
         result = {
-            "batch_size": batch_size, "prompts": len(prompts), "tokens": first["greedy"].tokens,
-            "tokens_per_forward": per_forward(spec_stats, n_drafts), "acceptance": spec_stats.acceptance_rate,
+            "batch_size": batch_size,
+            "prompts": len(prompts),
+            "tokens": first["greedy"].tokens,
+            "tokens_per_forward": per_forward(spec_stats, n_drafts),
+            "acceptance": spec_stats.acceptance_rate,
             "forwards": {m: first[m].stats.forward_passes for m in configs},
-            "tok_s": rate, "spec_over_greedy": rate["speculative"] / rate["greedy"],
+            "tok_s": rate,
+            "spec_over_greedy": rate["speculative"] / rate["greedy"],
             "speculative_identical_rows": spec_same,
         }
         if use_hf:
@@ -333,28 +371,55 @@ def main(argv=None) -> int:
             result["sampling_acceptance"] = first["spec-sample"].stats.acceptance_rate
         results.append(result)
 
-    print(f"\n{label}: {len(prompts)} {source} prompts, max {opts.max_new_tokens} new tokens, "
-          f"{'HumanEval stop sequences' if stop else 'no stop sequences'}, {device.type} {dtype_name} "
-          f"({opts.threads} thread(s)), {opts.clock} clock, median of {opts.reps} runs; load average {os.getloadavg()[0]:.1f}\n")
-    print(f"{'batch':>5s} {'tokens':>6s} {'tok/fwd':>7s} {'accept':>6s} {'greedy':>8s} {'spec':>8s} {'hf':>8s} "
-          f"{'spec/greedy':>11s} {'greedy/hf':>9s} {'spec/hf':>7s} {'spec=greedy':>11s} {'hf=greedy':>9s}")
+    print(
+        f"\n{label}: {len(prompts)} {source} prompts, max {opts.max_new_tokens} new tokens, "
+        f"{'HumanEval stop sequences' if stop else 'no stop sequences'}, {device.type} {dtype_name} "
+        f"({opts.threads} thread(s)), {opts.clock} clock, median of {opts.reps} runs; "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        f"{'batch':>5s} {'tokens':>6s} {'tok/fwd':>7s} {'accept':>6s} {'greedy':>8s} {'spec':>8s} {'hf':>8s} "
+        f"{'spec/greedy':>11s} {'greedy/hf':>9s} {'spec/hf':>7s} {'spec=greedy':>11s} {'hf=greedy':>9s}"
+    )
     for r in results:
         hf = "hf" in r["tok_s"]
-        cells = [f"{r['batch_size']:5d}", f"{r['tokens']:6d}", f"{r['tokens_per_forward']:7.2f}",
-                 f"{r['acceptance']:6.3f}", f"{r['tok_s']['greedy']:8.1f}", f"{r['tok_s']['speculative']:8.1f}",
-                 f"{r['tok_s']['hf']:8.1f}" if hf else f"{'-':>8s}", f"{r['spec_over_greedy']:10.2f}x",
-                 f"{r['ours_over_hf']:8.2f}x" if hf else f"{'-':>9s}",
-                 f"{r['spec_over_hf']:6.2f}x" if hf else f"{'-':>7s}",
-                 f"{r['speculative_identical_rows']:11.0%}", f"{r['hf_identical_rows']:9.0%}" if hf else f"{'-':>9s}"]
+        cells = [
+            f"{r['batch_size']:5d}",
+            f"{r['tokens']:6d}",
+            f"{r['tokens_per_forward']:7.2f}",
+            f"{r['acceptance']:6.3f}",
+            f"{r['tok_s']['greedy']:8.1f}",
+            f"{r['tok_s']['speculative']:8.1f}",
+            f"{r['tok_s']['hf']:8.1f}" if hf else f"{'-':>8s}",
+            f"{r['spec_over_greedy']:10.2f}x",
+            f"{r['ours_over_hf']:8.2f}x" if hf else f"{'-':>9s}",
+            f"{r['spec_over_hf']:6.2f}x" if hf else f"{'-':>7s}",
+            f"{r['speculative_identical_rows']:11.0%}",
+            f"{r['hf_identical_rows']:9.0%}" if hf else f"{'-':>9s}",
+        ]
         print(" ".join(cells))
     if opts.sampling:
         for r in results:
-            print(f"sampling at T={opts.temperature}, batch {r['batch_size']}: spec-sample / sample "
-                  f"{r['spec_sample_over_sample']:.2f}x, {r['sampling_tokens_per_forward']:.2f} tokens/forward, "
-                  f"acceptance {r['sampling_acceptance']:.3f}")
+            print(
+                f"sampling at T={opts.temperature}, batch {r['batch_size']}: spec-sample / sample "
+                f"{r['spec_sample_over_sample']:.2f}x, {r['sampling_tokens_per_forward']:.2f} tokens/forward, "
+                f"acceptance {r['sampling_acceptance']:.3f}"
+            )
     if opts.json:
-        opts.json.write_text(json.dumps({"model": label, "prompts_from": source, "device": device.type,
-                                         "dtype": dtype_name, "results": results}, indent=2, default=str) + "\n")
+        opts.json.write_text(
+            json.dumps(
+                {
+                    "model": label,
+                    "prompts_from": source,
+                    "device": device.type,
+                    "dtype": dtype_name,
+                    "results": results,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
     tmp_dir.cleanup()
     return 0
 

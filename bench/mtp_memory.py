@@ -63,8 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(opts: argparse.Namespace, n_future: int, device: torch.device):
     """Model with `trunk_layers` shared blocks and `n_future` heads, plus a batch with MTP labels."""
-    args = ModelArgs(dim=opts.dim, n_layers=opts.trunk_layers + n_future, n_heads=opts.n_heads,
-                     vocab_size=opts.vocab, n_future_tokens=n_future, max_seq_len=opts.seq)
+    args = ModelArgs(
+        dim=opts.dim,
+        n_layers=opts.trunk_layers + n_future,
+        n_heads=opts.n_heads,
+        vocab_size=opts.vocab,
+        n_future_tokens=n_future,
+        max_seq_len=opts.seq,
+    )
     model = Transformer(args)
     model.init_weights(opts.seed)
     model = model.to(device).train()
@@ -99,8 +105,11 @@ def peak_tensor_bytes_from_profile(run_step) -> int:
         trace_path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(trace_path)
         events = json.loads(Path(trace_path).read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    totals = [
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    ]
     return max([0, *totals])
 
 
@@ -126,7 +135,8 @@ def worker(opts: argparse.Namespace) -> None:
     elif opts.measure == "tensor":
         losses = []
         result["peak_bytes"] = peak_tensor_bytes_from_profile(
-            lambda: losses.append(training_step(model, tokens_BS, labels_BSH, schedule, autocast)))
+            lambda: losses.append(training_step(model, tokens_BS, labels_BSH, schedule, autocast))
+        )
         result["loss"] = losses[0]
     else:
         base = rss_bytes()
@@ -144,10 +154,30 @@ def _no_autocast():
 
 def run_worker(opts: argparse.Namespace, config: str, measure: str) -> dict:
     """One configuration in a fresh interpreter; returns its JSON result."""
-    cmd = [sys.executable, __file__, "--worker", config, "--measure", measure,
-           "--dim", str(opts.dim), "--trunk-layers", str(opts.trunk_layers), "--n-heads", str(opts.n_heads),
-           "--vocab", str(opts.vocab), "--seq", str(opts.seq), "--batch", str(opts.batch),
-           "--device", opts.device, "--seed", str(opts.seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        config,
+        "--measure",
+        measure,
+        "--dim",
+        str(opts.dim),
+        "--trunk-layers",
+        str(opts.trunk_layers),
+        "--n-heads",
+        str(opts.n_heads),
+        "--vocab",
+        str(opts.vocab),
+        "--seq",
+        str(opts.seq),
+        "--batch",
+        str(opts.batch),
+        "--device",
+        opts.device,
+        "--seed",
+        str(opts.seed),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker {config}/{measure} failed:\n{done.stderr}")
@@ -173,9 +203,11 @@ def main(argv=None) -> None:
     if opts.worker:
         return worker(opts)
     measures = ["cuda"] if opts.device.startswith("cuda") else ["tensor", "rss"]
-    print(f"device {opts.device}, torch {torch.__version__}, dim {opts.dim}, trunk {opts.trunk_layers} blocks, "
-          f"heads {opts.n_heads}, vocab {opts.vocab}, batch {opts.batch} x seq {opts.seq}; "
-          f"one step = fwd + loss + bwd from grad=None; peak above weights + batch")
+    print(
+        f"device {opts.device}, torch {torch.__version__}, dim {opts.dim}, trunk {opts.trunk_layers} blocks, "
+        f"heads {opts.n_heads}, vocab {opts.vocab}, batch {opts.batch} x seq {opts.seq}; "
+        f"one step = fwd + loss + bwd from grad=None; peak above weights + batch"
+    )
     configs = ["n=1", *(c for c in opts.configs.split(",") if c != "n=1")]  # n=1 is the reference row
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:

@@ -98,9 +98,13 @@ def free_port() -> int:
 def tool_env(workdir: Path) -> dict:
     return {
         **os.environ,
-        "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(workdir / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "no-aws-creds"),
-        "AWS_EC2_METADATA_DISABLED": "true", "WMTP_CACHE_DIR": str(workdir / "wmtp-cache"),
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(workdir / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "no-aws-creds"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "WMTP_CACHE_DIR": str(workdir / "wmtp-cache"),
         "PYTHONPATH": str(REPO_ROOT),
     }
 
@@ -115,13 +119,34 @@ def timed(command: list[str], env: dict) -> float:
 
 
 def wmtp_sync(root: Path, url: str, endpoint: str) -> list[str]:
-    return [sys.executable, "-m", "wmtp_cli.main", "sync-storage", "--root", str(root), "--dest", url,
-            "--endpoint-url", endpoint, "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "wmtp_cli.main",
+        "sync-storage",
+        "--root",
+        str(root),
+        "--dest",
+        url,
+        "--endpoint-url",
+        endpoint,
+        "--no-progress",
+    ]
 
 
 def aws_sync(aws: Path, root: Path, url: str, endpoint: str) -> list[str]:
-    return [str(aws), "s3", "sync", str(root), url, "--endpoint-url", endpoint, "--only-show-errors",
-            "--exclude", ".bench-tree"]
+    return [
+        str(aws),
+        "s3",
+        "sync",
+        str(root),
+        url,
+        "--endpoint-url",
+        endpoint,
+        "--only-show-errors",
+        "--exclude",
+        ".bench-tree",
+    ]
 
 
 class Bench:
@@ -130,8 +155,13 @@ class Bench:
 
         self.args, self.aws, self.endpoint = args, aws, endpoint
         self.env = tool_env(args.workdir)
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                               aws_access_key_id="bench", aws_secret_access_key="bench")
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         self.buckets = 0
 
     def fresh_bucket(self) -> str:
@@ -195,14 +225,20 @@ def main() -> None:
     finally:
         server.stop()
 
-    size_label = f"{args.size_mib / 1024:.2f} GiB / {args.files} files" if args.size_mib >= 1024 else f"{args.size_mib} MiB / {args.files} files"
+    size_label = (
+        f"{args.size_mib / 1024:.2f} GiB / {args.files} files"
+        if args.size_mib >= 1024
+        else f"{args.size_mib} MiB / {args.files} files"
+    )
     rows = [
         (f"upload {size_label} (cold)", up_ours, up_aws),
         (f"no-op re-sync {size_label}", noop_large_ours, noop_large_aws),
         (f"no-op re-sync {args.small_files:,} small files", noop_ours, noop_aws),
     ]
-    print(f"\nserver: moto ThreadedMotoServer (127.0.0.1); {aws_version(aws)}; {os.cpu_count()} CPUs; "
-          f"median of {args.repeats}+ runs, seconds per CLI invocation")
+    print(
+        f"\nserver: moto ThreadedMotoServer (127.0.0.1); {aws_version(aws)}; {os.cpu_count()} CPUs; "
+        f"median of {args.repeats}+ runs, seconds per CLI invocation"
+    )
     print(f"{'case':<44} {'wmtp':>8} {'aws s3 sync':>12} {'ratio':>8}")
     results = []
     for label, ours, theirs in rows:

@@ -79,9 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ddp-objective", choices=OBJECTIVES, default="verifiable")
     parser.add_argument("--ddp-warmup", type=int, default=1, help="untimed steps per DDP launch")
     parser.add_argument("--ddp-steps", type=int, default=3, help="timed steps per DDP launch")
-    parser.add_argument("--ddp-rounds", type=int, default=2, help="rounds of launches (1x2, 2x1, 1x1 procs x threads), order alternated")
-    parser.add_argument("--ddp-cores", type=int, default=len(os.sched_getaffinity(0)),
-                        help="cores C shared by the DDP launches (default: this process's CPU affinity)")
+    parser.add_argument(
+        "--ddp-rounds", type=int, default=2, help="rounds of launches (1x2, 2x1, 1x1 procs x threads), order alternated"
+    )
+    parser.add_argument(
+        "--ddp-cores",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="cores C shared by the DDP launches (default: this process's CPU affinity)",
+    )
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--value-head", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -91,8 +97,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_args(opts) -> ModelArgs:
-    return ModelArgs(dim=opts.dim, n_layers=opts.n_layers, n_heads=opts.n_heads, n_kv_heads=opts.n_kv_heads,
-                     vocab_size=opts.vocab, multiple_of=32, n_future_tokens=opts.n_future, max_seq_len=opts.seq)
+    return ModelArgs(
+        dim=opts.dim,
+        n_layers=opts.n_layers,
+        n_heads=opts.n_heads,
+        n_kv_heads=opts.n_kv_heads,
+        vocab_size=opts.vocab,
+        multiple_of=32,
+        n_future_tokens=opts.n_future,
+        max_seq_len=opts.seq,
+    )
 
 
 def build_model(opts, device) -> Transformer:
@@ -127,9 +141,16 @@ def synthetic_batch(opts, seed: int) -> dict:
 
 def stage_spec(objective: str, value_head: Path) -> StageSpec:
     td = {"td": {"value_head": str(value_head)}} if objective == "verifiable" else {}
-    return parse_stage_spec({"experiment": "bench", "stage": objective, "objective": objective,
-                             "model": {"path": "unused"}, "data": {"train": "unused"},
-                             **td})  # td defaults: β 0.9, w ∈ [0.1, 5], value_clip 0.2
+    return parse_stage_spec(
+        {
+            "experiment": "bench",
+            "stage": objective,
+            "objective": objective,
+            "model": {"path": "unused"},
+            "data": {"train": "unused"},
+            **td,
+        }
+    )  # td defaults: β 0.9, w ∈ [0.1, 5], value_clip 0.2
 
 
 def write_value_head(dim: int, directory: Path, seed: int) -> Path:
@@ -159,8 +180,9 @@ class Contender:
         self.module = parallelize(inner, strategy, ctx)
         t = spec.train
         params = self.objective.trainable_parameters(unwrap(self.module))
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
-                                           foreach=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, foreach=self.device.type == "cuda"
+        )
         self.grad_clip = t.grad_clip
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
         self.times: list[float] = []
@@ -200,25 +222,31 @@ def compare_objectives(opts, value_head_file: Path) -> None:
     device = torch.device(opts.device)
     ctx = DistContext(device=device)
     base_model = build_model(opts, device)
-    contenders = [Contender("baseline", base_model, value_head_file, ctx),
-                  Contender("verifiable", copy.deepcopy(base_model), value_head_file, ctx)]
+    contenders = [
+        Contender("baseline", base_model, value_head_file, ctx),
+        Contender("verifiable", copy.deepcopy(base_model), value_head_file, ctx),
+    ]
     batch = synthetic_batch(opts, opts.seed)
     tokens = int(batch["attention_mask"].sum())
     n_params = sum(p.numel() for p in base_model.parameters())
     a = base_model.args
-    print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"step = normalizers + fwd + bwd + clip + AdamW")
-    print(f"dim {a.dim}, layers {a.n_layers} ({a.n_trunk_layers} trunk + {a.n_future_tokens} heads), "
-          f"heads {a.n_heads}/{a.n_kv_heads} kv, ffn {a.ffn_hidden_dim}, vocab {a.vocab_size}, "
-          f"{n_params / 1e6:.1f}M params; batch {opts.batch} x seq {opts.seq} "
-          f"({tokens} tokens, {int(batch['response_mask'].sum())} response)")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"step = normalizers + fwd + bwd + clip + AdamW"
+    )
+    print(
+        f"dim {a.dim}, layers {a.n_layers} ({a.n_trunk_layers} trunk + {a.n_future_tokens} heads), "
+        f"heads {a.n_heads}/{a.n_kv_heads} kv, ffn {a.ffn_hidden_dim}, vocab {a.vocab_size}, "
+        f"{n_params / 1e6:.1f}M params; batch {opts.batch} x seq {opts.seq} "
+        f"({tokens} tokens, {int(batch['response_mask'].sum())} response)"
+    )
     losses = {c.name: c.step(batch) for c in contenders}  # first warm-up step: report the initial losses
     print("first-step loss: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
     for _ in range(opts.warmup - 1):
         for c in contenders:
             c.step(batch)
     for rep in range(opts.reps):
-        for c in (contenders if rep % 2 == 0 else contenders[::-1]):  # B V V B …
+        for c in contenders if rep % 2 == 0 else contenders[::-1]:  # B V V B …
             c.timed_step(batch)
     base, verif = contenders
     print("\n| objective | median step (ms) | tokens/s |\n|---|---:|---:|")
@@ -228,8 +256,10 @@ def compare_objectives(opts, value_head_file: Path) -> None:
     paired = sorted(v / b for b, v in zip(base.times, verif.times))
     ratio = statistics.median(verif.times) / statistics.median(base.times)
     print(f"\nverifiable / baseline step time (ratio of medians): {ratio:.3f}x")
-    print(f"paired per-rep ratios: median {statistics.median(paired):.3f}x, "
-          f"range {paired[0]:.3f}-{paired[-1]:.3f} over {len(paired)} reps")
+    print(
+        f"paired per-rep ratios: median {statistics.median(paired):.3f}x, "
+        f"range {paired[0]:.3f}-{paired[-1]:.3f} over {len(paired)} reps"
+    )
 
 
 # ----------------------------------------------------------------------------- DDP scaling
@@ -254,21 +284,64 @@ def ddp_worker(opts) -> None:
             contender.timed_step(batch)
         elapsed = time.perf_counter() - start
         if ctx.is_main:
-            print(json.dumps({"world_size": ctx.world_size, "threads": torch.get_num_threads(),
-                              "global_tokens_per_step": tokens.item(), "median_step_s": statistics.median(contender.times),
-                              "tokens_per_s": tokens.item() * opts.ddp_steps / elapsed}))
+            print(
+                json.dumps(
+                    {
+                        "world_size": ctx.world_size,
+                        "threads": torch.get_num_threads(),
+                        "global_tokens_per_step": tokens.item(),
+                        "median_step_s": statistics.median(contender.times),
+                        "tokens_per_s": tokens.item() * opts.ddp_steps / elapsed,
+                    }
+                )
+            )
     finally:
         destroy_distributed()
 
 
 def launch_ddp(opts, nproc: int, threads: int, value_head_file: Path) -> dict:
-    forwarded = ["--dim", opts.dim, "--n-layers", opts.n_layers, "--n-heads", opts.n_heads,
-                 "--n-kv-heads", opts.n_kv_heads, "--n-future", opts.n_future, "--vocab", opts.vocab,
-                 "--batch", opts.batch, "--seq", opts.seq, "--ddp-warmup", opts.ddp_warmup, "--seed", opts.seed,
-                 "--device", opts.device, "--ddp-objective", opts.ddp_objective, "--ddp-steps", opts.ddp_steps,
-                 "--threads", threads, "--value-head", value_head_file]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(Path(__file__).resolve()), "--ddp-worker", *map(str, forwarded)]
+    forwarded = [
+        "--dim",
+        opts.dim,
+        "--n-layers",
+        opts.n_layers,
+        "--n-heads",
+        opts.n_heads,
+        "--n-kv-heads",
+        opts.n_kv_heads,
+        "--n-future",
+        opts.n_future,
+        "--vocab",
+        opts.vocab,
+        "--batch",
+        opts.batch,
+        "--seq",
+        opts.seq,
+        "--ddp-warmup",
+        opts.ddp_warmup,
+        "--seed",
+        opts.seed,
+        "--device",
+        opts.device,
+        "--ddp-objective",
+        opts.ddp_objective,
+        "--ddp-steps",
+        opts.ddp_steps,
+        "--threads",
+        threads,
+        "--value-head",
+        value_head_file,
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(Path(__file__).resolve()),
+        "--ddp-worker",
+        *map(str, forwarded),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -281,12 +354,14 @@ def ddp_scaling(opts, value_head_file: Path) -> None:
     # (processes, threads per rank): all cores in one process, the same cores split over two ranks,
     # and one process on one rank's share (per-rank efficiency of the two-process run).
     configs = [(1, cores), (2, cores // 2), (1, cores // 2)]
-    print(f"\nDDP ({opts.ddp_objective} objective, gloo, {opts.batch} rows x seq {opts.seq} per rank, "
-          f"{opts.ddp_warmup} warm-up + {opts.ddp_steps} timed steps per launch; launches alternate "
-          f"{', '.join(f'{n}x{t}' for n, t in configs)}, then reversed, … (processes x threads))")
+    print(
+        f"\nDDP ({opts.ddp_objective} objective, gloo, {opts.batch} rows x seq {opts.seq} per rank, "
+        f"{opts.ddp_warmup} warm-up + {opts.ddp_steps} timed steps per launch; launches alternate "
+        f"{', '.join(f'{n}x{t}' for n, t in configs)}, then reversed, … (processes x threads))"
+    )
     runs: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
     for rnd in range(opts.ddp_rounds):
-        for nproc, threads in (configs if rnd % 2 == 0 else configs[::-1]):
+        for nproc, threads in configs if rnd % 2 == 0 else configs[::-1]:
             runs[(nproc, threads)].append(launch_ddp(opts, nproc, threads, value_head_file))
     print("\n| processes | threads/rank | median step (ms) | global tokens/s | per launch |\n|---:|---:|---:|---:|---|")
     rate = {}
@@ -296,10 +371,14 @@ def ddp_scaling(opts, value_head_file: Path) -> None:
         per_launch = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in results)
         print(f"| {nproc} | {threads} | {step * 1e3:.1f} | {rate[(nproc, threads)]:,.0f} | {per_launch} |")
     two, one_all, one_share = rate[configs[1]], rate[configs[0]], rate[configs[2]]
-    print(f"\nDDP scaling, same cores (tokens/s 2 procs x {configs[1][1]} thread / 1 proc x {cores} threads): "
-          f"{two / one_all:.2f}x")
-    print(f"DDP scaling per rank (tokens/s 2 procs x {configs[1][1]} / 1 proc x {configs[2][1]}): "
-          f"{two / one_share:.2f}x (ideal 2.00x)")
+    print(
+        f"\nDDP scaling, same cores (tokens/s 2 procs x {configs[1][1]} thread / 1 proc x {cores} threads): "
+        f"{two / one_all:.2f}x"
+    )
+    print(
+        f"DDP scaling per rank (tokens/s 2 procs x {configs[1][1]} / 1 proc x {configs[2][1]}): "
+        f"{two / one_share:.2f}x (ideal 2.00x)"
+    )
 
 
 def main(argv=None) -> None:

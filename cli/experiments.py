@@ -47,6 +47,9 @@ def source_note(experiment: str, carried: Optional[list[str]] = None) -> Optiona
     line = f"using {source.shown}" + (f" ({'; '.join(notes)})" if notes else "")
     if carried is not None:
         shown = " ".join(f"--set {text}" for text in carried[:3]) + (" …" if len(carried) > 3 else "")
-        line += (f"; the container gets the shipped {experiment} with {shown}" if carried
-                 else f"; the container gets the shipped {experiment}, which resolves the same")
+        line += (
+            f"; the container gets the shipped {experiment} with {shown}"
+            if carried
+            else f"; the container gets the shipped {experiment}, which resolves the same"
+        )
     return line

@@ -7,17 +7,17 @@ from typing import Iterable, Optional
 
 import typer
 
-from wmtp_cli.common import WmtpTyper
 from wmtp.errors import WmtpError
+from wmtp_cli.common import WmtpTyper
 
 app = WmtpTyper(help="Build and push the trainer image (docker/Dockerfile).")
 
 
 def default_image() -> str:
     """The image jobs/defaults.yaml runs (the first target's with one; every target uses the same one)."""
-    from wmtp_cli.platform.registry import targets as registered
     from wmtp.assets import asset_dir
     from wmtp.train.config import read_yaml
+    from wmtp_cli.platform.registry import targets as registered
 
     targets = read_yaml(asset_dir("jobs") / "defaults.yaml").get("targets") or {}
     for target in registered().values():
@@ -58,15 +58,18 @@ def echo_stream(events: Iterable[dict], action: str) -> None:
 @app.command("build")
 def build(
     tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml."),
-    dockerfile: Optional[Path] = typer.Option(None, "--file", "-f", help="Dockerfile; default CONTEXT/docker/Dockerfile."),
+    dockerfile: Optional[Path] = typer.Option(
+        None, "--file", "-f", help="Dockerfile; default CONTEXT/docker/Dockerfile."
+    ),
     context: Path = typer.Option(Path("."), help="Build context: the checkout (its .dockerignore applies)."),
 ) -> None:
     """Build the trainer image from the checkout (docker/Dockerfile, context = the checkout)."""
     relative = dockerfile_in_context(dockerfile, context)
     image = tag or default_image()
     client = docker_client()
-    echo_stream(client.api.build(path=str(context), dockerfile=relative, tag=image, rm=True, decode=True),
-                f"building {image}")
+    echo_stream(
+        client.api.build(path=str(context), dockerfile=relative, tag=image, rm=True, decode=True), f"building {image}"
+    )
     typer.echo(f"built {image}")
 
 
@@ -84,7 +87,9 @@ def dockerfile_in_context(dockerfile: Optional[Path], context: Path) -> str:
 
 
 @app.command("push")
-def push(tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml.")) -> None:
+def push(
+    tag: Optional[str] = typer.Option(None, help="Image reference; default: the image in jobs/defaults.yaml."),
+) -> None:
     """Push the trainer image (registry login from ~/.docker/config.json, e.g. `docker login ghcr.io`)."""
     image = tag or default_image()
     repository, version = split_tag(image)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
+from wmtp.errors import WmtpError
 from wmtp_cli.common import WmtpTyper
 from wmtp_cli.experiments import local_layers, spec_stages
-from wmtp.errors import WmtpError
 
 app = WmtpTyper(help="Experiment specs: list them (./jobs first, then the shipped ones), copy one to edit.")
 
@@ -33,8 +33,9 @@ def ls() -> None:
         stages = spec_stages(source.path)
         note = ""
         if source.local:
-            note = "; ".join([*(["shadows the shipped one"] if source.shadows else []),
-                              local_layers(source.path, stages)])
+            note = "; ".join(
+                [*(["shadows the shipped one"] if source.shadows else []), local_layers(source.path, stages)]
+            )
         rows.append((name, ", ".join(stages), "./jobs" if source.local else "shipped", note))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for row in rows:
@@ -45,8 +46,9 @@ def ls() -> None:
 def cp(
     name: str = typer.Argument(..., help="A shipped experiment (see `wmtp jobs ls`)."),
     to: Path = typer.Option(Path("jobs"), "--to", help="Folder to copy into (./jobs is where names are looked up)."),
-    with_defaults: bool = typer.Option(False, "--with-defaults",
-                                       help="Also copy defaults.yaml and the stages/<stage>.yaml files it uses."),
+    with_defaults: bool = typer.Option(
+        False, "--with-defaults", help="Also copy defaults.yaml and the stages/<stage>.yaml files it uses."
+    ),
 ) -> None:
     """Copy a shipped experiment into ./jobs to edit; it then runs instead of the shipped one of that name."""
     from wmtp.assets import asset_dir
@@ -73,5 +75,7 @@ def cp(
         shutil.copyfile(shipped / layer, to / layer)
         typer.echo(f"wrote {shown(layer)}")
     spec = name if local else (to / layers[0]).as_posix()
-    typer.echo(f"next: edit {shown(layers[0])}, then `wmtp train {spec} --dry-run`"
-               + ("" if local else " (only ./jobs is searched by name)"))
+    typer.echo(
+        f"next: edit {shown(layers[0])}, then `wmtp train {spec} --dry-run`"
+        + ("" if local else " (only ./jobs is searched by name)")
+    )

@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from wmtp_cli import data, eval as eval_cmds, model, sync, train
-from wmtp_cli import compare, image, jobs, submit
-from wmtp_cli.common import WmtpTyper
 from wmtp import __version__
+from wmtp_cli import compare, data, image, jobs, model, submit, sync, train
+from wmtp_cli import eval as eval_cmds
+from wmtp_cli.common import WmtpTyper
 
 app = WmtpTyper(help="Weighted multi-token prediction: train, evaluate and submit experiments.")
 app.add_typer(model.app, name="model")

@@ -24,8 +24,11 @@ def convert_meta_cmd(
     out = convert_meta(src, dest, tokenizer)
     typer.echo(f"wrote {out}")
     if not (out / TOKENIZER_FILE).is_file():
-        typer.echo(f"warning: no tokenizer.model in {src} or its parent; {out} has no {TOKENIZER_FILE} "
-                   "(pass --tokenizer FILE to include one)", err=True)
+        typer.echo(
+            f"warning: no tokenizer.model in {src} or its parent; {out} has no {TOKENIZER_FILE} "
+            "(pass --tokenizer FILE to include one)",
+            err=True,
+        )
 
 
 @app.command("micro")
@@ -39,15 +42,19 @@ def micro_cmd(
     from wmtp.model.micro import build_micro_models
 
     say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
-    for name, path in build_micro_models(out, humaneval_code_texts(), seed=seed, vocab_size=vocab_size, log=say).items():
+    for name, path in build_micro_models(
+        out, humaneval_code_texts(), seed=seed, vocab_size=vocab_size, log=say
+    ).items():
         typer.echo(f"wrote {name}: {path}")
 
 
 @app.command("pycode")
 def pycode_cmd(
     out: Path = typer.Option(Path("storage/models_v2/pycode-mtp"), help="Model directory to write."),
-    data_dir: Path = typer.Option(Path("storage/datasets_v2/pycode"), help="Pycode dataset folder (prepared "
-                                  "or reused; the tokenizer is kept in it, in tokenizer-v<VOCAB>/)."),
+    data_dir: Path = typer.Option(
+        Path("storage/datasets_v2/pycode"),
+        help="Pycode dataset folder (prepared or reused; the tokenizer is kept in it, in tokenizer-v<VOCAB>/).",
+    ),
     src: Optional[Path] = typer.Option(None, help="Folder of .py files (default: this Python's standard library)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N source files (sorted by path)."),
     steps: int = typer.Option(360, help="Optimizer steps (a step budget: the same run every time)."),
@@ -60,18 +67,34 @@ def pycode_cmd(
     prompts: int = typer.Option(32, help="Held-out test-split prompts decoded self-speculatively."),
     max_new_tokens: int = typer.Option(128, help="Tokens generated per prompt at most."),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE of jobs/pycode.yaml (repeatable)."),
-    threads: int = typer.Option(1, help="Torch CPU threads (0: torch's default). One is fastest on a shared 2-core "
-                                "machine: width-256 matmuls gain little from a second thread and lose much "
-                                "when it is descheduled."),
+    threads: int = typer.Option(
+        1,
+        help="Torch CPU threads (0: torch's default). One is fastest on a shared 2-core "
+        "machine: width-256 matmuls gain little from a second thread and lose much "
+        "when it is descheduled.",
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild OUT even when it exists."),
 ) -> None:
     """Train a trunk-heavy MTP model on the Python standard library (tokenizer, data, training, report)."""
     from wmtp.train.pycode_model import PycodeOptions, build_pycode_model, summary_lines
 
-    options = PycodeOptions(out=out, data_dir=data_dir, src=src, limit=limit, vocab_size=vocab_size, dim=dim,
-                            trunk_layers=trunk_layers, head_layers=head_layers, steps=steps, seed=seed,
-                            valid_rows=valid_rows, prompts=prompts, max_new_tokens=max_new_tokens,
-                            overrides=tuple(overrides), threads=threads)
+    options = PycodeOptions(
+        out=out,
+        data_dir=data_dir,
+        src=src,
+        limit=limit,
+        vocab_size=vocab_size,
+        dim=dim,
+        trunk_layers=trunk_layers,
+        head_layers=head_layers,
+        steps=steps,
+        seed=seed,
+        valid_rows=valid_rows,
+        prompts=prompts,
+        max_new_tokens=max_new_tokens,
+        overrides=tuple(overrides),
+        threads=threads,
+    )
     say = lambda line: typer.echo(line, err=True)  # noqa: E731 — stderr: stdout keeps the results
     result = build_pycode_model(options, force=force, log=say)
     for note in result.notes:
@@ -141,8 +164,10 @@ def export_hf_cmd(
     summary = export_hf(model_dir, out)
     dropped = summary["dropped_heads"]
     skipped = f"; {dropped} extra head{'s' if dropped != 1 else ''} not exported" if dropped else ""
-    typer.echo(f"wrote {out} (LlamaForCausalLM, {summary['layers']} layers = {summary['trunk']} trunk + head 1, "
-               f"{summary['dtype']}{skipped})")
+    typer.echo(
+        f"wrote {out} (LlamaForCausalLM, {summary['layers']} layers = {summary['trunk']} trunk + head 1, "
+        f"{summary['dtype']}{skipped})"
+    )
     if not summary["tokenizer"]:
         typer.echo(f"warning: {model_dir} has no tokenizer; {out} has weights and config only", err=True)
 
@@ -158,7 +183,11 @@ def import_hf_cmd(
 
     summary = import_hf(hf_dir, out, n_future_tokens)
     heads = summary["heads"]
-    typer.echo(f"wrote {out} ({summary['trunk']} trunk blocks + {heads} head{'s' if heads != 1 else ''}; "
-               f"heads 2..{heads} copy head 1)" if heads > 1 else f"wrote {out} ({summary['trunk']} trunk blocks + 1 head)")
+    typer.echo(
+        f"wrote {out} ({summary['trunk']} trunk blocks + {heads} head{'s' if heads != 1 else ''}; "
+        f"heads 2..{heads} copy head 1)"
+        if heads > 1
+        else f"wrote {out} ({summary['trunk']} trunk blocks + 1 head)"
+    )
     if not summary["tokenizer"]:
         typer.echo(f"warning: {hf_dir} has no SentencePiece tokenizer.model; {out} has no tokenizer", err=True)

@@ -46,8 +46,9 @@ def kubeconfig_credentials(env_values: Optional[Mapping[str, str]] = None) -> di
     or the env file, else ~/.kube/config); the file is only read: no exec plugin runs, nothing goes over the
     network."""
     listed = (env_values or {}).get("KUBECONFIG") or os.environ.get("KUBECONFIG")
-    paths = ([Path(p).expanduser() for p in listed.split(os.pathsep) if p] if listed
-             else [Path.home() / ".kube" / "config"])
+    paths = (
+        [Path(p).expanduser() for p in listed.split(os.pathsep) if p] if listed else [Path.home() / ".kube" / "config"]
+    )
     found: dict[str, str] = {}
     for path in paths:
         try:
@@ -108,6 +109,7 @@ def default_secret_names() -> list[str]:
     unless it says otherwise, known before (or without) a spec that loads."""
     try:
         import yaml
+
         from wmtp.assets import asset_dir
 
         env = (yaml.safe_load((asset_dir("jobs") / "defaults.yaml").read_text()) or {}).get("env") or {}
@@ -122,8 +124,14 @@ def default_secret_names() -> list[str]:
 
 def written_forms(secret: str) -> set[str]:
     """`secret` as it appears once quoted: raw, Python repr (either quote), JSON (ASCII or not), shell-quoted."""
-    forms = {secret, repr(secret)[1:-1], repr(secret + "'\"")[1:-4], json.dumps(secret)[1:-1],
-             json.dumps(secret, ensure_ascii=False)[1:-1], secret.encode("unicode_escape").decode("ascii")}
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret + "'\"")[1:-4],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+    }
     quoted = shlex.quote(secret)
     if quoted != secret:
         forms.add(quoted[1:-1])
@@ -241,13 +249,17 @@ def refuse_manifest_credentials(document: Any, names: Iterable[str], env_values:
     credential, or a URL carrying one."""
     label = find_credential(document, credentials(names, env_values))
     if label:
-        raise WmtpError(f"the manifest would contain the value of {label}; {REFERENCE_HINT} — remove it "
-                        "(from --set, --name or the spec)")
+        raise WmtpError(
+            f"the manifest would contain the value of {label}; {REFERENCE_HINT} — remove it "
+            "(from --set, --name or the spec)"
+        )
     for text in strings_of(document):
         found = next(filter(None, map(find_url_credentials, decoded_forms(text))), None)
         if found:
-            raise WmtpError(f"the manifest would contain a URL with credentials ({found}) in plain text; pass "
-                            "them as secrets (env.secrets) instead")
+            raise WmtpError(
+                f"the manifest would contain a URL with credentials ({found}) in plain text; pass "
+                "them as secrets (env.secrets) instead"
+            )
 
 
 def escape_compose(value: Any) -> Any:

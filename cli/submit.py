@@ -30,25 +30,36 @@ def complete_tracked_target(incomplete: str) -> list[str]:
 def target_option(default=...):
     """The --target option every command shares: its choices are the registry's. A name that is not one
     is refused by the registry in one line (exit 2), not by click's multi-line usage error."""
-    return typer.Option(default, "--target", "-t", metavar=f"[{'|'.join(names())}]", help=TARGET_HELP,
-                        autocompletion=complete_target)
+    return typer.Option(
+        default, "--target", "-t", metavar=f"[{'|'.join(names())}]", help=TARGET_HELP, autocompletion=complete_target
+    )
 
 
 def tracked_target_option():
     """--target of status / logs / cancel / ls: a foreground target (local) is no choice there (it is refused
     in one line: the job runs in its terminal)."""
-    return typer.Option(..., "--target", "-t", metavar=f"[{'|'.join(tracked_names())}]",
-                        help="Where the job was submitted.", autocompletion=complete_tracked_target)
+    return typer.Option(
+        ...,
+        "--target",
+        "-t",
+        metavar=f"[{'|'.join(tracked_names())}]",
+        help="Where the job was submitted.",
+        autocompletion=complete_tracked_target,
+    )
 
 
 def submit(
     experiment: str = typer.Argument(..., help="An experiment in jobs/ (`wmtp jobs ls` lists them), or a spec file."),
     target: str = target_option(DEFAULT_TARGET),
-    overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable; targets.* shape the job)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override KEY.PATH=VALUE (repeatable; targets.* shape the job)."
+    ),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
     name: Optional[str] = typer.Option(None, help="Job name (DNS-1035 label); default wmtp-<experiment>-<time>."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the manifest and submit nothing."),
-    server_dry_run: bool = typer.Option(False, "--server-dry-run", help="k8s: let the API server validate, create nothing."),
+    server_dry_run: bool = typer.Option(
+        False, "--server-dry-run", help="k8s: let the API server validate, create nothing."
+    ),
     env_file: Optional[Path] = typer.Option(None, help="KEY=VALUE file with credentials (referenced, never printed)."),
 ) -> None:
     """Render, validate and submit an experiment job; print what was created and how to follow it."""

@@ -22,9 +22,13 @@ def sync_storage(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would move and how much; move nothing."),
     delete: bool = typer.Option(False, "--delete", help="Remove files at the target that the source lacks."),
-    verify: bool = typer.Option(False, "--verify", help="Re-read and hash objects that look unchanged, and each upload."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-read and hash objects that look unchanged, and each upload."
+    ),
     jobs: int = typer.Option(10, "--jobs", "-j", help="Parallel transfers."),
-    part_size: int = typer.Option(16, "--part-size", help="MiB; larger files go multipart in parts of this size (≥ 5)."),
+    part_size: int = typer.Option(
+        16, "--part-size", help="MiB; larger files go multipart in parts of this size (≥ 5)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with bytes/s."),
 ) -> None:
     """Sync the storage root with S3, a VESSL volume or a directory through (path, size, SHA-256) manifests.
@@ -40,8 +44,16 @@ def sync_storage(
     if part_size < 5:
         raise SyncError(f"--part-size {part_size}: S3 parts must be at least 5 MiB")
     options = SyncOptions(
-        dest=dest, root=root, paths=paths or (), direction=direction.lower(), endpoint_url=endpoint_url,
-        dry_run=dry_run, delete=delete, verify=verify, jobs=jobs, part_size=part_size * 1024 * 1024,
+        dest=dest,
+        root=root,
+        paths=paths or (),
+        direction=direction.lower(),
+        endpoint_url=endpoint_url,
+        dry_run=dry_run,
+        delete=delete,
+        verify=verify,
+        jobs=jobs,
+        part_size=part_size * 1024 * 1024,
         progress=progress,
     )
     report = sync(options)

@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import typer
 
+from wmtp.train.run_lock import HELD_ENV, RunLock, acquire
 from wmtp_cli.envfile import declared_secret_names, load_env_file, read_env_file, refuse_secret_overrides
 from wmtp_cli.experiments import source_note
-from wmtp.train.run_lock import HELD_ENV, RunLock, acquire
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -23,26 +23,35 @@ def train(
     spec: str = typer.Argument(..., help="jobs/<experiment>.yaml, or an experiment name (smoke, verifiable, …)."),
     overrides: list[str] = typer.Option([], "--set", help="Override KEY.PATH=VALUE (repeatable)."),
     preset: Optional[str] = typer.Option(None, help="A jobs/presets/<name>.yaml layer, e.g. local-light."),
-    micro: bool = typer.Option(False, "--micro", help="The experiment's stages on the micro model and the small "
-                               "splits, one local process (the `micro` preset, before --preset); builds what is "
-                               "missing first."),
+    micro: bool = typer.Option(
+        False,
+        "--micro",
+        help="The experiment's stages on the micro model and the small "
+        "splits, one local process (the `micro` preset, before --preset); builds what is "
+        "missing first.",
+    ),
     run_dir: Optional[Path] = typer.Option(None, help="Run directory; one holding checkpoints is resumed."),
-    stages: list[str] = typer.Option([], "--stage", help="Run only this stage (repeatable); a stage it needs "
-                                     "must have finished in --run-dir."),
+    stages: list[str] = typer.Option(
+        [], "--stage", help="Run only this stage (repeatable); a stage it needs must have finished in --run-dir."
+    ),
     env_file: Optional[Path] = typer.Option(None, help="KEY=VALUE file with credentials (never printed)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved spec of every stage and exit."),
 ) -> None:
     """Train every stage of an experiment (or the --stage ones); prints progress, metrics go to MLflow."""
     from wmtp.train.config import check_world_size, dump_spec, load_experiment, select_stages
-    from wmtp.train.laptop import PRESET as MICRO_PRESET, build_missing
+    from wmtp.train.laptop import PRESET as MICRO_PRESET
+    from wmtp.train.laptop import build_missing
 
     load_env_file(env_file)
     refuse_secret_overrides(overrides, [], read_env_file(env_file) if env_file else {})  # before spec errors quote one
     presets = ([MICRO_PRESET] if micro else []) + ([preset] if preset else [])
     experiment = select_stages(load_experiment(spec, overrides, presets), stages)
     # As `submit` does: a secret's value in --set would be written into spec.yaml, MLflow and the logs.
-    refuse_secret_overrides(overrides, declared_secret_names([stage.env for stage in experiment.stages]),
-                            read_env_file(env_file) if env_file else {})
+    refuse_secret_overrides(
+        overrides,
+        declared_secret_names([stage.env for stage in experiment.stages]),
+        read_env_file(env_file) if env_file else {},
+    )
     check_world_size(experiment, experiment.stages[0].launch_world_size())
     # stderr: a dry run's stdout is the resolved specs only. After the checks, so an error stays one line.
     note = source_note(spec)
@@ -53,8 +62,8 @@ def train(
             typer.echo(f"# stage: {stage.stage}\n{dump_spec(stage)}---")
         return
     # Only now: the runner imports torch (and torch.distributed.checkpoint), seconds a dry run need not pay.
-    from wmtp.train.runner import check_inputs, check_stage_needs, default_run_dir, main_process
     from wmtp.train.resume import check_run_dir
+    from wmtp.train.runner import check_inputs, check_stage_needs, default_run_dir, main_process
 
     run_dir = run_dir or default_run_dir(experiment)
     check_stage_needs(experiment, run_dir)  # read-only: a missing critic is refused before the lock makes the dir
@@ -69,8 +78,11 @@ def train(
     # One writer per run dir, for the run's lifetime; a second one is refused here, having written nothing.
     with acquire(run_dir) as lock:
         if experiment.stages[0].launch_world_size() > 1:
-            raise typer.Exit(launch_torchrun(spec, overrides, presets, run_dir, dist.nproc_per_node,
-                                             dist.preemption_grace_s, stages, lock))
+            raise typer.Exit(
+                launch_torchrun(
+                    spec, overrides, presets, run_dir, dist.nproc_per_node, dist.preemption_grace_s, stages, lock
+                )
+            )
         typer.echo(f"run dir: {run_dir}")
         main_process(experiment, run_dir)
 
@@ -84,8 +96,16 @@ def check_devices(experiment) -> None:
         precision(stage.model.dtype, resolve_device(stage.train.device))
 
 
-def launch_torchrun(spec: str, overrides: list[str], presets: Sequence[str], run_dir: Path, nproc: int,
-                    grace_s: int = 600, stages: Sequence[str] = (), lock: Optional[RunLock] = None) -> int:
+def launch_torchrun(
+    spec: str,
+    overrides: list[str],
+    presets: Sequence[str],
+    run_dir: Path,
+    nproc: int,
+    grace_s: int = 600,
+    stages: Sequence[str] = (),
+    lock: Optional[RunLock] = None,
+) -> int:
     """Hand over to torchrun (single node); it sets RANK/WORLD_SIZE/MASTER_* for `python -m wmtp.train`.
 
     Preemption (SIGTERM to this process) must reach the workers, which save a checkpoint at the next
@@ -105,8 +125,18 @@ def launch_torchrun(spec: str, overrides: list[str], presets: Sequence[str], run
     `lock`, the run dir's lock this process holds: torchrun inherits its descriptor (so the lock outlives
     us until the workers are gone) and rank 0 learns from WMTP_RUN_LOCK_HELD not to lock again.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "wmtp.train", spec, "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "wmtp.train",
+        spec,
+        "--run-dir",
+        str(run_dir),
+    ]
     for override in overrides:
         command += ["--set", override]
     for preset in presets:
@@ -133,8 +163,15 @@ def launch_torchrun(spec: str, overrides: list[str], presets: Sequence[str], run
     # Handlers before the child exists: a signal in between is remembered and passed on at once.
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
-        children.append(subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=term_with_parent,
-                                         pass_fds=() if lock is None else (lock.fd,)))
+        children.append(
+            subprocess.Popen(
+                command,
+                env=env,
+                start_new_session=True,
+                preexec_fn=term_with_parent,
+                pass_fds=() if lock is None else (lock.fd,),
+            )
+        )
         if signalled:
             children[0].send_signal(signal.SIGTERM)
         returncode = children[0].wait()

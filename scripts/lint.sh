@@ -16,6 +16,10 @@ step() {  # step NAME COMMAND…
 # Import layers and cycles: the contracts under [tool.importlinter] in pyproject.toml (docs/architecture.md,
 # "Layers"). --no-cache: the graph takes under a second, and CI leaves no cache folder behind.
 step "import layers (lint-imports)" .venv/bin/lint-imports --no-cache --no-logo
+# Lint and format: [tool.ruff] in pyproject.toml. To fix what it reports: .venv/bin/ruff check --fix . and
+# .venv/bin/ruff format . (the tree is kept clean under both).
+step "lint (ruff check)" .venv/bin/ruff check --no-cache --quiet .
+step "format (ruff format --check)" .venv/bin/ruff format --no-cache --check --quiet .
 
 if [ -n "$failed" ]; then
   echo "lint.sh: failed: $failed" >&2

@@ -6,6 +6,15 @@ from wmtp_storage_sync.errors import SyncError
 from wmtp_storage_sync.manifest import MANIFEST_NAME, FileEntry, HashCache, Manifest
 
 __all__ = [
-    "MANIFEST_NAME", "FileEntry", "HashCache", "Manifest", "SyncError", "SyncOptions", "SyncReport",
-    "Transfer", "parse_destination", "summary_lines", "sync",
+    "MANIFEST_NAME",
+    "FileEntry",
+    "HashCache",
+    "Manifest",
+    "SyncError",
+    "SyncOptions",
+    "SyncReport",
+    "Transfer",
+    "parse_destination",
+    "summary_lines",
+    "sync",
 ]

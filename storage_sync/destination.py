@@ -55,7 +55,7 @@ def parse_destination(dest: str) -> Location:
     if match is None:
         return LocalLocation(Path(dest).expanduser())
     scheme = match.group(1).lower()
-    rest = dest[match.end():]
+    rest = dest[match.end() :]
     if scheme == "s3":
         return _parse_s3(dest, rest)
     if scheme == "vessl":
@@ -64,17 +64,14 @@ def parse_destination(dest: str) -> Location:
         if not rest.startswith("/"):
             raise SyncError(f"--dest {dest!r}: a file:// destination needs an absolute path (file:///dir)")
         return LocalLocation(Path(rest))
-    raise SyncError(
-        f"--dest {dest!r}: unsupported scheme {scheme}:// (expected s3://, vessl:// or a local directory)"
-    )
+    raise SyncError(f"--dest {dest!r}: unsupported scheme {scheme}:// (expected s3://, vessl:// or a local directory)")
 
 
 def _parse_s3(dest: str, rest: str) -> S3Location:
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET.match(bucket):
         raise SyncError(
-            f"--dest {dest!r}: {bucket!r} is not a valid bucket name "
-            "(3-63 lowercase letters, digits, '.' or '-')"
+            f"--dest {dest!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.' or '-')"
         )
     return S3Location(bucket, _clean_prefix(dest, prefix))
 

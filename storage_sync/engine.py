@@ -128,13 +128,25 @@ def open_backend(location: Location, opts: SyncOptions, write: bool) -> Backend:
     if isinstance(location, S3Location):
         from wmtp_storage_sync.backends.s3 import S3Backend
 
-        return S3Backend(location.bucket, location.prefix, endpoint_url=opts.endpoint_url, jobs=opts.jobs,
-                         part_size=opts.part_size, journal_dir=journal_dir)
+        return S3Backend(
+            location.bucket,
+            location.prefix,
+            endpoint_url=opts.endpoint_url,
+            jobs=opts.jobs,
+            part_size=opts.part_size,
+            journal_dir=journal_dir,
+        )
     if isinstance(location, VesslLocation):
         from wmtp_storage_sync.backends.vessl import open_vessl_volume
 
-        return open_vessl_volume(location, write=write, endpoint_url=opts.endpoint_url, jobs=opts.jobs,
-                                 part_size=opts.part_size, journal_dir=journal_dir)
+        return open_vessl_volume(
+            location,
+            write=write,
+            endpoint_url=opts.endpoint_url,
+            jobs=opts.jobs,
+            part_size=opts.part_size,
+            journal_dir=journal_dir,
+        )
     raise SyncError(f"--dest {opts.dest!r}: unsupported destination")
 
 
@@ -196,15 +208,25 @@ class _Progress:
         self._bar = None
         if enabled and total > 0:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             console = console or Console(stderr=True)
             if not console.is_terminal:
                 return  # logs and pipes get the summary line only, not a frozen bar
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=console,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
             )
             self._task = self._bar.add_task(description, total=total)
 
@@ -251,8 +273,9 @@ class _Run:
     def _local_sha(self, f: LocalFile) -> str:
         return self.cache.lookup(f) or sha256_file(f.path)
 
-    def _run_parallel(self, tasks: list[Callable[[], _Outcome]], description: str, total: int,
-                      on_outcome: Callable[[_Outcome], None]) -> list[SyncError]:
+    def _run_parallel(
+        self, tasks: list[Callable[[], _Outcome]], description: str, total: int, on_outcome: Callable[[_Outcome], None]
+    ) -> list[SyncError]:
         """Run tasks on `jobs` threads; collect per-file errors so one bad file does not stop the rest."""
         failures: list[SyncError] = []
         progress = _Progress(self.opts.progress and not self.opts.dry_run, description, total)
@@ -305,8 +328,9 @@ class _Upload(_Run):
                 pending.append(f)
         tasks = [lambda f=f: self._reconcile(f, old.get(f.rel), listing.get(f.rel)) for f in pending]
         try:
-            failures = self._run_parallel(tasks, "upload", sum(f.size for f in pending),
-                                          lambda outcome: self._record(outcome, entries))
+            failures = self._run_parallel(
+                tasks, "upload", sum(f.size for f in pending), lambda outcome: self._record(outcome, entries)
+            )
         finally:
             self._save_cache()
         if failures:
@@ -361,8 +385,14 @@ class _Upload(_Run):
             return _Outcome(f.rel, None, Transfer(f.rel, f.size, reason), local=f, sha256=sha)
         return self._send(f, sha, old, listed, reason)
 
-    def _send(self, f: LocalFile, sha: Optional[str], old: Optional[FileEntry], listed: Optional[RemoteObject],
-              reason: Optional[str] = None) -> _Outcome:
+    def _send(
+        self,
+        f: LocalFile,
+        sha: Optional[str],
+        old: Optional[FileEntry],
+        listed: Optional[RemoteObject],
+        reason: Optional[str] = None,
+    ) -> _Outcome:
         """Upload (the backend verifies it); `sha` None: the backend hashes the file as it sends it."""
         info = self.backend.upload(f, sha, self._progress.advance)
         sha = info.sha256
@@ -379,8 +409,14 @@ class _Upload(_Run):
             return "corrupt on remote"
         return None
 
-    def _finish_manifest(self, old: dict[str, FileEntry], existed: bool, entries: dict[str, FileEntry],
-                         listing: dict[str, RemoteObject], local: dict[str, LocalFile]) -> None:
+    def _finish_manifest(
+        self,
+        old: dict[str, FileEntry],
+        existed: bool,
+        entries: dict[str, FileEntry],
+        listing: dict[str, RemoteObject],
+        local: dict[str, LocalFile],
+    ) -> None:
         """Carry over entries outside this run's reach, then write the manifest — the last write of a sync."""
         final = dict(entries)
         for rel, entry in old.items():
@@ -400,8 +436,13 @@ class _Upload(_Run):
 def _recorded(entry: Optional[FileEntry], listed: Optional[RemoteObject], size: int, sha: str) -> bool:
     """The manifest says this exact content is stored, and the listing shows that very object."""
     return (
-        entry is not None and listed is not None and entry.size == size and entry.sha256 == sha
-        and listed.size == size and entry.etag is not None and listed.etag == entry.etag
+        entry is not None
+        and listed is not None
+        and entry.size == size
+        and entry.sha256 == sha
+        and listed.size == size
+        and entry.etag is not None
+        and listed.etag == entry.etag
     )
 
 
@@ -487,7 +528,9 @@ class _Download(_Run):
         finally:
             tmp.unlink(missing_ok=True)
         stat = dest.stat()
-        return _Outcome(rel, entry, transfer, local=LocalFile(rel, dest, stat.st_size, stat.st_mtime_ns), sha256=entry.sha256)
+        return _Outcome(
+            rel, entry, transfer, local=LocalFile(rel, dest, stat.st_size, stat.st_mtime_ns), sha256=entry.sha256
+        )
 
 
 def _check_safe_key(rel: str, url: str) -> None:
@@ -505,8 +548,10 @@ def _refuse_symlinked_dirs(root: Path, rel: str) -> None:
     for part in rel.split("/")[:-1]:
         path = path / part
         if path.is_symlink():
-            raise SyncError(f"{path}: a symlinked directory inside the sync root; a pull never writes through "
-                            "one (remove the link, or pull into another --root)")
+            raise SyncError(
+                f"{path}: a symlinked directory inside the sync root; a pull never writes through "
+                "one (remove the link, or pull into another --root)"
+            )
 
 
 def human_bytes(n: float) -> str:
@@ -522,7 +567,10 @@ def summary_lines(report: SyncReport) -> list[str]:
     verb = "upload" if report.direction == "up" else "download"
     lines = []
     if report.dry_run:
-        lines += [f"would {verb}  {t.rel}  ({human_bytes(t.size)}, {t.reason})" for t in sorted(report.transferred, key=lambda t: t.rel)]
+        lines += [
+            f"would {verb}  {t.rel}  ({human_bytes(t.size)}, {t.reason})"
+            for t in sorted(report.transferred, key=lambda t: t.rel)
+        ]
         lines += [f"would delete  {rel}" for rel in report.deleted]
     else:
         lines += [f"repaired  {t.rel}  ({t.reason})" for t in report.repaired]
@@ -530,7 +578,8 @@ def summary_lines(report: SyncReport) -> list[str]:
     arrow = "→" if report.direction == "up" else "←"
     if report.dry_run:
         lines.append(
-            f"dry run {arrow} {report.destination}: would {verb} {count} file(s) ({size}), delete {len(report.deleted)}, "
+            f"dry run {arrow} {report.destination}: would {verb} {count} file(s) ({size}), "
+            f"delete {len(report.deleted)}, "
             f"{report.unchanged} unchanged; nothing was transferred"
         )
         return lines

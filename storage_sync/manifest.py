@@ -70,8 +70,7 @@ class Manifest:
             if body.get("format") != MANIFEST_FORMAT or body.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"expected format {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}")
             files = {
-                path: FileEntry(int(e["size"]), str(e["sha256"]), e.get("etag"))
-                for path, e in body["files"].items()
+                path: FileEntry(int(e["size"]), str(e["sha256"]), e.get("etag")) for path, e in body["files"].items()
             }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SyncError(f"{where}: not a valid sync manifest ({exc})") from None
@@ -116,11 +115,14 @@ def is_work_in_progress(rel: str, is_dir: bool) -> bool:
     """True for what a writer has not finished (`rel`: a POSIX path under the root): a lock file, a
     staging dir or temp file, anything hidden in a `checkpoints/` dir, or something inside one of those."""
     parts = rel.split("/")
-    return any(_unfinished(name, parts[i - 1] if i else "", is_dir or i < len(parts) - 1)
-               for i, name in enumerate(parts))
+    return any(
+        _unfinished(name, parts[i - 1] if i else "", is_dir or i < len(parts) - 1) for i, name in enumerate(parts)
+    )
 
 
-def scan_local(root: Path, selection: list[str], skipped: Optional[list[tuple[str, str]]] = None) -> dict[str, LocalFile]:
+def scan_local(
+    root: Path, selection: list[str], skipped: Optional[list[tuple[str, str]]] = None
+) -> dict[str, LocalFile]:
     """Every regular file under `root` within `selection`, skipping the manifest, download fragments and
     work in progress (`is_work_in_progress`).
 
@@ -149,8 +151,9 @@ def _inside(path: Path, real_root: Path) -> bool:
     return path == real_root or real_root in path.parents
 
 
-def _walk_files(directory: Path, name: str, root: Path, real_root: Path,
-                skipped: list[tuple[str, str]]) -> Iterator[Path]:
+def _walk_files(
+    directory: Path, name: str, root: Path, real_root: Path, skipped: list[tuple[str, str]]
+) -> Iterator[Path]:
     """Files under `directory` (`name`: its own name, "" for the root); see `scan_local`."""
     stack = [(directory, name)]
     while stack:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3_server"]  # the moto S3 server fixtures: s3, bucket, moto_endpoint, s3_env
+
 # Set before torch is imported (OpenMP reads them once, at load), here and in every subprocess a test
 # starts; a test that wants more threads says so in its subprocess's env (test_pinned_losses: 2).
 # The suite runs several busy processes at once on a 2-core machine (pytest-xdist workers, torchrun

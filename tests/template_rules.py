@@ -35,9 +35,9 @@ import socket
 import tempfile
 from typing import Any, Iterator, Optional
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.context import JobContext
 from wmtp_cli.platform.plugins.local_docker import check_with_binary
-from wmtp.errors import WmtpError
 
 # ---------------------------------------------------------------- k8s: PyTorchJob
 
@@ -81,8 +81,10 @@ def operator_violations(doc: Any) -> list[str]:
 def run_policy_violations(policy: dict) -> list[str]:
     problems = []
     if policy.get("cleanPodPolicy", "None") not in CLEAN_POD_POLICIES:
-        problems.append(f"spec.runPolicy.cleanPodPolicy: Unsupported value {policy['cleanPodPolicy']!r}: "
-                        f"supported values: {', '.join(CLEAN_POD_POLICIES)}")
+        problems.append(
+            f"spec.runPolicy.cleanPodPolicy: Unsupported value {policy['cleanPodPolicy']!r}: "
+            f"supported values: {', '.join(CLEAN_POD_POLICIES)}"
+        )
     for key in ("backoffLimit", "ttlSecondsAfterFinished", "activeDeadlineSeconds"):
         value = policy.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -96,7 +98,9 @@ def elastic_violations(spec: dict) -> list[str]:
         return []
     problems = []
     if "Worker" not in (spec.get("pytorchReplicaSpecs") or {}):
-        problems.append("spec.pytorchReplicaSpecs[Worker]: Required value: must be configured if elastic policy is used")
+        problems.append(
+            "spec.pytorchReplicaSpecs[Worker]: Required value: must be configured if elastic policy is used"
+        )
     if elastic.get("nProcPerNode") is not None and spec.get("nprocPerNode") is not None:
         problems.append("spec.elasticPolicy.nProcPerNode: Forbidden: must not be used with spec.nprocPerNode")
     return problems
@@ -110,7 +114,7 @@ def replica_violations(replicas: Any) -> list[str]:
     for rtype, rspec in replicas.items():
         role = f"{path}[{rtype}]"
         if rtype not in REPLICA_TYPES:
-            problems.append(f"{role}: Unsupported value: {rtype!r}: supported values: \"Master\", \"Worker\"")
+            problems.append(f'{role}: Unsupported value: {rtype!r}: supported values: "Master", "Worker"')
         rspec = rspec or {}
         problems += container_violations(role, rspec)
         count = rspec.get("replicas")
@@ -128,10 +132,15 @@ def container_violations(role: str, rspec: dict) -> list[str]:
     containers = ((rspec.get("template") or {}).get("spec") or {}).get("containers") or []
     if not containers:
         return [f"{containers_path}: Required value: must be specified"]
-    problems = [f"{containers_path}[{index}].image: Required value: must be required"
-                for index, container in enumerate(containers) if not container.get("image")]
+    problems = [
+        f"{containers_path}[{index}].image: Required value: must be required"
+        for index, container in enumerate(containers)
+        if not container.get("image")
+    ]
     if not any(container.get("name") == CONTAINER_NAME for container in containers):
-        problems.append(f"{containers_path}: Required value: must have at least one container with name {CONTAINER_NAME}")
+        problems.append(
+            f"{containers_path}: Required value: must have at least one container with name {CONTAINER_NAME}"
+        )
     return problems
 
 
@@ -145,8 +154,10 @@ def template_violations(doc: dict, context: JobContext) -> list[str]:
     if spec.get("nprocPerNode") != str(context.nproc_per_node):
         problems.append(f"spec.nprocPerNode: expected {str(context.nproc_per_node)!r}")
     if ("Worker" in replicas) != (settings["nodes"] > 1):
-        problems.append(f"spec.pytorchReplicaSpecs: Worker replicas must exist exactly when nodes > 1 "
-                        f"(targets.k8s.nodes = {settings['nodes']})")
+        problems.append(
+            f"spec.pytorchReplicaSpecs: Worker replicas must exist exactly when nodes > 1 "
+            f"(targets.k8s.nodes = {settings['nodes']})"
+        )
     for rtype, rspec in replicas.items():
         role = f"spec.pytorchReplicaSpecs[{rtype}]"
         problems += pod_violations(role, rspec["template"]["spec"], settings)
@@ -163,8 +174,10 @@ def grace_violations(role: str, pod: dict, grace_s: int) -> list[str]:
         problems.append(f"{role}: TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s ({grace_s})")
     pod_grace = pod.get("terminationGracePeriodSeconds", 30)
     if not isinstance(pod_grace, int) or pod_grace <= grace_s:
-        problems.append(f"{role}.template.spec.terminationGracePeriodSeconds: {pod_grace} must exceed "
-                        f"distributed.preemption_grace_s ({grace_s}), or a preempted pod is killed mid-save")
+        problems.append(
+            f"{role}.template.spec.terminationGracePeriodSeconds: {pod_grace} must exceed "
+            f"distributed.preemption_grace_s ({grace_s}), or a preempted pod is killed mid-save"
+        )
     return problems
 
 
@@ -192,8 +205,19 @@ def pod_violations(role: str, pod: dict, settings: dict) -> list[str]:
 
 # ---------------------------------------------------------------- vessl: run YAML
 
-TOP_LEVEL_KEYS = {"name", "description", "tags", "resources", "image", "import", "mount", "run", "export",
-                  "env", "ports"}
+TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "tags",
+    "resources",
+    "image",
+    "import",
+    "mount",
+    "run",
+    "export",
+    "env",
+    "ports",
+}
 REQUIRED_KEYS = ("name", "image", "resources", "run")
 RESOURCE_KEYS = {"cluster", "preset"}
 RUN_STEP_KEYS = {"command", "workdir"}
@@ -217,8 +241,14 @@ def first_problem(doc: Any) -> str | None:
     for key in REQUIRED_KEYS:
         if not doc.get(key):
             return f"{key}: required"
-    checks = [check_metadata(doc), check_resources(doc["resources"]), check_image(doc["image"]),
-              check_run(doc["run"]), check_env(doc.get("env")), check_ports(doc.get("ports"))]
+    checks = [
+        check_metadata(doc),
+        check_resources(doc["resources"]),
+        check_image(doc["image"]),
+        check_run(doc["run"]),
+        check_env(doc.get("env")),
+        check_ports(doc.get("ports")),
+    ]
     checks += [check_volumes(section, doc[section]) for section in ("import", "mount", "export") if section in doc]
     return next((problem for problem in checks if problem), None)
 
@@ -331,10 +361,14 @@ def structure_problem(doc: Any, context: JobContext | None) -> Optional[str]:
     if not (trainer.get("ipc") == "host" or trainer.get("shm_size")):
         return "services.trainer: needs ipc: host or shm_size (PyTorch workers share memory)"
     if "MLFLOW_TRACKING_URI=http://mlflow:5000" not in (trainer.get("environment") or []):
-        return "services.trainer.environment: must report to the mlflow service (MLFLOW_TRACKING_URI=http://mlflow:5000)"
+        return (
+            "services.trainer.environment: must report to the mlflow service (MLFLOW_TRACKING_URI=http://mlflow:5000)"
+        )
     if TRAINER_MLFLOW_HOST not in allowed_hosts(mlflow.get("command")):
-        return (f"services.mlflow.command: --allowed-hosts must list {TRAINER_MLFLOW_HOST} (MLflow 3 answers 403 "
-                "to any other Host header than its allowed ones, and the trainer sends that one)")
+        return (
+            f"services.mlflow.command: --allowed-hosts must list {TRAINER_MLFLOW_HOST} (MLflow 3 answers 403 "
+            "to any other Host header than its allowed ones, and the trainer sends that one)"
+        )
     mounts = [volume for volume in trainer.get("volumes") or [] if isinstance(volume, dict)]
     if not any(volume.get("type") == "bind" and volume.get("target") == "/data/storage" for volume in mounts):
         return "services.trainer.volumes: the storage dir must be bind-mounted at /data/storage"
@@ -410,8 +444,9 @@ def validate_skypilot_task(doc: Any, context: JobContext | None = None) -> None:
             envs = doc.get("envs") if isinstance(doc, dict) else None
             envs = envs if isinstance(envs, dict) else {}
             # The names-only variables get a placeholder, as `--env NAME` / our submit give them a value.
-            task = sky.Task.from_yaml_config(copy.deepcopy(doc), env_overrides=[
-                (name, "") for name, value in envs.items() if value is None])
+            task = sky.Task.from_yaml_config(
+                copy.deepcopy(doc), env_overrides=[(name, "") for name, value in envs.items() if value is None]
+            )
             # Task.validate() would also check the resources against the clouds' catalogs (a download).
             task.validate_name()
             task.validate_run()
@@ -449,7 +484,9 @@ def skypilot_template_problem(doc: dict, context: JobContext) -> Optional[str]:
     if missing:
         return f"envs.{missing[0]}: every env.secrets name must be listed (null)"
     if envs.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") != str(context.preemption_grace_s):
-        return f"envs.TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s ({context.preemption_grace_s})"
+        return (
+            f"envs.TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s ({context.preemption_grace_s})"
+        )
     return skypilot_run_problem(str(doc.get("run") or ""), context)
 
 
@@ -465,7 +502,7 @@ def skypilot_run_problem(run: str, context: JobContext) -> Optional[str]:
         return "run: a one-node job runs torchrun --standalone"
     if f"--nproc_per_node={context.nproc_per_node}" not in words:
         return f"run: --nproc_per_node must be distributed.nproc_per_node ({context.nproc_per_node})"
-    if words[-len(context.trainer_args):] != context.trainer_args:
+    if words[-len(context.trainer_args) :] != context.trainer_args:
         return "run: must end with the trainer's arguments, as the context gives them"
     return None
 

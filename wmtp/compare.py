@@ -119,8 +119,9 @@ def read_stage_dir(stage_dir: Path) -> Stage:
             raise CompareError(f"{summary_path}: expected a JSON object")
     png = stage_dir / WEIGHTS_PNG
     label = f"{stage_dir.resolve().parent.name}/{stage_dir.name}"
-    return Stage(label, stage, str(stage_dir), history, reason, reason_step, summary,
-                 png.read_bytes() if png.is_file() else None)
+    return Stage(
+        label, stage, str(stage_dir), history, reason, reason_step, summary, png.read_bytes() if png.is_file() else None
+    )
 
 
 def read_spec_stage(stage_dir: Path) -> Optional[str]:
@@ -164,7 +165,9 @@ def read_mlflow(experiment: str, filter_string: str = "", uri: Optional[str] = N
     if found is None:
         raise CompareError(f"MLflow experiment {experiment!r} not found at {redact_uri(uri)}")
     try:
-        runs = client.search_runs([found.experiment_id], filter_string=filter_string, order_by=["attributes.start_time ASC"])
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=filter_string, order_by=["attributes.start_time ASC"]
+        )
     except Exception as exc:  # MLflow raises its own exception types for a bad filter
         raise CompareError(f"--filter {filter_string!r}: {str(exc).splitlines()[0]}") from None
     stages = []
@@ -172,9 +175,13 @@ def read_mlflow(experiment: str, filter_string: str = "", uri: Optional[str] = N
         tags = run.data.tags
         if "stage" not in tags:  # a job's run (its stages' runs are nested under it), an evaluation run, …
             continue
-        history = {key: [(m.step, float(m.value)) for m in sorted(client.get_metric_history(run.info.run_id, key),
-                                                                    key=lambda m: (m.step, m.timestamp))]
-                   for key in run.data.metrics}
+        history = {
+            key: [
+                (m.step, float(m.value))
+                for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+            ]
+            for key in run.data.metrics
+        }
         step = tags.get("early_stopping.step")
         png = None
         with tempfile.TemporaryDirectory() as tmp:
@@ -184,11 +191,23 @@ def read_mlflow(experiment: str, filter_string: str = "", uri: Optional[str] = N
             except Exception:  # no histogram for this stage (unweighted objective): nothing to show
                 png = None
         label = f"{tags.get('experiment', experiment)}/{tags['stage']} ({run.info.run_id[:8]})"
-        stages.append(Stage(label, tags["stage"], run.info.run_id, history, tags.get("early_stopping.reason"),
-                            int(step) if step and step.isdigit() else None, summary_from_metrics(history), png))
+        stages.append(
+            Stage(
+                label,
+                tags["stage"],
+                run.info.run_id,
+                history,
+                tags.get("early_stopping.reason"),
+                int(step) if step and step.isdigit() else None,
+                summary_from_metrics(history),
+                png,
+            )
+        )
     if not stages:
-        raise CompareError(f"MLflow experiment {experiment!r} at {redact_uri(uri)} has no training runs"
-                           + (f" matching {filter_string!r}" if filter_string else ""))
+        raise CompareError(
+            f"MLflow experiment {experiment!r} at {redact_uri(uri)} has no training runs"
+            + (f" matching {filter_string!r}" if filter_string else "")
+        )
     return dedupe_labels(stages)
 
 
@@ -300,7 +319,9 @@ def fmt(value, column: str = "") -> str:
 def pass_cell(r: dict, key: str) -> str:
     low, high = r.get(f"{key} ci95 low"), r.get(f"{key} ci95 high")
     text = fmt(r.get(key))
-    return f"{text} [{low:.3f}, {high:.3f}]" if low is not None and high is not None and r.get(key) is not None else text
+    return (
+        f"{text} [{low:.3f}, {high:.3f}]" if low is not None and high is not None and r.get(key) is not None else text
+    )
 
 
 def display_rows(rows: list[dict], per_head: bool) -> tuple[list[str], list[list[str]]]:
@@ -315,14 +336,24 @@ def display_rows(rows: list[dict], per_head: bool) -> tuple[list[str], list[list
     header += ["val/loss best", "val/loss final", *[f"{p} [95% CI]" for p in passes], "tokens/s", "early stopping"]
     cells = []
     for r in rows:
-        line = [r["stage"], fmt(r["steps"], "steps"), fmt(r["tokens"], "tokens"), fmt(r["val/ce best"]),
-                fmt(r["val/ce final"])]
+        line = [
+            r["stage"],
+            fmt(r["steps"], "steps"),
+            fmt(r["tokens"], "tokens"),
+            fmt(r["val/ce best"]),
+            fmt(r["val/ce final"]),
+        ]
         if per_head and heads:
             for which in ("best", "final"):
                 values = [r.get(f"val/ce/head_{k} {which}") for k in heads]
                 line.append(" / ".join(f"{v:.3f}" for v in values) if any(v is not None for v in values) else "—")
-        line += [fmt(r["val/loss best"]), fmt(r["val/loss final"]), *[pass_cell(r, p) for p in passes],
-                 fmt(r["tokens/s"], "tokens/s"), r["early stopping"]]
+        line += [
+            fmt(r["val/loss best"]),
+            fmt(r["val/loss final"]),
+            *[pass_cell(r, p) for p in passes],
+            fmt(r["tokens/s"], "tokens/s"),
+            r["early stopping"],
+        ]
         cells.append(line)
     return header, cells
 
@@ -414,8 +445,14 @@ def write_report(stages: list[Stage], out_dir: Path) -> Report:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, html_path = out_dir / "compare.csv", out_dir / "report.md", out_dir / "report.html"
     write_csv(rows, csv_path)
-    curves = [p for p in (plot_val_ce(stages, out_dir / "val_ce_vs_step.png", "step"),
-                          plot_val_ce(stages, out_dir / "val_ce_vs_tokens.png", "tokens")) if p is not None]
+    curves = [
+        p
+        for p in (
+            plot_val_ce(stages, out_dir / "val_ce_vs_step.png", "step"),
+            plot_val_ce(stages, out_dir / "val_ce_vs_tokens.png", "tokens"),
+        )
+        if p is not None
+    ]
     weights = []  # (label, png) of the stages whose run wrote a token-weight histogram
     for s in stages:
         if s.weights_png:
@@ -435,17 +472,27 @@ def write_report(stages: list[Stage], out_dir: Path) -> Report:
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
     header, cells = display_rows(rows, per_head=True)
-    table_html = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-                  + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells)
-                  + "</table>")
+    table_html = (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells)
+        + "</table>"
+    )
     body = [f"<h1>{html.escape(title)}</h1>", table_html, "<div>"] + [img(p, p.stem) for p in curves] + ["</div>"]
     if weights:
         body += ["<h2>Token-weight histograms</h2>", '<div class="side">']
-        body += [f"<figure>{img(png, label)}<figcaption>{html.escape(label)}</figcaption></figure>" for label, png in weights]
+        body += [
+            f"<figure>{img(png, label)}<figcaption>{html.escape(label)}</figcaption></figure>" for label, png in weights
+        ]
         body += ["</div>"]
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-             "padding:2px 6px;text-align:right}td:first-child{text-align:left}.side{display:flex;flex-wrap:wrap}"
-             "figure{margin:0 1em 1em 0}img{max-width:100%}")
-    html_path.write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-                         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:2px 6px;text-align:right}td:first-child{text-align:left}.side{display:flex;flex-wrap:wrap}"
+        "figure{margin:0 1em 1em 0}img{max-width:100%}"
+    )
+    html_path.write_text(
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
     return Report(rows, out_dir, md_path, html_path, csv_path, curves + [png for _, png in weights])

@@ -59,8 +59,10 @@ def resolve_device(requested: str = "auto") -> str:
     if requested == "auto":
         return available[0]
     if requested not in available:
-        raise DeviceError(f"train.device: {requested} is not available on this machine (available: "
-                          f"{', '.join(available)}); use auto or one of them")
+        raise DeviceError(
+            f"train.device: {requested} is not available on this machine (available: "
+            f"{', '.join(available)}); use auto or one of them"
+        )
     return requested
 
 

@@ -42,8 +42,10 @@ def init_distributed(backend: str = "auto", device: str = "auto") -> DistContext
     device_type = resolve_device(device)
     if device_type == "mps" and world_size > 1:
         # Neither NCCL nor gloo moves MPS tensors: an Apple GPU trains as one process.
-        raise DeviceError(f"train.device: mps runs one process, not {world_size}; set distributed.strategy: none "
-                          "(or train.device: cpu for several processes)")
+        raise DeviceError(
+            f"train.device: mps runs one process, not {world_size}; set distributed.strategy: none "
+            "(or train.device: cpu for several processes)"
+        )
     if device_type == "cuda":
         ctx_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(ctx_device)
@@ -98,9 +100,14 @@ def transformer_blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
 def selective_save_ops() -> set:
     """Ops whose outputs selective AC keeps: the matmuls and every SDPA kernel (torchtitan's op list)."""
     aten = torch.ops.aten
-    names = ("mm", "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_attention_math")
+    names = (
+        "mm",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_attention_math",
+    )
     return {getattr(aten, name).default for name in names if hasattr(aten, name)}
 
 
@@ -169,8 +176,14 @@ def fsdp_mixed_precision(param_dtype: Optional[torch.dtype]):
     return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
-def parallelize(module: nn.Module, strategy: str, ctx: DistContext, activation_checkpointing="none",
-                compile: bool = False, fsdp_param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+def parallelize(
+    module: nn.Module,
+    strategy: str,
+    ctx: DistContext,
+    activation_checkpointing="none",
+    compile: bool = False,
+    fsdp_param_dtype: Optional[torch.dtype] = None,
+) -> nn.Module:
     """Wrap the train module for `strategy` (none | ddp | fsdp) in torchtitan's order: activation
     checkpointing (`AC_MODES`), then per-block compilation, then sharding (FSDP2 with mixed precision
     in `fsdp_param_dtype`, see `fsdp_mixed_precision`) or DDP."""

@@ -73,8 +73,7 @@ def redact_uri(uri: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
-                       "***" if parts.fragment else ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", "***" if parts.fragment else ""))
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
@@ -136,9 +135,11 @@ def http_limits(timeout_s: int, max_retries: int) -> Iterator[None]:
     Also keeps MLflow from printing "View run … at: URL" when a run ends
     (`TrackingServiceClient._log_url`, read per call): it prints the tracking URI as given,
     credentials included; `MlflowTracker.close` prints a redacted line instead."""
-    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s))),  # MLflow parses an int
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max(0, int(max_retries))),
-              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout_s))),  # MLflow parses an int
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max(0, int(max_retries))),
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    }
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
@@ -187,9 +188,19 @@ class MlflowTracker(Tracker):
     reopened nested under it, the parent being created first if it could not be yet; a failure of either
     is one warning for both."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], max_buffer: int = 10000,
-                 run_id_path: Optional[Path] = None, http_timeout_s: int = 5, retry_initial_s: float = 5.0,
-                 retry_max_s: float = 120.0, parent: Optional["MlflowTracker"] = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, str],
+        max_buffer: int = 10000,
+        run_id_path: Optional[Path] = None,
+        http_timeout_s: int = 5,
+        retry_initial_s: float = 5.0,
+        retry_max_s: float = 120.0,
+        parent: Optional["MlflowTracker"] = None,
+    ):
         from mlflow.tracking import MlflowClient
 
         # The store's schema-migration chatter ("Creating initial MLflow database tables...") is not
@@ -227,7 +238,7 @@ class MlflowTracker(Tracker):
             return exp.experiment_id
         artifact_location = None
         if self.uri.startswith("sqlite:///"):
-            artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+            artifact_location = (Path(self.uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
         return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
 
     def _start_run(self) -> None:
@@ -269,8 +280,11 @@ class MlflowTracker(Tracker):
             try:
                 write_text_atomic(self.run_id_path, self.run_id + "\n")
             except OSError as exc:
-                print(f"warning: could not keep the MLflow run id in {self.run_id_path} ({exc}); "
-                      "a resumed stage will start a new run", file=sys.stderr)
+                print(
+                    f"warning: could not keep the MLflow run id in {self.run_id_path} ({exc}); "
+                    "a resumed stage will start a new run",
+                    file=sys.stderr,
+                )
 
     # -- failures, back-off, buffer ------------------------------------------------------------------
     def _failed(self, exc: Exception) -> None:
@@ -279,9 +293,11 @@ class MlflowTracker(Tracker):
         first = self.parent or self  # one warning per job: the stage runs share the parent's
         if not self.warned and not first.warned:
             message = redact(f"{type(exc).__name__}: {exc}", self.uri)[:300]  # redacted, then cut
-            print(f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering up to "
-                  f"{self.max_buffer} metric points and retrying with back-off — training continues",
-                  file=sys.stderr)
+            print(
+                f"warning: MLflow at {redact_uri(self.uri)} failed ({message}); buffering up to "
+                f"{self.max_buffer} metric points and retrying with back-off — training continues",
+                file=sys.stderr,
+            )
         self.warned = first.warned = True
 
     def _flush(self, force: bool = False) -> bool:
@@ -390,8 +406,9 @@ class MlflowTracker(Tracker):
         if stopped_at.isdigit() and int(stopped_at) > step:  # a stop the resumed run has not reached
             tags.pop("early_stopping.step")
             tags.pop("early_stopping.reason", None)
-        new_id = self.client.create_run(old.info.experiment_id, start_time=old.info.start_time, tags=tags,
-                                        run_name=old.info.run_name).info.run_id
+        new_id = self.client.create_run(
+            old.info.experiment_id, start_time=old.info.start_time, tags=tags, run_name=old.info.run_name
+        ).info.run_id
         try:
             params = [Param(k, v) for k, v in old.data.params.items()]
             for i in range(0, len(params), 100):
@@ -407,12 +424,17 @@ class MlflowTracker(Tracker):
                 pass
             if getattr(exc, "error_code", None) in ("PERMISSION_DENIED", "FEATURE_DISABLED", "INVALID_PARAMETER_VALUE"):
                 # Refused, not unreachable: retrying would hold back every later point for good.
-                print(f"warning: MLflow refused to replace run {self.run_id} ({getattr(exc, 'error_code')}); "
-                      f"its {later} point(s) after step {step} stay beside the resumed run's", file=sys.stderr)
+                print(
+                    f"warning: MLflow refused to replace run {self.run_id} ({exc.error_code}); "
+                    f"its {later} point(s) after step {step} stay beside the resumed run's",
+                    file=sys.stderr,
+                )
                 return
             raise
-        print(f"MLflow: run {self.run_id} held {later} metric point(s) after step {step}, from the interrupted "
-              f"run; continuing in run {new_id}, a copy up to step {step} (the old run is deleted, restorable)")
+        print(
+            f"MLflow: run {self.run_id} held {later} metric point(s) after step {step}, from the interrupted "
+            f"run; continuing in run {new_id}, a copy up to step {step} (the old run is deleted, restorable)"
+        )
         self.run_id = new_id
         self._keep_run_id()
 
@@ -451,16 +473,22 @@ class MlflowTracker(Tracker):
                 break
             if attempt + 1 < retries:
                 time.sleep(wait_s)
-        dropped = (f"{self.dropped_points} metric point(s) dropped while it was unreachable "
-                   f"(buffer of {self.max_buffer} full, oldest first)")
+        dropped = (
+            f"{self.dropped_points} metric point(s) dropped while it was unreachable "
+            f"(buffer of {self.max_buffer} full, oldest first)"
+        )
         if self.pending:
             others = len(self.pending) - sum(1 for kind, _ in self.pending if kind == "metrics")
-            print(f"warning: MLflow at {redact_uri(self.uri)} unreachable at the end; {self.buffered_points} "
-                  f"metric point(s) and {others} other buffered call(s) not delivered"
-                  + (f"; {dropped}" if self.dropped_points else ""), file=sys.stderr)
+            print(
+                f"warning: MLflow at {redact_uri(self.uri)} unreachable at the end; {self.buffered_points} "
+                f"metric point(s) and {others} other buffered call(s) not delivered"
+                + (f"; {dropped}" if self.dropped_points else ""),
+                file=sys.stderr,
+            )
         elif self.dropped_points:
-            print(f"warning: MLflow at {redact_uri(self.uri)}: buffered calls delivered, but {dropped}",
-                  file=sys.stderr)
+            print(
+                f"warning: MLflow at {redact_uri(self.uri)}: buffered calls delivered, but {dropped}", file=sys.stderr
+            )
         if not self.pending and self.uri.lower().startswith(("http://", "https://")):
             print(f"View run {self.run_name} at: {self.run_url()}")  # MLflow's own line, redacted
 
@@ -480,8 +508,16 @@ def read_run_id(path: Path) -> Optional[str]:
         return None
 
 
-def make_tracker(is_main: bool, uri: Optional[str], experiment: str, run_name: str, tags: dict, max_buffer: int,
-                 stage_dir: Optional[Path] = None, parent: Optional[Tracker] = None) -> Tracker:
+def make_tracker(
+    is_main: bool,
+    uri: Optional[str],
+    experiment: str,
+    run_name: str,
+    tags: dict,
+    max_buffer: int,
+    stage_dir: Optional[Path] = None,
+    parent: Optional[Tracker] = None,
+) -> Tracker:
     """The tracker of one stage. With `stage_dir`, its MLflow run id is kept in `<stage_dir>/mlflow_run_id`
     so that a resumed stage continues the run. With `parent` (`make_job_tracker`), the run nests under the
     job's run, unless the stage tracks to another store or experiment (MLflow nests within one experiment)."""
@@ -500,5 +536,6 @@ def make_job_tracker(is_main: bool, uri: Optional[str], experiment: str, run_dir
     stages' runs nest under it (`make_tracker(parent=…)`). A NullTracker on ranks ≠ 0."""
     if not is_main:
         return NullTracker()
-    return MlflowTracker(resolve_tracking_uri(uri), experiment, Path(run_dir).name, tags,
-                         run_id_path=Path(run_dir) / JOB_RUN_ID_FILE)
+    return MlflowTracker(
+        resolve_tracking_uri(uri), experiment, Path(run_dir).name, tags, run_id_path=Path(run_dir) / JOB_RUN_ID_FILE
+    )

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, Optional
 
-from wmtp_cli.platform.targets import url_credentials
 from wmtp.assets import asset_dir
 from wmtp.errors import WmtpError
+from wmtp_cli.platform.targets import url_credentials
 
 # Read by the CLI to shape the job (build_context takes them from the local spec); the trainer never
 # reads them, and `--set targets.…` is not passed to it either.
@@ -22,8 +22,9 @@ PLATFORM_ONLY_KEYS = ("targets",)
 MISSING = object()  # a key path one side lacks (never equal to a value)
 
 
-def image_arguments(experiment: str, here, target: str, overrides: list[str], preset: Optional[str],
-                    in_container: bool = True) -> tuple[Optional[list[str]], Optional[str]]:
+def image_arguments(
+    experiment: str, here, target: str, overrides: list[str], preset: Optional[str], in_container: bool = True
+) -> tuple[Optional[list[str]], Optional[str]]:
     """(`--set` texts to put before the user's, the `--preset` to pass) for the container's trainer, so that
     the shipped experiment resolves there as `experiment` resolved here (`here`, with `overrides` and
     `preset`). None to carry for a target that runs here (`in_container` false: same machine, same working
@@ -37,23 +38,29 @@ def image_arguments(experiment: str, here, target: str, overrides: list[str], pr
         return [], preset
     where = source.shown
     if not source.shadows:
-        raise WmtpError(f"experiment {experiment!r}: {where} is not a shipped experiment and --target {target} runs "
-                        "in a container that only has the shipped jobs/; add it to jobs/ and rebuild the image, or "
-                        "use --target local")
+        raise WmtpError(
+            f"experiment {experiment!r}: {where} is not a shipped experiment and --target {target} runs "
+            "in a container that only has the shipped jobs/; add it to jobs/ and rebuild the image, or "
+            "use --target local"
+        )
     shipped_path = str(asset_dir("jobs") / source.path.name)
     # A preset of the local folder does not exist in the image: its values are carried instead.
     image_preset = preset if preset and not (source.path.parent / "presets" / f"{preset}.yaml").is_file() else None
     try:
         shipped = load_experiment(shipped_path, overrides, image_preset)
     except SpecError as exc:
-        raise WmtpError(f"{where}: a --target {target} container runs the shipped {experiment}, which your --set / "
-                        f"--preset do not fit: {exc}") from None
+        raise WmtpError(
+            f"{where}: a --target {target} container runs the shipped {experiment}, which your --set / "
+            f"--preset do not fit: {exc}"
+        ) from None
     local_stages = [stage.stage for stage in here.stages]
     shipped_stages = [stage.stage for stage in shipped.stages]
     if local_stages != shipped_stages:
-        raise WmtpError(f"{where}: stages {local_stages} differ from the shipped {experiment}'s {shipped_stages}; "
-                        f"--target {target} runs in a container that only has the shipped jobs/ (add the file to "
-                        "jobs/ and rebuild the image, or use --target local)")
+        raise WmtpError(
+            f"{where}: stages {local_stages} differ from the shipped {experiment}'s {shipped_stages}; "
+            f"--target {target} runs in a container that only has the shipped jobs/ (add the file to "
+            "jobs/ and rebuild the image, or use --target local)"
+        )
     carried: dict[tuple, Any] = {}
     changed_in: dict[tuple, list[str]] = {}  # key path → the stages where the local file changes it
     for mine, theirs in zip(here.stages, shipped.stages):
@@ -66,8 +73,10 @@ def image_arguments(experiment: str, here, target: str, overrides: list[str], pr
     for path, value in carried.items():
         found = next(filter(None, map(url_credentials, strings_in(value))), None)
         if found:
-            raise WmtpError(f"{where}: {'.'.join(map(str, path))}: a URL with credentials ({found}) would be "
-                            "written into the manifest in plain text; pass them as secrets (env.secrets) instead")
+            raise WmtpError(
+                f"{where}: {'.'.join(map(str, path))}: a URL with credentials ({found}) would be "
+                "written into the manifest in plain text; pass them as secrets (env.secrets) instead"
+            )
     check_carried(experiment, where, target, here, shipped_path, texts + list(overrides), image_preset, changed_in)
     return texts, image_preset
 
@@ -112,8 +121,16 @@ def override_text(path: tuple, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def check_carried(experiment: str, where: str, target: str, here, shipped_path: str, overrides: list[str],
-                  preset: Optional[str], changed_in: dict[tuple, list[str]]) -> None:
+def check_carried(
+    experiment: str,
+    where: str,
+    target: str,
+    here,
+    shipped_path: str,
+    overrides: list[str],
+    preset: Optional[str],
+    changed_in: dict[tuple, list[str]],
+) -> None:
     """The container's resolution (shipped file + carried and user --set + image preset) equals this one;
     else one line naming the first key that differs (and the stages the local file changes it in)."""
     from wmtp.train.config import SpecError, load_experiment
@@ -121,17 +138,23 @@ def check_carried(experiment: str, where: str, target: str, here, shipped_path: 
     try:
         there = load_experiment(shipped_path, overrides, preset)
     except SpecError as exc:
-        raise WmtpError(f"{where}: its differences from the shipped {experiment} do not fit a --set ({exc}); "
-                        f"--target {target} runs in a container that only has the shipped jobs/") from None
+        raise WmtpError(
+            f"{where}: its differences from the shipped {experiment} do not fit a --set ({exc}); "
+            f"--target {target} runs in a container that only has the shipped jobs/"
+        ) from None
     for mine, theirs in zip(here.stages, there.stages):
         mine_leaves = dict(leaves(trainer_view(mine.to_dict())))
         theirs_leaves = dict(leaves(trainer_view(theirs.to_dict())))
         for path in [*mine_leaves, *(p for p in theirs_leaves if p not in mine_leaves)]:
             if mine_leaves.get(path, MISSING) != theirs_leaves.get(path, MISSING):
                 key = ".".join(str(part) for part in path)
-                what = (f"changed for stage {', '.join(changed_in[path])} only" if path in changed_in
-                        else f"of stage {mine.stage} cannot be set that way (a removed or renamed key)")
+                what = (
+                    f"changed for stage {', '.join(changed_in[path])} only"
+                    if path in changed_in
+                    else f"of stage {mine.stage} cannot be set that way (a removed or renamed key)"
+                )
                 raise WmtpError(
                     f"{where}: {key} {what}: a --target {target} container only has the shipped jobs/ and gets the "
                     f"shipped {experiment} with --set, which sets every stage alike and removes no key; change it "
-                    "for every stage, or add the file to jobs/ and rebuild the image, or use --target local")
+                    "for every stage, or add the file to jobs/ and rebuild the image, or use --target local"
+                )

@@ -10,11 +10,14 @@ import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from wmtp_cli.platform.names import validate_job_name
 from wmtp.errors import WmtpError
 from wmtp.train.config import Experiment
+from wmtp_cli.platform.names import validate_job_name
+
+if TYPE_CHECKING:
+    from wmtp_cli.platform.target import Target
 
 # Inside every container: storage/ lives at /data/storage and the trainer runs in /data, so the
 # spec's relative paths (storage/models_v2/…) mean the same thing there as in a checkout.
@@ -62,7 +65,7 @@ class RenderedJob:
 def build_context(
     experiment: Experiment,
     experiment_arg: str,
-    plugin: "Target",  # wmtp_cli.platform.target's; not imported: target imports this module
+    plugin: Target,
     name: str,
     overrides: list[str],
     preset: Optional[str],

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from wmtp.errors import WmtpError
 from wmtp_cli.envfile import read_env_file
 from wmtp_cli.platform.carry import image_arguments
-from wmtp_cli.platform.context import PLATFORM_OVERRIDE_PREFIX, JobContext, RenderedJob, build_context
+from wmtp_cli.platform.context import PLATFORM_OVERRIDE_PREFIX, RenderedJob, build_context
 from wmtp_cli.platform.names import default_job_name
 from wmtp_cli.platform.registry import get_target, targets
 from wmtp_cli.secrets import find_url_credentials, refuse_manifest_credentials, refuse_secret_overrides
-from wmtp.errors import WmtpError
 
 
 def prepare_job(
@@ -34,13 +34,17 @@ def prepare_job(
     resolved = load_experiment(experiment, overrides, preset)
     # A ./jobs spec: the container's trainer gets the shipped one plus its changes (checked to match).
     carried, image_preset = image_arguments(experiment, resolved, target, overrides, preset, plugin.in_container)
-    context = build_context(resolved, experiment, plugin, name or default_job_name(resolved.name),
-                            (carried or []) + overrides, image_preset)
+    context = build_context(
+        resolved, experiment, plugin, name or default_job_name(resolved.name), (carried or []) + overrides, image_preset
+    )
     manifest = plugin.render(context, env_file)
     document = plugin.parse(manifest)
     plugin.validate(document, manifest, context)
-    refuse_manifest_credentials(context.trainer_args if document is None else document,  # local: its argv
-                                context.secret_names, env_values)
+    refuse_manifest_credentials(
+        context.trainer_args if document is None else document,  # local: its argv
+        context.secret_names,
+        env_values,
+    )
     return RenderedJob(context, manifest, document, carried)
 
 
@@ -51,11 +55,15 @@ def refuse_url_credentials(overrides: list[str]) -> None:
         key, _, value = text.partition("=")
         found = find_url_credentials(value)
         if found and not key.strip().startswith(PLATFORM_OVERRIDE_PREFIX):
-            raise WmtpError(f"--set {key.strip()}: a URL with credentials ({found}) would be written into the "
-                            "manifest in plain text; pass them as secrets (env.secrets) instead")
+            raise WmtpError(
+                f"--set {key.strip()}: a URL with credentials ({found}) would be written into the "
+                "manifest in plain text; pass them as secrets (env.secrets) instead"
+            )
 
 
-def submit_job(job: RenderedJob, env_file: Optional[Path] = None, server_dry_run: bool = False) -> tuple[list[str], int]:
+def submit_job(
+    job: RenderedJob, env_file: Optional[Path] = None, server_dry_run: bool = False
+) -> tuple[list[str], int]:
     """Send the job to its target; return (lines to print, exit status)."""
     plugin = get_target(job.context.target)
     if server_dry_run and not plugin.server_dry_run:

@@ -17,8 +17,9 @@ def job_status(name: str, target: str, overrides: Optional[list[str]] = None) ->
     return get_target(target).status(name, settings_for(target, overrides))
 
 
-def job_logs(name: str, target: str, tail: int, overrides: Optional[list[str]] = None,
-             follow: bool = False) -> Iterable[str]:
+def job_logs(
+    name: str, target: str, tail: int, overrides: Optional[list[str]] = None, follow: bool = False
+) -> Iterable[str]:
     """The last `tail` lines a submitted job printed; with `follow`, its new lines until it ends."""
     return get_target(target).logs(name, settings_for(target, overrides), tail, follow)
 
@@ -52,8 +53,8 @@ def job_table(rows: list[JobRow]) -> list[str]:
 
 def settings_for(target: str, overrides: Optional[list[str]]) -> dict[str, Any]:
     """The target's settings from jobs/defaults.yaml ⊕ --set targets.… (e.g. another namespace)."""
-    from wmtp.train.config import deep_merge, nest, parse_override, read_yaml
     from wmtp.assets import asset_dir
+    from wmtp.train.config import deep_merge, nest, parse_override, read_yaml
 
     plugin = get_target(target)
     defaults = read_yaml(asset_dir("jobs") / "defaults.yaml")

@@ -9,9 +9,10 @@ from typing import Any
 import jinja2
 import yaml
 
-from wmtp_cli.platform.context import JobContext
 from wmtp.assets import asset_dir
 from wmtp.errors import WmtpError
+from wmtp_cli.platform.context import JobContext
+
 
 def yaml_value(value: Any) -> str:
     """Any scalar or list as a JSON literal, which YAML reads back unchanged.
@@ -47,8 +48,9 @@ def template_environment(folder: str, filters: dict[str, Any] | None = None) -> 
     return env
 
 
-def render_manifest(where: str, context: JobContext, extra: dict[str, Any] | None = None,
-                    filters: dict[str, Any] | None = None) -> str:
+def render_manifest(
+    where: str, context: JobContext, extra: dict[str, Any] | None = None, filters: dict[str, Any] | None = None
+) -> str:
     """Render the template `where` (`folder/file.j2` among the shipped assets) with `context`, plus a
     target's `extra` values and `filters`."""
     folder, name = where.split("/", 1)

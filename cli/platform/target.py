@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Optional
 
 from pydantic import ValidationError
 
-from wmtp_cli.platform.targets import TargetSettings, describe_error
 from wmtp.errors import WmtpError
+from wmtp_cli.platform.targets import TargetSettings, describe_error
 
 if TYPE_CHECKING:  # annotations only: importing them here would load the spec machinery for `--help`
     from wmtp_cli.platform.context import JobContext, RenderedJob
@@ -79,8 +79,7 @@ class Target(ABC):
         """The manifest text: the template rendered with the context."""
         from wmtp_cli.platform.render import render_manifest
 
-        return render_manifest(self.template, context, self.extra_context(context, env_file),
-                               self.template_filters())
+        return render_manifest(self.template, context, self.extra_context(context, env_file), self.template_filters())
 
     def parse(self, manifest: str) -> Any:
         """The manifest as data (what the API receives), or None when it is not a document."""
@@ -91,6 +90,7 @@ class Target(ABC):
     def validate(self, document: Any, manifest: str, context: JobContext) -> None:
         """Refuse what the user chose that cannot work here (settings against the spec). Our templates'
         own invariants are checked by the tests (tests/template_rules.py), not on every submit."""
+        return None  # a hook: by default a target refuses nothing
 
     def submit_refusal(self, context: JobContext) -> Optional[str]:
         """Why `submit` would refuse this job as it is, or None; `--dry-run` / `render` warn with it."""

@@ -42,10 +42,13 @@ def check_no_credentials(value: str) -> str:
     found = url_credentials(value)
     if found:
         # A custom error type, so describe_error does not echo the value (it holds the credential).
-        raise PydanticCustomError(CREDENTIALS_IN_URL, "must not contain credentials ({found}); it would be "
-                                  "written into the manifest in plain text — pass them as secrets "
-                                  "(env.secrets, e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)",
-                                  {"found": found})
+        raise PydanticCustomError(
+            CREDENTIALS_IN_URL,
+            "must not contain credentials ({found}); it would be "
+            "written into the manifest in plain text — pass them as secrets "
+            "(env.secrets, e.g. MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)",
+            {"found": found},
+        )
     return value
 
 
@@ -53,20 +56,37 @@ NoCredentials = AfterValidator(check_no_credentials)
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-ImageRef = Annotated[str, matching(
-    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?",
-    "a container image reference like registry/name:tag")]
-DnsLabel = Annotated[str, Field(max_length=63), matching(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a DNS-1123 label (lowercase letters, digits, '-')")]
-DnsSubdomain = Annotated[str, Field(max_length=253), matching(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
-    "a DNS-1123 subdomain (lowercase letters, digits, '-', '.')")]
+ImageRef = Annotated[
+    str,
+    matching(
+        rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?",
+        "a container image reference like registry/name:tag",
+    ),
+]
+DnsLabel = Annotated[
+    str,
+    Field(max_length=63),
+    matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a DNS-1123 label (lowercase letters, digits, '-')"),
+]
+DnsSubdomain = Annotated[
+    str,
+    Field(max_length=253),
+    matching(
+        r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+        "a DNS-1123 subdomain (lowercase letters, digits, '-', '.')",
+    ),
+]
 Quantity = Annotated[str, matching(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", "a quantity like 64Gi")]
 PlainName = Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_', '-'")]
-VesslVolume = Annotated[str, matching(
-    r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "STORAGE/VOLUME (used as volume://STORAGE/VOLUME)")]
-GitUrl = Annotated[str, matching(r"(https://|ssh://|git@)[^\s'\"]+", "a git URL (https://…, ssh://… or git@…)"),
-                   NoCredentials]
+VesslVolume = Annotated[
+    str,
+    matching(
+        r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", "STORAGE/VOLUME (used as volume://STORAGE/VOLUME)"
+    ),
+]
+GitUrl = Annotated[
+    str, matching(r"(https://|ssh://|git@)[^\s'\"]+", "a git URL (https://…, ssh://… or git@…)"), NoCredentials
+]
 GitRef = Annotated[str, matching(r"[\w./-]+", "a branch, tag or commit")]
 HttpUrl = Annotated[str, matching(r"https?://[^\s'\"]+", "an http(s):// URL"), NoCredentials]
 HostPath = Annotated[str, matching(r"[^\x00-\x1f'\"]+", "a path without quotes or control characters")]

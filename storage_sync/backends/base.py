@@ -84,3 +84,4 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release threads and connections."""
+        return None  # a hook: a backend without threads or connections has nothing to release

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from wmtp.common.files import atomic_output
-from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
+from wmtp_storage_sync.backends.base import (
+    Backend,
+    FileChangedError,
+    ObjectInfo,
+    OnBytes,
+    RemoteObject,
+    check_unchanged,
+)
 from wmtp_storage_sync.errors import SyncError
 from wmtp_storage_sync.manifest import (
     HASH_CHUNK,

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from wmtp.common.files import atomic_output
-from wmtp_storage_sync.backends.base import Backend, FileChangedError, ObjectInfo, OnBytes, RemoteObject, check_unchanged
+from wmtp_storage_sync.backends.base import (
+    Backend,
+    FileChangedError,
+    ObjectInfo,
+    OnBytes,
+    RemoteObject,
+    check_unchanged,
+)
 from wmtp_storage_sync.errors import SyncError
 from wmtp_storage_sync.manifest import (
     MANIFEST_NAME,
@@ -89,8 +96,9 @@ class S3Backend(Backend):
         self.url = url or (f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
         self.endpoint_url = endpoint_url
         self.part_size = part_size
-        self.client = _make_client(endpoint_url, credential_refresher, initial_credentials, region, path_style,
-                                   verify_tls, jobs)
+        self.client = _make_client(
+            endpoint_url, credential_refresher, initial_credentials, region, path_style, verify_tls, jobs
+        )
         # Parts run on their own pool: the engine's file workers wait on parts, parts never wait on anything.
         self._parts = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="s3-part")
         self.journal = UploadJournal(journal_dir, self.url) if journal_dir else None
@@ -100,7 +108,7 @@ class S3Backend(Backend):
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def _rel(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -114,7 +122,9 @@ class S3Backend(Backend):
                 f"{self.url}: no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
             ) from None
         except bx.PartialCredentialsError as exc:
-            raise SyncError(f"{self.url}: incomplete S3 credentials ({exc.kwargs.get('cred_var', 'a variable')} missing)") from None
+            raise SyncError(
+                f"{self.url}: incomplete S3 credentials ({exc.kwargs.get('cred_var', 'a variable')} missing)"
+            ) from None
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as exc:
             endpoint = self.client.meta.endpoint_url
             raise SyncError(f"{what}: cannot reach {endpoint} ({type(exc).__name__})") from None
@@ -162,7 +172,9 @@ class S3Backend(Backend):
         response = self._head(rel)
         if response is None:
             return None
-        return ObjectInfo(response["ContentLength"], response["ETag"], response.get("Metadata", {}).get(SHA256_METADATA))
+        return ObjectInfo(
+            response["ContentLength"], response["ETag"], response.get("Metadata", {}).get(SHA256_METADATA)
+        )
 
     def _head(self, rel: str) -> Optional[dict]:
         import botocore.exceptions as bx
@@ -210,13 +222,20 @@ class S3Backend(Backend):
                 return
             with open(dest, "wb") as out:
                 out.truncate(entry.size)
-                ranges = [(start, min(start + self.part_size, entry.size)) for start in range(0, entry.size, self.part_size)]
-                futures = [self._parts.submit(self._fetch_range, rel, out.fileno(), a, b, condition, on_bytes) for a, b in ranges]
+                ranges = [
+                    (start, min(start + self.part_size, entry.size)) for start in range(0, entry.size, self.part_size)
+                ]
+                futures = [
+                    self._parts.submit(self._fetch_range, rel, out.fileno(), a, b, condition, on_bytes)
+                    for a, b in ranges
+                ]
                 _all_results(futures)
 
     def _fetch_range(self, rel: str, fd: int, start: int, end: int, condition: dict, on_bytes: OnBytes) -> None:
         with self._errors(f"downloading {self.url}/{rel}"):
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={start}-{end - 1}", **condition)
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(rel), Range=f"bytes={start}-{end - 1}", **condition
+            )
             data = response["Body"].read()
         if len(data) != end - start:
             raise SyncError(f"{self.url}/{rel}: short read at byte {start} ({len(data)} of {end - start})")
@@ -241,8 +260,13 @@ class S3Backend(Backend):
         checksum = b64(digest)
         with self._errors(f"uploading {f.rel} to {self.url}"):
             response = self.client.put_object(
-                Bucket=self.bucket, Key=self.key(f.rel), Body=data, ContentLength=len(data),
-                Metadata={SHA256_METADATA: digest.hex()}, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                Bucket=self.bucket,
+                Key=self.key(f.rel),
+                Body=data,
+                ContentLength=len(data),
+                Metadata={SHA256_METADATA: digest.hex()},
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
             )
         on_bytes(len(data))
         return self._confirm(f, digest.hex(), checksum, response)
@@ -258,30 +282,53 @@ class S3Backend(Backend):
         if upload_id is None:
             with self._errors(f"uploading {f.rel} to {self.url}"):
                 upload_id = self.client.create_multipart_upload(
-                    Bucket=self.bucket, Key=key, Metadata={SHA256_METADATA: sha256}, ChecksumAlgorithm="SHA256",
+                    Bucket=self.bucket,
+                    Key=key,
+                    Metadata={SHA256_METADATA: sha256},
+                    ChecksumAlgorithm="SHA256",
                 )["UploadId"]
             if self.journal:
                 self.journal.record(f.rel, upload_id, sha256, part_size)
         offsets = range(0, f.size, part_size)
         with open(f.path, "rb") as src:
             futures = [
-                self._parts.submit(self._put_part, f, src.fileno(), upload_id, n, offset,
-                                   min(part_size, f.size - offset), stored.get(n), on_bytes)
+                self._parts.submit(
+                    self._put_part,
+                    f,
+                    src.fileno(),
+                    upload_id,
+                    n,
+                    offset,
+                    min(part_size, f.size - offset),
+                    stored.get(n),
+                    on_bytes,
+                )
                 for n, offset in enumerate(offsets, start=1)
             ]
             parts = _all_results(futures)
         check_unchanged(f)
         with self._errors(f"completing {f.rel} on {self.url}"):
             response = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
                 MultipartUpload={"Parts": [{k: p[k] for k in ("PartNumber", "ETag", "ChecksumSHA256")} for p in parts]},
             )
         if self.journal:
             self.journal.forget(f.rel)
         return self._confirm(f, sha256, composite_checksum([p["digest"] for p in parts]), response)
 
-    def _put_part(self, f: LocalFile, fd: int, upload_id: str, number: int, offset: int, length: int,
-                  stored: Optional[dict], on_bytes: OnBytes) -> dict:
+    def _put_part(
+        self,
+        f: LocalFile,
+        fd: int,
+        upload_id: str,
+        number: int,
+        offset: int,
+        length: int,
+        stored: Optional[dict],
+        on_bytes: OnBytes,
+    ) -> dict:
         data = os.pread(fd, length, offset)
         if len(data) != length:
             raise SyncError(f"{f.path}: shorter than when scanned; re-run the sync")
@@ -292,8 +339,14 @@ class S3Backend(Backend):
             return {"PartNumber": number, "ETag": stored["ETag"], "ChecksumSHA256": checksum, "digest": digest}
         with self._errors(f"uploading {f.rel} part {number} to {self.url}"):
             response = self.client.upload_part(
-                Bucket=self.bucket, Key=self.key(f.rel), UploadId=upload_id, PartNumber=number, Body=data,
-                ContentLength=length, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                Bucket=self.bucket,
+                Key=self.key(f.rel),
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentLength=length,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
             )
         on_bytes(length)
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum, "digest": digest}
@@ -357,7 +410,7 @@ class S3Backend(Backend):
 
     def delete(self, rels: list[str]) -> None:
         for start in range(0, len(rels), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = [{"Key": self.key(rel)} for rel in rels[start:start + 1000]]
+            batch = [{"Key": self.key(rel)} for rel in rels[start : start + 1000]]
             with self._errors(f"deleting from {self.url}"):
                 response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             if response.get("Errors"):
@@ -368,8 +421,12 @@ class S3Backend(Backend):
         data = manifest.to_bytes()
         with self._errors(f"writing {self.url}/{MANIFEST_NAME}"):
             self.client.put_object(
-                Bucket=self.bucket, Key=self.key(MANIFEST_NAME), Body=data, ContentType="application/json",
-                ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(hashlib.sha256(data).digest()),
+                Bucket=self.bucket,
+                Key=self.key(MANIFEST_NAME),
+                Body=data,
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=b64(hashlib.sha256(data).digest()),
             )
 
     def close(self) -> None:
@@ -426,7 +483,9 @@ def _make_client(endpoint_url, credential_refresher, initial_credentials, region
     if credential_refresher is not None:
         # botocore has no public setter for refreshable credentials; the VESSL SDK sets this attribute too.
         core._credentials = RefreshableCredentials.create_from_metadata(
-            metadata=initial_credentials or credential_refresher(), refresh_using=credential_refresher, method="vessl-federation"
+            metadata=initial_credentials or credential_refresher(),
+            refresh_using=credential_refresher,
+            method="vessl-federation",
         )
     session = boto3.session.Session(botocore_session=core)
     config = Config(

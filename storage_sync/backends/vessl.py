@@ -82,7 +82,9 @@ def _federator(vessl, location: VesslLocation, federation_type: str):
             )
         except Exception as exc:  # the SDK's VesslException tree, network errors, missing organization
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise SyncError(f"{url}: VESSL did not grant {federation_type} access ({type(exc).__name__}: {reason})") from None
+            raise SyncError(
+                f"{url}: VESSL did not grant {federation_type} access ({type(exc).__name__}: {reason})"
+            ) from None
 
     return federate
 

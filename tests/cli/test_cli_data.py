@@ -11,12 +11,25 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from wmtp_cli.main import app
-from tests.unit.test_data_index import (BAD_LINE_IDS, BAD_LINES, BROKEN_INDEX_IDS, BROKEN_INDEXES, alpaca,
-                                        broken_index_message, write_jsonl)
-from tests.unit.test_data_prepare import (CODECONTESTS_SCHEMA, MBPP_SANITIZED_SCHEMA, MBPP_SCHEMA, contest_problem,
-                                          write_codecontests_parquet, write_mbpp_parquet)
+from tests.unit.test_data_index import (
+    BAD_LINE_IDS,
+    BAD_LINES,
+    BROKEN_INDEX_IDS,
+    BROKEN_INDEXES,
+    alpaca,
+    broken_index_message,
+    write_jsonl,
+)
+from tests.unit.test_data_prepare import (
+    CODECONTESTS_SCHEMA,
+    MBPP_SANITIZED_SCHEMA,
+    MBPP_SCHEMA,
+    contest_problem,
+    write_codecontests_parquet,
+    write_mbpp_parquet,
+)
 from wmtp.data.index import index_path, metadata_path
+from wmtp_cli.main import app
 
 runner = CliRunner()
 
@@ -52,8 +65,17 @@ def test_data_help_lists_the_commands():
 
 def test_prepare_codecontests_prints_kept_and_dropped(tmp_path, micro_models):
     raw = write_codecontests_parquet(tmp_path / "raw")
-    result = run("prepare", "codecontests", "--raw", raw, "--out", tmp_path / "cc",
-                 "--tokenizer", micro_models["micro-mtp"], "--no-progress")
+    result = run(
+        "prepare",
+        "codecontests",
+        "--raw",
+        raw,
+        "--out",
+        tmp_path / "cc",
+        "--tokenizer",
+        micro_models["micro-mtp"],
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "codecontests: prepared splits" in result.output
     assert "problem has no description" in result.output and "over the token budget" in result.output
@@ -74,7 +96,9 @@ def test_prepare_mbpp_and_humaneval_then_validate(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_smoke_writes_train_and_valid(tmp_path, micro_models):
-    result = run("prepare", "smoke", "--out", tmp_path / "smoke", "--tokenizer", micro_models["micro-mtp"], "--limit", "8")
+    result = run(
+        "prepare", "smoke", "--out", tmp_path / "smoke", "--tokenizer", micro_models["micro-mtp"], "--limit", "8"
+    )
     assert result.exit_code == 0, result.output
     assert "smoke: prepared splits" in result.output
     for split in ("train", "valid"):
@@ -101,19 +125,28 @@ def test_every_bad_line_message_reaches_index_and_validate(tmp_path, line, messa
     path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(5)], {3: line})
     assert_errors(run("index", path), re.escape(f"{path}:3: ") + message)
     assert not index_path(path).exists()
-    assert_errors(run("validate", tmp_path), re.escape(f"{path}:3: ") + message,
-                  re.escape(f"{tmp_path}: 1 problem(s) in 1 of 1 file(s)"))
+    assert_errors(
+        run("validate", tmp_path),
+        re.escape(f"{path}:3: ") + message,
+        re.escape(f"{tmp_path}: 1 problem(s) in 1 of 1 file(s)"),
+    )
 
 
 def test_validate_reports_every_bad_line_and_a_tampered_file(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [alpaca(i) for i in range(5)])
     assert run("index", good).exit_code == 0
-    bad = write_jsonl(tmp_path / "bad.jsonl", [alpaca(i) for i in range(6)], {2: "{", 5: '{"task_id": "x"}'})
+    write_jsonl(tmp_path / "bad.jsonl", [alpaca(i) for i in range(6)], {2: "{", 5: '{"task_id": "x"}'})
     data = good.read_bytes().replace(b"Write function number 3", b"Write function number 9")
     good.write_bytes(data)  # same size: only the SHA-256 and the fingerprint notice
     result = run("validate", tmp_path)
-    assert_one_line_error(result, "bad.jsonl:2: not valid JSON", "bad.jsonl:5: missing key 'instruction'",
-                          "good.jsonl: SHA-256", "wmtp data index", "problem(s) in 2 of 2 file(s)")
+    assert_one_line_error(
+        result,
+        "bad.jsonl:2: not valid JSON",
+        "bad.jsonl:5: missing key 'instruction'",
+        "good.jsonl: SHA-256",
+        "wmtp data index",
+        "problem(s) in 2 of 2 file(s)",
+    )
 
 
 def test_validate_notices_a_missing_index(tmp_path):
@@ -141,34 +174,43 @@ def test_validate_names_the_line_where_the_index_disagrees(tmp_path):
     rows = np.load(index_path(path))
     rows["difficulty"][2] = 9
     np.save(index_path(path), rows)
-    assert_errors(run("validate", tmp_path),
-                  re.escape(f"{path}:3: index difficulty is 9 but the line gives 1 (1 of 5 rows differ); "
-                            f"run `wmtp data index {path}`"))
+    assert_errors(
+        run("validate", tmp_path),
+        re.escape(
+            f"{path}:3: index difficulty is 9 but the line gives 1 (1 of 5 rows differ); run `wmtp data index {path}`"
+        ),
+    )
 
 
 def test_validate_notices_a_line_added_after_indexing(tmp_path):
     path = indexed_file(tmp_path)
     with open(path, "a") as handle:
         handle.write(json.dumps(alpaca(5)) + "\n")
-    assert_errors(run("validate", tmp_path),
-                  re.escape(f"{index_path(path)}: 5 rows but the file has 6 lines; run `wmtp data index {path}`"),
-                  re.escape(f"{path}: SHA-256 ") + ".+" + re.escape(" (changed after indexing); run `wmtp data index ")
-                  + ".+")
+    assert_errors(
+        run("validate", tmp_path),
+        re.escape(f"{index_path(path)}: 5 rows but the file has 6 lines; run `wmtp data index {path}`"),
+        re.escape(f"{path}: SHA-256 ") + ".+" + re.escape(" (changed after indexing); run `wmtp data index ") + ".+",
+    )
 
 
 def test_validate_lists_20_bad_lines_then_counts_the_rest(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [alpaca(i) for i in range(25)], {i: "{" for i in range(1, 26)})
     result = run("validate", tmp_path)
-    assert_errors(result, re.escape(f"{path}:20: not valid JSON (") + ".+",
-                  re.escape(f"{path}: … and 5 more bad lines (only the first 20 are listed)"),
-                  re.escape(f"{tmp_path}: 21 problem(s) in 1 of 1 file(s)"))
+    assert_errors(
+        result,
+        re.escape(f"{path}:20: not valid JSON (") + ".+",
+        re.escape(f"{path}: … and 5 more bad lines (only the first 20 are listed)"),
+        re.escape(f"{tmp_path}: 21 problem(s) in 1 of 1 file(s)"),
+    )
     assert f"{path}:21:" not in result.output
 
 
 def test_validate_of_a_folder_without_jsonl(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    assert_errors(run("validate", tmp_path),
-                  re.escape(f"{tmp_path}: no .jsonl files found (searched recursively for prepared <split>.jsonl files)"))
+    assert_errors(
+        run("validate", tmp_path),
+        re.escape(f"{tmp_path}: no .jsonl files found (searched recursively for prepared <split>.jsonl files)"),
+    )
 
 
 @pytest.mark.parametrize("breaks,pattern", BROKEN_INDEXES, ids=BROKEN_INDEX_IDS)
@@ -178,22 +220,38 @@ def test_validate_names_a_broken_index_or_metadata_file(tmp_path, breaks, patter
     assert_errors(run("validate", tmp_path), broken_index_message(path, pattern))
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["prepare", "codecontests", "--raw", "/nonexistent/cc"], ["/nonexistent/cc: raw dataset not found"]),
-    (["prepare", "mbpp", "--raw", "/nonexistent/mbpp"], ["/nonexistent/mbpp: raw dataset not found"]),
-    (["prepare", "humaneval", "--raw", "/nonexistent/he.jsonl"], ["/nonexistent/he.jsonl: HumanEval file not found"]),
-    (["prepare", "smoke", "--tokenizer", "/nonexistent/model"], ["/nonexistent/model: no tokenizer"]),
-    (["index", "/nonexistent/x.jsonl"], ["/nonexistent/x.jsonl: file not found"]),
-    (["validate", "/nonexistent/dir"], ["/nonexistent/dir: not a directory"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["prepare", "codecontests", "--raw", "/nonexistent/cc"], ["/nonexistent/cc: raw dataset not found"]),
+        (["prepare", "mbpp", "--raw", "/nonexistent/mbpp"], ["/nonexistent/mbpp: raw dataset not found"]),
+        (
+            ["prepare", "humaneval", "--raw", "/nonexistent/he.jsonl"],
+            ["/nonexistent/he.jsonl: HumanEval file not found"],
+        ),
+        (["prepare", "smoke", "--tokenizer", "/nonexistent/model"], ["/nonexistent/model: no tokenizer"]),
+        (["index", "/nonexistent/x.jsonl"], ["/nonexistent/x.jsonl: file not found"]),
+        (["validate", "/nonexistent/dir"], ["/nonexistent/dir: not a directory"]),
+    ],
+)
 def test_bad_paths_are_one_line(args, fragments, tmp_path):
     assert_one_line_error(run(*args, *(["--out", tmp_path / "o"] if args[0] == "prepare" else [])), *fragments)
 
 
 def test_bad_max_tokens_is_named(tmp_path, micro_models):
     raw = write_codecontests_parquet(tmp_path / "raw")
-    result = run("prepare", "codecontests", "--raw", raw, "--out", tmp_path / "o",
-                 "--tokenizer", micro_models["micro-mtp"], "--max-tokens", "1")
+    result = run(
+        "prepare",
+        "codecontests",
+        "--raw",
+        raw,
+        "--out",
+        tmp_path / "o",
+        "--tokenizer",
+        micro_models["micro-mtp"],
+        "--max-tokens",
+        "1",
+    )
     assert_one_line_error(result, "--max-tokens: 1; expected ≥ 2")
 
 
@@ -207,10 +265,22 @@ def with_field(schema: pa.Schema, name: str, kind: pa.DataType) -> pa.Schema:
     return schema.set(schema.get_field_index(name), pa.field(name, kind))
 
 
-MBPP_ROW = {"task_id": 601, "text": "Add.", "code": "def add(a, b):\n    return a + b",
-            "test_list": ["assert add(1, 2) == 3"], "test_setup_code": "", "challenge_test_list": []}
-SANITIZED_ROW = {"source_file": "f", "task_id": 82, "prompt": "Volume.", "code": "x = 1", "test_imports": "import math",
-                 "test_list": ["assert x == 1"]}
+MBPP_ROW = {
+    "task_id": 601,
+    "text": "Add.",
+    "code": "def add(a, b):\n    return a + b",
+    "test_list": ["assert add(1, 2) == 3"],
+    "test_setup_code": "",
+    "challenge_test_list": [],
+}
+SANITIZED_ROW = {
+    "source_file": "f",
+    "task_id": 82,
+    "prompt": "Volume.",
+    "code": "x = 1",
+    "test_imports": "import math",
+    "test_list": ["assert x == 1"],
+}
 
 
 def bad_codecontests(tmp_path, **changes) -> list:
@@ -239,41 +309,73 @@ def humaneval_raw(tmp_path) -> list:
 
 # (the `prepare` arguments, made in tmp_path; a regex for the whole error line, where {tmp} is tmp_path)
 BAD_RAW = {
-    "solutions-not-struct": (lambda t: bad_codecontests(t, solutions="print(1)"),
-                             r"{tmp}/raw/train\.parquet: row 0: 'solutions' is not "
-                             r"\{{language: \[int\], solution: \[str\]\}} \(got 'print\(1\)'\)"),
-    "difficulty-200": (lambda t: bad_codecontests(t, difficulty=200),
-                       r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is 200; expected an integer 0\.\.127"),
-    "difficulty-null": (lambda t: bad_codecontests(t, difficulty=None),
-                        r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is None; expected an integer 0\.\.127"),
-    "test_list-string": (lambda t: bad_mbpp(t, {**MBPP_ROW, "test_list": "assert add(1, 2) == 3"},
-                                            with_field(MBPP_SCHEMA, "test_list", pa.string())),
-                         r"{tmp}/raw/train\.parquet: row 0: 'test_list' is not a list of strings "
-                         r"\(got 'assert add\(1, 2\) == 3'\)"),
-    "code-null": (lambda t: bad_mbpp(t, {**MBPP_ROW, "code": None}, MBPP_SCHEMA),
-                  r"{tmp}/raw/train\.parquet: row 0: 'code' is not a string \(got None\)"),
-    "test_imports-string": (lambda t: bad_mbpp(t, SANITIZED_ROW,
-                                               with_field(MBPP_SANITIZED_SCHEMA, "test_imports", pa.string())),
-                            r"{tmp}/raw/train\.parquet: row 0: 'test_imports' is not a list of strings \(got 'import math'\)"),
-    "corrupt-parquet": (lambda t: ["mbpp", "--raw", raw_files(t, {"test.parquet": b"bogus\n"})],
-                        r"{tmp}/raw/test\.parquet: unreadable parquet file \(Parquet file size is 6 bytes.+\)"),
-    "empty-parquet": (lambda t: ["codecontests", "--raw", raw_files(t, {"train-00000-of-00001.parquet": b""})],
-                      r"{tmp}/raw/train-00000-of-00001\.parquet: unreadable parquet file \(.+\)"),
-    "corrupt-arrow": (lambda t: ["codecontests", "--raw", raw_files(t, {"valid.arrow": b"bogus"})],
-                      r"{tmp}/raw/valid\.arrow: unreadable arrow file \(.+\)"),
-    "no-raw-files": (lambda t: ["mbpp", "--raw", raw_files(t, {"README.md": b"# MBPP"})],
-                     r"{tmp}/raw: no \.parquet or \.arrow files found"),
-    "unsupported-type": (lambda t: ["mbpp", "--raw", raw_files(t, {"train.csv": b"a,b"}) / "train.csv"],
-                         r"{tmp}/raw/train\.csv: unsupported file type \(expected \.parquet or \.arrow\)"),
+    "solutions-not-struct": (
+        lambda t: bad_codecontests(t, solutions="print(1)"),
+        r"{tmp}/raw/train\.parquet: row 0: 'solutions' is not "
+        r"\{{language: \[int\], solution: \[str\]\}} \(got 'print\(1\)'\)",
+    ),
+    "difficulty-200": (
+        lambda t: bad_codecontests(t, difficulty=200),
+        r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is 200; expected an integer 0\.\.127",
+    ),
+    "difficulty-null": (
+        lambda t: bad_codecontests(t, difficulty=None),
+        r"{tmp}/raw/train\.parquet: row 0: 'difficulty' is None; expected an integer 0\.\.127",
+    ),
+    "test_list-string": (
+        lambda t: bad_mbpp(
+            t, {**MBPP_ROW, "test_list": "assert add(1, 2) == 3"}, with_field(MBPP_SCHEMA, "test_list", pa.string())
+        ),
+        r"{tmp}/raw/train\.parquet: row 0: 'test_list' is not a list of strings "
+        r"\(got 'assert add\(1, 2\) == 3'\)",
+    ),
+    "code-null": (
+        lambda t: bad_mbpp(t, {**MBPP_ROW, "code": None}, MBPP_SCHEMA),
+        r"{tmp}/raw/train\.parquet: row 0: 'code' is not a string \(got None\)",
+    ),
+    "test_imports-string": (
+        lambda t: bad_mbpp(t, SANITIZED_ROW, with_field(MBPP_SANITIZED_SCHEMA, "test_imports", pa.string())),
+        r"{tmp}/raw/train\.parquet: row 0: 'test_imports' is not a list of strings \(got 'import math'\)",
+    ),
+    "corrupt-parquet": (
+        lambda t: ["mbpp", "--raw", raw_files(t, {"test.parquet": b"bogus\n"})],
+        r"{tmp}/raw/test\.parquet: unreadable parquet file \(Parquet file size is 6 bytes.+\)",
+    ),
+    "empty-parquet": (
+        lambda t: ["codecontests", "--raw", raw_files(t, {"train-00000-of-00001.parquet": b""})],
+        r"{tmp}/raw/train-00000-of-00001\.parquet: unreadable parquet file \(.+\)",
+    ),
+    "corrupt-arrow": (
+        lambda t: ["codecontests", "--raw", raw_files(t, {"valid.arrow": b"bogus"})],
+        r"{tmp}/raw/valid\.arrow: unreadable arrow file \(.+\)",
+    ),
+    "no-raw-files": (
+        lambda t: ["mbpp", "--raw", raw_files(t, {"README.md": b"# MBPP"})],
+        r"{tmp}/raw: no \.parquet or \.arrow files found",
+    ),
+    "unsupported-type": (
+        lambda t: ["mbpp", "--raw", raw_files(t, {"train.csv": b"a,b"}) / "train.csv"],
+        r"{tmp}/raw/train\.csv: unsupported file type \(expected \.parquet or \.arrow\)",
+    ),
     "humaneval-json": (humaneval_raw, r"{tmp}/he\.jsonl:1: not valid JSON \(Expecting .+\)"),
-    "smoke-limit": (lambda t: ["smoke", "--limit", "0"], r"--limit: 0; expected at least 1 \(HumanEval problems to use\)"),
+    "smoke-limit": (
+        lambda t: ["smoke", "--limit", "0"],
+        r"--limit: 0; expected at least 1 \(HumanEval problems to use\)",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", BAD_RAW, ids=list(BAD_RAW))
 def test_bad_raw_data_is_one_line_and_nothing_is_written(tmp_path, micro_models, case):
     make_args, pattern = BAD_RAW[case]
-    result = run("prepare", *make_args(tmp_path), "--out", tmp_path / "out", "--tokenizer", micro_models["micro-mtp"],
-                 "--no-progress")
+    result = run(
+        "prepare",
+        *make_args(tmp_path),
+        "--out",
+        tmp_path / "out",
+        "--tokenizer",
+        micro_models["micro-mtp"],
+        "--no-progress",
+    )
     assert_errors(result, pattern.format(tmp=re.escape(str(tmp_path))))
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from wmtp_cli.main import app
 from tests.unit.test_eval_benchmarks import MBPP_ROWS
 from wmtp.eval.benchmarks import load_humaneval
+from wmtp_cli.main import app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_tracking_env")
 
@@ -22,8 +22,20 @@ def invoke(*args):
 
 def test_eval_run_prints_pass_at_k_and_where_the_files_went(micro_models, tmp_path):
     out = tmp_path / "run"
-    result = invoke("run", micro_models["micro-mtp"], "--benchmark", "humaneval", "--limit", 2,
-                    "--max-new-tokens", 8, "--out", out, "--workers", 2)
+    result = invoke(
+        "run",
+        micro_models["micro-mtp"],
+        "--benchmark",
+        "humaneval",
+        "--limit",
+        2,
+        "--max-new-tokens",
+        8,
+        "--out",
+        out,
+        "--workers",
+        2,
+    )
     assert result.exit_code == 0, result.output
     assert "humaneval: 2 problems × 1 samples" in result.output
     assert "pass@1" in result.output and "tokens/s decoding" in result.output
@@ -36,8 +48,21 @@ def test_eval_run_on_mbpp_with_speculative_decoding(micro_models, tmp_path):
     data = tmp_path / "mbpp.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in MBPP_ROWS))
     out = tmp_path / "mbpp"
-    result = invoke("run", micro_models["micro-mtp"], "-b", "mbpp", "--data", data, "--limit", 1,
-                    "--max-new-tokens", 6, "--speculative", "--out", out)
+    result = invoke(
+        "run",
+        micro_models["micro-mtp"],
+        "-b",
+        "mbpp",
+        "--data",
+        data,
+        "--limit",
+        1,
+        "--max-new-tokens",
+        6,
+        "--speculative",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "(speculative)" in result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -48,9 +73,29 @@ def test_eval_run_on_mbpp_with_speculative_decoding(micro_models, tmp_path):
 def test_eval_run_speculative_sampling_at_a_temperature(micro_models, tmp_path):
     """pass@k's sampling (--n, --temperature, --top-p) runs speculatively: same options, acceptance reported."""
     out = tmp_path / "spec-sampled"
-    result = invoke("run", micro_models["micro-mtp"], "-b", "humaneval", "--limit", 2, "--n", 3, "--k", "1,2",
-                    "--temperature", 0.8, "--top-p", 0.95, "--max-new-tokens", 8, "--speculative", "--out", out,
-                    "--workers", 2)
+    result = invoke(
+        "run",
+        micro_models["micro-mtp"],
+        "-b",
+        "humaneval",
+        "--limit",
+        2,
+        "--n",
+        3,
+        "--k",
+        "1,2",
+        "--temperature",
+        0.8,
+        "--top-p",
+        0.95,
+        "--max-new-tokens",
+        8,
+        "--speculative",
+        "--out",
+        out,
+        "--workers",
+        2,
+    )
     assert result.exit_code == 0, result.output
     assert "humaneval: 2 problems × 3 samples" in result.output
     assert "pass@2" in result.output and "(speculative)" in result.output
@@ -64,8 +109,10 @@ def test_eval_run_speculative_sampling_at_a_temperature(micro_models, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--n", "2", "--k", "1,5", "--temperature", "0.8"],
-         "--k: pass@5 needs 1 ≤ k ≤ n = 2 samples per problem; raise n or drop 5 (got [1, 5])"),
+        (
+            ["--n", "2", "--k", "1,5", "--temperature", "0.8"],
+            "--k: pass@5 needs 1 ≤ k ≤ n = 2 samples per problem; raise n or drop 5 (got [1, 5])",
+        ),
         (["--n", "4"], "--n: 4 greedy samples would all be the same completion; set temperature > 0"),
         (["--top-p", "1.5"], "--top-p: Input should be less than or equal to 1 (got 1.5)"),
         (["--k", "x"], "expected comma-separated integers"),
@@ -131,8 +178,10 @@ def test_eval_loss_of_a_model_against_itself(micro_models, tmp_path):
     from wmtp.data.schema import make_record
     from wmtp.model import load_tokenizer
 
-    rows = [make_record(p.prompt, "", p.reference, k, True, "humaneval", 1, True)
-            for k, p in list(load_humaneval().problems.items())[:3]]
+    rows = [
+        make_record(p.prompt, "", p.reference, k, True, "humaneval", 1, True)
+        for k, p in list(load_humaneval().problems.items())[:3]
+    ]
     data = tmp_path / "valid.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_index(data, load_tokenizer(micro_models["micro-mtp"]))

@@ -58,8 +58,15 @@ def test_submit_to_a_container_carries_the_local_changes_as_set(cwd):
     assert result.exit_code == 0, result.output
     manifest = yaml.safe_load(result.stdout)  # stdout is the manifest alone
     args = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["-m", "wmtp.train", "smoke", "--set", "train.max_steps=7",
-                    "--run-dir", "storage/checkpoints/wmtp-local"]
+    assert args == [
+        "-m",
+        "wmtp.train",
+        "smoke",
+        "--set",
+        "train.max_steps=7",
+        "--run-dir",
+        "storage/checkpoints/wmtp-local",
+    ]
     assert result.stderr.splitlines() == [
         "using ./jobs/smoke.yaml (shadows the shipped smoke); the container gets the shipped smoke with "
         "--set train.max_steps=7",
@@ -86,8 +93,10 @@ def test_submit_local_and_render_use_the_local_spec(cwd):
 def test_a_change_for_one_stage_only_cannot_reach_a_container(cwd):
     edited_smoke(cwd, "train: {lr: 1.0e-2}", "train: {lr: 2.0e-2}")  # per_stage.critic
     line = one_error_line(runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--dry-run"]))
-    assert line.startswith("error: ./jobs/smoke.yaml: train.lr changed for stage critic only: a --target k8s "
-                           "container only has the shipped jobs/")
+    assert line.startswith(
+        "error: ./jobs/smoke.yaml: train.lr changed for stage critic only: a --target k8s "
+        "container only has the shipped jobs/"
+    )
     assert runner.invoke(app, ["submit", "smoke", "--target", "local", "--dry-run"]).exit_code == 0
 
 
@@ -105,8 +114,9 @@ def test_local_layers_apply_to_local_specs_only_and_fall_back_file_by_file(cwd):
     edited_smoke(cwd)
     stages = cwd / "jobs" / "stages"
     stages.mkdir()
-    (stages / "baseline.yaml").write_text((SHIPPED / "stages" / "baseline.yaml").read_text()
-                                          + "train: {weight_decay: 0.05}\n")
+    (stages / "baseline.yaml").write_text(
+        (SHIPPED / "stages" / "baseline.yaml").read_text() + "train: {weight_decay: 0.05}\n"
+    )
     local = {s.stage: s for s in load_experiment("smoke").stages}
     assert local["baseline"].train.weight_decay == 0.05  # ./jobs/stages/baseline.yaml
     assert local["critic"].objective == "critic"  # no ./jobs/stages/critic.yaml: the shipped one
@@ -158,7 +168,9 @@ def test_jobs_cp_with_defaults_and_to_another_folder(cwd):
     result = runner.invoke(app, ["jobs", "cp", "verifiable", "--with-defaults", "--to", "exp"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "wrote ./exp/verifiable.yaml", "wrote ./exp/defaults.yaml", "wrote ./exp/stages/critic.yaml",
+        "wrote ./exp/verifiable.yaml",
+        "wrote ./exp/defaults.yaml",
+        "wrote ./exp/stages/critic.yaml",
         "wrote ./exp/stages/verifiable.yaml",
         "next: edit ./exp/verifiable.yaml, then `wmtp train exp/verifiable.yaml --dry-run` (only ./jobs is "
         "searched by name)",
@@ -173,11 +185,16 @@ def test_jobs_cp_with_defaults_and_to_another_folder(cwd):
 
 def test_unknown_names_list_the_available_ones(cwd):
     line = one_error_line(runner.invoke(app, ["jobs", "cp", "nosuch"]))
-    assert line == "error: experiment 'nosuch': not a shipped experiment; shipped: baseline, critic, pycode, rho1, smoke, verifiable"
+    assert (
+        line == "error: experiment 'nosuch': not a shipped experiment; "
+        "shipped: baseline, critic, pycode, rho1, smoke, verifiable"
+    )
     (cwd / "jobs").mkdir()
     (cwd / "jobs" / "mine.yaml").write_text("stages: [baseline]\n")
     line = one_error_line(runner.invoke(app, ["train", "nosuch", "--dry-run"]))
-    assert "experiment 'nosuch': no jobs/nosuch.yaml; available: ['baseline', 'critic', 'mine', 'pycode', 'rho1'" in line
+    assert (
+        "experiment 'nosuch': no jobs/nosuch.yaml; available: ['baseline', 'critic', 'mine', 'pycode', 'rho1'" in line
+    )
 
 
 def test_a_broken_local_spec_is_one_line_naming_it(cwd):

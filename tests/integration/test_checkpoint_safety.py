@@ -18,19 +18,33 @@ from safetensors import SafetensorError
 from wmtp.distributed import DistContext
 from wmtp.errors import CheckpointError
 from wmtp.model import load_model
+from wmtp.tracking import NullTracker
 from wmtp.train import checkpointing as ckpt
 from wmtp.train.config import dump_spec, load_experiment
 from wmtp.train.loop import Trainer, train_stage
-from wmtp.tracking import NullTracker
 
 pytestmark = pytest.mark.slow
 
 # Two steps, a checkpoint after the first: removing `final` leaves a stage interrupted after step 1.
-OVERRIDES = ["train.max_steps=2", "train.save_interval=1", "train.eval_interval=1000", "train.log_interval=1",
-             "train.batch_size=2", "train.grad_accum_steps=1", "distributed.strategy=none",
-             "distributed.nproc_per_node=1"]
-CHECKPOINT_FILES = {"configs/params.json", "safetensors/model.safetensors", "tokenizer/tokenizer.model",
-                    "metadata.json", "optimizer.safetensors", "rng.safetensors", "train_state.json"}
+OVERRIDES = [
+    "train.max_steps=2",
+    "train.save_interval=1",
+    "train.eval_interval=1000",
+    "train.log_interval=1",
+    "train.batch_size=2",
+    "train.grad_accum_steps=1",
+    "distributed.strategy=none",
+    "distributed.nproc_per_node=1",
+]
+CHECKPOINT_FILES = {
+    "configs/params.json",
+    "safetensors/model.safetensors",
+    "tokenizer/tokenizer.model",
+    "metadata.json",
+    "optimizer.safetensors",
+    "rng.safetensors",
+    "train_state.json",
+}
 
 
 def baseline_spec(baseline_overrides, extra=()):
@@ -60,8 +74,9 @@ def wmtp_train(baseline_overrides, run_dir, extra=()) -> subprocess.CompletedPro
     command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
     for o in baseline_overrides + OVERRIDES + list(extra):
         command += ["--set", o]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -113,11 +128,14 @@ def set_step(text: str) -> str:
     return json.dumps({**json.loads(text), "step": "four"})
 
 
-@pytest.mark.parametrize("name, corrupt, expected", [
-    ("train_state.json", lambda text: "{not json", "cannot be read as JSON"),
-    ("train_state.json", set_step, "'step' is \"four\"; expected an integer ≥ 0"),
-    ("optimizer.safetensors", None, "cannot be read as safetensors"),
-])
+@pytest.mark.parametrize(
+    "name, corrupt, expected",
+    [
+        ("train_state.json", lambda text: "{not json", "cannot be read as JSON"),
+        ("train_state.json", set_step, "'step' is \"four\"; expected an integer ≥ 0"),
+        ("optimizer.safetensors", None, "cannot be read as safetensors"),
+    ],
+)
 def test_a_garbage_checkpoint_file_is_named_in_one_line(baseline_overrides, step_1, tmp_path, name, corrupt, expected):
     path = step_1 / name
     if corrupt is None:
@@ -128,8 +146,9 @@ def test_a_garbage_checkpoint_file_is_named_in_one_line(baseline_overrides, step
     assert error.startswith(f"{path}: ") and expected in error
 
 
-def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(baseline_overrides, micro_models, tmp_path,
-                                                                    one_torch_thread):
+def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(
+    baseline_overrides, micro_models, tmp_path, one_torch_thread
+):
     # The stage ran on the 3-block next-token model at `model`; then `model` became the 4-head MTP model
     # (same path, so the spec the run dir was started with still matches).
     model = tmp_path / "model"
@@ -139,8 +158,9 @@ def test_resuming_with_a_checkpoint_of_another_model_names_the_keys(baseline_ove
     shutil.copytree(micro_models["micro-mtp"], model)
     error = one_error_line(wmtp_train(baseline_overrides, tmp_path / "run", [f"model.path={model}"]))
     step_1 = tmp_path / "run" / "baseline" / "checkpoints" / "step_000001"
-    assert error.startswith(f"{step_1}: saved from another model than this run's (model.path?): "
-                            "missing from the checkpoint: ")
+    assert error.startswith(
+        f"{step_1}: saved from another model than this run's (model.path?): missing from the checkpoint: "
+    )
     assert "model.extra_heads.0.attention.wq.weight" in error  # a head the checkpoint lacks, named
     assert "RuntimeError" not in error and len(error) < 600
 
@@ -164,6 +184,7 @@ def test_half_written_checkpoints_are_cleared_before_resuming(baseline_overrides
 
 def fail_second_save(monkeypatch, how):
     """Make the save of step 2 hit a full disk, the way each writer reports it, after files were written."""
+
     def second(path) -> bool:
         return any(part.startswith(".step_000002.") for part in path.parts)
 
@@ -189,7 +210,8 @@ def fail_second_save(monkeypatch, how):
 
 @pytest.mark.parametrize("how", ["safetensors", "oserror"])
 def test_a_full_disk_is_one_line_keeps_earlier_checkpoints_and_fails_the_mlflow_run(
-        baseline_overrides, tmp_path, monkeypatch, one_torch_thread, no_tracking_env, how):
+    baseline_overrides, tmp_path, monkeypatch, one_torch_thread, no_tracking_env, how
+):
     spec = baseline_spec(baseline_overrides, ["train.max_steps=3"])
     stage_dir = tmp_path / "run" / "baseline"
     fail_second_save(monkeypatch, how)

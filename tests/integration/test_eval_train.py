@@ -20,8 +20,13 @@ from wmtp.train.runner import run_experiment
 pytestmark = pytest.mark.slow
 
 EVAL = ["eval.benchmark=humaneval", "eval.limit=2", "eval.max_new_tokens=16", "eval.ks=[1]"]
-SHORT = ["train.max_steps=2", "train.grad_accum_steps=1", "train.eval_interval=1000", "train.save_interval=1000",
-         "data.sampling.n_samples=8"]
+SHORT = [
+    "train.max_steps=2",
+    "train.grad_accum_steps=1",
+    "train.eval_interval=1000",
+    "train.save_interval=1000",
+    "data.sampling.n_samples=8",
+]
 
 
 def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(baseline_overrides, tmp_path, monkeypatch):
@@ -47,7 +52,6 @@ def test_stage_with_eval_block_writes_summary_and_logs_pass_at_k(baseline_overri
     shutil.rmtree(eval_dir)
     assert run_experiment(experiment, tmp_path / "run", DistContext()) == []
     assert json.loads((eval_dir / "summary.json").read_text())["pass@1"] == summary["pass@1"]
-
 
 
 def test_mbpp_data_evaluates_mbpp_as_well(baseline_overrides, tmp_path, monkeypatch):
@@ -88,8 +92,9 @@ def eval_cli(*args):
 def test_eval_run_on_a_stage_dir_logs_to_that_stages_run(baseline_overrides, tmp_path, no_tracking_env):
     stage_dir, client = train_stage_without_eval(baseline_overrides, tmp_path)
     run_id = (stage_dir / "mlflow_run_id").read_text().strip()
-    result = eval_cli(stage_dir, "-b", "humaneval", "--limit", 2, "--max-new-tokens", 8, "--workers", 1,
-                      "--out", tmp_path / "out")
+    result = eval_cli(
+        stage_dir, "-b", "humaneval", "--limit", 2, "--max-new-tokens", 8, "--workers", 1, "--out", tmp_path / "out"
+    )
     assert result.exit_code == 0, result.output
     assert f"mlflow run: {run_id}" in result.output and "95% CI" in result.output
 

@@ -23,8 +23,17 @@ pytest.importorskip("transformers")
 
 runner = CliRunner()
 LOGIT_ATOL = 1e-4  # float32 rounding of a reordered computation; see the module docstring
-EDGE_TEXTS = ["", " ", "\n", "  x", "x  ", "  leading spaces\n\tand tabs  ", "日本語 ünïcode 🙂",
-              "<s> a literal </s>", "def f():\n    return 1\n\n\n"]
+EDGE_TEXTS = [
+    "",
+    " ",
+    "\n",
+    "  x",
+    "x  ",
+    "  leading spaces\n\tand tabs  ",
+    "日本語 ünïcode 🙂",
+    "<s> a literal </s>",
+    "def f():\n    return 1\n\n\n",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +96,7 @@ def test_hf_greedy_generate_equals_our_greedy_decoding(micro_models, exported, h
         ids = hf_tokenizer(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16)
-        new = out[0, ids.shape[1]:].tolist()
+        new = out[0, ids.shape[1] :].tolist()
         if tokenizer.eos_id in new:  # ours stops at eos without keeping it
             new = new[: new.index(tokenizer.eos_id)]
         prompt_ids = ids[0].tolist()
@@ -95,8 +104,9 @@ def test_hf_greedy_generate_equals_our_greedy_decoding(micro_models, exported, h
         assert completion_text(tokenizer, prompt_ids, tokenizer.decode(prompt_ids), new) == completion.text
 
 
-def test_import_back_gives_hf_logits_on_head_1_and_copied_heads(micro_models, exported, hf_model, tmp_path,
-                                                                one_torch_thread):
+def test_import_back_gives_hf_logits_on_head_1_and_copied_heads(
+    micro_models, exported, hf_model, tmp_path, one_torch_thread
+):
     import torch
 
     from wmtp.model import load_model, load_tokenizer
@@ -118,12 +128,19 @@ def test_import_back_gives_hf_logits_on_head_1_and_copied_heads(micro_models, ex
     tokenizer = load_tokenizer(out)
     ids = torch.tensor([tokenizer.encode(humaneval_problems(1)[0]["prompt"], bos=True)])
     with torch.no_grad():
-        torch.testing.assert_close(imported(ids)[:, :, 0], hf_model(input_ids=ids).logits.float(),
-                                   atol=LOGIT_ATOL, rtol=0)
+        torch.testing.assert_close(
+            imported(ids)[:, :, 0], hf_model(input_ids=ids).logits.float(), atol=LOGIT_ATOL, rtol=0
+        )
 
 
-@pytest.mark.parametrize("field, value", [("model_type", "mistral"), ("tie_word_embeddings", True),
-                                          ("rope_scaling", {"rope_type": "linear", "factor": 2.0})])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("model_type", "mistral"),
+        ("tie_word_embeddings", True),
+        ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
+    ],
+)
 def test_import_refuses_what_we_do_not_implement_in_one_line(exported, tmp_path, field, value):
     bad = tmp_path / "bad"
     shutil.copytree(exported, bad)

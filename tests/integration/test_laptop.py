@@ -23,8 +23,19 @@ def test_micro_on_a_fresh_directory_builds_what_is_missing_and_runs_verifiable(t
     monkeypatch.chdir(tmp_path)  # nothing here: no storage/, no jobs/
     # The smoke dataset from 16 HumanEval problems rather than 164: the same code, a minute less.
     monkeypatch.setattr(laptop, "SMOKE_PROBLEMS", 16)
-    args = ["train", "verifiable", "--micro", "--run-dir", "run", "--set", "train.max_steps=2",
-            "--set", "eval.limit=1", "--set", "eval.max_new_tokens=4"]
+    args = [
+        "train",
+        "verifiable",
+        "--micro",
+        "--run-dir",
+        "run",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.limit=1",
+        "--set",
+        "eval.max_new_tokens=4",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     built = [line for line in result.output.splitlines() if line.startswith("--micro: ")]
@@ -57,9 +68,16 @@ def test_float16_trains_with_loss_scaling(baseline_overrides, tmp_path):
     from wmtp.train.loop import Trainer
     from wmtp.train.runner import run_experiment
 
-    overrides = baseline_overrides + ["model.dtype=float16", "distributed.strategy=none", "train.max_steps=2",
-                                      "train.batch_size=2", "train.grad_accum_steps=1",
-                                      "data.max_length=64", "data.valid_samples=2", "eval=null"]
+    overrides = baseline_overrides + [
+        "model.dtype=float16",
+        "distributed.strategy=none",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.grad_accum_steps=1",
+        "data.max_length=64",
+        "data.valid_samples=2",
+        "eval=null",
+    ]
     experiment = load_experiment("baseline", overrides)
     trainer = Trainer(experiment.stages[0], tmp_path / "probe", DistContext(), {})
     assert trainer.autocast.fast_dtype == torch.float16 and trainer.scaler is not None

@@ -25,8 +25,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WALK_THROUGH = REPO_ROOT / "docs" / "adding-an-objective.md"
 
 # One process, the micro model, batches of 4 (over jobs/defaults.yaml: FSDP on 4 ranks).
-ONE_PROCESS = ["distributed.strategy=none", "distributed.nproc_per_node=1", "model.dtype=float32",
-               "train.batch_size=4", "train.grad_accum_steps=1", "train.warmup_steps=0"]
+ONE_PROCESS = [
+    "distributed.strategy=none",
+    "distributed.nproc_per_node=1",
+    "model.dtype=float32",
+    "train.batch_size=4",
+    "train.grad_accum_steps=1",
+    "train.warmup_steps=0",
+]
 
 
 def value_head_file(micro_models, tmp_path) -> str:
@@ -92,16 +98,18 @@ def test_the_registry_is_the_modules_of_the_package():
 
 
 @pytest.mark.parametrize("objective, extra", CASES, ids=[" ".join([n, *e]) for n, e in CASES])
-def test_compute_logs_exactly_the_declared_metric_names(baseline_overrides, micro_models, tmp_path,
-                                                        one_torch_thread, objective, extra):
+def test_compute_logs_exactly_the_declared_metric_names(
+    baseline_overrides, micro_models, tmp_path, one_torch_thread, objective, extra
+):
     inputs = INPUTS.get(objective, lambda models, tmp: [])(micro_models, tmp_path)
     spec = one_stage(tmp_path, objective, baseline_overrides + inputs + extra)
     assert spec.objective == objective
     check_declared_metrics(spec, tmp_path / "stage")
 
 
-def test_a_metric_the_objective_does_not_declare_fails_the_check(baseline_overrides, tmp_path, monkeypatch,
-                                                                 one_torch_thread):
+def test_a_metric_the_objective_does_not_declare_fails_the_check(
+    baseline_overrides, tmp_path, monkeypatch, one_torch_thread
+):
     from wmtp.train.objectives.baseline import BaselineObjective
 
     original = BaselineObjective.compute
@@ -145,16 +153,23 @@ def test_the_walk_through_adds_an_objective_that_trains(focal, baseline_override
     from wmtp.train.runner import run_experiment
 
     assert list(registry.objectives()) == ["baseline", "critic", "focal", "rho1", "verifiable"]
-    overrides = baseline_overrides + ["train.max_steps=2", "train.log_interval=1", "train.eval_interval=2",
-                                      "train.save_interval=2", "eval=null", "focal.gamma=1.5"]
+    overrides = baseline_overrides + [
+        "train.max_steps=2",
+        "train.log_interval=1",
+        "train.eval_interval=2",
+        "train.save_interval=2",
+        "eval=null",
+        "focal.gamma=1.5",
+    ]
     [spec] = load_experiment(str(focal / "focal.yaml"), overrides + ONE_PROCESS).stages
     assert spec.focal.gamma == 1.5 and spec.data.sampling.strategy == "correct_only"
     assert {"td", "critic", "rho1"}.isdisjoint(spec.to_dict())
     assert list(spec.to_dict())[:7] == ["experiment", "stage", "objective", "model", "data", "train", "focal"]
     check_declared_metrics(spec, tmp_path / "probe")
 
-    [result] = run_experiment(load_experiment(str(focal / "focal.yaml"), overrides + ONE_PROCESS),
-                              tmp_path / "run", DistContext())
+    [result] = run_experiment(
+        load_experiment(str(focal / "focal.yaml"), overrides + ONE_PROCESS), tmp_path / "run", DistContext()
+    )
     assert result.steps == 2
     lines = [json.loads(line) for line in (result.stage_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("focal_weight/mean" in m for m in lines if "loss/total" in m) and len(lines) >= 2
@@ -164,7 +179,10 @@ def test_the_walk_through_adds_an_objective_that_trains(focal, baseline_override
     # The checks every objective gets: a typo in its section, and its section on an experiment without it.
     with pytest.raises(SpecError, match=r"from --set focal\.gama=1: focal\.gama: unknown key"):
         load_experiment(str(focal / "focal.yaml"), ["focal.gama=1"])
-    with pytest.raises(SpecError, match=r"focal\.gamma: a setting of the focal objective, which no stage of "
-                                        r"experiment baseline runs \(its objectives: baseline\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"focal\.gamma: a setting of the focal objective, which no stage of "
+        r"experiment baseline runs \(its objectives: baseline\)",
+    ):
         load_experiment("baseline", ["focal.gamma=1"])
     assert "focal" not in load_experiment("baseline").stages[0].to_dict()

@@ -40,18 +40,24 @@ PINNED = {
     "verifiable": [6.80262565612793, 10.132829666137695, 9.984662055969238, 5.888815879821777, 4.8135504722595215],
     "baseline": [6.923129081726074, 6.883618354797363, 6.700571060180664, 6.546507358551025, 6.4556498527526855],
     "rho1": [6.958364963531494, 6.930854320526123, 6.915392875671387, 6.778604984283447, 6.822029113769531],
-    "rho1_weighted": [6.936720848083496, 6.904752731323242, 6.804006576538086, 6.6855058670043945,
-                      6.659710884094238],
+    "rho1_weighted": [6.936720848083496, 6.904752731323242, 6.804006576538086, 6.6855058670043945, 6.659710884094238],
 }
 
 
 def scenario_overrides(models: Path, data: Path, out: Path) -> list[str]:
     return [
-        f"model.path={models / 'micro-mtp'}", f"rho1.reference={models / 'micro-ref'}",
-        f"data.train={data / 'train.jsonl'}", f"data.valid={data / 'valid.jsonl'}",
-        f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "data.max_length=256", "data.valid_samples=8",
-        "train.max_steps=5", "train.batch_size=2", "train.log_interval=1",
-        "train.eval_interval=1000", "train.save_interval=1000",
+        f"model.path={models / 'micro-mtp'}",
+        f"rho1.reference={models / 'micro-ref'}",
+        f"data.train={data / 'train.jsonl'}",
+        f"data.valid={data / 'valid.jsonl'}",
+        f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
+        "data.max_length=256",
+        "data.valid_samples=8",
+        "train.max_steps=5",
+        "train.batch_size=2",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
     ]
 
 
@@ -63,8 +69,7 @@ def run_scenario(models: Path, data: Path, out: Path) -> dict[str, list[float]]:
 
     overrides = scenario_overrides(models, data, out)
     smoke = load_experiment("smoke", overrides).stages
-    weighted = next(s for s in load_experiment("smoke", overrides + ["rho1.mode=weighted"]).stages
-                    if s.stage == "rho1")
+    weighted = next(s for s in load_experiment("smoke", overrides + ["rho1.mode=weighted"]).stages if s.stage == "rho1")
     weighted.stage = "rho1_weighted"
     run_experiment(Experiment(name="pinned", stages=[*smoke, weighted]), out / "run", DistContext())
     losses = {}
@@ -87,10 +92,20 @@ def test_every_objective_reproduces_its_pinned_losses(micro_models, tiny_dataset
 
 def test_pinned_losses_hold_with_scalar_cpu_kernels(micro_models, tiny_dataset, tmp_path):
     """Another CPU, as far as one machine can be one: torch's non-vectorised kernels and 2 threads."""
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "tests.integration.test_pinned_losses",
-               str(micro_models["micro-mtp"].parent), str(tiny_dataset["train"].parent), str(tmp_path)]
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": "default",
+        "OMP_NUM_THREADS": "2",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "tests.integration.test_pinned_losses",
+        str(micro_models["micro-mtp"].parent),
+        str(tiny_dataset["train"].parent),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_pinned(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -15,16 +15,34 @@ from wmtp.train.pycode_model import PycodeOptions, build_pycode_model
 
 pytestmark = pytest.mark.usefixtures("no_tracking_env")
 
-TINY = dict(limit=60, vocab_size=512, dim=64, trunk_layers=2, head_layers=2, steps=24, valid_rows=16, prompts=3,
-            max_new_tokens=16)
+TINY = dict(
+    limit=60,
+    vocab_size=512,
+    dim=64,
+    trunk_layers=2,
+    head_layers=2,
+    steps=24,
+    valid_rows=16,
+    prompts=3,
+    max_new_tokens=16,
+)
 
 
 def tiny_options(root: Path, **changes) -> PycodeOptions:
-    overrides = (f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "train.batch_size=2", "data.max_length=128",
-                 "data.valid_samples=8", "train.lr=3.0e-3", "train.warmup_steps=2", "train.log_interval=6",
-                 "train.eval_interval=12", "train.save_interval=12")
-    return PycodeOptions(**{"out": root / "models" / "pycode-tiny", "data_dir": root / "data",
-                            "overrides": overrides, **TINY, **changes})
+    overrides = (
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        "train.batch_size=2",
+        "data.max_length=128",
+        "data.valid_samples=8",
+        "train.lr=3.0e-3",
+        "train.warmup_steps=2",
+        "train.log_interval=6",
+        "train.eval_interval=12",
+        "train.save_interval=12",
+    )
+    return PycodeOptions(
+        **{"out": root / "models" / "pycode-tiny", "data_dir": root / "data", "overrides": overrides, **TINY, **changes}
+    )
 
 
 def leftovers(parent: Path) -> list[str]:

@@ -11,17 +11,22 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.template_rules import RULES
+from wmtp.assets import asset_dir
+from wmtp.errors import WmtpError
 from wmtp_cli.main import app
 from wmtp_cli.platform.jobs import prepare_job
 from wmtp_cli.platform.plugins.local_docker import check_with_binary, compose_command
 from wmtp_cli.platform.registry import names
-from wmtp.assets import asset_dir
-from wmtp.errors import WmtpError
 
 EXPERIMENTS = sorted(p.stem for p in asset_dir("jobs").glob("*.yaml") if p.stem != "defaults")
 TARGETS = names()
-SECRET_NAMES = ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
+SECRET_NAMES = [
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "HF_TOKEN",
+]
 runner = CliRunner()
 
 
@@ -60,14 +65,27 @@ def trainer_command(document) -> list[str]:
 
 # Each template's invariants, on the default settings and on the settings that change its shape (a new
 # target's template gets its rules in tests/template_rules.py when it has some worth stating).
-SHAPES = {"k8s": [[], ["targets.k8s.nodes=3", "targets.k8s.gpus_per_node=8"], ["targets.k8s.gpus_per_node=0"]],
-          "local-docker": [[], ["targets.local_docker.gpus=4"]],
-          "vessl": [[], ["targets.vessl.local_tracking=true"], ["targets.vessl.code_repo=null"]],
-          "skypilot": [[], ["targets.skypilot.num_nodes=4", "targets.skypilot.gpus_per_node=8",
-                            "targets.skypilot.accelerator=H100", "targets.skypilot.cloud=aws",
-                            "targets.skypilot.region=us-east-1", "targets.skypilot.use_spot=true"],
-                       ["targets.skypilot.mlflow_uri=https://mlflow.example.org", "targets.skypilot.workdir=.",
-                        "targets.skypilot.bucket=gs://wmtp-storage/team-a"]]}
+SHAPES = {
+    "k8s": [[], ["targets.k8s.nodes=3", "targets.k8s.gpus_per_node=8"], ["targets.k8s.gpus_per_node=0"]],
+    "local-docker": [[], ["targets.local_docker.gpus=4"]],
+    "vessl": [[], ["targets.vessl.local_tracking=true"], ["targets.vessl.code_repo=null"]],
+    "skypilot": [
+        [],
+        [
+            "targets.skypilot.num_nodes=4",
+            "targets.skypilot.gpus_per_node=8",
+            "targets.skypilot.accelerator=H100",
+            "targets.skypilot.cloud=aws",
+            "targets.skypilot.region=us-east-1",
+            "targets.skypilot.use_spot=true",
+        ],
+        [
+            "targets.skypilot.mlflow_uri=https://mlflow.example.org",
+            "targets.skypilot.workdir=.",
+            "targets.skypilot.bucket=gs://wmtp-storage/team-a",
+        ],
+    ],
+}
 
 
 @pytest.mark.parametrize("target", [name for name in TARGETS if name in RULES])
@@ -88,8 +106,11 @@ def secret_environment(monkeypatch, tmp_path):
         values[name] = f"env-secret-{index}-Zq81xW"
         monkeypatch.setenv(name, values[name])
     env_file = tmp_path / "creds.env"
-    file_values = {"HF_TOKEN": "file-secret-hf-Pp93", "VESSL_ACCESS_TOKEN": "file-secret-vessl-Kk27",
-                   "EXTRA_PASSWORD": "file-secret-extra-Mm55"}
+    file_values = {
+        "HF_TOKEN": "file-secret-hf-Pp93",
+        "VESSL_ACCESS_TOKEN": "file-secret-vessl-Kk27",
+        "EXTRA_PASSWORD": "file-secret-extra-Mm55",
+    }
     env_file.write_text("".join(f"{key}={value}\n" for key, value in file_values.items()))
     return env_file, [*values.values(), *file_values.values()]
 
@@ -100,8 +121,9 @@ def test_no_secret_value_in_manifest_or_output(experiment, target, secret_enviro
     env_file, secret_values = secret_environment
     out = tmp_path / "manifest.yaml"
     dry = runner.invoke(app, ["submit", experiment, "--target", target, "--dry-run", "--env-file", str(env_file)])
-    rendered = runner.invoke(app, ["render", experiment, "--target", target, "-o", str(out),
-                                   "--env-file", str(env_file)])
+    rendered = runner.invoke(
+        app, ["render", experiment, "--target", target, "-o", str(out), "--env-file", str(env_file)]
+    )
     assert dry.exit_code == 0, dry.output
     assert rendered.exit_code == 0, rendered.output
     for text in (dry.output, rendered.output, out.read_text()):
@@ -111,8 +133,9 @@ def test_no_secret_value_in_manifest_or_output(experiment, target, secret_enviro
 
 
 def test_secret_pasted_into_an_override_is_refused(secret_environment):
-    result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--dry-run",
-                                 "--set", "tracking.run_name=env-secret-4-Zq81xW"])
+    result = runner.invoke(
+        app, ["submit", "baseline", "--target", "k8s", "--dry-run", "--set", "tracking.run_name=env-secret-4-Zq81xW"]
+    )
     assert result.exit_code == 2
     # Refused as a --set, before the spec is read (so no spec error can quote it back); the manifest check
     # behind it is tested on its own (tests/unit/test_platform_secrets.py).
@@ -165,8 +188,9 @@ def test_compose_binary_exit_code_is_what_decides(tmp_path):
     for label, text in (("good", good), ("broken", broken)):
         path = tmp_path / f"{label}.yaml"
         path.write_text(text)
-        codes.append(subprocess.run([*compose_command(), "-f", str(path), "config", "--quiet"],
-                                    capture_output=True).returncode)
+        codes.append(
+            subprocess.run([*compose_command(), "-f", str(path), "config", "--quiet"], capture_output=True).returncode
+        )
     assert codes[0] == 0 and codes[1] != 0
 
 
@@ -199,9 +223,11 @@ def test_compose_mlflow_that_would_refuse_the_trainer_is_rejected():
     for hosts in (None, "127.0.0.1:5000,localhost:5000"):
         doc = yaml.safe_load(job.manifest)
         at = command.index("--allowed-hosts")
-        doc["services"]["mlflow"]["command"] = command[:at] + ([] if hosts is None else ["--allowed-hosts", hosts]) \
-            + command[at + 2:]
+        doc["services"]["mlflow"]["command"] = (
+            command[:at] + ([] if hosts is None else ["--allowed-hosts", hosts]) + command[at + 2 :]
+        )
         with pytest.raises(WmtpError) as info:
             validate_compose(doc, yaml.safe_dump(doc), job.context)
         assert str(info.value).startswith(
-            "compose file: services.mlflow.command: --allowed-hosts must list mlflow:5000")
+            "compose file: services.mlflow.command: --allowed-hosts must list mlflow:5000"
+        )

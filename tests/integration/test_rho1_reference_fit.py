@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from wmtp_cli.main import app
 from wmtp.errors import WmtpError
 from wmtp.train.config import SpecError, load_experiment
+from wmtp_cli.main import app
 
 MUST_SHARE = "a reference must share the policy's tokenizer"
 
@@ -71,13 +71,19 @@ def train_file(tmp_path) -> Path:
 
 
 def rho1_overrides(policy, reference, train_file) -> list[str]:
-    return [f"model.path={policy}", f"rho1.reference={reference}", f"data.train={train_file}", "data.valid=null",
-            "distributed.nproc_per_node=1"]
+    return [
+        f"model.path={policy}",
+        f"rho1.reference={reference}",
+        f"data.train={train_file}",
+        "data.valid=null",
+        "distributed.nproc_per_node=1",
+    ]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_wmtp_train_refuses_a_misfit_reference_in_one_line_before_any_run_dir(micro_models, refs, train_file,
-                                                                           tmp_path, case):
+def test_wmtp_train_refuses_a_misfit_reference_in_one_line_before_any_run_dir(
+    micro_models, refs, train_file, tmp_path, case
+):
     policy, reference = micro_models["micro-mtp"], refs[case]
     run_dir = tmp_path / "run"
     args = ["train", "rho1", "--run-dir", str(run_dir)]
@@ -105,8 +111,8 @@ def test_check_inputs_refuses_a_misfit_reference(micro_models, refs, train_file,
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_trainer_side_load_refuses_a_misfit_reference(micro_models, refs, train_file, case):
     """The safety net for `python -m wmtp.train` and direct callers: refused before any weight is loaded."""
-    from wmtp.train.objectives import build_objective
     from wmtp.model.reference import load_reference_model
+    from wmtp.train.objectives import build_objective
 
     policy, reference = micro_models["micro-mtp"], refs[case]
     experiment = load_experiment("rho1", rho1_overrides(policy, reference, train_file))
@@ -121,8 +127,9 @@ def test_the_matching_micro_ref_is_accepted(micro_models, train_file):
     from wmtp.train.objectives import Rho1Objective, build_objective
     from wmtp.train.runner import check_inputs
 
-    experiment = load_experiment("rho1", rho1_overrides(micro_models["micro-mtp"], micro_models["micro-ref"],
-                                                        train_file))
+    experiment = load_experiment(
+        "rho1", rho1_overrides(micro_models["micro-mtp"], micro_models["micro-ref"], train_file)
+    )
     check_inputs(experiment)
     objective = build_objective(experiment.stages[0], torch.device("cpu"), {})
     assert isinstance(objective, Rho1Objective) and isinstance(objective.reference, Transformer)
@@ -130,13 +137,23 @@ def test_the_matching_micro_ref_is_accepted(micro_models, train_file):
 
 # ---------------------------------------------------------------- hf: references (local dirs only)
 
+
 def write_hf_reference(dest: Path, vocab_size: int, tokenizer_model: Path) -> Path:
     """A tiny Llama causal LM with a slow-tokenizer dir built from our SentencePiece model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     LlamaForCausalLM(config).save_pretrained(dest)
     shutil.copyfile(tokenizer_model, dest / "tokenizer.model")
     (dest / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
@@ -162,8 +179,10 @@ def test_hf_references_are_checked_by_config_vocab_and_probe_ids(micro_models, h
     policy = micro_models["micro-mtp"]
     check_inputs(load_experiment("rho1", rho1_overrides(policy, hf_refs["match"], train_file)))
     assert isinstance(load_reference_model(hf_refs["match"], "cpu", policy=policy), HFCausalLM)
-    expected = {"vocab-2048": f"has vocab 2048 but the policy {policy} has 1024",
-                "other-tokenizer": "'s tokenizer encodes a probe text to other ids than the policy"}
+    expected = {
+        "vocab-2048": f"has vocab 2048 but the policy {policy} has 1024",
+        "other-tokenizer": "'s tokenizer encodes a probe text to other ids than the policy",
+    }
     for case, fragment in expected.items():
         with pytest.raises(SpecError, match=f"^stage rho1: rho1.reference: {re.escape(hf_refs[case])}") as info:
             check_inputs(load_experiment("rho1", rho1_overrides(policy, hf_refs[case], train_file)))

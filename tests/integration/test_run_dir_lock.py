@@ -22,9 +22,17 @@ pytestmark = pytest.mark.slow
 
 # Long enough (on a busy 2-core machine) that the first run is still training while a second process
 # starts, loads the spec and checks the inputs (~30 s at ~5 steps per second on the micro model).
-LONG = ["train.num_epochs=100", "train.max_steps=150", "train.log_interval=1", "train.eval_interval=1000",
-        "train.save_interval=5", "train.keep_last=1", "data.sampling.n_samples=8", "train.batch_size=2",
-        "train.grad_accum_steps=1"]
+LONG = [
+    "train.num_epochs=100",
+    "train.max_steps=150",
+    "train.log_interval=1",
+    "train.eval_interval=1000",
+    "train.save_interval=5",
+    "train.keep_last=1",
+    "data.sampling.n_samples=8",
+    "train.batch_size=2",
+    "train.grad_accum_steps=1",
+]
 DDP = ["distributed.strategy=ddp", "distributed.nproc_per_node=2", "train.batch_size=1", "data.valid_samples=8"]
 
 
@@ -59,8 +67,9 @@ def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(basel
     run_dir = tmp_path / "run"
     overrides = baseline_overrides + LONG + (DDP if launch == "torchrun" else [])
     log = (tmp_path / "first.log").open("w+")
-    first = subprocess.Popen(command(WMTP_TRAIN, run_dir, overrides), stdout=log, stderr=subprocess.STDOUT,
-                             text=True, env=ENV)
+    first = subprocess.Popen(
+        command(WMTP_TRAIN, run_dir, overrides), stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
     stage_dir = run_dir / "baseline"
     deadline = time.time() + 300
     # Started and checkpointed: without the lock, a second run would resume from this live checkpoint.
@@ -71,14 +80,16 @@ def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(basel
     assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
 
     for entry in (WMTP_TRAIN, PYTHON_M):  # the launcher, and rank 0 of a run started by hand or by a container
-        second = subprocess.run(command(entry, run_dir, overrides), capture_output=True, text=True, env=ENV,
-                                timeout=300)
+        second = subprocess.run(
+            command(entry, run_dir, overrides), capture_output=True, text=True, env=ENV, timeout=300
+        )
         assert first.poll() is None, "the first run ended before the second one was checked: make LONG longer"
         assert second.returncode == 2, second.stdout + second.stderr
         assert second.stdout == ""
         assert second.stderr.strip().splitlines() == [
             f"error: run dir {run_dir} is in use by pid {first.pid} on host {socket.gethostname()} "
-            f"(started {holder['started']}): one writer per run dir; wait for it to finish or pass another --run-dir"]
+            f"(started {holder['started']}): one writer per run dir; wait for it to finish or pass another --run-dir"
+        ]
 
     assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()
     output = (tmp_path / "first.log").read_text()
@@ -90,8 +101,10 @@ def test_second_writer_on_a_live_run_dir_is_refused_and_the_first_finishes(basel
     # MLflow: one job with one stage run, one loss point per step (the refused writers opened no run,
     # logged nothing).
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    job, run = sorted(client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id]),
-                      key=lambda r: "stage" in r.data.tags)
+    job, run = sorted(
+        client.search_runs([client.get_experiment_by_name("weighted-mtp").experiment_id]),
+        key=lambda r: "stage" in r.data.tags,
+    )
     assert run.data.tags["mlflow.parentRunId"] == job.info.run_id
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/mtp")] == steps
 
@@ -101,15 +114,23 @@ def test_a_stale_lock_is_taken_over_with_a_warning(baseline_overrides, tmp_path)
     run_dir.mkdir()
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names no process now (nothing else is likely to get it within seconds)
-    (run_dir / ".wmtp.lock").write_text(json.dumps(
-        {"pid": gone.pid, "host": socket.gethostname(), "started": "2026-01-02T03:04:05+00:00"}))
-    overrides = baseline_overrides + ["train.max_steps=2", "train.eval_interval=1000", "train.save_interval=1000",
-                                   "data.sampling.n_samples=8"]
-    result = subprocess.run(command(WMTP_TRAIN, run_dir, overrides), capture_output=True, text=True, env=ENV,
-                            timeout=600)
+    (run_dir / ".wmtp.lock").write_text(
+        json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "2026-01-02T03:04:05+00:00"})
+    )
+    overrides = baseline_overrides + [
+        "train.max_steps=2",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
+        "data.sampling.n_samples=8",
+    ]
+    result = subprocess.run(
+        command(WMTP_TRAIN, run_dir, overrides), capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (f"warning: run dir {run_dir}: taking over the stale lock of pid {gone.pid} on host "
-            f"{socket.gethostname()} (started 2026-01-02T03:04:05+00:00), which no longer holds it") in result.stderr
+    assert (
+        f"warning: run dir {run_dir}: taking over the stale lock of pid {gone.pid} on host "
+        f"{socket.gethostname()} (started 2026-01-02T03:04:05+00:00), which no longer holds it"
+    ) in result.stderr
     assert "baseline: 2 steps" in result.stdout
     assert (run_dir / "baseline" / "checkpoints" / "final" / TRAIN_STATE).is_file()
     assert not (run_dir / ".wmtp.lock").exists()

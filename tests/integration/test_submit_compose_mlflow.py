@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from wmtp_cli.platform.jobs import prepare_job
 from tests.integration.servers import free_port, wait_http
+from wmtp_cli.platform.jobs import prepare_job
 
 CONTAINER_PORT = "5000"
 
@@ -57,8 +57,9 @@ def server_command(compose: dict, store: Path, port: int) -> list[str]:
 @contextmanager
 def running(command: list[str], port: int):
     """Start `command` (an `mlflow server`), wait for it to listen, kill its process group on exit."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
         yield proc
@@ -81,8 +82,11 @@ def compose_dns(monkeypatch):
 
 def trainer_uri(compose: dict, port: int) -> str:
     """The trainer service's MLFLOW_TRACKING_URI, pointing at the server's port here."""
-    [value] = [item.split("=", 1)[1] for item in compose["services"]["trainer"]["environment"]
-               if item.startswith("MLFLOW_TRACKING_URI=")]
+    [value] = [
+        item.split("=", 1)[1]
+        for item in compose["services"]["trainer"]["environment"]
+        if item.startswith("MLFLOW_TRACKING_URI=")
+    ]
     assert urlsplit(value).port == int(CONTAINER_PORT)
     return value.replace(f":{CONTAINER_PORT}", f":{port}")
 
@@ -141,7 +145,7 @@ def test_healthcheck_fails_against_a_server_that_refuses_the_trainer(compose, co
     port = free_port()
     command = server_command(compose, tmp_path / "mlflow", port)
     at = command.index("--allowed-hosts")
-    defaults = command[:at] + command[at + 2:]
+    defaults = command[:at] + command[at + 2 :]
     (tmp_path / "mlflow").mkdir()
     artifact = tmp_path / "spec.yaml"
     artifact.write_text("stage: critic\n")

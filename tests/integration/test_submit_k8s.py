@@ -41,8 +41,13 @@ class RecordingHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         parts = urlsplit(self.path)
-        entry = {"method": self.command, "path": parts.path, "query": parse_qs(parts.query), "body": body,
-                 "authorization": self.headers.get("Authorization")}
+        entry = {
+            "method": self.command,
+            "path": parts.path,
+            "query": parse_qs(parts.query),
+            "body": body,
+            "authorization": self.headers.get("Authorization"),
+        }
         self.server.requests.append(entry)
         return entry
 
@@ -71,8 +76,15 @@ class RecordingHandler(BaseHTTPRequestHandler):
         entry = self.record()
         name = entry["path"].rsplit("/", 1)[-1]
         if self.server.created.pop(name, None) is None:
-            self.reply(404, {"kind": "Status", "status": "Failure", "message": f'pytorchjobs.kubeflow.org "{name}" '
-                             "not found", "code": 404})
+            self.reply(
+                404,
+                {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "message": f'pytorchjobs.kubeflow.org "{name}" not found',
+                    "code": 404,
+                },
+            )
             return
         self.reply(200, {"kind": "Status", "status": "Success", "details": {"name": name}})
 
@@ -93,22 +105,28 @@ class RecordingHandler(BaseHTTPRequestHandler):
         if entry["path"].endswith("/pytorchjobs"):  # list: only the labelSelector's jobs, like the real one
             namespace = entry["path"].split("/")[-2]
             key, _, value = entry["query"].get("labelSelector", ["="])[0].partition("=")
-            items = [self.with_status(job) for job in self.server.created.values()
-                     if job["metadata"].get("namespace") == namespace
-                     and (not key or (job["metadata"].get("labels") or {}).get(key) == value)]
+            items = [
+                self.with_status(job)
+                for job in self.server.created.values()
+                if job["metadata"].get("namespace") == namespace
+                and (not key or (job["metadata"].get("labels") or {}).get(key) == value)
+            ]
             self.reply(200, {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJobList", "items": items})
             return
         job = self.server.created.get(name)
         if job is None:
-            self.reply(404, {"kind": "Status", "status": "Failure", "message": f'pytorchjobs "{name}" not found',
-                             "code": 404})
+            self.reply(
+                404, {"kind": "Status", "status": "Failure", "message": f'pytorchjobs "{name}" not found', "code": 404}
+            )
             return
         self.reply(200, self.with_status(job))
 
     @staticmethod
     def with_status(job: dict) -> dict:
-        status = {"conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}],
-                  "replicaStatuses": {"Master": {"active": 1}}}
+        status = {
+            "conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}],
+            "replicaStatuses": {"Master": {"active": 1}},
+        }
         return {**job, "status": status}
 
 
@@ -118,12 +136,18 @@ def api_server(tmp_path, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "loop",
-        "clusters": [{"name": "loop", "cluster": {"server": server.url}}],
-        "users": [{"name": "tester", "user": {"token": "loopback-token"}}],
-        "contexts": [{"name": "loop", "context": {"cluster": "loop", "user": "tester"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "loop",
+                "clusters": [{"name": "loop", "cluster": {"server": server.url}}],
+                "users": [{"name": "tester", "user": {"token": "loopback-token"}}],
+                "contexts": [{"name": "loop", "context": {"cluster": "loop", "user": "tester"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     yield server
     server.shutdown()
@@ -150,8 +174,20 @@ def test_submit_posts_the_rendered_pytorchjob(api_server):
 
 
 def test_server_dry_run_sends_dry_run_all_and_creates_nothing(api_server):
-    result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-2",
-                                 "--set", "targets.k8s.namespace=team-a", "--server-dry-run"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "baseline",
+            "--target",
+            "k8s",
+            "--name",
+            "wmtp-k8s-2",
+            "--set",
+            "targets.k8s.namespace=team-a",
+            "--server-dry-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "server dry run accepted PyTorchJob wmtp-k8s-2 in namespace team-a (nothing created)" in result.output
     [request] = api_server.requests
@@ -165,13 +201,16 @@ def test_api_rejection_is_one_line(api_server):
     api_server.reject_with = (409, 'pytorchjobs.kubeflow.org "wmtp-k8s-3" already exists')
     result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-3"])
     assert result.exit_code == 2
-    assert result.output.strip() == ('error: Kubernetes API refused to create the PyTorchJob: 409 Conflict: '
-                                     'pytorchjobs.kubeflow.org "wmtp-k8s-3" already exists')
+    assert result.output.strip() == (
+        "error: Kubernetes API refused to create the PyTorchJob: 409 Conflict: "
+        'pytorchjobs.kubeflow.org "wmtp-k8s-3" already exists'
+    )
 
 
 def test_invalid_job_never_reaches_the_server(api_server):
-    result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-4",
-                                 "--set", "targets.k8s.gpus_per_node=1"])
+    result = runner.invoke(
+        app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-4", "--set", "targets.k8s.gpus_per_node=1"]
+    )
     assert result.exit_code == 2 and "exceeds targets.k8s.gpus_per_node 1" in result.output
     assert api_server.requests == []
 
@@ -195,8 +234,9 @@ def test_no_credentials_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     result = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--name", "wmtp-k8s-6"])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), "
-                                     "or run inside a cluster")
+    assert result.output.strip() == (
+        "error: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), or run inside a cluster"
+    )
 
 
 def test_malformed_kubeconfig_is_one_line_naming_the_file(tmp_path, monkeypatch):
@@ -210,16 +250,19 @@ def test_malformed_kubeconfig_is_one_line_naming_the_file(tmp_path, monkeypatch)
     assert "not a usable kubeconfig (" in lines[0] and "s3cr3t" not in result.output
 
 
-@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-8"], ["status", "wmtp-k8s-8"],
-                                     ["logs", "wmtp-k8s-8"]])
+@pytest.mark.parametrize(
+    "command", [["submit", "baseline", "--name", "wmtp-k8s-8"], ["status", "wmtp-k8s-8"], ["logs", "wmtp-k8s-8"]]
+)
 def test_without_the_kubernetes_package_says_how_to_install_it(command, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # what a machine without the optional extra sees
     result = runner.invoke(app, [*command, "--target", "k8s"])
     assert result.exit_code == 2, result.output
-    assert result.output == ("error: the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
-                             "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)\n")
+    assert result.output == (
+        "error: the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
+        "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)\n"
+    )
     dry = runner.invoke(app, ["submit", "baseline", "--target", "k8s", "--dry-run"])
     assert dry.exit_code == 0 and "kind: PyTorchJob" in dry.stdout
 
@@ -237,18 +280,25 @@ def kubeconfig_for_a_closed_port(tmp_path, monkeypatch) -> str:
     """KUBECONFIG pointing at a loopback port nothing listens on; returns the server URL."""
     server = f"http://127.0.0.1:{closed_port()}"
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "closed",
-        "clusters": [{"name": "closed", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "closed-port-token-value"}}],
-        "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "closed",
+                "clusters": [{"name": "closed", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "closed-port-token-value"}}],
+                "contexts": [{"name": "closed", "context": {"cluster": "closed", "user": "tester"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     return server
 
 
-@pytest.mark.parametrize("command", [["submit", "baseline", "--name", "wmtp-k8s-9"], ["status", "wmtp-k8s-9"],
-                                     ["logs", "wmtp-k8s-9"]])
+@pytest.mark.parametrize(
+    "command", [["submit", "baseline", "--name", "wmtp-k8s-9"], ["status", "wmtp-k8s-9"], ["logs", "wmtp-k8s-9"]]
+)
 def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp_path, monkeypatch):
     """The real client against a closed loopback port: the line names the server URL and the OS's reason."""
     server = kubeconfig_for_a_closed_port(tmp_path, monkeypatch)
@@ -267,8 +317,11 @@ def test_unreachable_api_server_is_one_line_naming_server_and_cause(command, tmp
 def test_ls_lists_the_pytorchjobs_wmtp_submitted_by_label(api_server):
     for name in ("wmtp-k8s-10", "wmtp-k8s-11"):
         assert runner.invoke(app, ["submit", "smoke", "--target", "k8s", "--name", name]).exit_code == 0
-    foreign = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
-               "metadata": {"name": "theirs", "namespace": "wmtp", "labels": {}}}
+    foreign = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "theirs", "namespace": "wmtp", "labels": {}},
+    }
     api_server.created["theirs"] = foreign  # someone else's job in the same namespace
     result = runner.invoke(app, ["ls", "--target", "k8s"])
     assert result.exit_code == 0, result.output
@@ -296,15 +349,20 @@ def test_cancel_deletes_the_pytorchjob_and_its_pods(api_server):
     assert api_server.created == {}
     again = runner.invoke(app, ["cancel", "wmtp-k8s-12", "--target", "k8s"])
     assert again.exit_code == 2 and again.output == (
-        'error: Kubernetes API refused to delete the PyTorchJob: 404 Not Found: '
-        'pytorchjobs.kubeflow.org "wmtp-k8s-12" not found\n')
+        "error: Kubernetes API refused to delete the PyTorchJob: 404 Not Found: "
+        'pytorchjobs.kubeflow.org "wmtp-k8s-12" not found\n'
+    )
 
 
 def test_logs_follow_streams_the_master_log_until_it_ends(api_server):
     result = runner.invoke(app, ["logs", "wmtp-k8s-13", "--target", "k8s", "--follow", "--tail", "20"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["step 1: loss 7.03", "step 2: loss 6.19", "step 3: loss 5.00",
-                                          "step 4: loss 4.00"]
+    assert result.output.splitlines() == [
+        "step 1: loss 7.03",
+        "step 2: loss 6.19",
+        "step 3: loss 5.00",
+        "step 4: loss 4.00",
+    ]
     request = api_server.requests[-1]
     assert request["path"] == "/api/v1/namespaces/wmtp/pods/wmtp-k8s-13-master-0/log"
     assert request["query"] == {"container": ["pytorch"], "tailLines": ["20"], "follow": ["true"]}
@@ -328,7 +386,7 @@ def kubelet_expand(text: str, env: dict[str, str]) -> str:
             out.append("$")
             i += 2
         elif text.startswith("$(", i) and ")" in text[i:]:
-            name = text[i + 2:text.index(")", i)]
+            name = text[i + 2 : text.index(")", i)]
             out.append(env.get(name, f"$({name})"))
             i += len(name) + 3
         else:

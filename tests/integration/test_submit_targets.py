@@ -20,8 +20,10 @@ def test_vessl_without_the_sdk_says_how_to_install_it(command, monkeypatch):
     monkeypatch.setitem(sys.modules, "vessl", None)  # what a machine without the optional extra sees
     result = runner.invoke(app, [*command, "--target", "vessl"])
     assert result.exit_code == 2
-    assert result.output == ("error: the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
-                             "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)\n")
+    assert result.output == (
+        "error: the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
+        "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)\n"
+    )
 
 
 # A recording stand-in for the `vessl` package with the behaviour read from vessl 0.1.199:
@@ -137,8 +139,16 @@ def fake_vessl(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(package.parent))
     for module in ("vessl", "vessl.organization", "vessl.project"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    for key in ("VESSL_DATA_COLLECTION_OPT_OUT", "ENABLE_SENTRY", "FAKE_VESSL_NO_TOKEN", "FAKE_VESSL_REFUSE",
-                "FAKE_VESSL_NO_RUN", "FAKE_VESSL_STATES", "VESSL_API_HOST", "VESSL_ENV"):
+    for key in (
+        "VESSL_DATA_COLLECTION_OPT_OUT",
+        "ENABLE_SENTRY",
+        "FAKE_VESSL_NO_TOKEN",
+        "FAKE_VESSL_REFUSE",
+        "FAKE_VESSL_NO_RUN",
+        "FAKE_VESSL_STATES",
+        "VESSL_API_HOST",
+        "VESSL_ENV",
+    ):
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
     yield lambda: sys.modules["vessl"]
@@ -148,34 +158,52 @@ def fake_vessl(tmp_path, monkeypatch):
 
 def test_vessl_submit_sends_the_rendered_yaml_with_telemetry_off(fake_vessl):
     scope = ["--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"]
-    dry = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", "--dry-run",
-                              *TRACKED, *scope])
+    dry = runner.invoke(
+        app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", "--dry-run", *TRACKED, *scope]
+    )
     result = runner.invoke(app, ["submit", "verifiable", "--target", "vessl", "--name", "wmtp-v1", *TRACKED, *scope])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "created VESSL run 4242 (wmtp-v1) in lab/mtp, status pending",
-        "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl"]
+        "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl",
+    ]
     sdk = fake_vessl()
     assert sdk.telemetry_at_import == {"VESSL_DATA_COLLECTION_OPT_OUT": "true", "ENABLE_SENTRY": "false"}
     create = [call for call in sdk.calls if call[0] == "create_from_yaml"]
     assert create == [("create_from_yaml", "lab", "mtp", {"yaml_spec": dry.stdout})]
 
 
-@pytest.mark.parametrize("overrides, organization, project", [
-    (["--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"], "lab", "mtp"),
-    (["--set", "targets.vessl.organization=lab"], "lab", "home-proj"),
-    (["--set", "targets.vessl.project=mtp"], "home-org", "mtp"),
-])
-def test_every_sdk_call_of_a_submit_names_the_organization_and_project(fake_vessl, overrides, organization,
-                                                                       project):
+@pytest.mark.parametrize(
+    "overrides, organization, project",
+    [
+        (["--set", "targets.vessl.organization=lab", "--set", "targets.vessl.project=mtp"], "lab", "mtp"),
+        (["--set", "targets.vessl.organization=lab"], "lab", "home-proj"),
+        (["--set", "targets.vessl.project=mtp"], "home-org", "mtp"),
+    ],
+)
+def test_every_sdk_call_of_a_submit_names_the_organization_and_project(fake_vessl, overrides, organization, project):
     """With another default organization configured, the cluster check and the status read after
     creating must go to the spec's organization too: else the run is created, then "not found"."""
     cluster = "lab-a100" if organization == "lab" else "vessl-gcp-oregon"  # lab-a100: only lab has it
-    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v2", *TRACKED, *overrides,
-                                 "--set", f"targets.vessl.cluster={cluster}"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "smoke",
+            "--target",
+            "vessl",
+            "--name",
+            "wmtp-v2",
+            *TRACKED,
+            *overrides,
+            "--set",
+            f"targets.vessl.cluster={cluster}",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == (f"created VESSL run 4242 (wmtp-v2) in {organization}/{project}, "
-                                             "status pending")
+    assert result.output.splitlines()[0] == (
+        f"created VESSL run 4242 (wmtp-v2) in {organization}/{project}, status pending"
+    )
     calls = fake_vessl().calls
     assert [call[0] for call in calls] == ["list_clusters", "create_from_yaml", "read_run"]
     assert calls[0][1]["organization_name"] == organization
@@ -209,15 +237,17 @@ def test_a_created_run_whose_status_cannot_be_read_is_still_reported(fake_vessl,
     assert result.output.splitlines() == [
         "created VESSL run 4242 (wmtp-v3) in home-org/home-proj, status unknown (reading it failed: "
         "NotFound (404): Run not found)",
-        "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl"]
+        "follow it: wmtp status 4242 --target vessl ; wmtp logs 4242 --target vessl",
+    ]
 
 
 def test_vessl_without_a_token_is_one_line(fake_vessl, monkeypatch):
     monkeypatch.setenv("FAKE_VESSL_NO_TOKEN", "1")
     result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: no VESSL access token: set VESSL_ACCESS_TOKEN (e.g. in --env-file) "
-                                     "or run `vessl configure`")
+    assert result.output.strip() == (
+        "error: no VESSL access token: set VESSL_ACCESS_TOKEN (e.g. in --env-file) or run `vessl configure`"
+    )
 
 
 def closed_port_url() -> str:
@@ -240,21 +270,26 @@ def test_unreachable_vessl_api_is_one_line(fake_vessl, monkeypatch, command):
 
 
 def test_vessl_cluster_of_another_organization_names_it(fake_vessl):
-    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED,
-                                 "--set", "targets.vessl.cluster=lab-a100"])
+    result = runner.invoke(
+        app, ["submit", "smoke", "--target", "vessl", *TRACKED, "--set", "targets.vessl.cluster=lab-a100"]
+    )
     assert result.exit_code == 2
-    assert result.output == ("error: targets.vessl.cluster: 'lab-a100' is not a cluster of VESSL "
-                             "organization 'home-org' (available: vessl-gcp-oregon)\n")
+    assert result.output == (
+        "error: targets.vessl.cluster: 'lab-a100' is not a cluster of VESSL "
+        "organization 'home-org' (available: vessl-gcp-oregon)\n"
+    )
     assert [call[0] for call in fake_vessl().calls] == ["list_clusters"]  # nothing created
 
 
 def test_vessl_refusal_is_one_line_naming_where(fake_vessl, monkeypatch):
     monkeypatch.setenv("FAKE_VESSL_REFUSE", "1")
-    result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", *TRACKED,
-                                 "--set", "targets.vessl.organization=lab"])
+    result = runner.invoke(
+        app, ["submit", "smoke", "--target", "vessl", *TRACKED, "--set", "targets.vessl.organization=lab"]
+    )
     assert result.exit_code == 2
-    assert result.output == ("error: VESSL refused the run in lab/home-proj: "
-                             "BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster\n")
+    assert result.output == (
+        "error: VESSL refused the run in lab/home-proj: BadRequest (400): preset 'gpu-a100-80g-4' is not in cluster\n"
+    )
 
 
 # ---------------------------------------------------------------- VESSL: the run's life
@@ -265,8 +300,10 @@ def test_vessl_ls_lists_the_runs_wmtp_created_with_their_ids(fake_vessl):
     assert submitted.exit_code == 0, submitted.output
     result = runner.invoke(app, ["ls", "--target", "vessl", "--set", "targets.vessl.project=home-proj"])
     assert result.exit_code == 0, result.output
-    assert [line.split() for line in result.output.splitlines()] == [["ID", "NAME", "STATUS", "AGE"],
-                                                                     ["4242", "wmtp-v6", "pending", "2m"]]
+    assert [line.split() for line in result.output.splitlines()] == [
+        ["ID", "NAME", "STATUS", "AGE"],
+        ["4242", "wmtp-v6", "pending", "2m"],
+    ]
     assert fake_vessl().calls[-1] == ("list_runs", {"project_name": "home-proj"})  # `notebook` (17) is not ours
 
 
@@ -307,20 +344,24 @@ def test_vessl_submit_without_a_tracking_store_is_refused_before_the_sdk(fake_ve
         "error: no MLflow tracking server for the VESSL run: the trainer would write an sqlite store inside the "
         "container, which is never exported; set targets.vessl.mlflow_uri=https://… (or add MLFLOW_TRACKING_URI "
         "to env.secrets, a VESSL secret), or keep the store with the checkpoints: "
-        "--set targets.vessl.local_tracking=true\n")
+        "--set targets.vessl.local_tracking=true\n"
+    )
     assert "vessl" not in sys.modules
     dry = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run"])
     assert dry.exit_code == 0 and dry.stdout.startswith("name: ")  # still shown, for reading
     assert "warning: no MLflow tracking server for the VESSL run" in dry.stderr
 
 
-@pytest.mark.parametrize("overrides", [
-    ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
-    ["--set", "env.secrets=[MLFLOW_TRACKING_URI,MLFLOW_TRACKING_USERNAME,MLFLOW_TRACKING_PASSWORD]"],
-    ["--set", "tracking.uri=https://mlflow.example.org"],
-    ["--set", "tracking.uri=sqlite:///storage/checkpoints/lab-mlflow/mlflow.db"],  # explicit, under output.root
-    TRACKED,
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
+        ["--set", "env.secrets=[MLFLOW_TRACKING_URI,MLFLOW_TRACKING_USERNAME,MLFLOW_TRACKING_PASSWORD]"],
+        ["--set", "tracking.uri=https://mlflow.example.org"],
+        ["--set", "tracking.uri=sqlite:///storage/checkpoints/lab-mlflow/mlflow.db"],  # explicit, under output.root
+        TRACKED,
+    ],
+)
 def test_vessl_submit_goes_once_a_store_outlives_the_run(fake_vessl, overrides):
     refused = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--name", "wmtp-v4"])
     assert refused.exit_code == 2 and fake_vessl is not None and "vessl" not in sys.modules
@@ -329,8 +370,15 @@ def test_vessl_submit_goes_once_a_store_outlives_the_run(fake_vessl, overrides):
     assert result.output.startswith("created VESSL run 4242 (wmtp-v4)") and "warning" not in result.output
 
 
-@pytest.mark.parametrize("uri", ["sqlite:///storage/mlflow/mlflow.db", "file:///tmp/mlruns", "mlruns",
-                                 "sqlite:////data/storage/checkpoints/../mlflow.db"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:///storage/mlflow/mlflow.db",
+        "file:///tmp/mlruns",
+        "mlruns",
+        "sqlite:////data/storage/checkpoints/../mlflow.db",
+    ],
+)
 def test_vessl_tracking_uri_inside_the_container_but_not_exported_is_refused(fake_vessl, uri):
     result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--set", f"tracking.uri={uri}"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
@@ -338,10 +386,13 @@ def test_vessl_tracking_uri_inside_the_container_but_not_exported_is_refused(fak
     assert "not under output.root (/data/storage/checkpoints/, the only exported dir)" in result.output
 
 
-@pytest.mark.parametrize("overrides", [
-    ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
-    ["--set", "env.secrets=[MLFLOW_TRACKING_URI]"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["--set", "targets.vessl.mlflow_uri=https://mlflow.example.org"],
+        ["--set", "env.secrets=[MLFLOW_TRACKING_URI]"],
+    ],
+)
 def test_vessl_local_tracking_with_another_store_is_one_line(overrides):
     result = runner.invoke(app, ["submit", "smoke", "--target", "vessl", "--dry-run", *TRACKED, *overrides])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
@@ -394,35 +445,68 @@ def test_server_dry_run_is_only_for_k8s():
 
 
 def test_local_dry_run_prints_the_train_command():
-    result = runner.invoke(app, ["submit", "smoke", "--target", "local", "--name", "wmtp-l1", "--preset",
-                                 "local-light", "--set", "train.lr=1e-3", "--dry-run"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "smoke",
+            "--target",
+            "local",
+            "--name",
+            "wmtp-l1",
+            "--preset",
+            "local-light",
+            "--set",
+            "train.lr=1e-3",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 0
-    assert result.stdout == ("wmtp train smoke --set train.lr=1e-3 --preset local-light "
-                             "--run-dir storage/checkpoints/wmtp-l1\n")
+    assert result.stdout == (
+        "wmtp train smoke --set train.lr=1e-3 --preset local-light --run-dir storage/checkpoints/wmtp-l1\n"
+    )
 
 
 @pytest.mark.slow
 def test_local_submit_runs_wmtp_train_in_a_child_process(tmp_path, capfd):
     """The real child `wmtp train` starts, resolves the spec and fails on the missing model: exit 2 passes up."""
     out = tmp_path / "out"
-    result = runner.invoke(app, ["submit", "smoke", "--target", "local", "--name", "wmtp-l2",
-                                 "--set", f"model.path={tmp_path / 'absent-model'}", "--set", f"output.root={out}"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "smoke",
+            "--target",
+            "local",
+            "--name",
+            "wmtp-l2",
+            "--set",
+            f"model.path={tmp_path / 'absent-model'}",
+            "--set",
+            f"output.root={out}",
+        ],
+    )
     child = capfd.readouterr()
     assert result.exit_code == 2
-    assert result.output == f"running: wmtp train smoke --set model.path={tmp_path / 'absent-model'} " \
-                            f"--set output.root={out} --run-dir {out / 'wmtp-l2'}\n"
+    assert (
+        result.output == f"running: wmtp train smoke --set model.path={tmp_path / 'absent-model'} "
+        f"--set output.root={out} --run-dir {out / 'wmtp-l2'}\n"
+    )
     # The child checks the model path before it makes a run dir: one line naming the key, nothing written.
     assert f"model.path: {tmp_path / 'absent-model'} does not exist" in child.err
     assert child.err.count("error:") == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("command", [["status", "wmtp-l1"], ["logs", "wmtp-l1"], ["logs", "wmtp-l1", "--follow"],
-                                     ["cancel", "wmtp-l1"], ["ls"]])
+@pytest.mark.parametrize(
+    "command",
+    [["status", "wmtp-l1"], ["logs", "wmtp-l1"], ["logs", "wmtp-l1", "--follow"], ["cancel", "wmtp-l1"], ["ls"]],
+)
 def test_lifecycle_of_local_jobs_explains_why_not(command):
     result = runner.invoke(app, [*command, "--target", "local"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert result.output.startswith(f"error: {command[0]} is not available for --target local: the run is in the "
-                                    "foreground")
+    assert result.output.startswith(
+        f"error: {command[0]} is not available for --target local: the run is in the foreground"
+    )
 
 
 @pytest.mark.parametrize("command", ["status", "logs"])
@@ -432,8 +516,13 @@ def test_compose_failures_are_one_line(command, monkeypatch):
     from wmtp_cli.platform.plugins import local_docker as compose
 
     monkeypatch.setattr(compose, "require_engine", lambda: None)
-    monkeypatch.setattr(compose, "run_compose", lambda args: subprocess.CompletedProcess(
-        args, 1, stdout="", stderr="WARN[0000] a warning\nno such service: trainer\n"))
+    monkeypatch.setattr(
+        compose,
+        "run_compose",
+        lambda args: subprocess.CompletedProcess(
+            args, 1, stdout="", stderr="WARN[0000] a warning\nno such service: trainer\n"
+        ),
+    )
     result = runner.invoke(app, [command, "wmtp-gone", "--target", "local-docker"])
     assert result.exit_code == 2
     verb = "ps" if command == "status" else "logs"
@@ -479,7 +568,8 @@ def test_local_docker_submit_writes_the_compose_file_and_runs_up_detached(tmp_pa
     assert (tmp_path / "storage" / "mlflow-server").is_dir()
     assert result.output.splitlines() == [
         "started compose project wmtp-d2 (file runs/wmtp-d2/docker-compose.yaml); MLflow at http://127.0.0.1:5000",
-        "follow it: wmtp status wmtp-d2 --target local-docker ; wmtp logs wmtp-d2 --target local-docker"]
+        "follow it: wmtp status wmtp-d2 --target local-docker ; wmtp logs wmtp-d2 --target local-docker",
+    ]
 
 
 FAKE_DOCKER_ENGINE = '''#!{python}
@@ -507,8 +597,15 @@ def docker_container(job: str, service: str, state: str, status: str, minutes_ag
 
     created = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(time.time() - 60 * minutes_ago))
     labels = f"com.docker.compose.project={job},com.docker.compose.service={service},wmtp.job={job}"
-    return {"ID": "0123abcd", "Names": f"{job}-{service}-1", "Labels": labels, "State": state, "Status": status,
-            "CreatedAt": created, "RunningFor": f"{minutes_ago} minutes ago"}
+    return {
+        "ID": "0123abcd",
+        "Names": f"{job}-{service}-1",
+        "Labels": labels,
+        "State": state,
+        "Status": status,
+        "CreatedAt": created,
+        "RunningFor": f"{minutes_ago} minutes ago",
+    }
 
 
 @pytest.fixture
@@ -520,9 +617,11 @@ def docker_engine(tmp_path, monkeypatch):
 
     from wmtp_cli.platform.plugins import local_docker
 
-    containers = [docker_container("wmtp-d3", "mlflow", "running", "Up 9 minutes (healthy)", 9),
-                  docker_container("wmtp-d3", "trainer", "exited", "Exited (1) 2 minutes ago", 9),
-                  docker_container("wmtp-d4", "trainer", "running", "Up 3 hours", 200)]
+    containers = [
+        docker_container("wmtp-d3", "mlflow", "running", "Up 9 minutes (healthy)", 9),
+        docker_container("wmtp-d3", "trainer", "exited", "Exited (1) 2 minutes ago", 9),
+        docker_container("wmtp-d4", "trainer", "running", "Up 3 hours", 200),
+    ]
     bin_dir, log = tmp_path / "bin", tmp_path / "docker-argv.jsonl"
     bin_dir.mkdir()
     fake = bin_dir / "docker"
@@ -538,7 +637,10 @@ def test_local_docker_ls_reads_the_containers_labelled_wmtp_job(docker_engine):
     result = runner.invoke(app, ["ls", "--target", "local-docker"])
     assert result.exit_code == 0, result.output
     assert [line.split() for line in result.output.splitlines()] == [
-        ["NAME", "STATUS", "AGE"], ["wmtp-d3", "exited", "(1)", "9m"], ["wmtp-d4", "running", "3h"]]
+        ["NAME", "STATUS", "AGE"],
+        ["wmtp-d3", "exited", "(1)", "9m"],
+        ["wmtp-d4", "running", "3h"],
+    ]
     assert docker_engine() == [["ps", "--all", "--no-trunc", "--filter", "label=wmtp.job", "--format", "{{json .}}"]]
 
 
@@ -563,8 +665,9 @@ def test_local_docker_lifecycle_without_an_engine_is_one_line(command, tmp_path,
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert result.output.startswith(f"error: no Docker engine reachable at unix://{tmp_path}/no-docker.sock")
     # these commands have no --dry-run: the hint names the ones that work without an engine
-    assert result.output.endswith("start Docker (`wmtp submit … --dry-run` and `wmtp render … --target local-docker "
-                                  "-o compose.yaml` need none)\n")
+    assert result.output.endswith(
+        "start Docker (`wmtp submit … --dry-run` and `wmtp render … --target local-docker -o compose.yaml` need none)\n"
+    )
 
 
 @pytest.mark.slow
@@ -577,8 +680,21 @@ def test_a_working_directory_with_its_own_cli_package_changes_nothing(tmp_path, 
         (tmp_path / package / "main.py").write_text(hostile)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["submit", "smoke", "--target", "local", "--name", "wmtp-l3",
-                                 "--set", f"model.path={tmp_path / 'absent-model'}", "--set", f"output.root={out}"])
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "smoke",
+            "--target",
+            "local",
+            "--name",
+            "wmtp-l3",
+            "--set",
+            f"model.path={tmp_path / 'absent-model'}",
+            "--set",
+            f"output.root={out}",
+        ],
+    )
     child = capfd.readouterr()
     assert result.exit_code == 2  # our child ran: it refused the missing model path
     assert f"model.path: {tmp_path / 'absent-model'} does not exist" in child.err
@@ -605,14 +721,33 @@ def test_a_dollar_in_a_compose_value_survives_compose_literally(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     storage = tmp_path / "st$HOME"
-    dry = runner.invoke(app, ["submit", "smoke", "--target", "local-docker", "--name", "wmtp-dollar", "--dry-run",
-                              "--set", "tracking.run_name=${MLFLOW_TRACKING_PASSWORD}-$HOME",
-                              "--set", f"targets.local_docker.storage={storage}"])
+    dry = runner.invoke(
+        app,
+        [
+            "submit",
+            "smoke",
+            "--target",
+            "local-docker",
+            "--name",
+            "wmtp-dollar",
+            "--dry-run",
+            "--set",
+            "tracking.run_name=${MLFLOW_TRACKING_PASSWORD}-$HOME",
+            "--set",
+            f"targets.local_docker.storage={storage}",
+        ],
+    )
     assert dry.exit_code == 0, dry.output
     (tmp_path / "compose.yaml").write_text(dry.stdout)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MLFLOW_TRACKING_PASSWORD": "pw-from-the-shell-42"}
-    config = subprocess.run([real_compose_binary(), "-f", "compose.yaml", "config", "--format", "json"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    config = subprocess.run(
+        [real_compose_binary(), "-f", "compose.yaml", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert config.returncode == 0, config.stderr
     assert "variable is not set" not in config.stderr
     trainer = json.loads(config.stdout)["services"]["trainer"]
@@ -621,6 +756,12 @@ def test_a_dollar_in_a_compose_value_survives_compose_literally(tmp_path, monkey
     # `config` prints the model re-escaped ($ as $$), i.e. the literal text the container will get.
     assert "tracking.run_name=$${MLFLOW_TRACKING_PASSWORD}-$$HOME" in trainer["command"]
     assert [volume["source"] for volume in trainer["volumes"]] == [str(storage).replace("$", "$$")]
-    variables = subprocess.run([real_compose_binary(), "-f", "compose.yaml", "config", "--variables", "--format",
-                                "json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    variables = subprocess.run(
+        [real_compose_binary(), "-f", "compose.yaml", "config", "--variables", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert variables.returncode == 0 and json.loads(variables.stdout or "{}") in ({}, None), variables.stdout

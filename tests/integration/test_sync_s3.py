@@ -11,79 +11,22 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.s3_server import make_tree
+from tests.unit.test_sync_local import ReadCounter
 from wmtp_storage_sync import MANIFEST_NAME, SyncError, SyncOptions, engine, manifest, sync
 from wmtp_storage_sync.backends import s3 as s3_backend
 from wmtp_storage_sync.backends.s3 import S3Backend
 from wmtp_storage_sync.manifest import PARTIAL_SUFFIX
-from tests.unit.test_sync_local import ReadCounter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 MiB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """One moto S3 server per test module; each test gets its own bucket."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(tmp_path, monkeypatch):
-    """Test credentials and a private hash cache; no shared ~/.aws or instance metadata lookups."""
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("WMTP_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
-
-
-@pytest.fixture
-def s3(moto_endpoint, s3_env):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-
-
-@pytest.fixture
-def bucket(s3):
-    name = f"wmtp-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return name
-
-
-def make_tree(root: Path, files: dict[str, int], seed: int = 0) -> Path:
-    """Files of the given sizes with deterministic pseudo-random content."""
-    for i, (rel, size) in enumerate(files.items()):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        block = hashlib.sha256(f"{seed}:{i}".encode()).digest() * (size // 32 + 1)
-        path.write_bytes(block[:size])
-    return root
 
 
 def versions(s3, bucket: str) -> dict[str, int]:
@@ -100,16 +43,23 @@ def remote_manifest(s3, bucket: str, prefix: str) -> dict:
 
 
 def local_manifest(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in root.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def run(root, bucket, endpoint, **kw):
     return sync(SyncOptions(dest=f"s3://{bucket}/team", root=root, endpoint_url=endpoint, progress=False, **kw))
 
 
-TREE = {"models_v2/m/model.safetensors": 700_000, "models_v2/m/params.json": 120,
-        "datasets_v2/train.jsonl": 50_000, "datasets_v2/valid.jsonl": 9_000}
+TREE = {
+    "models_v2/m/model.safetensors": 700_000,
+    "models_v2/m/params.json": 120,
+    "datasets_v2/train.jsonl": 50_000,
+    "datasets_v2/valid.jsonl": 9_000,
+}
 
 
 def test_first_uploads_all_second_nothing_one_change_one(s3, bucket, moto_endpoint, s3_env):
@@ -138,7 +88,10 @@ def test_large_file_goes_multipart_with_verified_checksums_and_pulls_back(s3, bu
     run(root, bucket, moto_endpoint, part_size=5 * MiB)
     head = s3.head_object(Bucket=bucket, Key="team/models_v2/big/model.safetensors", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")  # three parts
-    assert head["Metadata"]["sha256"] == hashlib.sha256((root / "models_v2/big/model.safetensors").read_bytes()).hexdigest()
+    assert (
+        head["Metadata"]["sha256"]
+        == hashlib.sha256((root / "models_v2/big/model.safetensors").read_bytes()).hexdigest()
+    )
 
     pulled = run(s3_env / "pulled", bucket, moto_endpoint, direction="down", part_size=5 * MiB)
     assert len(pulled.transferred) == 2
@@ -156,8 +109,9 @@ def on_client(monkeypatch, event: str, handler) -> None:
     monkeypatch.setattr(S3Backend, "__init__", init_and_register)
 
 
-def test_cold_upload_reads_single_part_files_once_and_verifies_from_the_response(s3, bucket, moto_endpoint, s3_env,
-                                                                                  monkeypatch):
+def test_cold_upload_reads_single_part_files_once_and_verifies_from_the_response(
+    s3, bucket, moto_endpoint, s3_env, monkeypatch
+):
     files = {"models_v2/m/model.safetensors": 3 * MiB + 5, "models_v2/m/params.json": 120, "big.bin": 12 * MiB + 17}
     root = make_tree(s3_env / "storage", files)
     reads = ReadCounter(monkeypatch, root, [manifest, engine, s3_backend])
@@ -198,15 +152,18 @@ def test_upload_fails_when_the_server_reports_another_checksum(s3, bucket, moto_
 def test_server_reporting_no_checksum_gets_a_head(s3, bucket, moto_endpoint, s3_env, monkeypatch):
     root = make_tree(s3_env / "storage", {"a.bin": 1000, "b.bin": 2000})
     heads: list[str] = []
-    monkeypatch.setattr(S3Backend, "_head", lambda self, rel, _real=S3Backend._head: heads.append(rel) or _real(self, rel))
+    monkeypatch.setattr(
+        S3Backend, "_head", lambda self, rel, _real=S3Backend._head: heads.append(rel) or _real(self, rel)
+    )
     on_client(monkeypatch, "after-call.s3.PutObject", lambda parsed, **_: parsed.pop("ChecksumSHA256", None))
     report = run(root, bucket, moto_endpoint)
     assert len(report.transferred) == 2 and sorted(heads) == ["a.bin", "b.bin"]
 
     (root / "a.bin").write_bytes(b"x" * 1000)
     stored_metadata = {"sha256": "0" * 64}  # a store that lost the metadata: the HEAD check must notice
-    monkeypatch.setattr(S3Backend, "_head", lambda self, rel, _real=S3Backend._head: {
-        **_real(self, rel), "Metadata": stored_metadata})
+    monkeypatch.setattr(
+        S3Backend, "_head", lambda self, rel, _real=S3Backend._head: {**_real(self, rel), "Metadata": stored_metadata}
+    )
     with pytest.raises(SyncError, match=r"a\.bin: stored sha256 metadata 0+ differs from the file's"):
         run(root, bucket, moto_endpoint)
 
@@ -234,7 +191,9 @@ def test_upload_bodies_are_signed_with_their_checksum_not_hashed_again(s3, bucke
             if hasattr(body, "read"):  # botocore may wrap a bytes body in a seekable stream
                 position = body.tell()
                 body, _ = body.read(), body.seek(position)
-            sent.append((request.headers.get("X-Amz-Content-SHA256"), request.headers.get("x-amz-checksum-sha256"), body))
+            sent.append(
+                (request.headers.get("X-Amz-Content-SHA256"), request.headers.get("x-amz-checksum-sha256"), body)
+            )
 
     on_client(monkeypatch, "before-send.s3", record)
 
@@ -286,8 +245,21 @@ def test_killed_sync_resumes_without_resending(s3, bucket, moto_endpoint, s3_env
     n_files = 150
     root = make_tree(s3_env / "storage", {f"shards/{i:03d}.bin": 256 * 1024 for i in range(n_files)})
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "wmtp_cli.main", "sync-storage", "--root", str(root), "--dest", f"s3://{bucket}/team",
-               "--endpoint-url", moto_endpoint, "--jobs", "1", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "wmtp_cli.main",
+        "sync-storage",
+        "--root",
+        str(root),
+        "--dest",
+        f"s3://{bucket}/team",
+        "--endpoint-url",
+        moto_endpoint,
+        "--jobs",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
@@ -303,7 +275,10 @@ def test_killed_sync_resumes_without_resending(s3, bucket, moto_endpoint, s3_env
     # take the listing once it has stopped changing.
     stored, previous = None, set()
     while stored != previous:
-        previous, stored = stored, {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="team/").get("Contents", ())}
+        previous, stored = (
+            stored,
+            {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="team/").get("Contents", ())},
+        )
         time.sleep(0.3)
     assert f"team/{MANIFEST_NAME}" not in stored, "a killed sync must not look complete"
     assert 5 <= len(stored) < n_files
@@ -387,8 +362,11 @@ def test_delete_and_direction_down(s3, bucket, moto_endpoint, s3_env):
 
 
 def keys(s3, bucket: str) -> set[str]:
-    return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", ())}
+    return {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", ())
+    }
 
 
 def test_push_sends_only_finished_files_under_the_root(s3, bucket, moto_endpoint, s3_env):
@@ -408,8 +386,10 @@ def test_push_sends_only_finished_files_under_the_root(s3, bucket, moto_endpoint
 
     report = run(root, bucket, moto_endpoint)
     assert keys(s3, bucket) == {f"team/{rel}" for rel in TREE} | {
-        "team/models_v2/m/valid-copy.jsonl", "team/checkpoints/run/baseline/checkpoints/step_000002/train_state.pt",
-        f"team/{MANIFEST_NAME}"}
+        "team/models_v2/m/valid-copy.jsonl",
+        "team/checkpoints/run/baseline/checkpoints/step_000002/train_state.pt",
+        f"team/{MANIFEST_NAME}",
+    }
     body = s3.get_object(Bucket=bucket, Key="team/models_v2/m/valid-copy.jsonl")["Body"].read()
     assert body == (root / "datasets_v2/valid.jsonl").read_bytes()
     assert sorted(rel for rel, _ in report.skipped) == ["elsewhere", "models_v2/m/hostname"]

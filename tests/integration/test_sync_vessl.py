@@ -15,15 +15,18 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from tests.s3_server import make_tree
 from wmtp_cli.main import app
 from wmtp_storage_sync import SyncError, SyncOptions, sync
-from tests.integration.test_sync_s3 import bucket, make_tree, moto_endpoint, s3, s3_env  # noqa: F401 (fixtures)
 
 SESSION_TOKEN = "FEDERATED-SESSION-TOKEN-must-never-be-printed"
 SECRET_KEY = "FEDERATED-SECRET-KEY-must-never-be-printed"
 
 
-def fake_sdk(monkeypatch, *, federate, user=SimpleNamespace(username="researcher")) -> list[dict]:
+RESEARCHER = SimpleNamespace(username="researcher")  # what vessl.init returns for a logged-in user
+
+
+def fake_sdk(monkeypatch, *, federate, user=RESEARCHER) -> list[dict]:
     """Install a stand-in `vessl` module; returns the list of `volume_federate` calls it receives."""
     calls: list[dict] = []
 
@@ -40,11 +43,22 @@ def fake_sdk(monkeypatch, *, federate, user=SimpleNamespace(username="researcher
 
 def s3_volume(bucket_name: str, endpoint: str):
     def federate(storage_name, volume_name):
-        token = SimpleNamespace(access_key_id="ASIAFEDERATED", secret_access_key=SECRET_KEY,
-                                session_token=SESSION_TOKEN,
-                                expiration=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
-        return SimpleNamespace(type="s3", bucket_name=bucket_name, path=f"volumes/{storage_name}/{volume_name}/",
-                               region="us-east-1", endpoint=endpoint, force_path_style=True, s3_token=token)
+        token = SimpleNamespace(
+            access_key_id="ASIAFEDERATED",
+            secret_access_key=SECRET_KEY,
+            session_token=SESSION_TOKEN,
+            expiration=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1),
+        )
+        return SimpleNamespace(
+            type="s3",
+            bucket_name=bucket_name,
+            path=f"volumes/{storage_name}/{volume_name}/",
+            region="us-east-1",
+            endpoint=endpoint,
+            force_path_style=True,
+            s3_token=token,
+        )
+
     return federate
 
 
@@ -64,12 +78,17 @@ def test_volume_resolves_to_federated_s3_and_round_trips(s3, bucket, moto_endpoi
     environ = __import__("os").environ  # the SDK's telemetry stays off
     assert (environ["ENABLE_SENTRY"], environ["VESSL_DATA_COLLECTION_OPT_OUT"]) == ("false", "true")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {"volumes/team/models/v2/models_v2/m/model.safetensors",
-                    "volumes/team/models/v2/models_v2/m/params.json", "volumes/team/models/v2/.wmtp-manifest.json"}
+    assert keys == {
+        "volumes/team/models/v2/models_v2/m/model.safetensors",
+        "volumes/team/models/v2/models_v2/m/params.json",
+        "volumes/team/models/v2/.wmtp-manifest.json",
+    }
 
     pulled = sync(SyncOptions(dest="vessl://team/models/v2", root=s3_env / "pulled", direction="down", progress=False))
     assert len(pulled.transferred) == 2 and calls[-1]["type"] == "read"
-    assert (s3_env / "pulled/models_v2/m/model.safetensors").read_bytes() == (root / "models_v2/m/model.safetensors").read_bytes()
+    assert (s3_env / "pulled/models_v2/m/model.safetensors").read_bytes() == (
+        root / "models_v2/m/model.safetensors"
+    ).read_bytes()
 
 
 def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch):
@@ -83,10 +102,13 @@ def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch
     (package / "__init__.py").write_text(
         "import os, types\n"
         "at_import = {k: os.environ.get(k) for k in ('VESSL_DATA_COLLECTION_OPT_OUT', 'ENABLE_SENTRY')}\n"
-        "vessl_api = types.SimpleNamespace(user=object())\n")
+        "vessl_api = types.SimpleNamespace(user=object())\n"
+    )
     monkeypatch.syspath_prepend(str(package.parent))
-    for name, importer in (("sync", lambda: sync_vessl._import_sdk("vessl://team/models")),
-                           ("submit", submit_vessl.import_sdk)):
+    for name, importer in (
+        ("sync", lambda: sync_vessl._import_sdk("vessl://team/models")),
+        ("submit", submit_vessl.import_sdk),
+    ):
         monkeypatch.delitem(sys.modules, "vessl", raising=False)
         for key in VESSL_TELEMETRY_OPT_OUT:
             monkeypatch.delenv(key, raising=False)
@@ -96,8 +118,11 @@ def test_telemetry_is_opted_out_before_the_sdk_is_imported(tmp_path, monkeypatch
 
 def test_missing_sdk_is_one_clear_line(s3_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "vessl", None)  # import vessl → ImportError, installed or not
-    with pytest.raises(SyncError, match=r"^vessl://team/models: VESSL volumes need the VESSL SDK, which is not installed "
-                                        r"\(pip install 'weighted-mtp\[vessl\]'\)$"):
+    with pytest.raises(
+        SyncError,
+        match=r"^vessl://team/models: VESSL volumes need the VESSL SDK, which is not installed "
+        r"\(pip install 'weighted-mtp\[vessl\]'\)$",
+    ):
         sync(SyncOptions(dest="vessl://team/models", root=make_tree(s3_env / "storage", {"a": 1}), progress=False))
 
 
@@ -114,8 +139,11 @@ def test_refused_federation_and_non_s3_volume_are_one_line(s3_env, monkeypatch):
         raise RuntimeError("Volume 'nope' not found in storage 'team'\nHTTP 404 …")
 
     fake_sdk(monkeypatch, federate=refuse)
-    with pytest.raises(SyncError, match=r"^vessl://team/nope: VESSL did not grant write access "
-                                        r"\(RuntimeError: Volume 'nope' not found in storage 'team'\)$"):
+    with pytest.raises(
+        SyncError,
+        match=r"^vessl://team/nope: VESSL did not grant write access "
+        r"\(RuntimeError: Volume 'nope' not found in storage 'team'\)$",
+    ):
         sync(SyncOptions(dest="vessl://team/nope", root=root, progress=False))
 
     fake_sdk(monkeypatch, federate=lambda s, v: SimpleNamespace(type="gcs", s3_token=None))

@@ -64,7 +64,7 @@ def assert_same_updates(a: dict, b: dict, scale: dict, magnitude: dict, what: st
     """|a − b| ≤ UPDATE_RTOL · scale + STORE_ULPS · |w| per tensor, `scale` bounding its update."""
     for name in a:
         atol = UPDATE_RTOL * scale[name] + STORE_ULPS * float(magnitude[name].abs().max())
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m: f"{what} {name}: {m}")
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m, name=name: f"{what} {name}: {m}")
 
 
 def test_ddp_matches_one_process_and_fsdp_matches_ddp_for_every_objective(smoke_overrides, tmp_path):
@@ -73,19 +73,36 @@ def test_ddp_matches_one_process_and_fsdp_matches_ddp_for_every_objective(smoke_
     Plain SGD (see the tolerances above), no clipping and no weight decay, so every update is -lr·grad."""
     lr = 0.02
     common = smoke_overrides + [
-        "train.max_steps=3", f"train.lr={lr}", "train.optimizer=sgd", "train.weight_decay=0",
-        "train.warmup_steps=0", "train.schedule=constant", "train.eval_interval=1000",
-        "train.save_interval=1000", "train.batch_size=1", "train.grad_clip=null", "train.log_interval=1",
+        "train.max_steps=3",
+        f"train.lr={lr}",
+        "train.optimizer=sgd",
+        "train.weight_decay=0",
+        "train.warmup_steps=0",
+        "train.schedule=constant",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
+        "train.batch_size=1",
+        "train.grad_clip=null",
+        "train.log_interval=1",
     ]
     # Same global batch of 4 sequences: 1 process × 4 micro-batches vs 2 ranks × 2. One sequence per
     # micro-batch, so tokenskip selects the same tokens however the batch is split (it selects per
     # micro-batch); its normaliser, the window's kept count on all ranks, must then give equal steps.
-    torchrun(train_cmd(common + ["train.grad_accum_steps=4", "distributed.strategy=none"],
-                       tmp_path / "one", spec="smoke"), 1)
-    torchrun(train_cmd(common + ["train.grad_accum_steps=2", "distributed.strategy=ddp"], tmp_path / "ddp",
-                       spec="smoke"), 2)
-    torchrun(train_cmd(common + ["train.grad_accum_steps=2", "distributed.strategy=fsdp",
-                                 "distributed.activation_checkpointing=true"], tmp_path / "fsdp", spec="smoke"), 2)
+    torchrun(
+        train_cmd(common + ["train.grad_accum_steps=4", "distributed.strategy=none"], tmp_path / "one", spec="smoke"), 1
+    )
+    torchrun(
+        train_cmd(common + ["train.grad_accum_steps=2", "distributed.strategy=ddp"], tmp_path / "ddp", spec="smoke"), 2
+    )
+    torchrun(
+        train_cmd(
+            common
+            + ["train.grad_accum_steps=2", "distributed.strategy=fsdp", "distributed.activation_checkpointing=true"],
+            tmp_path / "fsdp",
+            spec="smoke",
+        ),
+        2,
+    )
     initial = load_model(smoke_overrides[0].split("=", 1)[1]).state_dict()
     for stage in ("critic", "verifiable", "baseline", "rho1"):
         logged = [logged_steps(tmp_path / d / stage) for d in ("one", "ddp", "fsdp")]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from wmtp.distributed import DistContext
 from wmtp.model import load_model
 from wmtp.train.config import load_experiment
 from wmtp.train.runner import run_experiment
-from wmtp.distributed import DistContext
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +22,9 @@ def run(overrides, run_dir, spec="smoke"):
 
 
 def test_smoke_runs_all_four_stages_and_chains_the_critic(smoke_overrides, tmp_path):
-    results = run(smoke_overrides + ["train.max_steps=3", "train.eval_interval=2", "train.save_interval=2"],
-                  tmp_path / "run")
+    results = run(
+        smoke_overrides + ["train.max_steps=3", "train.eval_interval=2", "train.save_interval=2"], tmp_path / "run"
+    )
     assert [r.stage_dir.name for r in results] == ["critic", "verifiable", "baseline", "rho1"]
     for result in results:
         assert result.steps == 3 and result.final.is_dir()
@@ -49,8 +50,15 @@ def test_smoke_runs_all_four_stages_and_chains_the_critic(smoke_overrides, tmp_p
 
 def test_loss_falls_on_a_tiny_repeated_dataset(baseline_overrides, tmp_path):
     overrides = baseline_overrides + [
-        "train.grad_accum_steps=1", "train.max_steps=25", "train.num_epochs=50", "train.lr=3e-3", "train.warmup_steps=0",
-        "train.schedule=constant", "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
+        "train.grad_accum_steps=1",
+        "train.max_steps=25",
+        "train.num_epochs=50",
+        "train.lr=3e-3",
+        "train.warmup_steps=0",
+        "train.schedule=constant",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
         "data.sampling.n_samples=8",
     ]
     [result] = run(overrides, tmp_path / "run", spec="baseline")

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 
 import pytest
 import torch
 
 from wmtp.distributed import DistContext, unwrap
+from wmtp.tracking import NullTracker
 from wmtp.train import flops as flops_module
 from wmtp.train import loop
 from wmtp.train.config import SpecError, load_experiment
 from wmtp.train.data_loading import move_batch
 from wmtp.train.loop import Trainer, combine_metrics, reduce_metrics, window_normalizers
 from wmtp.train.objectives import BaselineObjective
-from wmtp.tracking import NullTracker
 from wmtp.weighting import td
 
 pytestmark = pytest.mark.slow
@@ -38,8 +37,12 @@ def window_loss(trainer: Trainer, window: list[dict]) -> float:
     """Σ over the window of each micro-batch's loss with the loop's normalisers (the step's loss)."""
     num_valid_H, num_response = window_normalizers(window, trainer.ctx, trainer.device, trainer.objective)
     with torch.no_grad():
-        return sum(trainer.module(b | {"num_valid_H": num_valid_H, "num_response": num_response},
-                                  trainer.objective).loss.item() for b in window)
+        return sum(
+            trainer.module(
+                b | {"num_valid_H": num_valid_H, "num_response": num_response}, trainer.objective
+            ).loss.item()
+            for b in window
+        )
 
 
 @pytest.mark.parametrize("mode", ["tokenskip", "weighted"])
@@ -62,8 +65,16 @@ def test_logged_train_loss_does_not_depend_on_grad_accum(smoke_overrides, tmp_pa
     """Same global batch as 4 × 1 and 2 × 2 micro-batches: the logged loss is the step's loss."""
     losses = []
     for batch_size, accum in [(4, 1), (2, 2)]:
-        overrides = smoke_overrides + QUIET + [f"train.batch_size={batch_size}", f"train.grad_accum_steps={accum}",
-                                               "train.max_steps=1", "train.log_interval=1"]
+        overrides = (
+            smoke_overrides
+            + QUIET
+            + [
+                f"train.batch_size={batch_size}",
+                f"train.grad_accum_steps={accum}",
+                "train.max_steps=1",
+                "train.log_interval=1",
+            ]
+        )
         trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path / f"b{batch_size}", DistContext(), {})
         trainer.stage_dir.mkdir()
         result = trainer.run(NullTracker())
@@ -73,8 +84,11 @@ def test_logged_train_loss_does_not_depend_on_grad_accum(smoke_overrides, tmp_pa
 
 def test_epoch_progress_is_logged_and_shown(smoke_overrides, tmp_path, one_torch_thread, capsys):
     """`epoch` = micro-batches done / micro-batches per epoch, past an epoch boundary (24 correct rows, 8 a step)."""
-    overrides = smoke_overrides + QUIET + ["train.batch_size=8", "train.num_epochs=2", "train.max_steps=4",
-                                           "train.log_interval=1"]
+    overrides = (
+        smoke_overrides
+        + QUIET
+        + ["train.batch_size=8", "train.num_epochs=2", "train.max_steps=4", "train.log_interval=1"]
+    )
     trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
     assert trainer.data.micro_batches_per_epoch == 3 and trainer.total_steps == 4
     trainer.run(NullTracker())
@@ -83,13 +97,17 @@ def test_epoch_progress_is_logged_and_shown(smoke_overrides, tmp_path, one_torch
     assert [m["epoch"] for m in train] == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("smoke/baseline step ")]
     assert [line.split(" loss ")[0] for line in printed if "epoch" in line] == [
-        "smoke/baseline step 1/4 epoch 0.33", "smoke/baseline step 2/4 epoch 0.67",
-        "smoke/baseline step 3/4 epoch 1.00", "smoke/baseline step 4/4 epoch 1.33"]
+        "smoke/baseline step 1/4 epoch 0.33",
+        "smoke/baseline step 2/4 epoch 0.67",
+        "smoke/baseline step 3/4 epoch 1.00",
+        "smoke/baseline step 4/4 epoch 1.33",
+    ]
 
 
 @pytest.mark.parametrize("stage", ["baseline", "critic"])
-def test_mfu_is_the_objectives_model_flops_over_the_peak(smoke_overrides, tmp_path, one_torch_thread, stage,
-                                                         monkeypatch):
+def test_mfu_is_the_objectives_model_flops_over_the_peak(
+    smoke_overrides, tmp_path, one_torch_thread, stage, monkeypatch
+):
     """mfu · peak / (tokens/s per device) = the step's model FLOPs per token (up to float rounding: the
     same elapsed time divides both): the whole MTP model forward and backward for baseline, the frozen
     trunk's forward for the critic."""
@@ -108,8 +126,11 @@ def test_mfu_is_the_objectives_model_flops_over_the_peak(smoke_overrides, tmp_pa
     [(n_tokens, sum_len_sq, flops)] = seen
     assert n_tokens == logged["tokens"]
     args = trainer.model_args
-    expected = (flops_module.training_flops(args, n_tokens, sum_len_sq) if stage == "baseline"
-                else flops_module.trunk_forward_flops(args, n_tokens, sum_len_sq))
+    expected = (
+        flops_module.training_flops(args, n_tokens, sum_len_sq)
+        if stage == "baseline"
+        else flops_module.trunk_forward_flops(args, n_tokens, sum_len_sq)
+    )
     assert flops == expected
     assert logged["mfu"] * 0.5e12 / logged["tokens_per_s_per_device"] == pytest.approx(flops / n_tokens, rel=1e-9)
     assert logged["tokens_per_s_per_device"] == logged["tokens_per_s"]  # one process
@@ -126,8 +147,10 @@ def test_no_mfu_without_a_known_peak(smoke_overrides, tmp_path, one_torch_thread
 
 
 def test_metrics_combine_by_kind_over_a_window():
-    window = [{"loss/total": 1.0, "weight/min": 0.2, "weight/max": 3.0, "weight/mean": 1.0},
-              {"loss/total": 2.0, "weight/min": 0.5, "weight/max": 4.0}]
+    window = [
+        {"loss/total": 1.0, "weight/min": 0.2, "weight/max": 3.0, "weight/mean": 1.0},
+        {"loss/total": 2.0, "weight/min": 0.5, "weight/max": 4.0},
+    ]
     combined = combine_metrics(window, window=True)
     assert combined == {"loss/total": 3.0, "weight/min": 0.2, "weight/max": 4.0, "weight/mean": 1.0}
     assert combine_metrics(window, window=False)["loss/total"] == 1.5  # validation: batch means
@@ -139,8 +162,10 @@ def test_a_statistic_undefined_on_one_micro_batch_does_not_poison_the_step():
     assert combine_metrics(window, window=True) == {"value/explained_variance": 0.25}
     only_nan = [{"value/explained_variance": float("nan")}]
     assert combine_metrics(only_nan, window=True) == {}
-    assert reduce_metrics({"value/explained_variance": float("nan")}, ["value/explained_variance"],
-                          DistContext(), "cpu") == {}
+    assert (
+        reduce_metrics({"value/explained_variance": float("nan")}, ["value/explained_variance"], DistContext(), "cpu")
+        == {}
+    )
 
 
 def test_reduce_metrics_keeps_the_declared_keys_and_refuses_others():
@@ -186,21 +211,31 @@ def test_validation_ce_is_the_unweighted_cross_entropy_of_every_objective(smoke_
 
 
 def test_best_is_chosen_by_validation_ce_by_default(smoke_overrides, tmp_path, one_torch_thread):
-    overrides = smoke_overrides + ["train.max_steps=3", "train.eval_interval=1", "train.save_interval=1000",
-                                   "train.log_interval=1"]
+    overrides = smoke_overrides + [
+        "train.max_steps=3",
+        "train.eval_interval=1",
+        "train.save_interval=1000",
+        "train.log_interval=1",
+    ]
     trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
     assert trainer.early_stopping.monitor == "val/ce"
     trainer.run(NullTracker())
-    ces = [json.loads(line)["val/ce"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-           if "val/ce" in line]
+    ces = [
+        json.loads(line)["val/ce"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/ce" in line
+    ]
     assert len(ces) == 3
     best = json.loads((tmp_path / "checkpoints" / "best" / "train_state.json").read_text())
     assert best["best_val"] == min(ces)
 
 
-@pytest.mark.parametrize("stage, monitor", [("baseline", "val/weight/mean"),  # never logged
-                                            ("critic", "val/value/explained_variance"),  # higher is better
-                                            ("rho1", "val/rho1/kept_fraction")])
+@pytest.mark.parametrize(
+    "stage, monitor",
+    [
+        ("baseline", "val/weight/mean"),  # never logged
+        ("critic", "val/value/explained_variance"),  # higher is better
+        ("rho1", "val/rho1/kept_fraction"),
+    ],
+)
 def test_a_monitor_that_is_not_a_validation_loss_is_refused(smoke_overrides, tmp_path, stage, monitor):
     # When the spec loads, from the objective's declared metric names (before any model loads) ...
     with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss"):
@@ -212,8 +247,9 @@ def test_a_monitor_that_is_not_a_validation_loss_is_refused(smoke_overrides, tmp
         Trainer(spec, tmp_path, DistContext(), {})
 
 
-def test_the_loop_reads_early_stopping_signals_from_the_objective(smoke_overrides, tmp_path, monkeypatch,
-                                                                  one_torch_thread):
+def test_the_loop_reads_early_stopping_signals_from_the_objective(
+    smoke_overrides, tmp_path, monkeypatch, one_torch_thread
+):
     assert "objective ==" not in inspect.getsource(loop)  # docs/architecture.md: no `if experiment == …` in the loop
 
     class WatchesGradNorm(BaselineObjective):
@@ -221,9 +257,17 @@ def test_the_loop_reads_early_stopping_signals_from_the_objective(smoke_override
 
     monkeypatch.setattr(loop, "build_objective", lambda spec, device, earlier: WatchesGradNorm(spec))
     # A window of 1 step and a threshold every grad norm exceeds: unstable after the first step.
-    overrides = smoke_overrides + QUIET + [
-        "train.max_steps=6", "early_stopping.enabled=true", "early_stopping.mode=any",
-        "early_stopping.grad_norm_window=1", "early_stopping.grad_norm_threshold=1e-9"]
+    overrides = (
+        smoke_overrides
+        + QUIET
+        + [
+            "train.max_steps=6",
+            "early_stopping.enabled=true",
+            "early_stopping.mode=any",
+            "early_stopping.grad_norm_window=1",
+            "early_stopping.grad_norm_threshold=1e-9",
+        ]
+    )
     trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
     result = trainer.run(NullTracker())
     assert result.stopped_early and result.steps == 1
@@ -245,8 +289,17 @@ def test_a_healthy_critic_is_not_stopped_by_its_gradients(smoke_overrides, tmp_p
     """The critic's grad norm swings from step to step (1–5 on this data): that is not instability.
     The old plateau rule stopped such a critic after 20 steps; the plan's rule (≥ 70 % of the last 10
     norms above 50) lets it train to the end. Convergence is kept out of the way (huge patience)."""
-    overrides = smoke_overrides + QUIET + ["train.batch_size=1", "train.max_steps=30", "train.log_interval=1",
-                                           "early_stopping.patience=1000", "train.eval_interval=10"]
+    overrides = (
+        smoke_overrides
+        + QUIET
+        + [
+            "train.batch_size=1",
+            "train.max_steps=30",
+            "train.log_interval=1",
+            "early_stopping.patience=1000",
+            "train.eval_interval=10",
+        ]
+    )
     spec = stage_spec(overrides, stage="critic")
     assert spec.early_stopping.mode == "any" and spec.early_stopping.enabled
     tracker = RecordingTracker()
@@ -263,9 +316,19 @@ def test_a_healthy_critic_is_not_stopped_by_its_gradients(smoke_overrides, tmp_p
 def test_the_stop_is_logged_with_step_reason_best_and_counter(smoke_overrides, tmp_path, one_torch_thread):
     # min_delta larger than any improvement: every validation after the first (steps 2, 4, 6) is a bad
     # one; patience 2 → stop at step 6, best = the first validation's val/ce.
-    overrides = smoke_overrides + QUIET + ["train.max_steps=12", "train.batch_size=2", "train.log_interval=1", "train.eval_interval=2",
-                                           "early_stopping.enabled=true", "early_stopping.patience=2",
-                                           "early_stopping.min_delta=100"]
+    overrides = (
+        smoke_overrides
+        + QUIET
+        + [
+            "train.max_steps=12",
+            "train.batch_size=2",
+            "train.log_interval=1",
+            "train.eval_interval=2",
+            "early_stopping.enabled=true",
+            "early_stopping.patience=2",
+            "early_stopping.min_delta=100",
+        ]
+    )
     tracker = RecordingTracker()
     trainer = Trainer(stage_spec(overrides, stage="baseline"), tmp_path, DistContext(), {})
     result = trainer.run(tracker)

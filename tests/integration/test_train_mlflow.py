@@ -26,16 +26,28 @@ def train_command(overrides, run_dir):
 
 def overrides_for(smoke_overrides, uri, steps):
     kept = [o for o in smoke_overrides if not o.startswith("tracking.uri=")]
-    return kept + [f"tracking.uri={uri}", "tracking.experiment=wmtp-test", f"train.max_steps={steps}",
-                   "train.grad_accum_steps=1", "train.log_interval=1", "train.eval_interval=1000",
-                   "train.save_interval=1000", "data.sampling.n_samples=8", "train.num_epochs=100",
-                   "distributed.strategy=none"]
+    return kept + [
+        f"tracking.uri={uri}",
+        "tracking.experiment=wmtp-test",
+        f"train.max_steps={steps}",
+        "train.grad_accum_steps=1",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
+        "data.sampling.n_samples=8",
+        "train.num_epochs=100",
+        "distributed.strategy=none",
+    ]
 
 
 def test_params_metrics_and_artifacts_arrive(baseline_overrides, tmp_path):
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
-        result = subprocess.run(train_command(overrides_for(baseline_overrides, server.uri, 4), tmp_path / "run"),
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            train_command(overrides_for(baseline_overrides, server.uri, 4), tmp_path / "run"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         client = MlflowClient(server.uri)
         experiment_id = client.get_experiment_by_name("wmtp-test").experiment_id
@@ -89,9 +101,13 @@ def test_credentials_in_the_tracking_uri_connect_but_are_never_shown_or_stored(b
 def test_server_killed_mid_run_does_not_stop_training(baseline_overrides, tmp_path):
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
         run_dir = tmp_path / "run"
-        proc = subprocess.Popen(train_command(overrides_for(baseline_overrides, server.uri, 40), run_dir),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            train_command(overrides_for(baseline_overrides, server.uri, 40), run_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         metrics_file = run_dir / "baseline" / "metrics.jsonl"
         deadline = time.time() + 180
         while not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
@@ -112,8 +128,9 @@ def test_what_is_logged_during_an_outage_arrives_when_the_server_is_back(tmp_pat
     with moto_s3("mlflow-artifacts") as s3:
         server = start_mlflow_server(tmp_path, s3, "mlflow-artifacts", port)
         try:
-            tracker = MlflowTracker(server.uri, "wmtp-test", "outage", {"experiment": "baseline"},
-                                    retry_initial_s=0.2, retry_max_s=0.5)
+            tracker = MlflowTracker(
+                server.uri, "wmtp-test", "outage", {"experiment": "baseline"}, retry_initial_s=0.2, retry_max_s=0.5
+            )
             tracker.log_params({"train": {"max_steps": 12}})
             for step in (1, 2, 3):
                 tracker.log_metrics({"loss/total": 1.0 / step, "lr": 0.1}, step)
@@ -151,9 +168,12 @@ def test_a_job_is_one_parent_run_with_its_stages_nested_and_deployment_in_one_ar
     but one `deployment.yaml` per stage run, URL credentials redacted."""
     import yaml
 
-    deployment = ["targets.skypilot.mlflow_uri=http://user:s3cret@mlflow.example.org",
-                  "targets.vessl.code_repo=https://x-token:s3cret@github.com/org/repo.git",
-                  "targets.k8s.namespace=team-a", "env.region=eu-west"]
+    deployment = [
+        "targets.skypilot.mlflow_uri=http://user:s3cret@mlflow.example.org",
+        "targets.vessl.code_repo=https://x-token:s3cret@github.com/org/repo.git",
+        "targets.k8s.namespace=team-a",
+        "env.region=eu-west",
+    ]
     with moto_s3("mlflow-artifacts") as s3, mlflow_server(tmp_path, s3, "mlflow-artifacts") as server:
         overrides = overrides_for(smoke_overrides, server.uri, 2) + deployment
 
@@ -163,8 +183,9 @@ def test_a_job_is_one_parent_run_with_its_stages_nested_and_deployment_in_one_ar
                 command += ["--set", o]
             for stage in stages:
                 command += ["--stage", stage]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
             assert result.returncode == 0, result.stdout + result.stderr
             assert "s3cret" not in result.stdout + result.stderr
             return result.stdout
@@ -203,8 +224,9 @@ def test_a_job_is_one_parent_run_with_its_stages_nested_and_deployment_in_one_ar
         # The end-of-stage evaluation still logs into the stage's own run, not the job's.
         assert "eval/humaneval/pass_at_1" in stages["smoke-a/baseline"].data.metrics
 
-        text = Path(client.download_artifacts(stages["smoke-a/critic"].info.run_id, "deployment.yaml",
-                                              str(tmp_path))).read_text()
+        text = Path(
+            client.download_artifacts(stages["smoke-a/critic"].info.run_id, "deployment.yaml", str(tmp_path))
+        ).read_text()
         assert "s3cret" not in text
         shown = yaml.safe_load(text)
         assert set(shown) == {"targets", "env", "output"}
@@ -225,8 +247,16 @@ def test_a_job_started_while_the_server_is_down_nests_its_stages_once_it_is_back
     (run_dir / "baseline").mkdir(parents=True)
     with moto_s3("mlflow-artifacts") as s3:
         job = make_job_tracker(True, uri, "wmtp-test", run_dir, {"job": run_dir.name})
-        stage = make_tracker(True, uri, "wmtp-test", "smoke-down/baseline", {"stage": "baseline"}, 100,
-                             stage_dir=run_dir / "baseline", parent=job)
+        stage = make_tracker(
+            True,
+            uri,
+            "wmtp-test",
+            "smoke-down/baseline",
+            {"stage": "baseline"},
+            100,
+            stage_dir=run_dir / "baseline",
+            parent=job,
+        )
         for tracker in (job, stage):
             tracker.retry_initial_s = tracker.retry_delay = 0.2
             tracker.retry_max_s, tracker.retry_at = 0.5, 0.0

@@ -68,8 +68,12 @@ def token_counts(stage_dir):
 
 def test_sigterm_on_an_eval_step_then_resume_equals_an_uninterrupted_run(smoke_overrides, tmp_path):
     overrides = smoke_overrides + [
-        "train.max_steps=12", "train.save_interval=3", "train.eval_interval=4", "train.log_interval=1",
-        "train.grad_accum_steps=2", "train.batch_size=2",
+        "train.max_steps=12",
+        "train.save_interval=3",
+        "train.eval_interval=4",
+        "train.log_interval=1",
+        "train.grad_accum_steps=2",
+        "train.batch_size=2",
     ]
     # Only the verifiable stage is interrupted (at step 4, an eval step); critic runs first in both.
     straight = train_process(overrides, tmp_path / "straight")
@@ -108,17 +112,25 @@ def test_signal_to_wmtp_train_reaches_torchrun_workers_which_save(baseline_overr
     processes or without, or even SIGKILL of `wmtp train` itself → the workers save a step checkpoint."""
     run_dir = tmp_path / "run"
     overrides = baseline_overrides + [
-        "distributed.strategy=ddp", "distributed.nproc_per_node=2", "distributed.preemption_grace_s=120",
-        "train.batch_size=1", "train.grad_accum_steps=1", "train.num_epochs=100", "train.max_steps=1000",
-        "train.log_interval=1", "train.eval_interval=1000", "train.save_interval=1000",
+        "distributed.strategy=ddp",
+        "distributed.nproc_per_node=2",
+        "distributed.preemption_grace_s=120",
+        "train.batch_size=1",
+        "train.grad_accum_steps=1",
+        "train.num_epochs=100",
+        "train.max_steps=1000",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
         f"data.num_workers={num_workers}",
     ]
     command = [sys.executable, "-m", "wmtp_cli.main", "train", "baseline", "--run-dir", str(run_dir)]
     for o in overrides:
         command += ["--set", o]
     log = (tmp_path / "out.log").open("w+")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     metrics = run_dir / "baseline" / "metrics.jsonl"
     deadline = time.time() + 240
     while not metrics.exists():  # training has started: both workers are inside the loop
@@ -184,9 +196,16 @@ def baseline_process(overrides, run_dir, sigkill_at=None) -> subprocess.Popen:
 def one_stage_overrides(smoke_overrides) -> list[str]:
     """The baseline experiment alone, one process, 8 steps: a log every step, validations every 2, saves every 3."""
     return smoke_overrides + [
-        "distributed.strategy=none", "distributed.nproc_per_node=1", "train.max_steps=8", "train.batch_size=2",
-        "train.grad_accum_steps=1", "train.warmup_steps=0", "train.log_interval=1", "train.eval_interval=2",
-        "train.save_interval=3", "tracking.experiment=wmtp-resume",
+        "distributed.strategy=none",
+        "distributed.nproc_per_node=1",
+        "train.max_steps=8",
+        "train.batch_size=2",
+        "train.grad_accum_steps=1",
+        "train.warmup_steps=0",
+        "train.log_interval=1",
+        "train.eval_interval=2",
+        "train.save_interval=3",
+        "tracking.experiment=wmtp-resume",
     ]
 
 
@@ -217,8 +236,9 @@ def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(
     assert [e["step"] for e in entries] == sorted(e["step"] for e in entries)
 
     client = MlflowClient(next(o for o in baseline_overrides if o.startswith("tracking.uri=")).split("=", 1)[1])
-    [run] = client.search_runs([client.get_experiment_by_name("wmtp-resume").experiment_id],
-                               "tags.stage = 'baseline'")  # the stage's run (the job's run holds it)
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("wmtp-resume").experiment_id], "tags.stage = 'baseline'"
+    )  # the stage's run (the job's run holds it)
     assert run.info.run_id == (stage_dir / "mlflow_run_id").read_text().strip()
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "8"
     # The killed job's own run is reopened, not doubled: the resumed stage's run (the copy) nests under it.
@@ -238,5 +258,6 @@ def test_after_sigkill_and_resume_each_step_is_logged_once_and_the_spec_is_kept(
     assert refused.returncode == 2 and output.strip() == (
         f"error: stage baseline: run dir {run_dir} was started with another spec: data.max_length 256 → 128, "
         "train.lr 1e-05 → 3e-05; resume with the same spec, or start a new run dir (--run-dir NEW or leave "
-        "--run-dir out)"), output
+        "--run-dir out)"
+    ), output
     assert (stage_dir / "spec.yaml").read_text() == spec_yaml

@@ -18,8 +18,15 @@ from wmtp.train.checkpointing import TRAIN_STATE
 
 pytestmark = pytest.mark.slow
 
-SHORT = ["train.max_steps=2", "train.log_interval=1", "train.eval_interval=2", "train.save_interval=1000",
-         "data.sampling.n_samples=8", "train.batch_size=2", "train.grad_accum_steps=1"]
+SHORT = [
+    "train.max_steps=2",
+    "train.log_interval=1",
+    "train.eval_interval=2",
+    "train.save_interval=1000",
+    "data.sampling.n_samples=8",
+    "train.batch_size=2",
+    "train.grad_accum_steps=1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -54,7 +61,8 @@ def test_verifiable_alone_needs_the_critic_then_runs_on_its_value_head(smoke_ove
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stdout == "" and refused.stderr.strip().splitlines() == [
         f"error: stage verifiable needs the final checkpoint of stage critic in {run_dir / 'critic'} "
-        "(run --stage critic first) or td.value_head"]
+        "(run --stage critic first) or td.value_head"
+    ]
     assert not run_dir.exists()
 
     critic = wmtp_train(run_dir, overrides, "critic")

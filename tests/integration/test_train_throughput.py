@@ -25,13 +25,19 @@ def torchrun(script: str, args: list[str], nproc: int, out, timeout: int = 600) 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "script.py"
     path.write_text(script)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(path), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(path),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REPORT": str(out / "report")}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [json.loads(line) for rank in range(nproc)
-            for line in (out / f"report.{rank}").read_text().splitlines()]
+    return [json.loads(line) for rank in range(nproc) for line in (out / f"report.{rank}").read_text().splitlines()]
 
 
 REPORT = textwrap.dedent(
@@ -135,8 +141,9 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_fp32_shards_grads_and_
         if run["mixed"]:
             # Inside forward every part computes on bf16 parameters and gives bf16 activations, the
             # all-gathers move bf16 and the gradients are reduce-scattered in fp32.
-            assert run["inside"] == {part: ["out " + bf16, bf16] for part in
-                                     ("trunk block", "head block", "embedding", "output")}, run
+            assert run["inside"] == {
+                part: ["out " + bf16, bf16] for part in ("trunk block", "head block", "embedding", "output")
+            }, run
             assert run["collectives"] == {"all": [bf16], "reduce": [fp32]}, run
         else:
             assert all(dtypes == ["out " + fp32, fp32] for dtypes in run["inside"].values()), run
@@ -189,23 +196,41 @@ def test_the_trainer_uses_fsdp2_mixed_precision_for_auto_under_fsdp_and_saves_fp
     AC: its no-grad pass of the policy before the trained one is what broke selective AC's replay under
     autocast's weight-cast cache (the loop turns the cache off with selective AC)."""
     common = smoke_overrides + [
-        "train.max_steps=2", "train.batch_size=1", "train.grad_accum_steps=1", "train.log_interval=1",
-        "train.eval_interval=1000", "train.save_interval=1000", "eval=null", "data.valid=null",
-        "distributed.nproc_per_node=2", "distributed.activation_checkpointing=selective", "model.dtype=auto",
+        "train.max_steps=2",
+        "train.batch_size=1",
+        "train.grad_accum_steps=1",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
+        "eval=null",
+        "data.valid=null",
+        "distributed.nproc_per_node=2",
+        "distributed.activation_checkpointing=selective",
+        "model.dtype=auto",
     ]
     args = ["smoke", "--stage", "rho1", "--run-dir"]
     runs = {}
-    for name, extra in (("mixed", ["distributed.strategy=fsdp"]), ("autocast", ["distributed.strategy=ddp"]),
-                        ("fp32", ["distributed.strategy=fsdp", "model.dtype=float32"])):
+    for name, extra in (
+        ("mixed", ["distributed.strategy=fsdp"]),
+        ("autocast", ["distributed.strategy=ddp"]),
+        ("fp32", ["distributed.strategy=fsdp", "model.dtype=float32"]),
+    ):
         overrides = [item for o in common + extra for item in ("--set", o)]
-        runs[name] = torchrun(TRAIN_AS_ON_CUDA_SCRIPT, [*args, str(tmp_path / name), *overrides], 2,
-                              tmp_path / f"{name}-script")
+        runs[name] = torchrun(
+            TRAIN_AS_ON_CUDA_SCRIPT, [*args, str(tmp_path / name), *overrides], 2, tmp_path / f"{name}-script"
+        )
     assert {json.dumps(r, sort_keys=True) for r in runs["mixed"]} == {
-        '{"fsdp_param_dtype": "torch.bfloat16"}', '{"autocast": null, "reference": "torch.bfloat16"}'}
+        '{"fsdp_param_dtype": "torch.bfloat16"}',
+        '{"autocast": null, "reference": "torch.bfloat16"}',
+    }
     assert {json.dumps(r, sort_keys=True) for r in runs["autocast"]} == {
-        '{"fsdp_param_dtype": "None"}', '{"autocast": "torch.bfloat16", "reference": "torch.float32"}'}
+        '{"fsdp_param_dtype": "None"}',
+        '{"autocast": "torch.bfloat16", "reference": "torch.float32"}',
+    }
     assert {json.dumps(r, sort_keys=True) for r in runs["fp32"]} == {
-        '{"fsdp_param_dtype": "None"}', '{"autocast": null, "reference": "torch.float32"}'}
+        '{"fsdp_param_dtype": "None"}',
+        '{"autocast": null, "reference": "torch.float32"}',
+    }
     losses = {}
     for name in runs:
         final = tmp_path / name / "rho1" / "checkpoints" / "final"
@@ -242,12 +267,20 @@ def test_compiled_blocks_train_like_eager(smoke_overrides, tmp_path, one_torch_t
     # max_length 64 truncates every sample: one sequence length, so one compilation (a second length
     # would recompile once with a dynamic sequence dimension, which costs minutes on two CPU cores).
     common = smoke_overrides + [
-        "train.max_steps=3", "train.batch_size=2", "train.log_interval=1", "train.eval_interval=1000",
-        "train.save_interval=1000", "eval=null", "data.valid=null", "data.max_length=64",
+        "train.max_steps=3",
+        "train.batch_size=2",
+        "train.log_interval=1",
+        "train.eval_interval=1000",
+        "train.save_interval=1000",
+        "eval=null",
+        "data.valid=null",
+        "data.max_length=64",
     ]
     logged, graphs = {}, {}
-    for name, extra in (("eager", []), ("compiled", ["train.compile=true",
-                                                     "distributed.activation_checkpointing=selective"])):
+    for name, extra in (
+        ("eager", []),
+        ("compiled", ["train.compile=true", "distributed.activation_checkpointing=selective"]),
+    ):
         experiment = select_stages(load_experiment("smoke", common + extra), ["baseline"])
         counters.clear()
         run_experiment(experiment, tmp_path / name, DistContext())

@@ -14,8 +14,20 @@ import pytest
 from wmtp_cli.platform.jobs import prepare_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "storage", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", "tests", "bench", "runs", "mlruns")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "storage",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    "tests",
+    "bench",
+    "runs",
+    "mlruns",
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +39,22 @@ def unpacked_wheel(tmp_path_factory) -> Path:
     source = work / "src"
     shutil.copytree(REPO_ROOT, source, ignore=NOT_SOURCES)
     isolation = ["--no-build-isolation"] if can_build_here() else []  # else pip fetches setuptools from PyPI
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet",
-                    "-w", str(work / "dist"), str(source)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            *isolation,
+            "--quiet",
+            "-w",
+            str(work / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=120,
+    )
     (wheel,) = (work / "dist").glob("weighted_mtp-*.whl")
     unpacked = work / "site"
     with zipfile.ZipFile(wheel) as archive:
@@ -54,8 +80,16 @@ def run_from_wheel(unpacked: Path, cwd: Path, *args: str) -> subprocess.Complete
 
 def test_wheel_ships_every_asset_folder(unpacked_wheel):
     assets = unpacked_wheel / "wmtp_assets"
-    for path in ("jobs/defaults.yaml", "jobs/smoke.yaml", "jobs/stages/baseline.yaml", "jobs/presets/local-light.yaml",
-                 "vessl/run.yaml.j2", "k8s/pytorchjob.yaml.j2", "docker/compose.yaml.j2", "docker/Dockerfile"):
+    for path in (
+        "jobs/defaults.yaml",
+        "jobs/smoke.yaml",
+        "jobs/stages/baseline.yaml",
+        "jobs/presets/local-light.yaml",
+        "vessl/run.yaml.j2",
+        "k8s/pytorchjob.yaml.j2",
+        "docker/compose.yaml.j2",
+        "docker/Dockerfile",
+    ):
         assert (assets / path).is_file(), path
     shipped = sorted(p.relative_to(assets / "jobs").as_posix() for p in (assets / "jobs").rglob("*.yaml"))
     in_checkout = sorted(p.relative_to(REPO_ROOT / "jobs").as_posix() for p in (REPO_ROOT / "jobs").rglob("*.yaml"))
@@ -72,10 +106,12 @@ def test_wheel_installs_only_wmtp_prefixed_import_names(unpacked_wheel):
 
 def test_wheel_has_every_registered_target_and_its_template(unpacked_wheel, tmp_path):
     """The registry finds its plugin modules, and their templates, inside the installed wheel too."""
-    script = ("from wmtp.assets import asset_dir; from wmtp_cli.platform.registry import targets\n"
-              "for t in targets().values():\n"
-              "    folder, _, file = (t.template or '/').partition('/')\n"
-              "    print(t.name, t.template and (asset_dir(folder) / file).is_file())")
+    script = (
+        "from wmtp.assets import asset_dir; from wmtp_cli.platform.registry import targets\n"
+        "for t in targets().values():\n"
+        "    folder, _, file = (t.template or '/').partition('/')\n"
+        "    print(t.name, t.template and (asset_dir(folder) / file).is_file())"
+    )
     result = run_from_wheel(unpacked_wheel, tmp_path, "-c", script)
     assert result.returncode == 0, result.stderr
     from wmtp_cli.platform.registry import targets
@@ -85,8 +121,10 @@ def test_wheel_has_every_registered_target_and_its_template(unpacked_wheel, tmp_
 
 
 def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path):
-    script = ("import wmtp, wmtp_cli.platform; from wmtp.assets import asset_dir; "
-              "print(wmtp.__file__); [print(asset_dir(n)) for n in ('jobs', 'vessl', 'k8s', 'docker')]")
+    script = (
+        "import wmtp, wmtp_cli.platform; from wmtp.assets import asset_dir; "
+        "print(wmtp.__file__); [print(asset_dir(n)) for n in ('jobs', 'vessl', 'k8s', 'docker')]"
+    )
     result = run_from_wheel(unpacked_wheel, tmp_path, "-c", script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -97,16 +135,39 @@ def test_asset_dir_resolves_inside_the_installed_wheel(unpacked_wheel, tmp_path)
 @pytest.mark.parametrize("target", ["k8s", "vessl"])
 def test_wheel_renders_the_same_manifest_as_the_checkout(unpacked_wheel, tmp_path, target):
     out = tmp_path / "x.yaml"
-    result = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "render", "smoke", "--target", target,
-                            "-o", str(out), "--name", "wmtp-wheel")
+    result = run_from_wheel(
+        unpacked_wheel,
+        tmp_path,
+        "-m",
+        "wmtp_cli.main",
+        "render",
+        "smoke",
+        "--target",
+        target,
+        "-o",
+        str(out),
+        "--name",
+        "wmtp-wheel",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wrote {out} ({target} job wmtp-wheel)\n"
     assert out.read_text() == prepare_job("smoke", target, name="wmtp-wheel").manifest
 
 
 def test_wheel_validates_compose_and_resolves_experiments(unpacked_wheel, tmp_path):
-    compose = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp_cli.main", "submit", "smoke", "--target",
-                             "local-docker", "--dry-run", "--name", "wmtp-wheel")
+    compose = run_from_wheel(
+        unpacked_wheel,
+        tmp_path,
+        "-m",
+        "wmtp_cli.main",
+        "submit",
+        "smoke",
+        "--target",
+        "local-docker",
+        "--dry-run",
+        "--name",
+        "wmtp-wheel",
+    )
     assert compose.returncode == 0, compose.stderr
     assert f'"{tmp_path}/storage"' in compose.stdout  # the bind mount is relative to the cwd, not the checkout
     trainer = run_from_wheel(unpacked_wheel, tmp_path, "-m", "wmtp.train", "smoke", "--dry-run")

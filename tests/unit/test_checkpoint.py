@@ -118,8 +118,10 @@ def test_corrupt_safetensors_names_the_file(standard_copy):
     with pytest.raises(CheckpointError, match="metadata.json records"):
         verify_model_dir(standard_copy)
     (standard_copy / "metadata.json").unlink()  # nothing to check against: the reader itself must object
-    with pytest.warns(UserWarning, match="no metadata.json"), \
-            pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be read"):
+    with (
+        pytest.warns(UserWarning, match="no metadata.json"),
+        pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be read"),
+    ):
         load_model(standard_copy)
 
 

@@ -64,8 +64,13 @@ def test_smoke_workflow_bootstraps_then_submits_the_smoke_experiment():
 
 def test_smoke_credentials_come_from_secrets_and_are_never_printed():
     text = (WORKFLOWS / "smoke.yml").read_text()
-    for name in ("KUBECONFIG_B64", "VESSL_ACCESS_TOKEN", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD"):
+    for name in (
+        "KUBECONFIG_B64",
+        "VESSL_ACCESS_TOKEN",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):
         assert f"${{{{ secrets.{name} }}}}" in text, name
     for run in run_lines(load("smoke.yml")):
         for line in run.splitlines():

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.unit.test_data_sampling import bin_of, make_index
 from wmtp.data.sampling import SamplingSpec, draw_indices
 from wmtp.distributed import DistContext
-from wmtp.train.sections import TrainSection
 from wmtp.train.data_loading import build_train_sampler
-
-from tests.unit.test_data_sampling import bin_of, make_index
+from wmtp.train.sections import TrainSection
 
 WINDOWS = {(0.0, 0.3): (0.7, 0.3, 0.0), (0.3, 0.7): (0.3, 0.6, 0.1), (0.7, 1.0): (0.1, 0.5, 0.4)}  # default schedule
 SPEC = SamplingSpec(strategy="curriculum", n_samples=1000)
@@ -28,8 +27,10 @@ def stage_steps(index, train: TrainSection, world_size: int, epochs=None, seed: 
     """The rows of every optimizer step of the stage, as the loop takes them from every rank's sampler:
     per epoch `micro_batches_per_epoch` micro-batches of `batch_size` per rank, `grad_accum_steps` a step."""
     rows = draw_indices(index, SPEC, seed=seed)
-    ranks = [build_train_sampler(index, rows, SPEC, train, DistContext(rank=r, world_size=world_size))
-             for r in range(world_size)]
+    ranks = [
+        build_train_sampler(index, rows, SPEC, train, DistContext(rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
     total, micro = ranks[0].total_steps, ranks[0].micro_batches_per_epoch
     assert {(r.total_steps, r.micro_batches_per_epoch) for r in ranks} == {(total, micro)}
     per_step = train.batch_size * train.grad_accum_steps  # per rank
@@ -117,8 +118,9 @@ def test_the_order_is_deterministic_and_resumes_mid_stage(index):
 def test_other_strategies_keep_the_per_epoch_shuffle(index):
     spec = SamplingSpec(strategy="balanced", n_samples=1000)
     rows = draw_indices(index, spec, seed=0)
-    sampler = build_train_sampler(index, rows, spec, TrainSection(num_epochs=3, batch_size=4),
-                                  DistContext(rank=1, world_size=2)).sampler
+    sampler = build_train_sampler(
+        index, rows, spec, TrainSection(num_epochs=3, batch_size=4), DistContext(rank=1, world_size=2)
+    ).sampler
     assert sampler.order is None and sampler.shuffle
     sampler.set_epoch(2)
     expected = np.random.default_rng([42, 2]).permutation(1000)[1::2]

@@ -20,14 +20,25 @@ def tokenizer(micro_models):
 
 
 def record(instruction: str, output: str, input_text: str = "", correct: bool = True, task_id: str = "t") -> dict:
-    return {"instruction": instruction, "input": input_text, "output": output, "task_id": task_id,
-            "is_correct": correct, "metadata": {"source": "unit", "difficulty": 1, "has_tests": False}}
+    return {
+        "instruction": instruction,
+        "input": input_text,
+        "output": output,
+        "task_id": task_id,
+        "is_correct": correct,
+        "metadata": {"source": "unit", "difficulty": 1, "has_tests": False},
+    }
 
 
 RECORDS = [
     record("Add two numbers.", "def add(a, b):\n    return a + b\n", task_id="a"),
-    record("Reverse a list.", "def rev(xs):\n    return xs[::-1]\n", input_text="rev([1, 2]) == [2, 1]",
-           correct=False, task_id="b"),
+    record(
+        "Reverse a list.",
+        "def rev(xs):\n    return xs[::-1]\n",
+        input_text="rev([1, 2]) == [2, 1]",
+        correct=False,
+        task_id="b",
+    ),
     record("Return one.", "    return 1\n", task_id="c"),
 ]
 
@@ -89,7 +100,7 @@ def test_padding_is_right_side_pad_id_and_never_labelled(tokenizer):
 
 
 def test_template_has_the_alpaca_sections():
-    assert format_prompt("Do X.") .endswith("### Instruction:\nDo X.\n\n" + RESPONSE_MARKER)
+    assert format_prompt("Do X.").endswith("### Instruction:\nDo X.\n\n" + RESPONSE_MARKER)
     with_input = format_prompt("Do X.", "x = 1")
     assert "### Input:\nx = 1\n\n" in with_input and "paired with an input" in with_input
 
@@ -102,8 +113,8 @@ def test_long_prompt_is_cut_from_the_left_keeping_bos_and_the_whole_response(tok
     batch = MTPCollator(tokenizer, n_future_tokens=2, max_length=max_length)([rec])
     ids = batch["input_ids"][0].tolist()
     assert len(ids) == max_length and ids[0] == tokenizer.bos_id
-    assert ids[-len(response):] == response  # eos included
-    assert ids[1 : max_length - len(response)] == prompt[len(prompt) - (max_length - len(response) - 1):]
+    assert ids[-len(response) :] == response  # eos included
+    assert ids[1 : max_length - len(response)] == prompt[len(prompt) - (max_length - len(response) - 1) :]
 
 
 def test_long_response_keeps_at_least_half_the_budget():
@@ -127,7 +138,7 @@ def kept_prompt_length(n_prompt: int, n_response: int, max_length: int) -> int:
 
 def expected_ids(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], int]:
     kept = kept_prompt_length(len(prompt), len(response), max_length)
-    kept_prompt = prompt if kept == len(prompt) else prompt[:1] + prompt[len(prompt) - (kept - 1):]
+    kept_prompt = prompt if kept == len(prompt) else prompt[:1] + prompt[len(prompt) - (kept - 1) :]
     return kept_prompt + response[: max_length - kept], kept
 
 
@@ -141,7 +152,9 @@ def test_truncated_batch_still_labels_only_response(tokenizer):
     assert labelled.any()
     for b, t, k in torch.nonzero(labelled).tolist():
         assert batch["response_mask"][b, t + k + 1]
-    ids, kept = expected_ids(encode_prompt(tokenizer, recs[0]), encode_response(tokenizer, recs[0]["output"]), max_length)
+    ids, kept = expected_ids(
+        encode_prompt(tokenizer, recs[0]), encode_response(tokenizer, recs[0]["output"]), max_length
+    )
     assert kept == max_length // 2 and batch["input_ids"][0].tolist() == ids
     assert not batch["response_mask"][0, :kept].any() and batch["response_mask"][0, kept:].all()
     for k in range(n_heads):  # head k+1's first label is at t = kept - k - 1, and it is the first response token

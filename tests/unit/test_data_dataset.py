@@ -36,8 +36,10 @@ def test_a_plain_map_style_class_that_needs_no_torch(indexed):
     from torch.utils.data import Dataset
 
     assert not isinstance(JsonlSamples(indexed, np.arange(3)), Dataset)
-    code = f"import sys; from wmtp.data.dataset import JsonlSamples; JsonlSamples({str(indexed)!r}, [0])[0]; " \
-           "print('torch' in sys.modules)"
+    code = (
+        f"import sys; from wmtp.data.dataset import JsonlSamples; JsonlSamples({str(indexed)!r}, [0])[0]; "
+        "print('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
@@ -48,11 +50,14 @@ def test_dataloader_workers_each_read_their_own_handle(indexed):
     assert task_ids == [alpaca(i, correct=i % 2 == 0)["task_id"] for i in rows]
 
 
-@pytest.mark.parametrize("rows,message", [
-    ([0, 40], "row 40 is out of range; the file has 40 rows"),
-    ([-1, 3], "row -1 is out of range; the file has 40 rows"),
-    ([[0, 1], [2, 3]], "rows must be a 1-D array of row numbers, got shape (2, 2)"),
-])
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([0, 40], "row 40 is out of range; the file has 40 rows"),
+        ([-1, 3], "row -1 is out of range; the file has 40 rows"),
+        ([[0, 1], [2, 3]], "rows must be a 1-D array of row numbers, got shape (2, 2)"),
+    ],
+)
 def test_bad_rows_are_rejected(indexed, rows, message):
     with pytest.raises(DataError) as error:
         JsonlSamples(indexed, np.array(rows))
@@ -67,8 +72,9 @@ def test_file_cut_short_after_indexing_names_file_and_line(indexed):
     assert dataset[0]["task_id"] == alpaca(0)["task_id"]
     with pytest.raises(DataError) as error:
         dataset[1]
-    assert str(error.value) == (f"{indexed}:40: line is cut short (file truncated after indexing?); "
-                                f"run `wmtp data index {indexed}`")
+    assert str(error.value) == (
+        f"{indexed}:40: line is cut short (file truncated after indexing?); run `wmtp data index {indexed}`"
+    )
 
 
 def test_line_broken_after_indexing_names_file_and_line(indexed):

@@ -15,10 +15,14 @@ from wmtp.data.schema import DataError
 
 
 def alpaca(i: int, correct: bool = True, difficulty: int = 1, output: str | None = None) -> dict:
-    return {"instruction": f"Write function number {i}.", "input": "" if i % 3 else f"example {i}",
-            "output": output if output is not None else f"def f{i}(x):\n    return x + {i}\n",
-            "task_id": f"task{i}_{'correct' if correct else 'incorrect'}_0", "is_correct": correct,
-            "metadata": {"source": "unit", "difficulty": difficulty, "has_tests": bool(i % 2)}}
+    return {
+        "instruction": f"Write function number {i}.",
+        "input": "" if i % 3 else f"example {i}",
+        "output": output if output is not None else f"def f{i}(x):\n    return x + {i}\n",
+        "task_id": f"task{i}_{'correct' if correct else 'incorrect'}_0",
+        "is_correct": correct,
+        "metadata": {"source": "unit", "difficulty": difficulty, "has_tests": bool(i % 2)},
+    }
 
 
 def write_jsonl(path: Path, records: list, raw_lines: dict[int, str] | None = None) -> Path:
@@ -142,8 +146,10 @@ BAD_LINES = [
     (without("is_correct"), re.escape("missing key 'is_correct' (expected true or false)")),
     (json.dumps({**alpaca(3), "is_correct": "yes"}), re.escape("'is_correct' must be true or false, got string")),
     (without("metadata"), re.escape("missing key 'metadata' (expected an object {source, difficulty, has_tests})")),
-    (json.dumps({**alpaca(3), "metadata": "unit"}),
-     re.escape("'metadata' must be an object {source, difficulty, has_tests}, got string")),
+    (
+        json.dumps({**alpaca(3), "metadata": "unit"}),
+        re.escape("'metadata' must be an object {source, difficulty, has_tests}, got string"),
+    ),
     (with_metadata(source=...), re.escape("missing key 'metadata.source' (expected a string)")),
     (with_metadata(source=3), re.escape("'metadata.source' must be a string, got integer")),
     (with_metadata(difficulty=...), re.escape("missing key 'metadata.difficulty' (expected an integer 0..127)")),
@@ -153,9 +159,26 @@ BAD_LINES = [
     (with_metadata(has_tests=...), re.escape("missing key 'metadata.has_tests' (expected true or false)")),
     (with_metadata(has_tests=1), re.escape("'metadata.has_tests' must be true or false, got integer")),
 ]
-BAD_LINE_IDS = ["json", "empty", "utf8", "array", "no-output", "task_id-int", "no-is_correct", "is_correct-str",
-                "no-metadata", "metadata-str", "no-source", "source-int", "no-difficulty", "difficulty-str",
-                "difficulty-bool", "difficulty-300", "no-has_tests", "has_tests-int"]
+BAD_LINE_IDS = [
+    "json",
+    "empty",
+    "utf8",
+    "array",
+    "no-output",
+    "task_id-int",
+    "no-is_correct",
+    "is_correct-str",
+    "no-metadata",
+    "metadata-str",
+    "no-source",
+    "source-int",
+    "no-difficulty",
+    "difficulty-str",
+    "difficulty-bool",
+    "difficulty-300",
+    "no-has_tests",
+    "has_tests-int",
+]
 
 
 @pytest.mark.parametrize("line,message", BAD_LINES, ids=BAD_LINE_IDS)
@@ -197,8 +220,9 @@ def test_index_row_count_must_match_its_metadata(mixed_file):
     metadata_path(mixed_file).write_text(json.dumps({**meta, "n_samples": 49}))
     with pytest.raises(DataError) as error:
         DatasetIndex.load(mixed_file)
-    assert str(error.value) == (f"{index_path(mixed_file)}: 50 rows but the metadata says 49; "
-                                f"run `wmtp data index {mixed_file}`")
+    assert str(error.value) == (
+        f"{index_path(mixed_file)}: 50 rows but the metadata says 49; run `wmtp data index {mixed_file}`"
+    )
 
 
 def write_metadata_text(path, text: str) -> None:
@@ -210,21 +234,30 @@ def edit_metadata(path, **changes) -> None:
     metadata_path(path).write_text(json.dumps({**meta, **changes}))
 
 
-BROKEN_INDEXES = [  # (how to break t.jsonl's index, the whole message: {index} and {meta} are the files, {hint} the fix)
+# (how to break t.jsonl's index, the whole message: {index} and {meta} are the files, {hint} the fix)
+BROKEN_INDEXES = [
     (lambda p: write_metadata_text(p, "{"), r"{meta}: not valid JSON \(.+\); {hint}"),
     (lambda p: write_metadata_text(p, "[1]"), r"{meta}: expected a JSON object, got array; {hint}"),
-    (lambda p: edit_metadata(p, index_format="wmtp-index-v0"),
-     r"{meta}: index_format is 'wmtp-index-v0'; expected 'wmtp-index-v1'; {hint}"),
-    (lambda p: np.save(index_path(p), np.zeros(5)),
-     r"{index}: unexpected index layout float64 \(5,\) \(expected a 1-D array of 16-byte wmtp-index-v1 records\); {hint}"),
+    (
+        lambda p: edit_metadata(p, index_format="wmtp-index-v0"),
+        r"{meta}: index_format is 'wmtp-index-v0'; expected 'wmtp-index-v1'; {hint}",
+    ),
+    (
+        lambda p: np.save(index_path(p), np.zeros(5)),
+        r"{index}: unexpected index layout float64 \(5,\) "
+        r"\(expected a 1-D array of 16-byte wmtp-index-v1 records\); {hint}",
+    ),
     (lambda p: index_path(p).write_bytes(b"not numpy"), r"{index}: unreadable index \(.+\); {hint}"),
 ]
 BROKEN_INDEX_IDS = ["metadata-json", "metadata-array", "index_format", "layout", "unreadable"]
 
 
 def broken_index_message(path, pattern: str) -> str:
-    return pattern.format(index=re.escape(str(index_path(path))), meta=re.escape(str(metadata_path(path))),
-                          hint=re.escape(f"run `wmtp data index {path}`"))
+    return pattern.format(
+        index=re.escape(str(index_path(path))),
+        meta=re.escape(str(metadata_path(path))),
+        hint=re.escape(f"run `wmtp data index {path}`"),
+    )
 
 
 @pytest.mark.parametrize("breaks,pattern", BROKEN_INDEXES, ids=BROKEN_INDEX_IDS)

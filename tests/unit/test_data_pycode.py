@@ -19,9 +19,21 @@ from typer.testing import CliRunner
 
 from wmtp.data.index import DatasetIndex
 from wmtp.data.prepare import processed_path
-from wmtp.data.pycode import (DIFFICULTY_EDGES, DROP_NO_DOCSTRING, DROP_NO_PARSE, DROP_NOT_UTF8, DROP_ONE_LINE,
-                              DROP_TRIVIAL, SPLITS, default_src, file_records, iter_defs, length_difficulty,
-                              prepare_pycode, split_of)
+from wmtp.data.pycode import (
+    DIFFICULTY_EDGES,
+    DROP_NO_DOCSTRING,
+    DROP_NO_PARSE,
+    DROP_NOT_UTF8,
+    DROP_ONE_LINE,
+    DROP_TRIVIAL,
+    SPLITS,
+    default_src,
+    file_records,
+    iter_defs,
+    length_difficulty,
+    prepare_pycode,
+    split_of,
+)
 from wmtp.data.schema import DataError, parse_line
 from wmtp.data.validate import validate_dir
 from wmtp_cli.main import app
@@ -119,8 +131,10 @@ def tree(tmp_path) -> Path:
 
 
 def read_records(out: Path) -> dict[str, list[dict]]:
-    return {split: [json.loads(line) for line in processed_path(out, split).read_text(encoding="utf-8").splitlines()]
-            for split in SPLITS}
+    return {
+        split: [json.loads(line) for line in processed_path(out, split).read_text(encoding="utf-8").splitlines()]
+        for split in SPLITS
+    }
 
 
 def by_task(out: Path) -> dict[str, dict]:
@@ -172,26 +186,33 @@ def test_records_are_functions_and_methods_with_qualified_task_ids(tree):
 
 
 def test_prompt_plus_output_is_the_definition(tree):
-    records = {r["task_id"].split("::")[1]: r for r in file_records(tree / "pkg/shapes.py", "pkg/shapes.py")
-               if isinstance(r, dict)}
+    records = {
+        r["task_id"].split("::")[1]: r
+        for r in file_records(tree / "pkg/shapes.py", "pkg/shapes.py")
+        if isinstance(r, dict)
+    }
     area, fib, fetch, label = records["area"], records["fib"], records["fetch"], records["Shape.label"]
     assert area["instruction"] == 'def area(w, h):\n    """Area of a w x h rectangle."""\n'
     assert area["output"] == "    return w * h\n"
     assert fib["instruction"] == ("@functools.lru_cache(maxsize=None)\n# the cache makes it linear\ndef fib(n):\n")
     assert fib["metadata"]["has_docstring"] is False and fib["metadata"]["line"] == 10
-    assert fetch["instruction"] == ('async def fetch(url,\n                timeout=10):  # a signature over two lines\n'
-                                    '    """Fetch `url`."""\n')
+    assert fetch["instruction"] == (
+        'async def fetch(url,\n                timeout=10):  # a signature over two lines\n    """Fetch `url`."""\n'
+    )
     # A method moves left by 4, its docstring with it; the other string's continuation lines stay as they are.
     assert label["instruction"] == '@property\ndef label(self):\n    """The label,\n    shown to users.\n    """\n'
-    assert label["output"] == ('    text = """keep\n        this indentation\nexactly"""\n'
-                               '    return self.name + text\n')
+    assert label["output"] == (
+        '    text = """keep\n        this indentation\nexactly"""\n    return self.name + text\n'
+    )
     method = records["Shape.Inner.method"]
     assert method["instruction"] == 'def method(self, d={"a": 1,\n' + " " * 20 + '"b": 2}):\n'  # 28 - 8 spaces
     nodes = defs_of(tree / "pkg/shapes.py", "pkg/shapes.py")
     for task_id, record in ((r["task_id"], r) for r in records.values()):
         assert_reconstructs(record, nodes[task_id])
-    assert ast.literal_eval(label["output"].split("=", 1)[1].split("\n    return")[0].strip()) == \
-        "keep\n        this indentation\nexactly"  # the string's value is unchanged
+    assert (
+        ast.literal_eval(label["output"].split("=", 1)[1].split("\n    return")[0].strip())
+        == "keep\n        this indentation\nexactly"
+    )  # the string's value is unchanged
 
 
 def test_difficulty_is_fixed_by_body_length():
@@ -229,8 +250,11 @@ def test_prepare_writes_indexed_splits_by_file_and_counts_drops(tree, tmp_path):
     assert drops[DROP_NO_PARSE] == report.splits[split_of("broken.py")].dropped[DROP_NO_PARSE]
     meta = json.loads((out / "processed" / "train_metadata.json").read_text())["preparation"]
     assert meta["source"] == "pycode" and meta["pycode"]["files"] == 5
-    assert meta["pycode"]["skipped_files"] == {"in a test folder (test/, tests/, idle_test/)": 2,
-                                               "named test_*.py": 1, "in site-packages/ or dist-packages/": 1}
+    assert meta["pycode"]["skipped_files"] == {
+        "in a test folder (test/, tests/, idle_test/)": 2,
+        "named test_*.py": 1,
+        "in site-packages/ or dist-packages/": 1,
+    }
     assert all(check.ok for check in validate_dir(out))
     assert any("skipped" in note for note in report.notes)
 

@@ -102,11 +102,14 @@ def test_bad_state_is_one_clear_error(state, message):
         sampler.load_state_dict(state)
 
 
-@pytest.mark.parametrize("n_items,rank,world_size,message", [
-    (10, 2, 2, "sampler: rank 2 of world_size 2; expected world_size ≥ 1 and 0 ≤ rank < world_size"),
-    (10, 0, 0, "sampler: rank 0 of world_size 0; expected world_size ≥ 1 and 0 ≤ rank < world_size"),
-    (-1, 0, 1, "sampler: n_items is -1; expected ≥ 0"),
-])
+@pytest.mark.parametrize(
+    "n_items,rank,world_size,message",
+    [
+        (10, 2, 2, "sampler: rank 2 of world_size 2; expected world_size ≥ 1 and 0 ≤ rank < world_size"),
+        (10, 0, 0, "sampler: rank 0 of world_size 0; expected world_size ≥ 1 and 0 ≤ rank < world_size"),
+        (-1, 0, 1, "sampler: n_items is -1; expected ≥ 0"),
+    ],
+)
 def test_bad_arguments_are_rejected(n_items, rank, world_size, message):
     with pytest.raises(DataError) as error:
         ShardedSampler(n_items, rank, world_size, seed=0)

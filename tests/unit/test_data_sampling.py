@@ -31,8 +31,9 @@ def index() -> DatasetIndex:
 
 
 def bin_of(difficulty: np.ndarray) -> np.ndarray:
-    names = np.array(["unknown", "low", "low", "low", "medium", "medium", "medium", "medium",
-                      "high", "high", "high", "high"])
+    names = np.array(
+        ["unknown", "low", "low", "low", "medium", "medium", "medium", "medium", "high", "high", "high", "high"]
+    )
     return names[difficulty]
 
 
@@ -98,10 +99,14 @@ def test_curriculum_windows_follow_the_default_schedule(index):
 
 
 def test_curriculum_unknown_bin_is_configurable(index):
-    spec = SamplingSpec(strategy="curriculum", n_samples=400, curriculum_schedule=[
-        {"until": 0.5, "weights": {"unknown": 1.0}},
-        {"until": 1.0, "weights": {"low": 1, "high": 1}},
-    ])
+    spec = SamplingSpec(
+        strategy="curriculum",
+        n_samples=400,
+        curriculum_schedule=[
+            {"until": 0.5, "weights": {"unknown": 1.0}},
+            {"until": 1.0, "weights": {"low": 1, "high": 1}},
+        ],
+    )
     bins = bin_of(index.difficulty[draw_indices(index, spec, seed=0)])
     assert (bins[:200] == "unknown").all()
     assert (bins[200:] == "low").sum() == 100 == (bins[200:] == "high").sum()
@@ -124,11 +129,20 @@ def test_apportion_and_bounds():
 
 
 def test_spec_accepts_yaml_shaped_values():
-    spec = SamplingSpec.model_validate({"strategy": "curriculum", "curriculum_bins": {"easy": [1, 5], "hard": [6, 20]},
-                                        "curriculum_schedule": [{"until": 1.0, "weights": {"easy": 1, "hard": 1}}]})
+    spec = SamplingSpec.model_validate(
+        {
+            "strategy": "curriculum",
+            "curriculum_bins": {"easy": [1, 5], "hard": [6, 20]},
+            "curriculum_schedule": [{"until": 1.0, "weights": {"easy": 1, "hard": 1}}],
+        }
+    )
     assert spec.curriculum_bins["hard"] == (6, 20)
     assert SamplingSpec(strategy="curriculum").curriculum_bins == {
-        "unknown": (0, 0), "low": (1, 3), "medium": (4, 7), "high": (8, 11)}
+        "unknown": (0, 0),
+        "low": (1, 3),
+        "medium": (4, 7),
+        "high": (8, 11),
+    }
 
 
 BAD_SPECS = [
@@ -136,20 +150,42 @@ BAD_SPECS = [
     ({"strategy": "balanced", "ratio": 0.5}, "ratio", "Extra inputs are not permitted"),
     ({"strategy": "balanced", "correct_ratio": 1.5}, "correct_ratio", "less than or equal to 1"),
     ({"strategy": "balanced", "n_samples": 0}, "n_samples", "greater than or equal to 1"),
-    ({"strategy": "curriculum", "curriculum_bins": {"a": [1, 5], "b": [5, 9]},
-      "curriculum_schedule": [{"until": 1.0, "weights": {"a": 1}}]}, "curriculum_bins", "'a' and 'b' overlap"),
+    (
+        {
+            "strategy": "curriculum",
+            "curriculum_bins": {"a": [1, 5], "b": [5, 9]},
+            "curriculum_schedule": [{"until": 1.0, "weights": {"a": 1}}],
+        },
+        "curriculum_bins",
+        "'a' and 'b' overlap",
+    ),
     ({"strategy": "curriculum", "curriculum_bins": {"a": [5, 1]}}, "curriculum_bins", r"expected \[low, high\]"),
-    ({"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"hard": 1}}]},
-     "", r"unknown bin\(s\) \['hard'\]; expected names from curriculum_bins"),
-    ({"strategy": "curriculum", "curriculum_schedule": [{"until": 0.5, "weights": {"low": 1}}]},
-     "", "expected strictly increasing, the last 1.0"),
-    ({"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"low": -1, "high": 2}}]},
-     "weights", r"negative; expected shares ≥ 0"),
-    ({"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"low": 0}}]},
-     "weights", "sum to 0"),
-    ({"strategy": "curriculum", "curriculum_bins": {}}, "curriculum_bins", r"expected at least one bin, e\.g\. \{low: \[1, 3\]\}"),
-    ({"strategy": "curriculum", "curriculum_bins": {"a": [1, 200]}}, "curriculum_bins",
-     r"bin 'a' is \[1, 200\]; expected \[low, high\] with 0 ≤ low ≤ high ≤ 127"),
+    (
+        {"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"hard": 1}}]},
+        "",
+        r"unknown bin\(s\) \['hard'\]; expected names from curriculum_bins",
+    ),
+    (
+        {"strategy": "curriculum", "curriculum_schedule": [{"until": 0.5, "weights": {"low": 1}}]},
+        "",
+        "expected strictly increasing, the last 1.0",
+    ),
+    (
+        {"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"low": -1, "high": 2}}]},
+        "weights",
+        r"negative; expected shares ≥ 0",
+    ),
+    ({"strategy": "curriculum", "curriculum_schedule": [{"until": 1.0, "weights": {"low": 0}}]}, "weights", "sum to 0"),
+    (
+        {"strategy": "curriculum", "curriculum_bins": {}},
+        "curriculum_bins",
+        r"expected at least one bin, e\.g\. \{low: \[1, 3\]\}",
+    ),
+    (
+        {"strategy": "curriculum", "curriculum_bins": {"a": [1, 200]}},
+        "curriculum_bins",
+        r"bin 'a' is \[1, 200\]; expected \[low, high\] with 0 ≤ low ≤ high ≤ 127",
+    ),
     ({"strategy": "curriculum", "curriculum_schedule": []}, "", r"curriculum_schedule: expected at least one window"),
 ]
 

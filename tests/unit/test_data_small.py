@@ -21,8 +21,14 @@ BINS = {"low": (1, 3), "medium": (4, 7), "high": (8, 11)}  # the default curricu
 
 
 def row(i: int, correct: bool, difficulty: int) -> dict:
-    return {"instruction": f"task {i}", "input": "", "output": f"return {i}", "task_id": f"t{i}_{correct}",
-            "is_correct": correct, "metadata": {"source": "synthetic", "difficulty": difficulty, "has_tests": True}}
+    return {
+        "instruction": f"task {i}",
+        "input": "",
+        "output": f"return {i}",
+        "task_id": f"t{i}_{correct}",
+        "is_correct": correct,
+        "metadata": {"source": "synthetic", "difficulty": difficulty, "has_tests": True},
+    }
 
 
 def write_split(path: Path, rows: list[dict]) -> Path:
@@ -65,8 +71,10 @@ def test_half_correct_and_each_half_over_the_curriculum_bins_in_their_shares(tmp
 def test_every_strategy_uses_the_small_split_whole(tmp_path):
     write_split(tmp_path / "train.jsonl", mixed_rows(600))
     small = write_small_split(tmp_path / "train.jsonl", 100)
+
     def drawn(strategy):
         return len(draw_indices(small, SamplingSpec(strategy=strategy), seed=3))
+
     assert drawn("balanced") == 100  # the critic: exactly half correct
     assert drawn("curriculum") == 100  # verifiable: every bin demand fits
     assert drawn("correct_only") == 50  # baseline, rho1
@@ -94,6 +102,7 @@ def test_the_file_holds_the_full_splits_lines_byte_for_byte_and_is_indexed(tmp_p
     (tmp_path / "train.jsonl").write_bytes(full.read_bytes().rstrip(b"\n"))  # a last line without newline
     build_index(full)
     small = write_small_split(full, 100, seed=2)
+    assert small.jsonl_path == small_path(full)
     lines = full.read_bytes().split(b"\n")
     expected = [lines[i].rstrip(b"\n") + b"\n" for i in draw_small(DatasetIndex.load(full), 100, seed=2)]
     assert small_path(full).read_bytes() == b"".join(expected)
@@ -114,8 +123,10 @@ def test_cli_writes_both_and_says_what(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["data", "small", str(tmp_path)])  # a prepare --out folder: its processed/
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].startswith(f"wrote {tmp_path}/processed/train_small.jsonl: 100 of train.jsonl's rows "
-                               "(50 correct, 50 incorrect; difficulties ")
+    assert lines[0].startswith(
+        f"wrote {tmp_path}/processed/train_small.jsonl: 100 of train.jsonl's rows "
+        "(50 correct, 50 incorrect; difficulties "
+    )
     assert lines[1].startswith(f"wrote {tmp_path}/processed/valid_small.jsonl: 32 of valid.jsonl's rows")
     bad = CliRunner().invoke(app, ["data", "small", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "no train.jsonl" in bad.output

@@ -46,16 +46,19 @@ def test_an_explicit_device_the_machine_lacks_is_one_clear_error(machine):
         resolve_device("cuda")
 
 
-@pytest.mark.parametrize("dtype, device, weights, autocast, scaling", [
-    ("auto", "cuda", torch.float32, torch.bfloat16, False),
-    ("auto", "mps", torch.float32, None, False),  # no bf16 autocast on MPS
-    ("auto", "cpu", torch.float32, None, False),
-    ("float32", "mps", torch.float32, None, False),
-    ("float16", "mps", torch.float32, torch.float16, True),  # fp32 master weights, fp16 math, loss scaling
-    ("float16", "cuda", torch.float32, torch.float16, True),
-    ("bfloat16", "cuda", torch.bfloat16, None, False),
-    ("bfloat16", "cpu", torch.bfloat16, None, False),
-])
+@pytest.mark.parametrize(
+    "dtype, device, weights, autocast, scaling",
+    [
+        ("auto", "cuda", torch.float32, torch.bfloat16, False),
+        ("auto", "mps", torch.float32, None, False),  # no bf16 autocast on MPS
+        ("auto", "cpu", torch.float32, None, False),
+        ("float32", "mps", torch.float32, None, False),
+        ("float16", "mps", torch.float32, torch.float16, True),  # fp32 master weights, fp16 math, loss scaling
+        ("float16", "cuda", torch.float32, torch.float16, True),
+        ("bfloat16", "cuda", torch.bfloat16, None, False),
+        ("bfloat16", "cpu", torch.bfloat16, None, False),
+    ],
+)
 def test_precision_per_dtype_and_device(dtype, device, weights, autocast, scaling):
     assert precision(dtype, device) == wd.Precision(weights, autocast, scaling)
 
@@ -117,8 +120,18 @@ def test_the_mps_fallback_variable_is_set_on_macos_only_and_never_overrides():
 
 def tiny_model() -> Transformer:
     torch.manual_seed(0)
-    model = Transformer(ModelArgs(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16,
-                                  n_future_tokens=3, max_seq_len=64))
+    model = Transformer(
+        ModelArgs(
+            dim=64,
+            n_layers=5,
+            n_heads=4,
+            n_kv_heads=2,
+            vocab_size=97,
+            multiple_of=16,
+            n_future_tokens=3,
+            max_seq_len=64,
+        )
+    )
     model.init_weights(0)
     return model.eval()
 
@@ -178,14 +191,23 @@ def test_train_device_is_a_checked_spec_key():
         load_experiment("smoke", ["train.device=gpu"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.device=mps", "distributed.strategy=ddp", "distributed.nproc_per_node=2"],
-     r"from --set distributed\.nproc_per_node=2: train\.device: mps runs one process; .*\(got mps\)"),
-    (["train.device=mps", "model.dtype=bfloat16"],
-     r"model\.dtype: bfloat16 is not supported on mps \(train\.device\); .*\(got bfloat16\)"),
-    (["model.dtype=float16", "distributed.strategy=fsdp", "distributed.nproc_per_node=2"],
-     r"model\.dtype: float16 \(loss scaling\) does not run under distributed\.strategy fsdp.*\(got float16\)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["train.device=mps", "distributed.strategy=ddp", "distributed.nproc_per_node=2"],
+            r"from --set distributed\.nproc_per_node=2: train\.device: mps runs one process; .*\(got mps\)",
+        ),
+        (
+            ["train.device=mps", "model.dtype=bfloat16"],
+            r"model\.dtype: bfloat16 is not supported on mps \(train\.device\); .*\(got bfloat16\)",
+        ),
+        (
+            ["model.dtype=float16", "distributed.strategy=fsdp", "distributed.nproc_per_node=2"],
+            r"model\.dtype: float16 \(loss scaling\) does not run under distributed\.strategy fsdp.*\(got float16\)",
+        ),
+    ],
+)
 def test_what_an_explicit_device_cannot_run_is_refused_when_the_spec_loads(overrides, message):
     with pytest.raises(SpecError, match=message):
         load_experiment("smoke", overrides)

@@ -52,8 +52,12 @@ def test_base_is_the_python_the_constraints_are_tested_with(dockerfile):
     match = re.fullmatch(r"python:(3\.\d+)-slim-[a-z]+", base)
     assert match, base
     ci = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "test.yml").read_text())
-    versions = {str(step["with"]["python-version"]) for job in ci["jobs"].values() for step in job["steps"]
-                if "setup-python" in step.get("uses", "")}
+    versions = {
+        str(step["with"]["python-version"])
+        for job in ci["jobs"].values()
+        for step in job["steps"]
+        if "setup-python" in step.get("uses", "")
+    }
     assert versions == {match.group(1)}
     assert last(dockerfile, "FROM") == "${BASE_IMAGE}"
 
@@ -63,7 +67,8 @@ def test_runs_as_a_non_root_user_created_in_the_image(dockerfile):
     assert user not in ("root", "0") and not user.startswith(("root:", "0:"))
     assert any(key == "RUN" and re.search(rf"useradd [^&]*\b{user}\b", args) for key, args in dockerfile)
     assert [key for key, _ in dockerfile].index("USER") > max(
-        i for i, (key, args) in enumerate(dockerfile) if key == "RUN" and "pip install" in args)
+        i for i, (key, args) in enumerate(dockerfile) if key == "RUN" and "pip install" in args
+    )
 
 
 def test_entry_point_is_torchrun_in_the_templates_workdir(dockerfile):
@@ -115,19 +120,25 @@ def arg_default(name: str) -> str:
 def dependency_layer(tmp_path) -> tuple[Path, list[list[str]]]:
     """Run the dependency RUN step here with its build args' defaults, pip replaced by a recorder:
     (the folder with its generated files, the argv of every pip install it made)."""
-    step = next(args for key, args in instructions(DOCKERFILE.read_text())
-                if key == "RUN" and "constraints-image.txt" in args)
+    step = next(
+        args for key, args in instructions(DOCKERFILE.read_text()) if key == "RUN" and "constraints-image.txt" in args
+    )
     for name in ("pyproject.toml", "constraints.txt"):
         (tmp_path / name).write_text((REPO_ROOT / name).read_text())
     log = tmp_path / "pip-argv.jsonl"
     recorder = tmp_path / "pip-recorder"
-    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
     recorder.chmod(0o755)
     script = step.replace("cd /tmp/wmtp-deps", f"cd {tmp_path}").replace("python -m pip install", str(recorder))
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "EXTRAS": arg_default("EXTRAS"),
-           "TORCH_CUDA": arg_default("TORCH_CUDA")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "EXTRAS": arg_default("EXTRAS"),
+        "TORCH_CUDA": arg_default("TORCH_CUDA"),
+    }
     subprocess.run(["bash", "-c", script], check=True, env=env, cwd=tmp_path)
     return tmp_path, [json.loads(line) for line in log.read_text().splitlines()]
 
@@ -144,8 +155,16 @@ def test_image_torch_is_the_pinned_version_as_a_cuda_build(dependency_layer):
 def test_every_package_the_image_installs_comes_through_the_constraints(dependency_layer):
     folder, installs = dependency_layer
     cuda = arg_default("TORCH_CUDA")
-    assert installs == [["--extra-index-url", f"https://download.pytorch.org/whl/{cuda}",
-                         "-r", "requirements.txt", "-c", "constraints-image.txt"]]
+    assert installs == [
+        [
+            "--extra-index-url",
+            f"https://download.pytorch.org/whl/{cuda}",
+            "-r",
+            "requirements.txt",
+            "-c",
+            "constraints-image.txt",
+        ]
+    ]
     requirements = (folder / "requirements.txt").read_text().split()
     assert "torch>=2.4" in requirements and "boto3>=1.34" in requirements and "transformers>=4.40" in requirements
     image, pins = pinned(folder / "constraints-image.txt"), pinned(REPO_ROOT / "constraints.txt")
@@ -157,8 +176,9 @@ def test_the_image_build_fails_unless_it_runs_the_pinned_cuda_torch(dependency_l
     """The build's own check, run here: this machine's torch is the pinned version's CPU build, so the
     check must fail against both the image's pins and constraints.txt's (no CUDA)."""
     folder, _ = dependency_layer
-    step = next(args for key, args in instructions(DOCKERFILE.read_text())
-                if key == "RUN" and "import sys, torch" in args)
+    step = next(
+        args for key, args in instructions(DOCKERFILE.read_text()) if key == "RUN" and "import sys, torch" in args
+    )
     check = re.search(r'(python -c "import sys, torch;.*?")\s+(\S+constraints-image\.txt)', step)
     assert check, step
     for constraints in (folder / "constraints-image.txt", REPO_ROOT / "constraints.txt"):
@@ -193,8 +213,15 @@ def test_image_build_sends_the_checkout_and_docker_dockerfile(monkeypatch):
     monkeypatch.setattr(image, "docker_client", lambda: client)
     result = runner.invoke(app, ["image", "build", "--context", str(REPO_ROOT), "--tag", "registry.test/wmtp:1"])
     assert result.exit_code == 0, result.output
-    assert client.calls == [{"path": str(REPO_ROOT), "dockerfile": "docker/Dockerfile",
-                             "tag": "registry.test/wmtp:1", "rm": True, "decode": True}]
+    assert client.calls == [
+        {
+            "path": str(REPO_ROOT),
+            "dockerfile": "docker/Dockerfile",
+            "tag": "registry.test/wmtp:1",
+            "rm": True,
+            "decode": True,
+        }
+    ]
     assert result.output.splitlines()[-1] == "built registry.test/wmtp:1"
 
 
@@ -204,7 +231,8 @@ def test_dockerfile_outside_the_context_is_one_line(tmp_path):
     result = runner.invoke(app, ["image", "build", "--file", str(outside), "--context", str(REPO_ROOT)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: {outside}: the Dockerfile must be inside the build context {REPO_ROOT}"]
+        f"error: {outside}: the Dockerfile must be inside the build context {REPO_ROOT}"
+    ]
 
 
 def test_image_build_without_an_engine_is_one_line(tmp_path, monkeypatch):
@@ -215,12 +243,15 @@ def test_image_build_without_an_engine_is_one_line(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith(f"error: no Docker engine reachable at unix://{tmp_path}/none.sock")
 
 
-@pytest.mark.parametrize("image_ref, repository, tag", [
-    ("localhost:5000/wmtp/trainer:v1", "localhost:5000/wmtp/trainer", "v1"),  # a registry port is not a tag
-    ("localhost:5000/wmtp/trainer", "localhost:5000/wmtp/trainer", "latest"),
-    ("ghcr.io/lab/wmtp:2024.1", "ghcr.io/lab/wmtp", "2024.1"),
-    ("wmtp", "wmtp", "latest"),
-])
+@pytest.mark.parametrize(
+    "image_ref, repository, tag",
+    [
+        ("localhost:5000/wmtp/trainer:v1", "localhost:5000/wmtp/trainer", "v1"),  # a registry port is not a tag
+        ("localhost:5000/wmtp/trainer", "localhost:5000/wmtp/trainer", "latest"),
+        ("ghcr.io/lab/wmtp:2024.1", "ghcr.io/lab/wmtp", "2024.1"),
+        ("wmtp", "wmtp", "latest"),
+    ],
+)
 def test_split_tag(image_ref, repository, tag):
     assert image.split_tag(image_ref) == (repository, tag)
 
@@ -243,14 +274,23 @@ class StubDockerSDK:
 
 
 def test_image_push_sends_repository_and_tag_and_prints_progress(monkeypatch):
-    sdk = StubDockerSDK([{"status": "The push refers to repository [localhost:5000/wmtp/trainer]"},
-                         {"status": "Pushed", "id": "abc"}, {"status": "v1: digest: sha256:00 size: 1"}])
+    sdk = StubDockerSDK(
+        [
+            {"status": "The push refers to repository [localhost:5000/wmtp/trainer]"},
+            {"status": "Pushed", "id": "abc"},
+            {"status": "v1: digest: sha256:00 size: 1"},
+        ]
+    )
     monkeypatch.setitem(sys.modules, "docker", sdk)
     result = runner.invoke(app, ["image", "push", "--tag", "localhost:5000/wmtp/trainer:v1"])
     assert result.exit_code == 0, result.output
     assert sdk.pushes == [("localhost:5000/wmtp/trainer", {"tag": "v1", "stream": True, "decode": True})]
-    assert result.output.splitlines() == ["The push refers to repository [localhost:5000/wmtp/trainer]", "Pushed",
-                                          "v1: digest: sha256:00 size: 1", "pushed localhost:5000/wmtp/trainer:v1"]
+    assert result.output.splitlines() == [
+        "The push refers to repository [localhost:5000/wmtp/trainer]",
+        "Pushed",
+        "v1: digest: sha256:00 size: 1",
+        "pushed localhost:5000/wmtp/trainer:v1",
+    ]
 
 
 def test_image_push_of_the_default_image_and_a_refusal(monkeypatch):
@@ -258,8 +298,10 @@ def test_image_push_of_the_default_image_and_a_refusal(monkeypatch):
     monkeypatch.setitem(sys.modules, "docker", sdk)
     result = runner.invoke(app, ["image", "push"])
     default = image.default_image()
-    assert sdk.pushes == [(*image.split_tag(default)[:1], {"tag": image.split_tag(default)[1], "stream": True,
-                                                           "decode": True})]
+    assert sdk.pushes == [
+        (*image.split_tag(default)[:1], {"tag": image.split_tag(default)[1], "stream": True, "decode": True})
+    ]
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == (f"error: pushing {default} failed: "
-                                              "denied: requested access to the resource is denied")
+    assert result.output.splitlines()[-1] == (
+        f"error: pushing {default} failed: denied: requested access to the resource is denied"
+    )

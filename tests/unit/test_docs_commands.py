@@ -152,14 +152,23 @@ def all_command_lines() -> list[CommandLine]:
 def test_the_docs_hold_command_lines_to_check():
     lines = all_command_lines()
     assert len(lines) > 100
-    assert {line.where.split(":")[0] for line in lines} >= {"README.md", "docs/training.md", "docs/platform.md",
-                                                          "docs/evaluation.md", "docs/storage.md", "docs/data.md"}
+    assert {line.where.split(":")[0] for line in lines} >= {
+        "README.md",
+        "docs/training.md",
+        "docs/platform.md",
+        "docs/evaluation.md",
+        "docs/storage.md",
+        "docs/data.md",
+    }
 
 
 def test_every_wmtp_command_line_in_the_docs_is_a_real_command_with_real_options():
     root = root_command()
-    wrong = [f"{line.where}: {problem}    [{line.text}]" for line in all_command_lines()
-             for problem in problems_of(line.text, root)]
+    wrong = [
+        f"{line.where}: {problem}    [{line.text}]"
+        for line in all_command_lines()
+        for problem in problems_of(line.text, root)
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -190,8 +199,10 @@ def test_readme_stays_short_and_starts_with_the_two_set_up_commands():
     text = (REPO_ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    assert [line.split("#")[0].strip() for line in block.splitlines()] == ["bash scripts/smoke.sh",
-                                                                          "bash scripts/test.sh"]
+    assert [line.split("#")[0].strip() for line in block.splitlines()] == [
+        "bash scripts/smoke.sh",
+        "bash scripts/test.sh",
+    ]
 
 
 def test_checkpoint_and_metric_names_in_the_docs_are_the_codes():
@@ -218,43 +229,51 @@ def test_checkpoint_and_metric_names_in_the_docs_are_the_codes():
 # ---------------------------------------------------------------- the checker itself
 
 
-@pytest.mark.parametrize("command, problem", [
-    ("wmtp train smoke --frobnicate", "train: no option --frobnicate"),
-    ("wmtp modle verify storage/models_v2/micro-mtp", "wmtp: no command 'modle'"),
-    ("wmtp model frobnicate x", "wmtp model: no command 'frobnicate'"),
-    ("wmtp data prepare smoke --max-token 3", "wmtp data prepare smoke: no option --max-token"),
-    ("wmtp eval score s.jsonl --n 4", "wmtp eval score: no option --n"),
-    ("wmtp image build --dry-run", "wmtp image build: no option --dry-run"),
-    ("wmtp logs NAME --target T [--tail 200] [--follw]", "wmtp logs: no option --follw"),
-])
+@pytest.mark.parametrize(
+    "command, problem",
+    [
+        ("wmtp train smoke --frobnicate", "train: no option --frobnicate"),
+        ("wmtp modle verify storage/models_v2/micro-mtp", "wmtp: no command 'modle'"),
+        ("wmtp model frobnicate x", "wmtp model: no command 'frobnicate'"),
+        ("wmtp data prepare smoke --max-token 3", "wmtp data prepare smoke: no option --max-token"),
+        ("wmtp eval score s.jsonl --n 4", "wmtp eval score: no option --n"),
+        ("wmtp image build --dry-run", "wmtp image build: no option --dry-run"),
+        ("wmtp logs NAME --target T [--tail 200] [--follw]", "wmtp logs: no option --follw"),
+    ],
+)
 def test_the_checker_refuses_a_made_up_command_or_option(command, problem):
     assert any(problem in found for found in problems_of(command)), problems_of(command)
 
 
-@pytest.mark.parametrize("command", [
-    "wmtp train smoke --set train.lr=-1e-3 --dry-run",
-    "wmtp eval run <run>/<stage> --n 10 --k 1,10 -b humaneval",
-    "wmtp logs NAME --target T [--tail 200] [--follow]",
-    "wmtp data …",
-    "wmtp sync-storage --dest s3://b/wmtp --progress/--no-progress",
-    ".venv/bin/wmtp train verifiable --micro",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "wmtp train smoke --set train.lr=-1e-3 --dry-run",
+        "wmtp eval run <run>/<stage> --n 10 --k 1,10 -b humaneval",
+        "wmtp logs NAME --target T [--tail 200] [--follow]",
+        "wmtp data …",
+        "wmtp sync-storage --dest s3://b/wmtp --progress/--no-progress",
+        ".venv/bin/wmtp train verifiable --micro",
+    ],
+)
 def test_the_checker_accepts_real_commands_and_placeholders(command):
     assert problems_of(command) == []
 
 
 def test_command_lines_are_found_in_blocks_spans_and_continuations():
-    text = "\n".join([
-        "Run `wmtp train smoke --dry-run` or `wmtp …`; `--stage critic` alone is no command line.",
-        "```bash",
-        "wmtp eval run MODEL --benchmark humaneval \\",
-        "    --n 10 --k 1,10   # a comment --not-an-option",
-        "$ bash scripts/smoke.sh && wmtp compare RUN --out out",
-        "follow it: wmtp status 1 --target vessl ; wmtp logs 1 --target vessl",
-        "building it (wmtp model micro --out storage/models_v2)",
-        "torchrun -m wmtp.train smoke   # not the CLI",
-        "```",
-    ])
+    text = "\n".join(
+        [
+            "Run `wmtp train smoke --dry-run` or `wmtp …`; `--stage critic` alone is no command line.",
+            "```bash",
+            "wmtp eval run MODEL --benchmark humaneval \\",
+            "    --n 10 --k 1,10   # a comment --not-an-option",
+            "$ bash scripts/smoke.sh && wmtp compare RUN --out out",
+            "follow it: wmtp status 1 --target vessl ; wmtp logs 1 --target vessl",
+            "building it (wmtp model micro --out storage/models_v2)",
+            "torchrun -m wmtp.train smoke   # not the CLI",
+            "```",
+        ]
+    )
     found = [words(line.text) for line in command_lines(text)]
     assert found == [
         ["wmtp", "eval", "run", "MODEL", "--benchmark", "humaneval", "--n", "10", "--k", "1,10"],

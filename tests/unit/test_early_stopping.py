@@ -5,16 +5,27 @@ from __future__ import annotations
 import pytest
 
 from wmtp.distributed import DistContext
-from wmtp.train.sections import EarlyStoppingSection
 from wmtp.train.early_stopping import EarlyStopping
+from wmtp.train.sections import EarlyStoppingSection
 
 CRITIC_SIGNALS = ("loss", "grad_norm", "pred_var")
 CPU = "cpu"
 
 
 def critic_stopper(**cfg) -> EarlyStopping:
-    settings = dict(enabled=True, patience=2, mode="any", grad_norm_window=10, grad_norm_threshold=50.0,
-                    grad_norm_threshold_ratio=0.7, pred_var_min=0.1, pred_var_max=5.0) | cfg
+    settings = (
+        dict(
+            enabled=True,
+            patience=2,
+            mode="any",
+            grad_norm_window=10,
+            grad_norm_threshold=50.0,
+            grad_norm_threshold_ratio=0.7,
+            pred_var_min=0.1,
+            pred_var_max=5.0,
+        )
+        | cfg
+    )
     return EarlyStopping(EarlyStoppingSection(**settings), CRITIC_SIGNALS, monitor="val/loss")
 
 
@@ -89,8 +100,9 @@ def test_mode_any_stops_on_whichever_signal_fires_first_and_loss_only_on_converg
 
 
 def test_objectives_without_health_signals_ignore_the_critics_settings():
-    stopper = EarlyStopping(EarlyStoppingSection(enabled=True, mode="all", patience=1, pred_var_min=0.1),
-                            ("loss",), monitor="val/ce")
+    stopper = EarlyStopping(
+        EarlyStoppingSection(enabled=True, mode="all", patience=1, pred_var_min=0.1), ("loss",), monitor="val/ce"
+    )
     stopper.observe_validation({"val/ce": 2.0, "val/value/pred_var": 0.0})
     stopper.observe_validation({"val/ce": 2.0})
     assert stopper.should_stop(DistContext(), CPU) and stopper.state.stopped_reason == "loss converged"
@@ -118,9 +130,16 @@ def test_state_round_trips_and_an_older_checkpoints_state_loads():
 
 def test_outcome_reports_counter_best_and_unstable_fraction():
     stopper = critic_stopper()
-    assert stopper.outcome() == {"early_stopping/bad_validations": 0.0, "early_stopping/stopped": 0.0,
-                                 "early_stopping/unstable_fraction": 0.0}
+    assert stopper.outcome() == {
+        "early_stopping/bad_validations": 0.0,
+        "early_stopping/stopped": 0.0,
+        "early_stopping/unstable_fraction": 0.0,
+    }
     stopper.observe_validation({"val/loss": 0.7})
     steps(stopper, [60.0] * 5 + [1.0] * 5)
-    assert stopper.outcome() == {"early_stopping/bad_validations": 0.0, "early_stopping/stopped": 0.0,
-                                 "early_stopping/best": 0.7, "early_stopping/unstable_fraction": 0.5}
+    assert stopper.outcome() == {
+        "early_stopping/bad_validations": 0.0,
+        "early_stopping/stopped": 0.0,
+        "early_stopping/best": 0.7,
+        "early_stopping/unstable_fraction": 0.5,
+    }

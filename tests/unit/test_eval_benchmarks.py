@@ -6,15 +6,16 @@ import json
 
 import pytest
 
-from wmtp.eval.benchmarks import MBPP_FEW_SHOT, load_benchmark, load_humaneval, load_mbpp, mbpp_prompt
 from wmtp.errors import EvalError
+from wmtp.eval.benchmarks import MBPP_FEW_SHOT, load_benchmark, load_humaneval, load_mbpp, mbpp_prompt
 from wmtp.eval.scoring import read_samples, score_samples
 
 MBPP_ROWS = [
     {
         "task_id": 11,
         "text": "Write a python function to remove first and last occurrence of a given character from the string.",
-        "code": "def remove_Occ(s,ch):\n    s = s.replace(ch, '', 1)\n    i = s.rfind(ch)\n    return s[:i] + s[i+1:] if i >= 0 else s",
+        "code": "def remove_Occ(s,ch):\n    s = s.replace(ch, '', 1)\n    i = s.rfind(ch)\n"
+        "    return s[:i] + s[i+1:] if i >= 0 else s",
         "test_list": ['assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"'],
         "test_setup_code": "",
         "challenge_test_list": [],
@@ -68,7 +69,9 @@ def test_mbpp_from_jsonl_and_parquet_agree(mbpp_jsonl, tmp_path):
 def test_mbpp_prompt_is_three_shot_begin_done():
     prompt = mbpp_prompt(MBPP_ROWS[0]["text"], MBPP_ROWS[0]["test_list"])
     assert prompt.count("[BEGIN]") == 4 and prompt.count("[DONE]") == 3
-    assert prompt.startswith("You are an expert Python programmer, and here is your task: Write a function to find the similar")
+    assert prompt.startswith(
+        "You are an expert Python programmer, and here is your task: Write a function to find the similar"
+    )
     assert prompt.endswith('assert remove_Occ("abcda","a") == "bcd"\n[BEGIN]\n')
 
 

@@ -9,15 +9,15 @@ import copy
 import pytest
 import torch
 
-from wmtp.eval.decoding import CachedMTP
 from wmtp.errors import EvalError
+from wmtp.eval.decoding import CachedMTP
 from wmtp.eval.generation import GenerationConfig, generate
 from wmtp.model import IGNORE_INDEX, load_model, load_tokenizer, mtp_loss_memory_efficient
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = [
-    "def add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n",
+    'def add(a, b):\n    """Return the sum of a and b."""\n',
     "import math\n\n\ndef is_prime(n):\n",
     "x",
     "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n",
@@ -101,7 +101,7 @@ def test_cached_steps_of_rows_at_different_positions_equal_the_models_forward(mi
     second = cached.step(extra[kept, seqlen:], [lengths[i] + seqlen for i in kept], n_heads=4).full()
     with torch.no_grad():
         for i, row in enumerate(ids):
-            reference = model(torch.cat([torch.tensor(row), extra[i]])[None])[0, len(row):]
+            reference = model(torch.cat([torch.tensor(row), extra[i]])[None])[0, len(row) :]
             torch.testing.assert_close(first[i], reference[:seqlen], atol=2e-5, rtol=1e-4)
             if i in kept:
                 torch.testing.assert_close(second[kept.index(i)], reference[seqlen:], atol=2e-5, rtol=1e-4)
@@ -129,8 +129,12 @@ def test_step_projects_to_the_vocabulary_only_the_logits_it_is_asked_for(micro_m
         cached.cache.output = output
     assert step.shape == full.shape == (batch, n_heads, n_heads, model.output.out_features)
     torch.testing.assert_close(prefill.full()[rows, last], at_last, atol=1e-5, rtol=1e-5)
-    for got, expected in ((head1, full[:, :, 0]), (drafts, full[rows, accepted, 1:]), (step[..., :5], full[..., :5]),
-                          (step[:, 1, 2, 7], full[:, 1, 2, 7])):
+    for got, expected in (
+        (head1, full[:, :, 0]),
+        (drafts, full[rows, accepted, 1:]),
+        (step[..., :5], full[..., :5]),
+        (step[:, 1, 2, 7], full[:, 1, 2, 7]),
+    ):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -150,7 +154,9 @@ def test_self_speculative_output_equals_greedy(model64, disagreeing_model, token
     model = model64 if which == "micro-mtp" else disagreeing_model
     config = GenerationConfig(max_new_tokens=40, batch_size=2)
     greedy, greedy_stats = generate(model, tokenizer, PROMPTS, config)
-    speculative, stats = generate(model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=40, batch_size=2, speculative=True))
+    speculative, stats = generate(
+        model, tokenizer, PROMPTS, GenerationConfig(max_new_tokens=40, batch_size=2, speculative=True)
+    )
     assert [c.text for c in speculative] == [c.text for c in greedy]
     assert [c.n_tokens for c in speculative] == [c.n_tokens for c in greedy]
     assert stats.drafted > 0 and 0 <= stats.acceptance_rate <= 1
@@ -171,7 +177,8 @@ def test_self_speculative_with_stop_sequences_equals_greedy(model64, disagreeing
     speculative, _ = generate(model, tokenizer, PROMPTS, GenerationConfig(**config, speculative=True))
     assert any(c.finish_reason == "stop" for c in greedy)
     assert [(c.text, c.n_tokens, c.finish_reason) for c in speculative] == [
-        (c.text, c.n_tokens, c.finish_reason) for c in greedy]
+        (c.text, c.n_tokens, c.finish_reason) for c in greedy
+    ]
 
 
 def test_committing_several_tokens_at_once_stops_where_one_at_a_time_does(tokenizer):
@@ -182,8 +189,14 @@ def test_committing_several_tokens_at_once_stops_where_one_at_a_time_does(tokeni
     text = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n# done\n"
     ids = tokenizer.encode(text)
     prompt = tokenizer.encode("import os\n", bos=True)
-    cases = [((), 100), (("\nclass",), 100), (("+ 1", "\n#"), 100), (("pass",), 100), (("\nclass",), 5),
-             (("nowhere",), len(ids) + 5)]
+    cases = [
+        ((), 100),
+        (("\nclass",), 100),
+        (("+ 1", "\n#"), 100),
+        (("pass",), 100),
+        (("\nclass",), 5),
+        (("nowhere",), len(ids) + 5),
+    ]
     for stop, max_new in cases:
         for tail in ([], [tokenizer.eos_id, 5, 6]):
             tokens = ids[:7] + tail + ids[7:] if tail else ids
@@ -261,8 +274,9 @@ def test_speculative_sampling_with_one_token_nuclei_is_greedy(model64, disagreei
 
 def test_speculative_sampling_is_seeded_and_reports_acceptance(model64, tokenizer):
     def sample(seed):
-        config = GenerationConfig(max_new_tokens=20, temperature=0.8, top_p=0.95, seed=seed, batch_size=3,
-                                  speculative=True)
+        config = GenerationConfig(
+            max_new_tokens=20, temperature=0.8, top_p=0.95, seed=seed, batch_size=3, speculative=True
+        )
         completions, stats = generate(model64, tokenizer, PROMPTS, config)
         return [c.text for c in completions], stats
 

@@ -51,14 +51,38 @@ def test_summary_has_interval_exact_match_and_their_metrics():
     problems = {str(i): Problem(str(i), "p", "", "", reference=f"return {i}\n") for i in range(4)}
     bench = Benchmark("humaneval", problems, ())
     records = [
-        {"task_id": "0", "completion": "return 0", "passed": True, "status": "passed", "result": "passed",
-         "exact_match": True},
-        {"task_id": "1", "completion": "return 9", "passed": False, "status": "failed", "result": "x",
-         "exact_match": False},
-        {"task_id": "2", "completion": "pass", "passed": True, "status": "passed", "result": "passed",
-         "exact_match": False},
-        {"task_id": "3", "completion": "pass", "passed": False, "status": "failed", "result": "x",
-         "exact_match": False},
+        {
+            "task_id": "0",
+            "completion": "return 0",
+            "passed": True,
+            "status": "passed",
+            "result": "passed",
+            "exact_match": True,
+        },
+        {
+            "task_id": "1",
+            "completion": "return 9",
+            "passed": False,
+            "status": "failed",
+            "result": "x",
+            "exact_match": False,
+        },
+        {
+            "task_id": "2",
+            "completion": "pass",
+            "passed": True,
+            "status": "passed",
+            "result": "passed",
+            "exact_match": False,
+        },
+        {
+            "task_id": "3",
+            "completion": "pass",
+            "passed": False,
+            "status": "failed",
+            "result": "x",
+            "exact_match": False,
+        },
     ]
     summary = summarise(records, bench, [1])
     assert summary["pass@1"] == 0.5 and summary["exact_match"] == 0.25

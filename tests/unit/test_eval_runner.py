@@ -10,17 +10,30 @@ from collections import defaultdict
 
 import pytest
 
+from wmtp.errors import EvalError
 from wmtp.eval import generation
 from wmtp.eval.benchmarks import load_humaneval
-from wmtp.errors import EvalError
 from wmtp.eval.options import EvalOptions
 from wmtp.eval.passk import pass_at_k
 from wmtp.eval.runner import evaluate, parse_ks, report_ks, score_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_tracking_env")
 
-SUMMARY_KEYS = {"benchmark", "model", "n_tasks", "n_samples", "samples_per_task", "pass@1", "mean_completion_tokens",
-                "decoding_tokens_per_second", "examples", "config", "statuses", "generation", "files"}
+SUMMARY_KEYS = {
+    "benchmark",
+    "model",
+    "n_tasks",
+    "n_samples",
+    "samples_per_task",
+    "pass@1",
+    "mean_completion_tokens",
+    "decoding_tokens_per_second",
+    "examples",
+    "config",
+    "statuses",
+    "generation",
+    "files",
+}
 
 
 @pytest.fixture
@@ -91,8 +104,14 @@ def test_a_bad_worker_count_is_refused_before_loading_or_generating(tmp_path, ne
 
 def test_greedy_run_writes_samples_and_summary(micro_models, tmp_path):
     out = tmp_path / "eval"
-    result = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=8, limit=2), out_dir=out,
-                      workers=2, progress=False)
+    result = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(max_new_tokens=8, limit=2),
+        out_dir=out,
+        workers=2,
+        progress=False,
+    )
     assert sorted(p.name for p in out.iterdir()) == ["samples.jsonl", "summary.json"]  # no temp file left
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and "acceptance_rate" not in summary
@@ -111,10 +130,22 @@ def test_greedy_run_writes_samples_and_summary(micro_models, tmp_path):
 
 
 def test_speculative_run_equals_greedy_and_reports_acceptance(micro_models, tmp_path):
-    greedy = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=12, limit=2),
-                      out_dir=tmp_path / "greedy", workers=1, progress=False)
-    fast = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=12, limit=2, speculative=True),
-                    out_dir=tmp_path / "spec", workers=1, progress=False)
+    greedy = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(max_new_tokens=12, limit=2),
+        out_dir=tmp_path / "greedy",
+        workers=1,
+        progress=False,
+    )
+    fast = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(max_new_tokens=12, limit=2, speculative=True),
+        out_dir=tmp_path / "spec",
+        workers=1,
+        progress=False,
+    )
     assert [r["completion"] for r in fast.records] == [r["completion"] for r in greedy.records]
     assert 0.0 <= fast.summary["acceptance_rate"] <= 1.0
     assert fast.summary["generation"]["drafted"] > 0 and fast.summary["config"]["speculative"] is True
@@ -133,13 +164,20 @@ def test_pass_at_k_of_sampled_completions_matches_the_written_samples(micro_mode
             # Problem 0: 3 of 4 correct; problem 1: 1 of 4; problem 2: none.
             right = {0: i % 4 != 0, 1: i % 4 == 1, 2: False}[i // 4]
             texts.append(canonical[prompt] if right else "    return None\n")
-        return ([generation.Completion(t, 5, "stop") for t in texts],
-                generation.GenerationStats(n_tokens=5 * len(texts), seconds=0.5))
+        return (
+            [generation.Completion(t, 5, "stop") for t in texts],
+            generation.GenerationStats(n_tokens=5 * len(texts), seconds=0.5),
+        )
 
     monkeypatch.setattr(generation, "generate", fake_generate)
     out = tmp_path / "sampled"
-    result = evaluate(micro_models["micro-mtp"], "humaneval",
-                      EvalOptions(n=4, ks=[2], temperature=0.8, top_p=0.95, limit=3), out_dir=out, progress=False)
+    result = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(n=4, ks=[2], temperature=0.8, top_p=0.95, limit=3),
+        out_dir=out,
+        progress=False,
+    )
     assert calls[0].temperature == 0.8 and calls[0].top_p == 0.95 and calls[0].stop == benchmark.stop
     records = read_jsonl(out / "samples.jsonl")
     summary = json.loads((out / "summary.json").read_text())
@@ -156,8 +194,9 @@ def test_score_file_writes_results_beside_the_samples(tmp_path):
     benchmark = load_humaneval()
     chosen = list(benchmark.problems.items())[:3]
     samples = tmp_path / "samples.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": key, "completion": c}) + "\n"
-                               for key, p in chosen for c in (p.reference, "")))
+    samples.write_text(
+        "".join(json.dumps({"task_id": key, "completion": c}) + "\n" for key, p in chosen for c in (p.reference, ""))
+    )
     records, summary, results_path, summary_path = score_file(samples, "humaneval", ks=[2], workers=2, progress=False)
     assert results_path == tmp_path / "samples.jsonl_results.jsonl" and summary_path.is_file()
     assert [r["passed"] for r in read_jsonl(results_path)] == [True, False] * 3
@@ -173,21 +212,34 @@ def test_mlflow_run_gets_pass_at_k_and_the_summary(micro_models, tmp_path, monke
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=4, limit=1),
-                      out_dir=tmp_path / "out", progress=False)
+    result = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(max_new_tokens=4, limit=1),
+        out_dir=tmp_path / "out",
+        progress=False,
+    )
     client = MlflowClient(uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.metrics["eval/humaneval/pass_at_1"] == result.summary["pass@1"]
     assert "eval/humaneval/decoding_tokens_per_second" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {"eval/summary.json",
-                                                                                   "eval/samples.jsonl"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} == {
+        "eval/summary.json",
+        "eval/samples.jsonl",
+    }
     # An existing run (training's stage run) receives the metrics and files instead of a new run.
     existing = client.create_run(run.info.experiment_id).info.run_id
-    again = evaluate(micro_models["micro-mtp"], "humaneval", EvalOptions(max_new_tokens=4, limit=1),
-                     out_dir=tmp_path / "out2", progress=False, mlflow_run_id=existing, tracking_uri=uri)
+    again = evaluate(
+        micro_models["micro-mtp"],
+        "humaneval",
+        EvalOptions(max_new_tokens=4, limit=1),
+        out_dir=tmp_path / "out2",
+        progress=False,
+        mlflow_run_id=existing,
+        tracking_uri=uri,
+    )
     assert again.mlflow_run_id == existing
     assert "eval/humaneval/pass_at_1" in client.get_run(existing).data.metrics
-
 
 
 def test_failing_mlflow_server_warns_without_its_credentials(tmp_path, monkeypatch, capsys):
@@ -207,6 +259,7 @@ def test_failing_mlflow_server_warns_without_its_credentials(tmp_path, monkeypat
     assert "warning: MLflow at" in err and "files only" in err
     assert "s3cr3t-pw" not in err and "t0k" not in err and "alice" not in err
 
+
 # ---------------------------------------------------------------- policy vs reference loss
 
 
@@ -216,9 +269,11 @@ def valid_split(micro_models, tmp_path_factory):
     from wmtp.data.schema import make_record
     from wmtp.model import load_tokenizer
 
-    rows = [make_record(p.prompt, "", body, f"{key}_{i}", i == 0, "humaneval", 1, True)
-            for key, p in list(load_humaneval().problems.items())[:4]
-            for i, body in enumerate((p.reference, "    return None\n"))]
+    rows = [
+        make_record(p.prompt, "", body, f"{key}_{i}", i == 0, "humaneval", 1, True)
+        for key, p in list(load_humaneval().problems.items())[:4]
+        for i, body in enumerate((p.reference, "    return None\n"))
+    ]
     path = tmp_path_factory.mktemp("valid") / "valid.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_index(path, load_tokenizer(micro_models["micro-mtp"]))
@@ -228,8 +283,9 @@ def valid_split(micro_models, tmp_path_factory):
 def test_token_loss_of_a_model_against_itself_is_zero_excess(micro_models, valid_split, tmp_path):
     from wmtp.eval.loss import token_loss_report, write_loss_report
 
-    summary, excess = token_loss_report(micro_models["micro-mtp"], str(micro_models["micro-mtp"]), valid_split,
-                                        batch_size=3, limit=6)
+    summary, excess = token_loss_report(
+        micro_models["micro-mtp"], str(micro_models["micro-mtp"]), valid_split, batch_size=3, limit=6
+    )
     assert summary["rows"] == 6 and summary["tokens"] == excess.size > 0
     assert summary["mean_excess_loss"] == pytest.approx(0.0, abs=1e-5)
     assert abs(excess).max() < 1e-4
@@ -245,8 +301,9 @@ def test_token_loss_against_the_reference_counts_response_tokens(micro_models, v
     from wmtp.eval.loss import token_loss_report
     from wmtp.model import load_tokenizer
 
-    summary, excess = token_loss_report(micro_models["micro-mtp"], str(micro_models["micro-ref"]), valid_split,
-                                        batch_size=8)
+    summary, excess = token_loss_report(
+        micro_models["micro-mtp"], str(micro_models["micro-ref"]), valid_split, batch_size=8
+    )
     collator = MTPCollator(load_tokenizer(micro_models["micro-mtp"]), 1, 2048)
     batch = collator([JsonlSamples(valid_split, [i])[0] for i in range(8)])
     assert summary["tokens"] == int((batch["labels"][:, :, 0] != -100).sum())
@@ -271,14 +328,23 @@ def test_spec_eval_block_is_on_by_default_and_checked_when_set():
 
     # HumanEval, greedy, pass@1 on all 164 at the end of every stage but the critic's; smoke cuts it.
     [baseline] = load_experiment("baseline").stages
-    assert (baseline.eval.benchmark, baseline.eval.temperature, baseline.eval.ks, baseline.eval.limit,
-            baseline.eval.mbpp_data) == ("humaneval", 0.0, [1], None, None)
+    assert (
+        baseline.eval.benchmark,
+        baseline.eval.temperature,
+        baseline.eval.ks,
+        baseline.eval.limit,
+        baseline.eval.mbpp_data,
+    ) == ("humaneval", 0.0, [1], None, None)
     smoke = {stage.stage: stage.eval for stage in load_experiment("smoke").stages}
     assert smoke.pop("critic") is None and {e.limit for e in smoke.values()} == {4}
     assert load_experiment("baseline", ["eval=null"]).stages[0].eval is None
     [stage] = load_experiment("baseline", ["eval.limit=2", "eval.max_new_tokens=64"]).stages
     assert (stage.eval.benchmark, stage.eval.n, stage.eval.ks, stage.eval.limit) == ("humaneval", 1, [1], 2)
-    for override, message in [("eval.ks=[3]", "ks: pass@3 needs 1 ≤ k ≤ n"), ("eval.n=4", "temperature > 0"),
-                              ("eval.benchmark=mbpp", "data: MBPP needs"), ("eval.top_k=3", "eval.top_k: unknown key")]:
+    for override, message in [
+        ("eval.ks=[3]", "ks: pass@3 needs 1 ≤ k ≤ n"),
+        ("eval.n=4", "temperature > 0"),
+        ("eval.benchmark=mbpp", "data: MBPP needs"),
+        ("eval.top_k=3", "eval.top_k: unknown key"),
+    ]:
         with pytest.raises(SpecError, match=message):
             load_experiment("baseline", [override])

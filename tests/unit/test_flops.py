@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -10,8 +9,9 @@ from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer
 from wmtp.train.flops import block_params, flops_per_token, mfu, peak_flops
 
-ARGS = ModelArgs(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
-                 n_future_tokens=3, max_seq_len=64)
+ARGS = ModelArgs(
+    dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, n_future_tokens=3, max_seq_len=64
+)
 
 
 def test_block_params_match_the_model():

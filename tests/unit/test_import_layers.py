@@ -34,8 +34,14 @@ def lint_imports(packages_dir: Path) -> str:
     """lint-imports with the checkout's contracts over the packages found in `packages_dir` first; its
     output with line wrapping undone."""
     path = os.pathsep.join(filter(None, [str(packages_dir), os.environ.get("PYTHONPATH")]))
-    result = subprocess.run([LINT_IMPORTS, "--config", PYPROJECT, "--no-cache", "--no-logo"], cwd=packages_dir,
-                            env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [LINT_IMPORTS, "--config", PYPROJECT, "--no-cache", "--no-logo"],
+        cwd=packages_dir,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == (0 if " 0 broken." in output else 1), output
     return output

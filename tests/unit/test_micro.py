@@ -10,7 +10,12 @@ from wmtp.model import load_model, load_tokenizer
 
 def test_micro_dirs_have_the_standard_layout(micro_models):
     for path in micro_models.values():
-        for rel in ("configs/params.json", "safetensors/model.safetensors", "tokenizer/tokenizer.model", "metadata.json"):
+        for rel in (
+            "configs/params.json",
+            "safetensors/model.safetensors",
+            "tokenizer/tokenizer.model",
+            "metadata.json",
+        ):
             assert (path / rel).is_file(), rel
         metadata = json.loads((path / "metadata.json").read_text())
         assert "tokenizer/tokenizer.model" in metadata["files"]

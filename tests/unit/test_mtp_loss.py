@@ -18,8 +18,9 @@ def make_batch(vocab=53, batch=3, seq=12, heads=4, seed=0):
 
 
 def model_pair(seed=0):
-    args = ModelArgs(dim=32, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=53, multiple_of=16,
-                     n_future_tokens=4, max_seq_len=32)
+    args = ModelArgs(
+        dim=32, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=53, multiple_of=16, n_future_tokens=4, max_seq_len=32
+    )
     torch.manual_seed(seed)
     a = Transformer(args)
     a.init_weights(seed)

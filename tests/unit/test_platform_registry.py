@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from wmtp.assets import asset_dir
 from wmtp_cli.main import app
 from wmtp_cli.platform import registry
 from wmtp_cli.platform.target import Target
-from wmtp.assets import asset_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -78,8 +78,8 @@ def test_lifecycle_methods_are_documented_on_the_interface():
 
 def docs_targets_table() -> list[str]:
     text = (REPO_ROOT / "docs" / "platform.md").read_text()
-    section = text[text.index("## Targets"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## Targets") :]
+    section = section[: section.index("\n## ", 1)]
     start = section.index("| target | what it does | needs |")
     return list(__import__("itertools").takewhile(lambda line: line.startswith("|"), section[start:].splitlines()))
 
@@ -175,16 +175,24 @@ def test_a_new_target_is_one_module(slurm_plugin):
     partition = ["--set", "targets.slurm.partition=gpu"]
     dry = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--name", "wmtp-s1", "--dry-run", *partition])
     assert dry.exit_code == 0, dry.output
-    assert dry.stdout.splitlines() == ["#SBATCH --partition=gpu",
-                                       "torchrun -m wmtp.train smoke --run-dir storage/checkpoints/wmtp-s1"]
-    bad = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--dry-run", "--set", "targets.slurm.partition=a b"])
+    assert dry.stdout.splitlines() == [
+        "#SBATCH --partition=gpu",
+        "torchrun -m wmtp.train smoke --run-dir storage/checkpoints/wmtp-s1",
+    ]
+    bad = runner.invoke(
+        app, ["submit", "smoke", "--target", "slurm", "--dry-run", "--set", "targets.slurm.partition=a b"]
+    )
     assert bad.exit_code == 2 and bad.output.startswith("error: targets.slurm.partition: expected a name")
     missing = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--dry-run"])
     assert missing.output == "error: targets.slurm: missing from the spec (jobs/defaults.yaml defines it)\n"
     submitted = runner.invoke(app, ["submit", "smoke", "--target", "slurm", "--name", "wmtp-s1", *partition])
     assert submitted.output == "submitted wmtp-s1\n"
-    lifecycle = {("status", "wmtp-s1"): "wmtp-s1: RUNNING on gpu\n", ("logs", "wmtp-s1", "--follow"): "step 1\nstep 2\n",
-                 ("cancel", "wmtp-s1"): "scancel wmtp-s1\n", ("ls",): "NAME     STATUS   AGE\nwmtp-s1  RUNNING  ?\n"}
+    lifecycle = {
+        ("status", "wmtp-s1"): "wmtp-s1: RUNNING on gpu\n",
+        ("logs", "wmtp-s1", "--follow"): "step 1\nstep 2\n",
+        ("cancel", "wmtp-s1"): "scancel wmtp-s1\n",
+        ("ls",): "NAME     STATUS   AGE\nwmtp-s1  RUNNING  ?\n",
+    }
     for command, expected in lifecycle.items():
         result = runner.invoke(app, [*command, "--target", "slurm", *partition])
         assert (result.exit_code, result.output) == (0, expected), command

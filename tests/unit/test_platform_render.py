@@ -8,14 +8,14 @@ import jinja2
 import pytest
 import yaml
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.context import JobContext
 from wmtp_cli.platform.names import default_job_name, validate_job_name
 from wmtp_cli.platform.registry import get_target
 from wmtp_cli.platform.render import render_manifest, yaml_value
-from wmtp.errors import WmtpError
 
 HOSTILE_STRINGS = [
-    'a: b',
+    "a: b",
     'x"\nkind: Secret\nmetadata: {name: pwned}',
     "it's # not a comment",
     "{curly: [brackets]}",
@@ -65,19 +65,28 @@ def target_settings(target: str, targets: dict):
 
 
 def k8s_settings(**changes):
-    base = {"image": "ghcr.io/x/y:1", "namespace": "wmtp", "nodes": 1, "gpus_per_node": 4, "pvc": "wmtp-storage",
-            "mlflow_secret": "wmtp-mlflow"}
+    base = {
+        "image": "ghcr.io/x/y:1",
+        "namespace": "wmtp",
+        "nodes": 1,
+        "gpus_per_node": 4,
+        "pvc": "wmtp-storage",
+        "mlflow_secret": "wmtp-mlflow",
+    }
     return {"k8s": {**base, **changes}}
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"gpus_per_node": -1}, "targets.k8s.gpus_per_node: Input should be greater than or equal to 0 (got -1)"),
-    ({"gpus_per_node": "four"}, "targets.k8s.gpus_per_node: Input should be a valid integer (got 'four')"),
-    ({"namespace": "Team_A"}, "targets.k8s.namespace: expected a DNS-1123 label"),
-    ({"image": "bad image\nx: 1"}, "targets.k8s.image: expected a container image reference"),
-    ({"clean_pod_policy": "Sometimes"}, "targets.k8s.clean_pod_policy: Input should be 'None', 'Running' or 'All'"),
-    ({"bogus": 1}, "targets.k8s.bogus: unknown key"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"gpus_per_node": -1}, "targets.k8s.gpus_per_node: Input should be greater than or equal to 0 (got -1)"),
+        ({"gpus_per_node": "four"}, "targets.k8s.gpus_per_node: Input should be a valid integer (got 'four')"),
+        ({"namespace": "Team_A"}, "targets.k8s.namespace: expected a DNS-1123 label"),
+        ({"image": "bad image\nx: 1"}, "targets.k8s.image: expected a container image reference"),
+        ({"clean_pod_policy": "Sometimes"}, "targets.k8s.clean_pod_policy: Input should be 'None', 'Running' or 'All'"),
+        ({"bogus": 1}, "targets.k8s.bogus: unknown key"),
+    ],
+)
 def test_bad_target_values_are_one_line_naming_the_key(changes, expected):
     with pytest.raises(WmtpError) as info:
         target_settings("k8s", k8s_settings(**changes))
@@ -90,10 +99,20 @@ def test_missing_target_section_is_named():
 
 
 def context(settings: dict, target: str = "k8s") -> JobContext:
-    return JobContext(target=target, name="wmtp-t", experiment="smoke", experiment_name="smoke", stages=["critic"],
-                      nproc_per_node=1, run_dir="storage/checkpoints/wmtp-t", output_root="storage/checkpoints",
-                      trainer_args=["-m", "wmtp.train", "smoke", "--run-dir", "storage/checkpoints/wmtp-t"],
-                      secret_names=["HF_TOKEN"], preemption_grace_s=600, settings=settings)
+    return JobContext(
+        target=target,
+        name="wmtp-t",
+        experiment="smoke",
+        experiment_name="smoke",
+        stages=["critic"],
+        nproc_per_node=1,
+        run_dir="storage/checkpoints/wmtp-t",
+        output_root="storage/checkpoints",
+        trainer_args=["-m", "wmtp.train", "smoke", "--run-dir", "storage/checkpoints/wmtp-t"],
+        secret_names=["HF_TOKEN"],
+        preemption_grace_s=600,
+        settings=settings,
+    )
 
 
 def test_strict_undefined_names_the_missing_template_value():
@@ -122,18 +141,26 @@ def test_jinja_environment_is_strict():
 
 
 def vessl_settings(**changes):
-    base = {"image": "ghcr.io/x/y:1", "cluster": "c", "preset": "p", "storage_volume": "s/v",
-            "checkpoint_volume": "s/c"}
+    base = {
+        "image": "ghcr.io/x/y:1",
+        "cluster": "c",
+        "preset": "p",
+        "storage_volume": "s/v",
+        "checkpoint_volume": "s/c",
+    }
     return {"vessl": {**base, **changes}}
 
 
-@pytest.mark.parametrize("key, url", [
-    ("mlflow_uri", "https://alice:hunter2-pass@mlflow.example.com"),
-    ("mlflow_uri", "http://ghp_tokenvalue123@mlflow.example.com:5000/"),
-    ("code_repo", "https://x-access-token:ghs_tokenvalue123@github.com/org/repo.git"),
-    ("code_repo", "https://ghp_tokenvalue123@github.com/org/repo.git"),
-    ("code_repo", "ssh://git:hunter2-pass@example.com/org/repo.git"),
-])
+@pytest.mark.parametrize(
+    "key, url",
+    [
+        ("mlflow_uri", "https://alice:hunter2-pass@mlflow.example.com"),
+        ("mlflow_uri", "http://ghp_tokenvalue123@mlflow.example.com:5000/"),
+        ("code_repo", "https://x-access-token:ghs_tokenvalue123@github.com/org/repo.git"),
+        ("code_repo", "https://ghp_tokenvalue123@github.com/org/repo.git"),
+        ("code_repo", "ssh://git:hunter2-pass@example.com/org/repo.git"),
+    ],
+)
 def test_credentials_in_a_url_setting_are_refused_without_echoing_them(key, url):
     with pytest.raises(WmtpError) as info:
         target_settings("vessl", vessl_settings(**{key: url}))
@@ -142,8 +169,13 @@ def test_credentials_in_a_url_setting_are_refused_without_echoing_them(key, url)
     assert "hunter2" not in message and "tokenvalue" not in message
 
 
-@pytest.mark.parametrize("key, url", [("mlflow_uri", "https://mlflow.example.com:5000/path"),
-                                      ("code_repo", "git@github.com:org/repo.git"),
-                                      ("code_repo", "ssh://git@github.com/org/repo.git")])
+@pytest.mark.parametrize(
+    "key, url",
+    [
+        ("mlflow_uri", "https://mlflow.example.com:5000/path"),
+        ("code_repo", "git@github.com:org/repo.git"),
+        ("code_repo", "ssh://git@github.com/org/repo.git"),
+    ],
+)
 def test_urls_without_credentials_pass(key, url):
     assert getattr(target_settings("vessl", vessl_settings(**{key: url})), key) == url

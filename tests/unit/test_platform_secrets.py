@@ -9,11 +9,17 @@ import os
 import pytest
 import yaml
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.jobs import prepare_job
 from wmtp_cli.platform.registry import names
-from wmtp_cli.secrets import (credentials, escape_compose, find_url_credentials, is_credential_name,
-                              refuse_manifest_credentials, scrub)
-from wmtp.errors import WmtpError
+from wmtp_cli.secrets import (
+    credentials,
+    escape_compose,
+    find_url_credentials,
+    is_credential_name,
+    refuse_manifest_credentials,
+    scrub,
+)
 
 # Credentials whose manifest text differs from their value once quoted (JSON escapes `"`, `\`, non-ASCII;
 # the shell quoting of VESSL's command and of the local command line splits `'`; compose doubles `$`).
@@ -63,23 +69,43 @@ def test_an_env_file_value_is_found_in_the_manifest_whatever_its_name(target, cl
 def test_kubeconfig_tokens_and_passwords_are_credentials(clean_env, monkeypatch, tmp_path):
     job = prepare_job("smoke", "k8s", ["tracking.run_name=x-kube-token-7f1e2d3c"], name="wmtp-sec")
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({"users": [
-        {"name": "ci", "user": {"token": "kube-token-7f1e2d3c"}},
-        {"name": "admin", "user": {"username": "admin", "password": "kube-pw-5a6b7c8d"}},
-        {"name": "short", "user": {"token": "abc"}},  # below the minimum length: not searched for
-    ]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "users": [
+                    {"name": "ci", "user": {"token": "kube-token-7f1e2d3c"}},
+                    {"name": "admin", "user": {"username": "admin", "password": "kube-pw-5a6b7c8d"}},
+                    {"name": "short", "user": {"token": "abc"}},  # below the minimum length: not searched for
+                ]
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'absent'}{os.pathsep}{kubeconfig}")
-    assert credentials() == {"kube-token-7f1e2d3c": "the kubeconfig's token of user ci",
-                             "kube-pw-5a6b7c8d": "the kubeconfig's password of user admin"}
+    assert credentials() == {
+        "kube-token-7f1e2d3c": "the kubeconfig's token of user ci",
+        "kube-pw-5a6b7c8d": "the kubeconfig's password of user admin",
+    }
     with pytest.raises(WmtpError, match="value of the kubeconfig's token of user ci"):
         refuse_manifest_credentials(job.document, [], {})
 
 
-@pytest.mark.parametrize("name, counted", [
-    ("HF_TOKEN", True), ("VESSL_ACCESS_TOKEN", True), ("AWS_SESSION_TOKEN", True), ("MLFLOW_TRACKING_PASSWORD", True),
-    ("AWS_SECRET_ACCESS_KEY", True), ("CLIENT_SECRET_FILE", True), ("GPG_KEY", True), ("API_KEY", True),
-    ("HOME", False), ("KEYBOARD", False), ("TOKENIZERS_PARALLELISM", False), ("MLFLOW_TRACKING_URI", False),
-])
+@pytest.mark.parametrize(
+    "name, counted",
+    [
+        ("HF_TOKEN", True),
+        ("VESSL_ACCESS_TOKEN", True),
+        ("AWS_SESSION_TOKEN", True),
+        ("MLFLOW_TRACKING_PASSWORD", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("CLIENT_SECRET_FILE", True),
+        ("GPG_KEY", True),
+        ("API_KEY", True),
+        ("HOME", False),
+        ("KEYBOARD", False),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("MLFLOW_TRACKING_URI", False),
+    ],
+)
 def test_credential_names(name, counted):
     assert is_credential_name(name) is counted
 
@@ -90,17 +116,20 @@ def test_short_values_are_not_searched_for(clean_env, monkeypatch):
     assert credentials() == {"12345678": "secret LONG_TOKEN"}
 
 
-@pytest.mark.parametrize("value, found", [
-    ("https://alice:pw@host/x", "user:password@"),
-    ("see https://alice:pw@host/x for details", "user:password@"),
-    ("[a, s3://KEY:SECRET@bucket/p]", "user:password@"),
-    ("https://mlflow.example.org/?next=https://tok3n@evil.example.org", "user@ or token@"),
-    ("name=run,uri=https://ghp_abc@github.com/org/repo.git", "user@ or token@"),
-    ("ssh://git@github.com/org/repo.git", None),
-    ("git@github.com:org/repo.git", None),
-    ("https://mlflow.example.org/users/@me", None),
-    ("mail alice@example.org", None),
-])
+@pytest.mark.parametrize(
+    "value, found",
+    [
+        ("https://alice:pw@host/x", "user:password@"),
+        ("see https://alice:pw@host/x for details", "user:password@"),
+        ("[a, s3://KEY:SECRET@bucket/p]", "user:password@"),
+        ("https://mlflow.example.org/?next=https://tok3n@evil.example.org", "user@ or token@"),
+        ("name=run,uri=https://ghp_abc@github.com/org/repo.git", "user@ or token@"),
+        ("ssh://git@github.com/org/repo.git", None),
+        ("git@github.com:org/repo.git", None),
+        ("https://mlflow.example.org/users/@me", None),
+        ("mail alice@example.org", None),
+    ],
+)
 def test_url_credentials_anywhere_in_a_value(value, found):
     assert find_url_credentials(value) == found
 
@@ -116,5 +145,7 @@ def test_scrub_hides_every_quoted_form(kind, clean_env, monkeypatch):
 
 
 def test_escape_compose_doubles_every_dollar():
-    assert escape_compose({"a": ["${X}", "$$", 3, None], "b$": "x$y"}) == {"a": ["$${X}", "$$$$", 3, None],
-                                                                         "b$$": "x$$y"}
+    assert escape_compose({"a": ["${X}", "$$", 3, None], "b$": "x$y"}) == {
+        "a": ["$${X}", "$$$$", 3, None],
+        "b$$": "x$$y",
+    }

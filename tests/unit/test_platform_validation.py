@@ -9,8 +9,8 @@ import copy
 import pytest
 
 from tests.template_rules import operator_violations, validate_pytorchjob, validate_run_yaml
-from wmtp_cli.platform.jobs import prepare_job
 from wmtp.errors import WmtpError
+from wmtp_cli.platform.jobs import prepare_job
 
 
 @pytest.fixture(scope="module")
@@ -40,34 +40,68 @@ def test_rendered_multi_node_job_follows_every_rule(pytorchjob):
 
 
 OPERATOR_CASES = [
-    ("master replicas", lambda d: master(d).update(replicas=2),
-     "spec.pytorchReplicaSpecs[Master].replicas: Forbidden: must be 1"),
-    ("master replicas unset", lambda d: master(d).pop("replicas"),
-     "spec.pytorchReplicaSpecs[Master].replicas: Forbidden: must be 1"),
-    ("worker replicas", lambda d: d["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0),
-     "spec.pytorchReplicaSpecs[Worker].replicas: Forbidden: must be at least 1"),
-    ("container name", lambda d: container(d).update(name="trainer"),
-     "spec.pytorchReplicaSpecs[Master].template.spec.containers: Required value: must have at least one "
-     "container with name pytorch"),
-    ("image", lambda d: container(d).update(image=""),
-     "spec.pytorchReplicaSpecs[Master].template.spec.containers[0].image: Required value: must be required"),
-    ("no containers", lambda d: master(d)["template"]["spec"].update(containers=[]),
-     "spec.pytorchReplicaSpecs[Master].template.spec.containers: Required value: must be specified"),
-    ("replica type", lambda d: d["spec"]["pytorchReplicaSpecs"].update(Chief=copy.deepcopy(master(d))),
-     "spec.pytorchReplicaSpecs[Chief]: Unsupported value: 'Chief'"),
-    ("no replicas", lambda d: d["spec"].update(pytorchReplicaSpecs={}),
-     "spec.pytorchReplicaSpecs: Required value"),
-    ("name", lambda d: d["metadata"].update(name="Bad_Name"),
-     "metadata.name: Invalid value 'Bad_Name': should match a DNS-1035 label"),
-    ("elastic without worker", lambda d: (d["spec"]["pytorchReplicaSpecs"].pop("Worker"),
-                                          d["spec"].update(elasticPolicy={"maxReplicas": 2})),
-     "spec.pytorchReplicaSpecs[Worker]: Required value: must be configured if elastic policy is used"),
-    ("elastic nproc", lambda d: d["spec"].update(elasticPolicy={"nProcPerNode": 4}),
-     "spec.elasticPolicy.nProcPerNode: Forbidden: must not be used with spec.nprocPerNode"),
-    ("clean pod policy", lambda d: d["spec"]["runPolicy"].update(cleanPodPolicy="Always"),
-     "spec.runPolicy.cleanPodPolicy: Unsupported value 'Always'"),
-    ("backoff", lambda d: d["spec"]["runPolicy"].update(backoffLimit=-1),
-     "spec.runPolicy.backoffLimit: Invalid value -1"),
+    (
+        "master replicas",
+        lambda d: master(d).update(replicas=2),
+        "spec.pytorchReplicaSpecs[Master].replicas: Forbidden: must be 1",
+    ),
+    (
+        "master replicas unset",
+        lambda d: master(d).pop("replicas"),
+        "spec.pytorchReplicaSpecs[Master].replicas: Forbidden: must be 1",
+    ),
+    (
+        "worker replicas",
+        lambda d: d["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0),
+        "spec.pytorchReplicaSpecs[Worker].replicas: Forbidden: must be at least 1",
+    ),
+    (
+        "container name",
+        lambda d: container(d).update(name="trainer"),
+        "spec.pytorchReplicaSpecs[Master].template.spec.containers: Required value: must have at least one "
+        "container with name pytorch",
+    ),
+    (
+        "image",
+        lambda d: container(d).update(image=""),
+        "spec.pytorchReplicaSpecs[Master].template.spec.containers[0].image: Required value: must be required",
+    ),
+    (
+        "no containers",
+        lambda d: master(d)["template"]["spec"].update(containers=[]),
+        "spec.pytorchReplicaSpecs[Master].template.spec.containers: Required value: must be specified",
+    ),
+    (
+        "replica type",
+        lambda d: d["spec"]["pytorchReplicaSpecs"].update(Chief=copy.deepcopy(master(d))),
+        "spec.pytorchReplicaSpecs[Chief]: Unsupported value: 'Chief'",
+    ),
+    ("no replicas", lambda d: d["spec"].update(pytorchReplicaSpecs={}), "spec.pytorchReplicaSpecs: Required value"),
+    (
+        "name",
+        lambda d: d["metadata"].update(name="Bad_Name"),
+        "metadata.name: Invalid value 'Bad_Name': should match a DNS-1035 label",
+    ),
+    (
+        "elastic without worker",
+        lambda d: (d["spec"]["pytorchReplicaSpecs"].pop("Worker"), d["spec"].update(elasticPolicy={"maxReplicas": 2})),
+        "spec.pytorchReplicaSpecs[Worker]: Required value: must be configured if elastic policy is used",
+    ),
+    (
+        "elastic nproc",
+        lambda d: d["spec"].update(elasticPolicy={"nProcPerNode": 4}),
+        "spec.elasticPolicy.nProcPerNode: Forbidden: must not be used with spec.nprocPerNode",
+    ),
+    (
+        "clean pod policy",
+        lambda d: d["spec"]["runPolicy"].update(cleanPodPolicy="Always"),
+        "spec.runPolicy.cleanPodPolicy: Unsupported value 'Always'",
+    ),
+    (
+        "backoff",
+        lambda d: d["spec"]["runPolicy"].update(backoffLimit=-1),
+        "spec.runPolicy.backoffLimit: Invalid value -1",
+    ),
 ]
 
 
@@ -86,15 +120,23 @@ PROJECT_CASES = [
     ("gpus", lambda d: container(d)["resources"]["limits"].update({"nvidia.com/gpu": 1}), "nvidia.com/gpu limit 1"),
     ("pvc", lambda d: master(d)["template"]["spec"]["volumes"].pop(), "the storage PVC 'wmtp-storage' is not mounted"),
     ("secret", lambda d: container(d).pop("envFrom"), "MLflow credentials must come from Secret 'wmtp-mlflow'"),
-    ("plain env", lambda d: container(d)["env"].append({"name": "HF_TOKEN", "value": "x"}),
-     "env values must be secret references"),
+    (
+        "plain env",
+        lambda d: container(d)["env"].append({"name": "HF_TOKEN", "value": "x"}),
+        "env values must be secret references",
+    ),
     ("workers", lambda d: d["spec"]["pytorchReplicaSpecs"].pop("Worker"), "Worker replicas must exist exactly when"),
     ("nproc", lambda d: d["spec"].update(nprocPerNode="2"), "spec.nprocPerNode: expected '4'"),
-    ("pod grace", lambda d: master(d)["template"]["spec"].pop("terminationGracePeriodSeconds"),
-     "terminationGracePeriodSeconds: 30 must exceed distributed.preemption_grace_s (600)"),
-    ("torchrun grace", lambda d: [v.update(value="30") for v in container(d)["env"]
-                                  if v["name"] == "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"],
-     "TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s (600)"),
+    (
+        "pod grace",
+        lambda d: master(d)["template"]["spec"].pop("terminationGracePeriodSeconds"),
+        "terminationGracePeriodSeconds: 30 must exceed distributed.preemption_grace_s (600)",
+    ),
+    (
+        "torchrun grace",
+        lambda d: [v.update(value="30") for v in container(d)["env"] if v["name"] == "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"],
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT must be distributed.preemption_grace_s (600)",
+    ),
 ]
 
 
@@ -115,8 +157,19 @@ def test_more_processes_than_gpus_is_refused():
 
 def test_rendered_vessl_run_uses_only_vessl_keys(vessl_run):
     validate_run_yaml(vessl_run)
-    assert set(vessl_run) <= {"name", "description", "tags", "resources", "image", "import", "mount", "run",
-                              "export", "env", "ports"}
+    assert set(vessl_run) <= {
+        "name",
+        "description",
+        "tags",
+        "resources",
+        "image",
+        "import",
+        "mount",
+        "run",
+        "export",
+        "env",
+        "ports",
+    }
     assert vessl_run["import"]["/data/storage/"] == "volume://wmtp/storage"
     assert vessl_run["export"]["/data/storage/checkpoints/"] == "volume://wmtp/checkpoints"
     assert vessl_run["env"]["HF_TOKEN"] == {"secret": "HF_TOKEN"}
@@ -130,8 +183,11 @@ VESSL_CASES = [
     ("run key", lambda d: d["run"][0].update(shell="bash"), "run[0].shell: not a run key"),
     ("empty command", lambda d: d["run"][0].update(command=" "), "run[0].command: expected a non-empty string"),
     ("env number", lambda d: d["env"].update(WORLD=4), "env.WORLD: expected a string value or {secret: NAME}"),
-    ("env secret shape", lambda d: d["env"].update(HF_TOKEN={"secret": "HF_TOKEN", "value": "x"}),
-     "env.HF_TOKEN: expected {secret: NAME}"),
+    (
+        "env secret shape",
+        lambda d: d["env"].update(HF_TOKEN={"secret": "HF_TOKEN", "value": "x"}),
+        "env.HF_TOKEN: expected {secret: NAME}",
+    ),
     ("volume prefix", lambda d: d["export"].update({"/out/": "ftp://x"}), "export./out/: expected a source starting"),
     ("relative path", lambda d: d["import"].update({"data/": "volume://a/b"}), "import.data/: expected an absolute"),
 ]

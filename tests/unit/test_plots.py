@@ -11,9 +11,17 @@ from wmtp.train.plots import loss_figure, weight_figure, write_plots
 
 
 def train_history(steps: int, n_heads: int = 2) -> list[tuple[int, dict]]:
-    return [(s, {"loss/total": 3.0 - 0.1 * s, "lr": 1e-4,
-                 **{f"loss/head_{k}": 3.0 - 0.1 * s + 0.05 * k for k in range(1, n_heads + 1)}})
-            for s in range(1, steps + 1)]
+    return [
+        (
+            s,
+            {
+                "loss/total": 3.0 - 0.1 * s,
+                "lr": 1e-4,
+                **{f"loss/head_{k}": 3.0 - 0.1 * s + 0.05 * k for k in range(1, n_heads + 1)},
+            },
+        )
+        for s in range(1, steps + 1)
+    ]
 
 
 def mtp_validation(step: int, n_heads: int = 2) -> tuple[int, dict]:
@@ -55,14 +63,20 @@ def test_val_ce_is_plotted_next_to_the_objectives_validation_loss():
     assert "comparable across experiments" in ce.get_title()
     # the training curves stay on the objective's panel, one per head and the total
     assert {ln.get_label() for ln in objective.get_lines()} == {
-        "train: total", "train: head 1", "train: head 2", "validation: val/loss (objective)"}
+        "train: total",
+        "train: head 1",
+        "train: head 2",
+        "validation: val/loss (objective)",
+    }
     assert [ax.get_legend() is not None for ax in fig.axes] == [True, True]
 
 
 def test_an_objective_without_val_ce_gets_one_panel():
     # the critic validates its value loss only: no val/ce, no per-head CE
-    history = History(train=[(s, {"loss/total": 0.5, "loss/value": 0.5}) for s in (1, 2)],
-                      valid=[(2, {"val/loss": 0.4, "val/loss/value": 0.4, "val/value/explained_variance": 0.1})])
+    history = History(
+        train=[(s, {"loss/total": 0.5, "loss/value": 0.5}) for s in (1, 2)],
+        valid=[(2, {"val/loss": 0.4, "val/loss/value": 0.4, "val/value/explained_variance": 0.1})],
+    )
     fig = loss_figure(history, 2, "verifiable", "critic")
     (ax,) = fig.axes
     assert [ln.get_label() for ln in ax.get_lines()] == ["train: total", "validation: val/loss (objective)"]
@@ -76,8 +90,9 @@ def test_titles_name_experiment_and_stage():
     assert hist.axes[0].get_title() == "100 tokens, mean 1.000"
 
 
-@pytest.mark.parametrize("steps, ticks", [(1, ["1"]), (2, ["1", "2"]), (3, ["1", "2", "3"]),
-                                          (5, ["1", "2", "3", "4", "5"])])
+@pytest.mark.parametrize(
+    "steps, ticks", [(1, ["1"]), (2, ["1", "2"]), (3, ["1", "2", "3"]), (5, ["1", "2", "3", "4", "5"])]
+)
 def test_x_axis_ticks_are_whole_optimizer_steps(steps, ticks):
     fig = loss_figure(History(train=train_history(steps), valid=[mtp_validation(steps)]), 2, "smoke", "baseline")
     for ax in fig.axes:

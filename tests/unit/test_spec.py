@@ -1,7 +1,5 @@
 """Experiment specs: every file in jobs/ loads; merging order; unknown keys and bad values are named."""
 
-from pathlib import Path
-
 import pytest
 
 from wmtp.assets import asset_dir
@@ -152,8 +150,9 @@ def test_presets_apply_in_order_micro_then_local_light():
 
 
 def test_a_stage_spec_carries_only_its_objectives_section():
-    sections = {s.stage: [k for k in s.to_dict() if k in ("td", "critic", "rho1")]
-                for s in load_experiment("smoke").stages}
+    sections = {
+        s.stage: [k for k in s.to_dict() if k in ("td", "critic", "rho1")] for s in load_experiment("smoke").stages
+    }
     assert sections == {"critic": ["critic"], "verifiable": ["td"], "baseline": [], "rho1": ["rho1"]}
     verifiable = load_experiment("verifiable").stages[1]
     assert list(verifiable.to_dict())[:7] == ["experiment", "stage", "objective", "model", "data", "train", "td"]
@@ -165,34 +164,48 @@ def test_experiment_wide_settings_of_an_objective_reach_its_stages_only():
     assert not hasattr(stages["baseline"], "td") and not hasattr(stages["rho1"], "critic")
 
 
-@pytest.mark.parametrize("experiment, override, key, objectives", [
-    ("baseline", "td.beta=2", "td.beta", "baseline"),
-    ("verifiable", "rho1.mode=tokenskip", "rho1.mode", "critic, verifiable"),
-    ("rho1", "critic={gamma: 0.5}", "critic.gamma", "rho1"),
-])
+@pytest.mark.parametrize(
+    "experiment, override, key, objectives",
+    [
+        ("baseline", "td.beta=2", "td.beta", "baseline"),
+        ("verifiable", "rho1.mode=tokenskip", "rho1.mode", "critic, verifiable"),
+        ("rho1", "critic={gamma: 0.5}", "critic.gamma", "rho1"),
+    ],
+)
 def test_a_setting_of_an_objective_no_stage_runs_is_refused(experiment, override, key, objectives):
     with pytest.raises(SpecError) as caught:
         load_experiment(experiment, [override])
-    assert str(caught.value).endswith(f"jobs/{experiment}.yaml, from --set {override}: {key}: a setting of the "
-                                      f"{key.split('.')[0].replace('td', 'verifiable')} objective, which no stage of "
-                                      f"experiment {experiment} runs (its objectives: {objectives})")
+    assert str(caught.value).endswith(
+        f"jobs/{experiment}.yaml, from --set {override}: {key}: a setting of the "
+        f"{key.split('.')[0].replace('td', 'verifiable')} objective, which no stage of "
+        f"experiment {experiment} runs (its objectives: {objectives})"
+    )
 
 
 def test_a_section_in_an_experiment_file_or_a_stages_own_layer_must_be_its_objectives(tmp_path):
     spec = tmp_path / "mine.yaml"
     spec.write_text("stages: [baseline]\ntd: {beta: 2}\n")
-    with pytest.raises(SpecError, match=r"mine\.yaml: td\.beta: a setting of the verifiable objective, which no stage "
-                                        r"of experiment mine runs \(its objectives: baseline\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"mine\.yaml: td\.beta: a setting of the verifiable objective, which no stage "
+        r"of experiment mine runs \(its objectives: baseline\)",
+    ):
         load_experiment(str(spec))
     spec.write_text("stages: [critic, verifiable]\nper_stage:\n  critic:\n    td: {beta: 2}\n")
-    with pytest.raises(SpecError, match=r"mine\.yaml per_stage\.critic: td\.beta: a setting of the verifiable "
-                                        r"objective; stage critic runs the critic objective"):
+    with pytest.raises(
+        SpecError,
+        match=r"mine\.yaml per_stage\.critic: td\.beta: a setting of the verifiable "
+        r"objective; stage critic runs the critic objective",
+    ):
         load_experiment(str(spec))
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "baseline.yaml").write_text("objective: baseline\nrho1: {mode: tokenskip}\n")
     spec.write_text("stages: [baseline, rho1]\n")
-    with pytest.raises(SpecError, match=r"stages/baseline\.yaml: rho1\.mode: a setting of the rho1 objective; "
-                                        r"stage baseline runs the baseline objective"):
+    with pytest.raises(
+        SpecError,
+        match=r"stages/baseline\.yaml: rho1\.mode: a setting of the rho1 objective; "
+        r"stage baseline runs the baseline objective",
+    ):
         load_experiment(str(spec))
 
 
@@ -209,13 +222,23 @@ def test_a_typo_in_a_section_no_stage_uses_is_still_named(tmp_path):
 
 
 def test_an_unknown_objective_lists_the_registered_ones():
-    with pytest.raises(SpecError, match=r"\(stage baseline\), from --set objective=focal: objective: Input should be "
-                                        r"'baseline', 'critic', 'rho1' or 'verifiable' \(got 'focal'\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"\(stage baseline\), from --set objective=focal: objective: Input should be "
+        r"'baseline', 'critic', 'rho1' or 'verifiable' \(got 'focal'\)",
+    ):
         load_experiment("baseline", ["objective=focal"])
 
 
-@pytest.mark.parametrize("experiment, monitor", [("baseline", "val/weight/mean"), ("critic", "val/value/pred_var"),
-                                                 ("rho1", "val/rho1/kept_fraction"), ("verifiable", "val/loss/td")])
+@pytest.mark.parametrize(
+    "experiment, monitor",
+    [
+        ("baseline", "val/weight/mean"),
+        ("critic", "val/value/pred_var"),
+        ("rho1", "val/rho1/kept_fraction"),
+        ("verifiable", "val/loss/td"),
+    ],
+)
 def test_a_monitor_that_is_not_a_validation_loss_is_refused_when_the_spec_loads(experiment, monitor):
     with pytest.raises(SpecError, match=f"early_stopping.monitor: '{monitor}' is not a validation loss of the"):
         load_experiment(experiment, [f"early_stopping.monitor={monitor}"])

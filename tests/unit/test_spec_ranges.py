@@ -58,10 +58,16 @@ BAD = [
     (["data.sampling.correct_ratio=1.5"], "data.sampling.correct_ratio", "1.5"),
     (["data.sampling.correct_ratio=.nan"], "data.sampling.correct_ratio", "nan"),
     (["data.sampling.curriculum_bins={low: [5, 2]}"], "data.sampling.curriculum_bins", "{'low': [5, 2]}"),
-    (["data.sampling.curriculum_schedule=[{until: 0, weights: {low: 1}}]"],
-     "data.sampling.curriculum_schedule.0.until", "0"),
-    (["data.sampling.curriculum_schedule=[{until: 1.0, weights: {low: .inf}}]"],
-     "data.sampling.curriculum_schedule.0.weights.low", "inf"),
+    (
+        ["data.sampling.curriculum_schedule=[{until: 0, weights: {low: 1}}]"],
+        "data.sampling.curriculum_schedule.0.until",
+        "0",
+    ),
+    (
+        ["data.sampling.curriculum_schedule=[{until: 1.0, weights: {low: .inf}}]"],
+        "data.sampling.curriculum_schedule.0.weights.low",
+        "inf",
+    ),
     # model
     (["model.max_seq_len=0"], "model.max_seq_len", "0"),
     (["model.max_seq_len=100"], "model.max_seq_len", "100"),  # < data.max_length 512
@@ -135,6 +141,7 @@ GOOD = [
     ["tracking.buffer_size=1", "eval.n=2", "eval.ks=[1, 2]", "eval.temperature=0.8", "eval.top_p=1"],
 ]
 
+
 @pytest.mark.parametrize("overrides, key, value", BAD, ids=[" ".join(case[0]) for case in BAD])
 def test_a_value_out_of_range_is_one_line_naming_key_and_value(overrides, key, value):
     with pytest.raises(SpecError) as caught:
@@ -204,14 +211,23 @@ def test_dry_run_with_a_bad_value_is_one_line_exit_2_and_makes_no_directory(tmp_
 def test_validation_rows_are_checked_for_the_ranks_that_will_run(tmp_path, monkeypatch):
     """32 rows, batch 32: one rank validates; `wmtp train` launching 2 DDP ranks would not (refused in
     the dry run too), and a run started some other way with 2 ranks is refused before its run dir."""
-    from wmtp_cli.main import app
     from wmtp.train.config import check_world_size
+    from wmtp_cli.main import app
 
     monkeypatch.chdir(tmp_path)
     overrides = ["train.batch_size=32", "data.valid_samples=32", "distributed.nproc_per_node=2"]
     for strategy, code in [("none", 0), ("ddp", 2)]:
-        result = CliRunner().invoke(app, ["train", "smoke", "--dry-run", "--set", f"distributed.strategy={strategy}",
-                                          *(a for o in overrides for a in ("--set", o))])
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "smoke",
+                "--dry-run",
+                "--set",
+                f"distributed.strategy={strategy}",
+                *(a for o in overrides for a in ("--set", o)),
+            ],
+        )
         assert result.exit_code == code, result.output
     assert "stage critic: data.valid_samples: " in result.output and "2 × 32 = 64" in result.output
     assert "with 2 ranks" in result.output and len(result.output.strip().splitlines()) == 1

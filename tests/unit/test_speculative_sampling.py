@@ -3,7 +3,8 @@
 A tiny random MTP model (vocab 8, 2 trunk blocks + 3 heads, weights scaled up so that every head's
 distribution is far from uniform and the extra heads disagree with head 1) makes both checks cheap:
 
-1. Analytic, exact to 1e-6 (the probabilities are float32, as generation computes them). From the model's own distributions at a prompt — p for head 1
+1. Analytic, exact to 1e-6 (the probabilities are float32, as generation computes them). From the model's
+   own distributions at a prompt — p for head 1
    after the prompt + each first token c (and after each second token a), q₂ and q₃ for the drafts
    heads 2 and 3 make of the two tokens after c — the first verification step's output distribution is
    enumerated over every draft, using generation's own `acceptance_probability` and `residual`:
@@ -68,8 +69,9 @@ class Letters:
 
 @pytest.fixture(scope="module")
 def tiny():
-    args = ModelArgs(dim=32, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, multiple_of=16,
-                     n_future_tokens=3, max_seq_len=16)
+    args = ModelArgs(
+        dim=32, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, multiple_of=16, n_future_tokens=3, max_seq_len=16
+    )
     model = Transformer(args)
     model.init_weights(0)
     with torch.no_grad():  # far from uniform, heads disagreeing (max probabilities ≈ 0.25–0.35 at T = 0.8)
@@ -99,7 +101,7 @@ def sampled_counts(model, config: GenerationConfig):
     completions, stats = generate(model, Letters(), [PROMPT] * N_SAMPLES, config)
     assert all(c.n_tokens == N_NEW for c in completions)
     counts = Counter(c.text for c in completions)
-    table = torch.zeros(VOCAB ** N_NEW, dtype=torch.float64)
+    table = torch.zeros(VOCAB**N_NEW, dtype=torch.float64)
     for text, count in counts.items():
         a, b, c = Letters().encode(text)
         table[(a * VOCAB + b) * VOCAB + c] = count
@@ -134,7 +136,9 @@ def test_one_verification_step_outputs_exactly_head_1s_distribution(tiny, option
     n = prompt.shape[1]
     rejections = []
     with torch.no_grad():
-        drafts_q = token_probs(tiny(prompt)[0, n - 1, 1:], config, normalize=True)  # heads 2, 3 after the prompt: q₂, q₃
+        drafts_q = token_probs(
+            tiny(prompt)[0, n - 1, 1:], config, normalize=True
+        )  # heads 2, 3 after the prompt: q₂, q₃
         for c in range(VOCAB):
             grid = torch.cat([prompt.expand(VOCAB, -1), torch.full((VOCAB, 1), c), torch.arange(VOCAB)[:, None]], 1)
             probs = token_probs(tiny(grid, n_heads=1)[:, :, 0], config, normalize=True)
@@ -145,8 +149,9 @@ def test_one_verification_step_outputs_exactly_head_1s_distribution(tiny, option
             reject2 = 1 - (q2 * alpha2).sum()
             reject3 = 1 - (q3 * alpha3).sum(-1)  # [V(a)]
             first = q2 * alpha2 + reject2 * residual(p1, q2)  # the first token's distribution
-            joint = (q2 * alpha2)[:, None] * (q3 * alpha3 + reject3[:, None] * residual(p2, q3)) \
-                + (reject2 * residual(p1, q2))[:, None] * p2
+            joint = (q2 * alpha2)[:, None] * (q3 * alpha3 + reject3[:, None] * residual(p2, q3)) + (
+                reject2 * residual(p1, q2)
+            )[:, None] * p2
             torch.testing.assert_close(first, p1, atol=1e-6, rtol=0)
             torch.testing.assert_close(joint, p1[:, None] * p2, atol=1e-6, rtol=0)
             rejections.append(float(reject2))

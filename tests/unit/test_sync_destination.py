@@ -9,27 +9,33 @@ from wmtp_storage_sync.engine import resolve_selection
 from wmtp_storage_sync.errors import SyncError
 
 
-@pytest.mark.parametrize("dest, expected", [
-    ("s3://my-bucket", S3Location("my-bucket", "")),
-    ("s3://my-bucket/a/b/", S3Location("my-bucket", "a/b")),
-    ("vessl://team-storage/models", VesslLocation("team-storage", "models", "")),
-    ("vessl://team-storage/models/v2/mtp", VesslLocation("team-storage", "models", "v2/mtp")),
-    ("/mnt/backup", LocalLocation(Path("/mnt/backup"))),
-    ("file:///mnt/backup", LocalLocation(Path("/mnt/backup"))),
-])
+@pytest.mark.parametrize(
+    "dest, expected",
+    [
+        ("s3://my-bucket", S3Location("my-bucket", "")),
+        ("s3://my-bucket/a/b/", S3Location("my-bucket", "a/b")),
+        ("vessl://team-storage/models", VesslLocation("team-storage", "models", "")),
+        ("vessl://team-storage/models/v2/mtp", VesslLocation("team-storage", "models", "v2/mtp")),
+        ("/mnt/backup", LocalLocation(Path("/mnt/backup"))),
+        ("file:///mnt/backup", LocalLocation(Path("/mnt/backup"))),
+    ],
+)
 def test_destinations_parse(dest, expected):
     assert parse_destination(dest) == expected
 
 
-@pytest.mark.parametrize("dest, message", [
-    ("gs://bucket/x", "unsupported scheme gs://"),
-    ("s3://Bad_Bucket/x", "'Bad_Bucket' is not a valid bucket name"),
-    ("s3://", "is not a valid bucket name"),
-    ("s3://bucket/../x", "'.' and '..' are not allowed"),
-    ("vessl://only-storage", "expected vessl://STORAGE/VOLUME"),
-    ("file://relative", "needs an absolute path"),
-    ("", "--dest is required"),
-])
+@pytest.mark.parametrize(
+    "dest, message",
+    [
+        ("gs://bucket/x", "unsupported scheme gs://"),
+        ("s3://Bad_Bucket/x", "'Bad_Bucket' is not a valid bucket name"),
+        ("s3://", "is not a valid bucket name"),
+        ("s3://bucket/../x", "'.' and '..' are not allowed"),
+        ("vessl://only-storage", "expected vessl://STORAGE/VOLUME"),
+        ("file://relative", "needs an absolute path"),
+        ("", "--dest is required"),
+    ],
+)
 def test_bad_destinations_name_the_problem(dest, message):
     with pytest.raises(SyncError, match=message):
         parse_destination(dest)
@@ -45,11 +51,14 @@ def test_paths_resolve_from_cwd_or_root(tmp_path, monkeypatch):
     assert resolve_selection(root, ["datasets_v2/new"], "down") == ["datasets_v2/new"]  # may not exist yet
 
 
-@pytest.mark.parametrize("path, message", [
-    ("models_v2/missing", "no such file or directory under"),
-    ("/etc", "outside the sync root"),
-    ("../x", "'..' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("models_v2/missing", "no such file or directory under"),
+        ("/etc", "outside the sync root"),
+        ("../x", "'..' is not allowed"),
+    ],
+)
 def test_bad_paths_are_one_line(tmp_path, monkeypatch, path, message):
     root = tmp_path / "storage"
     root.mkdir()

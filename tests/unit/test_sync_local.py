@@ -100,8 +100,14 @@ def test_first_sync_copies_all_and_second_copies_nothing(tree, tmp_path):
     dest = tmp_path / "backup"
     first = run(tree, dest)
     assert len(first.transferred) == 3 and first.manifest_written
-    assert (dest / "models_v2/m/model.safetensors").read_bytes() == (tree / "models_v2/m/model.safetensors").read_bytes()
-    assert set(manifest_of(dest)) == {"models_v2/m/model.safetensors", "models_v2/m/params.json", "datasets_v2/train.jsonl"}
+    assert (dest / "models_v2/m/model.safetensors").read_bytes() == (
+        tree / "models_v2/m/model.safetensors"
+    ).read_bytes()
+    assert set(manifest_of(dest)) == {
+        "models_v2/m/model.safetensors",
+        "models_v2/m/params.json",
+        "datasets_v2/train.jsonl",
+    }
     mtimes = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
 
     second = run(tree, dest)
@@ -116,7 +122,8 @@ def test_cold_sync_reads_each_file_once_and_records_its_sha256(tree, tmp_path, m
     assert len(run(tree, dest).transferred) == 3
     assert dict(reads.bytes) == {rel: len(data) for rel, data in files.items()}  # one read: hash while copying
     assert {rel: (e["size"], e["sha256"]) for rel, e in manifest_of(dest).items()} == {
-        rel: (len(data), hashlib.sha256(data).hexdigest()) for rel, data in files.items()}
+        rel: (len(data), hashlib.sha256(data).hexdigest()) for rel, data in files.items()
+    }
 
     reads.bytes.clear()
     assert run(tree, dest).transferred == [] and not reads.bytes  # the hashes went to the cache
@@ -199,13 +206,17 @@ def test_pull_selected_model_then_nothing_then_delete(tree, tmp_path):
     pulled = run(local, dest, direction="down", paths=["models_v2/m"])
     assert sorted(t.rel for t in pulled.transferred) == ["models_v2/m/model.safetensors", "models_v2/m/params.json"]
     assert not (local / "datasets_v2").exists()
-    assert (local / "models_v2/m/model.safetensors").read_bytes() == (tree / "models_v2/m/model.safetensors").read_bytes()
+    assert (local / "models_v2/m/model.safetensors").read_bytes() == (
+        tree / "models_v2/m/model.safetensors"
+    ).read_bytes()
     assert run(local, dest, direction="down", paths=["models_v2/m"]).transferred == []
 
     (local / "models_v2/m/stray.txt").write_text("not in the manifest")
     (local / "models_v2/m/params.json").write_text("edited locally")
     again = run(local, dest, direction="down", paths=["models_v2/m"], delete=True)
-    assert [t.rel for t in again.transferred] == ["models_v2/m/params.json"] and again.deleted == ["models_v2/m/stray.txt"]
+    assert [t.rel for t in again.transferred] == ["models_v2/m/params.json"] and again.deleted == [
+        "models_v2/m/stray.txt"
+    ]
     assert (local / "models_v2/m/params.json").read_text() == '{"dim": 8}'
 
 
@@ -225,8 +236,11 @@ def test_pull_needs_a_complete_sync_and_safe_paths(tree, tmp_path):
     dest.mkdir()
     with pytest.raises(SyncError, match="no .wmtp-manifest.json there"):
         run(tmp_path / "pull", dest, direction="down")
-    manifest = {"format": "wmtp-sync-manifest", "version": 1,
-                "files": {"../../etc/evil": {"size": 1, "sha256": "00" * 32}}}
+    manifest = {
+        "format": "wmtp-sync-manifest",
+        "version": 1,
+        "files": {"../../etc/evil": {"size": 1, "sha256": "00" * 32}},
+    }
     (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(SyncError, match="unsafe path '../../etc/evil'"):
         run(tmp_path / "pull", dest, direction="down")
@@ -254,13 +268,19 @@ def test_push_never_follows_a_symlink_out_of_the_root(tree, tmp_path):
     dest = tmp_path / "backup"
     report = run(tree, dest)
     assert "OUTSIDE-THE-ROOT" not in all_bytes_under(dest).decode(errors="replace")
-    assert set(manifest_of(dest)) == {"models_v2/m/model.safetensors", "models_v2/m/params.json",
-                                      "models_v2/m/train-copy.jsonl", "datasets_v2/train.jsonl"}
+    assert set(manifest_of(dest)) == {
+        "models_v2/m/model.safetensors",
+        "models_v2/m/params.json",
+        "models_v2/m/train-copy.jsonl",
+        "datasets_v2/train.jsonl",
+    }
     # A link that stays inside the root is sent as the file it names, under the link's path.
     assert (dest / "models_v2/m/train-copy.jsonl").read_bytes() == (tree / "datasets_v2/train.jsonl").read_bytes()
-    assert dict(report.skipped) == {"models_v2/hostname": "a symlink out of the sync root",
-                                    "linked_dir": "a symlinked directory (not followed)",
-                                    "broken": "a broken symlink"}
+    assert dict(report.skipped) == {
+        "models_v2/hostname": "a symlink out of the sync root",
+        "linked_dir": "a symlinked directory (not followed)",
+        "broken": "a broken symlink",
+    }
     # Named on the command line, a link out of the root is not followed either.
     named = run(tree, tmp_path / "backup2", paths=["linked_dir", "models_v2/hostname"])
     assert named.transferred == [] and sorted(dict(named.skipped)) == ["linked_dir", "models_v2/hostname"]
@@ -291,14 +311,24 @@ def test_push_leaves_out_checkpoints_being_written_temp_files_and_the_run_lock(t
     assert sorted(manifest_of(dest)) == [
         "checkpoints/smoke-1/baseline/checkpoints/step_000002/train_state.pt",
         "checkpoints/smoke-1/baseline/metrics.jsonl",
-        "datasets_v2/train.jsonl", "models_v2/m/.gitattributes", "models_v2/m/model.safetensors",
-        "models_v2/m/params.json"]
+        "datasets_v2/train.jsonl",
+        "models_v2/m/.gitattributes",
+        "models_v2/m/model.safetensors",
+        "models_v2/m/params.json",
+    ]
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(
-        [*manifest_of(dest), MANIFEST_NAME])
+        [*manifest_of(dest), MANIFEST_NAME]
+    )
     assert report.skipped == []  # expected leftovers, not worth a warning
     # Named explicitly, a checkpoint being written is still left out.
-    assert run(tree, tmp_path / "backup2", paths=[str(next(ckpts.glob(".step_000004.*")).relative_to(tree))],
-               ).transferred == []
+    assert (
+        run(
+            tree,
+            tmp_path / "backup2",
+            paths=[str(next(ckpts.glob(".step_000004.*")).relative_to(tree))],
+        ).transferred
+        == []
+    )
 
 
 def test_pull_never_writes_through_a_symlinked_directory(tree, tmp_path):
@@ -310,8 +340,11 @@ def test_pull_never_writes_through_a_symlinked_directory(tree, tmp_path):
     local.mkdir()
     (local / "models_v2").symlink_to(elsewhere, target_is_directory=True)
     for dry_run in (True, False):
-        with pytest.raises(SyncError, match=r"models_v2: a symlinked directory inside the sync root; a pull "
-                                            r"never writes through one"):
+        with pytest.raises(
+            SyncError,
+            match=r"models_v2: a symlinked directory inside the sync root; a pull "
+            r"never writes through one",
+        ):
             run(local, dest, direction="down", dry_run=dry_run)
     assert list(elsewhere.iterdir()) == []
     assert not (local / "datasets_v2").exists()  # refused before anything was fetched

@@ -26,8 +26,14 @@ def test_manifest_round_trip_keeps_every_field():
     assert again.files == manifest.files
 
 
-@pytest.mark.parametrize("data", [b"not json", b'{"format": "other", "version": 1, "files": {}}',
-                                  b'{"format": "wmtp-sync-manifest", "version": 1, "files": {"a": {"size": 1}}}'])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b'{"format": "other", "version": 1, "files": {}}',
+        b'{"format": "wmtp-sync-manifest", "version": 1, "files": {"a": {"size": 1}}}',
+    ],
+)
 def test_bad_manifest_is_one_error_naming_where(data):
     with pytest.raises(SyncError, match=r"^s3://b/p/\.wmtp-manifest\.json: not a valid sync manifest"):
         Manifest.from_bytes(data, "s3://b/p/.wmtp-manifest.json")

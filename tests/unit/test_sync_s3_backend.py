@@ -20,12 +20,21 @@ def backend(monkeypatch):
 
 def test_listing_follows_continuation_tokens_and_skips_the_manifest(backend, monkeypatch):
     pages = {
-        None: {"IsTruncated": True, "NextContinuationToken": "t1",
-               "Contents": [{"Key": "team/a.bin", "Size": 1, "ETag": '"e1"'}]},
-        "t1": {"IsTruncated": True, "NextContinuationToken": "t2",
-               "Contents": [{"Key": "team/.wmtp-manifest.json", "Size": 9, "ETag": '"m"'}]},
-        "t2": {"IsTruncated": False, "KeyCount": 1,
-               "Contents": [{"Key": "team/d/b.bin", "Size": 2, "ETag": '"e2"', "LastModified": "2025-01-01T00:00:00Z"}]},
+        None: {
+            "IsTruncated": True,
+            "NextContinuationToken": "t1",
+            "Contents": [{"Key": "team/a.bin", "Size": 1, "ETag": '"e1"'}],
+        },
+        "t1": {
+            "IsTruncated": True,
+            "NextContinuationToken": "t2",
+            "Contents": [{"Key": "team/.wmtp-manifest.json", "Size": 9, "ETag": '"m"'}],
+        },
+        "t2": {
+            "IsTruncated": False,
+            "KeyCount": 1,
+            "Contents": [{"Key": "team/d/b.bin", "Size": 2, "ETag": '"e2"', "LastModified": "2025-01-01T00:00:00Z"}],
+        },
     }
     calls = []
 
@@ -55,4 +64,6 @@ def test_signer_takes_the_payload_hash_from_a_valid_checksum_header_only():
     # No header, or one that is not a SHA-256 digest: botocore hashes the body as it always does.
     assert signer.payload(_Request(body, {})) == digest.hex()
     assert signer.payload(_Request(body, {"x-amz-checksum-sha256": "not base64!"})) == digest.hex()
-    assert signer.payload(_Request(body, {"x-amz-checksum-sha256": base64.b64encode(b"short").decode()})) == digest.hex()
+    assert (
+        signer.payload(_Request(body, {"x-amz-checksum-sha256": base64.b64encode(b"short").decode()})) == digest.hex()
+    )

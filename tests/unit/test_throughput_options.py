@@ -45,8 +45,11 @@ def test_activation_checkpointing_is_none_full_or_selective_and_the_old_booleans
     assert mode("distributed.activation_checkpointing=true") == "full"
     assert mode("distributed.activation_checkpointing=selective") == "selective"
     assert mode("distributed.activation_checkpointing=none") == "none"
-    with pytest.raises(SpecError, match=r"distributed\.activation_checkpointing: Input should be 'none', 'full' or "
-                                        r"'selective' \(got 'op'\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"distributed\.activation_checkpointing: Input should be 'none', 'full' or "
+        r"'selective' \(got 'op'\)",
+    ):
         mode("distributed.activation_checkpointing=op")
     assert load_experiment("smoke").stages[0].train.compile is False
     assert load_experiment("smoke", ["train.compile=true"]).stages[0].train.compile is True
@@ -54,8 +57,18 @@ def test_activation_checkpointing_is_none_full_or_selective_and_the_old_booleans
 
 def tiny_module() -> TrainModule:
     torch.manual_seed(0)
-    model = Transformer(ModelArgs(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16,
-                                  n_future_tokens=3, max_seq_len=64))
+    model = Transformer(
+        ModelArgs(
+            dim=64,
+            n_layers=5,
+            n_heads=4,
+            n_kv_heads=2,
+            vocab_size=97,
+            multiple_of=16,
+            n_future_tokens=3,
+            max_seq_len=64,
+        )
+    )
     model.init_weights(0)
     return TrainModule(model)
 

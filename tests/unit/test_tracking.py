@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -212,12 +211,15 @@ def test_no_run_id_is_kept_without_a_stage_dir(tmp_path):
     tracker.close()
 
 
-@pytest.mark.parametrize("uri, shown", [
-    ("https://user:s3cret@mlflow.example.org/path?token=abc#frag", "https://***@mlflow.example.org/path?***#***"),
-    ("http://:tok@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
-    ("https://mlflow.example.org", "https://mlflow.example.org"),
-    ("sqlite:////abs/storage/mlflow/mlflow.db", "sqlite:////abs/storage/mlflow/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("https://user:s3cret@mlflow.example.org/path?token=abc#frag", "https://***@mlflow.example.org/path?***#***"),
+        ("http://:tok@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+        ("https://mlflow.example.org", "https://mlflow.example.org"),
+        ("sqlite:////abs/storage/mlflow/mlflow.db", "sqlite:////abs/storage/mlflow/mlflow.db"),
+    ],
+)
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown
 
@@ -253,8 +255,7 @@ def test_a_resumed_run_forgets_the_points_after_its_checkpoint(tmp_path, capsys)
         killed.log_metrics({"loss": 10.0 + step}, step)
     # SIGKILL: no close(); the checkpoint was at step 3
 
-    resumed = make_tracker(True, uri, "wmtp-test", "baseline/baseline", {"stage": "baseline"}, 100,
-                           stage_dir=stage_dir)
+    resumed = make_tracker(True, uri, "wmtp-test", "baseline/baseline", {"stage": "baseline"}, 100, stage_dir=stage_dir)
     resumed.forget_after(3)
     resumed.log_params({"train": {"lr": 1e-5}, "targets": {"k8s": {"namespace": "b"}}})
     for step in range(4, 7):

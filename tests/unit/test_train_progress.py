@@ -24,8 +24,10 @@ def test_plain_lines_for_logged_steps_and_validations_only():
     assert len(lines) == 3
     assert lines[0].startswith("smoke/critic step 2/12 epoch 0.17 loss 0.4000 tokens/s 1234 elapsed 0:00:0")
     assert " eta 0:00:" in lines[0]
-    assert lines[1:] == ["smoke/critic step 2/12 validation val/loss 0.3600 (new best)",
-                         "smoke/critic step 4/12 validation val/loss 0.3700"]
+    assert lines[1:] == [
+        "smoke/critic step 2/12 validation val/loss 0.3600 (new best)",
+        "smoke/critic step 4/12 validation val/loss 0.3700",
+    ]
 
 
 def test_a_terminal_gets_the_bar_and_other_ranks_nothing():

@@ -7,7 +7,6 @@ import copy
 import json
 
 import pytest
-
 import yaml
 
 from wmtp.train.config import SpecError, dump_spec, load_experiment
@@ -38,8 +37,10 @@ CASES = [
     # what is trained, and on what: must be as the stage was started
     ({"train__lr": 3e-5}, [("train.lr", 1e-5, 3e-5)]),
     ({"data__max_length": 1024}, [("data.max_length", 2048, 1024)]),
-    ({"model__path": "/elsewhere/meta-7b-mtp"},
-     [("model.path", "storage/models_v2/meta-7b-mtp", "/elsewhere/meta-7b-mtp")]),  # paths compare as written
+    (
+        {"model__path": "/elsewhere/meta-7b-mtp"},
+        [("model.path", "storage/models_v2/meta-7b-mtp", "/elsewhere/meta-7b-mtp")],
+    ),  # paths compare as written
     ({"data__sampling__strategy": "balanced"}, [("data.sampling.strategy", "correct_only", "balanced")]),
     ({"train__max_steps": 100}, [("train.max_steps", None, 100)]),  # more steps: another LR schedule
     ({"train__betas": [0.9, 0.99]}, [("train.betas", [0.9, 0.95], [0.9, 0.99])]),
@@ -51,12 +52,20 @@ CASES = [
     # the number of ranks: the global batch, and one RNG state per rank in every checkpoint
     ({"distributed__nproc_per_node": 2}, [(RANKS, 4, 2)]),
     ({"distributed__strategy": "none"}, [(RANKS, 4, 1)]),
-    ({"train__lr": 3e-5, "data__max_length": 1024},
-     [("data.max_length", 2048, 1024), ("train.lr", 1e-5, 3e-5)]),  # in the spec's order
+    (
+        {"train__lr": 3e-5, "data__max_length": 1024},
+        [("data.max_length", 2048, 1024), ("train.lr", 1e-5, 3e-5)],
+    ),  # in the spec's order
     # where and how the job runs: may change
     ({"distributed__strategy": "ddp"}, []),
-    ({"distributed__activation_checkpointing": False, "distributed__backend": "gloo",
-      "distributed__preemption_grace_s": 30}, []),
+    (
+        {
+            "distributed__activation_checkpointing": False,
+            "distributed__backend": "gloo",
+            "distributed__preemption_grace_s": 30,
+        },
+        [],
+    ),
     ({"tracking__uri": "https://mlflow.elsewhere.example"}, []),
     ({"tracking__buffer_size": 5}, []),
     ({"targets__k8s__namespace": "elsewhere", "targets__vessl__code_ref": "abc123"}, []),
@@ -93,41 +102,61 @@ def test_a_run_dir_started_with_another_spec_is_refused_in_one_line(tmp_path):
     assert str(refused.value) == (
         f"stage baseline: run dir {run_dir} was started with another spec: data.max_length 2048 → 1024, "
         "train.lr 1e-05 → 3e-05; resume with the same spec, or start a new run dir "
-        "(--run-dir NEW or leave --run-dir out)")
+        "(--run-dir NEW or leave --run-dir out)"
+    )
 
 
 def test_the_same_spec_or_platform_changes_resume(tmp_path):
     run_dir = run_dir_with(tmp_path, "train.lr=3e-5")
     check_run_dir(baseline("train.lr=3e-5"), run_dir)
-    check_run_dir(baseline("train.lr=3e-5", "tracking.uri=http://other:5000", "targets.k8s.namespace=x",
-                           "data.num_workers=8", "distributed.strategy=ddp"), run_dir)
+    check_run_dir(
+        baseline(
+            "train.lr=3e-5",
+            "tracking.uri=http://other:5000",
+            "targets.k8s.namespace=x",
+            "data.num_workers=8",
+            "distributed.strategy=ddp",
+        ),
+        run_dir,
+    )
     check_run_dir(baseline("train.lr=1e-4"), tmp_path / "new")  # nothing started there
     check_run_dir(baseline("train.lr=1e-4"), None)
 
 
 def test_a_spec_yaml_from_before_a_key_existed_resumes_with_its_default(tmp_path):
     run_dir = run_dir_with(tmp_path)
-    saved = (run_dir / "baseline" / "spec.yaml")
+    saved = run_dir / "baseline" / "spec.yaml"
     text = saved.read_text()
     assert "  keep_last: 2\n" in text
     saved.write_text(text.replace("  keep_last: 2\n", ""))
     check_run_dir(baseline(), run_dir)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("train: [unclosed\n", "spec.yaml:2: invalid YAML"),
-    ("- a list\n", "spec.yaml: expected a mapping at the top level"),
-    ("experiment: baseline\nstage: baseline\nobjective: baseline\nmodel: {path: m}\ndata: {train: t}\n"
-     "train: {lrr: 1}\n", "spec.yaml: train.lrr: unknown key"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("train: [unclosed\n", "spec.yaml:2: invalid YAML"),
+        ("- a list\n", "spec.yaml: expected a mapping at the top level"),
+        (
+            "experiment: baseline\nstage: baseline\nobjective: baseline\nmodel: {path: m}\ndata: {train: t}\n"
+            "train: {lrr: 1}\n",
+            "spec.yaml: train.lrr: unknown key",
+        ),
+    ],
+)
 def test_an_unreadable_spec_yaml_is_named(tmp_path, content, message):
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "spec.yaml").write_text(content)
     with pytest.raises(SpecError) as refused:
         check_run_dir(baseline(), tmp_path)
     line = str(refused.value)
-    assert line.startswith("stage baseline: the spec this run dir was started with cannot be read: "
-                           f"{tmp_path / 'baseline'}/") and message in line and "\n" not in line
+    assert (
+        line.startswith(
+            f"stage baseline: the spec this run dir was started with cannot be read: {tmp_path / 'baseline'}/"
+        )
+        and message in line
+        and "\n" not in line
+    )
 
 
 def test_metrics_after_the_checkpoint_are_dropped_atomically(tmp_path):
@@ -152,11 +181,28 @@ def test_a_section_of_the_stages_objective_must_be_as_started(tmp_path):
 def test_a_spec_yaml_with_every_objectives_section_resumes(tmp_path, experiment):
     """Run dirs written before stage specs carried only their objective's section hold all of them (with their
     defaults): the others are dropped from the comparison, the stage's own still compared."""
-    legacy = {"td": {"gamma": 1.0, "beta": 0.9, "w_min": 0.1, "w_max": 5.0, "value_coef": 0.5, "value_loss": "mse",
-                     "huber_delta": 1.0, "value_clip": 0.2, "value_head": None},
-              "critic": {"value_loss": "mse", "huber_delta": 1.0, "gamma": 1.0},
-              "rho1": {"reference": None, "mode": "weighted", "keep_ratio": 0.6, "temperature": 1.0, "w_min": 0.0,
-                       "w_max": 3.0}}
+    legacy = {
+        "td": {
+            "gamma": 1.0,
+            "beta": 0.9,
+            "w_min": 0.1,
+            "w_max": 5.0,
+            "value_coef": 0.5,
+            "value_loss": "mse",
+            "huber_delta": 1.0,
+            "value_clip": 0.2,
+            "value_head": None,
+        },
+        "critic": {"value_loss": "mse", "huber_delta": 1.0, "gamma": 1.0},
+        "rho1": {
+            "reference": None,
+            "mode": "weighted",
+            "keep_ratio": 0.6,
+            "temperature": 1.0,
+            "w_min": 0.0,
+            "w_max": 3.0,
+        },
+    }
     stage = load_experiment(experiment).stages[-1]
     saved = stage.to_dict()
     for section, values in legacy.items():

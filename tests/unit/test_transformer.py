@@ -7,8 +7,9 @@ from wmtp.model import ModelArgs, Transformer, ValueHead
 
 
 def tiny_args(**overrides) -> ModelArgs:
-    values = dict(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16,
-                  n_future_tokens=3, max_seq_len=64)
+    values = dict(
+        dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=97, multiple_of=16, n_future_tokens=3, max_seq_len=64
+    )
     return ModelArgs(**{**values, **overrides})
 
 
@@ -25,9 +26,14 @@ def test_meta_layout_block_counts_and_names():
     assert len(model.extra_heads) == 2
     assert model.heads[0] is model.layers[-1]
     names = set(model.state_dict())
-    assert {"tok_embeddings.weight", "norm.weight", "output.weight",
-            "layers.0.attention.wq.weight", "layers.2.feed_forward.w3.weight",
-            "extra_heads.1.ffn_norm.weight"} <= names
+    assert {
+        "tok_embeddings.weight",
+        "norm.weight",
+        "output.weight",
+        "layers.0.attention.wq.weight",
+        "layers.2.feed_forward.w3.weight",
+        "extra_heads.1.ffn_norm.weight",
+    } <= names
     assert not any("rope" in n for n in names), "RoPE tables are derived, never stored"
     assert model.output.weight.data_ptr() != model.tok_embeddings.weight.data_ptr()
 

@@ -20,7 +20,9 @@ def _ignore(_: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None = None, enabled: bool = True, unit: str = "items") -> Iterator[Advance]:
+def progress_bar(
+    description: str, total: int | None = None, enabled: bool = True, unit: str = "items"
+) -> Iterator[Advance]:
     """Yield `advance(n)`; a bar on stderr when `enabled`. `unit="bytes"` shows a transfer speed."""
     if not enabled:
         yield _ignore
@@ -43,8 +45,14 @@ def progress_bar(description: str, total: int | None = None, enabled: bool = Tru
     )
 
     count_column = TransferSpeedColumn() if unit == "bytes" else MofNCompleteColumn()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count_column,
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        count_column,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
@@ -70,8 +78,11 @@ def plain_progress(description: str, total: int | None, unit: str, stream: TextI
         if tenth > state["tenth"] or now - last_print >= PLAIN_EVERY_S:
             state["tenth"], last_print = max(tenth, state["tenth"]), now
             share = f" ({100 * state['done'] / total:.0f}%)" if total else ""
-            print(f"{description}: {_amount(state['done'], unit)}{of_total}{share} elapsed {now - started:.0f}s",
-                  file=stream, flush=True)
+            print(
+                f"{description}: {_amount(state['done'], unit)}{of_total}{share} elapsed {now - started:.0f}s",
+                file=stream,
+                flush=True,
+            )
 
     yield advance
     print(f"{description}: done in {time.monotonic() - started:.0f}s", file=stream, flush=True)

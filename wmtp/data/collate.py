@@ -42,7 +42,7 @@ def truncate(prompt: list[int], response: list[int], max_length: int) -> Encoded
         return EncodedSample(prompt + response, len(prompt))
     prompt_keep = min(len(prompt), max(min(len(prompt), max_length // 2), max_length - len(response)))
     if prompt_keep < len(prompt):
-        prompt = prompt[:1] + prompt[len(prompt) - (prompt_keep - 1):] if prompt_keep > 1 else prompt[:1]
+        prompt = prompt[:1] + prompt[len(prompt) - (prompt_keep - 1) :] if prompt_keep > 1 else prompt[:1]
     response = response[: max_length - len(prompt)]
     return EncodedSample(prompt + response, len(prompt))
 

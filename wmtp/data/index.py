@@ -103,7 +103,9 @@ class IndexBuilder:
 
     def add(self, offset: int, length: int, record: dict, n_tokens: int = 0) -> None:
         metadata = record["metadata"]
-        self.pending.append((offset, length, min(n_tokens, MAX_INDEXED_TOKENS), metadata["difficulty"], record["is_correct"]))
+        self.pending.append(
+            (offset, length, min(n_tokens, MAX_INDEXED_TOKENS), metadata["difficulty"], record["is_correct"])
+        )
         self.sources[metadata["source"]] += 1
         if len(self.pending) >= CHUNK_ROWS:
             self.flush()
@@ -118,7 +120,9 @@ class IndexBuilder:
         return np.concatenate(self.chunks) if self.chunks else np.empty(0, dtype=INDEX_DTYPE)
 
 
-def scan_into_index(jsonl_path: Path, tokenizer=None, show_progress: bool = False) -> tuple[np.ndarray, Counter, LineScanner]:
+def scan_into_index(
+    jsonl_path: Path, tokenizer=None, show_progress: bool = False
+) -> tuple[np.ndarray, Counter, LineScanner]:
     """Parse every line of `jsonl_path` (a bad line raises `DataError` naming file:line) into index rows."""
     if not jsonl_path.is_file():
         raise DataError(f"{jsonl_path}: file not found (expected an Alpaca JSONL)")
@@ -132,8 +136,9 @@ def scan_into_index(jsonl_path: Path, tokenizer=None, show_progress: bool = Fals
     return builder.finish(), builder.sources, scanner
 
 
-def build_index(jsonl_path: str | Path, tokenizer=None, extra_metadata: dict | None = None,
-                show_progress: bool = False) -> "DatasetIndex":
+def build_index(
+    jsonl_path: str | Path, tokenizer=None, extra_metadata: dict | None = None, show_progress: bool = False
+) -> "DatasetIndex":
     """Scan `jsonl_path` once and write `<stem>.index.npy` and `<stem>_metadata.json` beside it.
 
     With a `tokenizer`, `n_tokens` holds each record's token count; without one it is 0.
@@ -144,8 +149,14 @@ def build_index(jsonl_path: str | Path, tokenizer=None, extra_metadata: dict | N
     return write_index(jsonl_path, rows, sources, scanner.sha256, tokenizer, extra_metadata)
 
 
-def write_index(jsonl_path: Path, rows: np.ndarray, sources: Counter, sha256: str, tokenizer=None,
-                extra_metadata: dict | None = None) -> "DatasetIndex":
+def write_index(
+    jsonl_path: Path,
+    rows: np.ndarray,
+    sources: Counter,
+    sha256: str,
+    tokenizer=None,
+    extra_metadata: dict | None = None,
+) -> "DatasetIndex":
     """Write the index, then the metadata (last, so it marks a complete index)."""
     with atomic_output(index_path(jsonl_path)) as handle:
         np.save(handle, rows, allow_pickle=False)
@@ -167,7 +178,9 @@ def summarize(jsonl_path: Path, rows: np.ndarray, sources: Counter, sha256: str,
         "n_incorrect": int(len(rows)) - n_correct,
         "difficulty_histogram": {str(int(d)): int(c) for d, c in zip(difficulties, counts)},
         "sources": dict(sorted(sources.items())),
-        "tokens": None if tokenizer is None else {
+        "tokens": None
+        if tokenizer is None
+        else {
             "tokenizer": str(getattr(tokenizer, "path", "")),
             "total": int(tokens.sum()),
             "max": int(tokens.max(initial=0)),
@@ -231,16 +244,20 @@ class DatasetIndex:
         check_fresh(jsonl_path, metadata)
         rows = read_rows(jsonl_path)
         if len(rows) != metadata.get("n_samples"):
-            raise DataError(f"{index_path(jsonl_path)}: {len(rows)} rows but the metadata says "
-                            f"{metadata.get('n_samples')}; {rebuild_hint(jsonl_path)}")
+            raise DataError(
+                f"{index_path(jsonl_path)}: {len(rows)} rows but the metadata says "
+                f"{metadata.get('n_samples')}; {rebuild_hint(jsonl_path)}"
+            )
         return cls(rows, jsonl_path, metadata)
 
 
 def read_metadata(jsonl_path: Path) -> dict:
     meta_file = metadata_path(jsonl_path)
     if not meta_file.is_file() or not index_path(jsonl_path).is_file():
-        raise DataError(f"{jsonl_path}: no index (expected {index_path(jsonl_path).name} and {meta_file.name} "
-                        f"beside it); {rebuild_hint(jsonl_path)}")
+        raise DataError(
+            f"{jsonl_path}: no index (expected {index_path(jsonl_path).name} and {meta_file.name} "
+            f"beside it); {rebuild_hint(jsonl_path)}"
+        )
     try:
         metadata = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -248,8 +265,10 @@ def read_metadata(jsonl_path: Path) -> dict:
     if not isinstance(metadata, dict):
         raise DataError(f"{meta_file}: expected a JSON object, got {json_type(metadata)}; {rebuild_hint(jsonl_path)}")
     if metadata.get("index_format") != INDEX_FORMAT:
-        raise DataError(f"{meta_file}: index_format is {metadata.get('index_format')!r}; expected {INDEX_FORMAT!r}; "
-                        f"{rebuild_hint(jsonl_path)}")
+        raise DataError(
+            f"{meta_file}: index_format is {metadata.get('index_format')!r}; expected {INDEX_FORMAT!r}; "
+            f"{rebuild_hint(jsonl_path)}"
+        )
     return metadata
 
 
@@ -257,7 +276,9 @@ def check_fresh(jsonl_path: Path, metadata: dict) -> None:
     """The JSONL must be the one indexed: same size and same fingerprint (head and tail hashes)."""
     size = jsonl_path.stat().st_size
     if size != metadata.get("jsonl_bytes") or file_fingerprint(jsonl_path) != metadata.get("jsonl_fingerprint"):
-        raise DataError(f"{jsonl_path}: index is stale (the file changed after it was indexed); {rebuild_hint(jsonl_path)}")
+        raise DataError(
+            f"{jsonl_path}: index is stale (the file changed after it was indexed); {rebuild_hint(jsonl_path)}"
+        )
 
 
 def read_rows(jsonl_path: Path) -> np.ndarray:
@@ -267,6 +288,8 @@ def read_rows(jsonl_path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: unreadable index ({exc}); {rebuild_hint(jsonl_path)}") from None
     if rows.dtype != INDEX_DTYPE or rows.ndim != 1:
-        raise DataError(f"{path}: unexpected index layout {rows.dtype} {rows.shape} (expected a 1-D array of "
-                        f"{INDEX_DTYPE.itemsize}-byte {INDEX_FORMAT} records); {rebuild_hint(jsonl_path)}")
+        raise DataError(
+            f"{path}: unexpected index layout {rows.dtype} {rows.shape} (expected a 1-D array of "
+            f"{INDEX_DTYPE.itemsize}-byte {INDEX_FORMAT} records); {rebuild_hint(jsonl_path)}"
+        )
     return rows

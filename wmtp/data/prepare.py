@@ -14,17 +14,17 @@ counted by reason in the returned `PreparationReport` and in each split's metada
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from wmtp.common.progress import progress_bar
 from wmtp.data.humaneval import humaneval_file, read_humaneval
 from wmtp.data.mutation import Mutant, candidate_mutants
-from wmtp.common.progress import progress_bar
 from wmtp.data.raw import check_files, find_split_files, iter_rows
 from wmtp.data.schema import DIFFICULTY_MAX, DataError, make_record
 from wmtp.data.writer import PreparationReport, SplitWriter, TokenBudget
@@ -32,10 +32,26 @@ from wmtp.sandbox import run_program
 
 PYTHON_LANGUAGES = {1: "python2", 3: "python3"}  # CodeContests `language` enum values kept
 MAX_EXAMPLES = 2  # public test examples shown in `input`
-CODECONTESTS_COLUMNS = ["name", "description", "public_tests", "private_tests", "solutions",
-                        "incorrect_solutions", "difficulty"]
+CODECONTESTS_COLUMNS = [
+    "name",
+    "description",
+    "public_tests",
+    "private_tests",
+    "solutions",
+    "incorrect_solutions",
+    "difficulty",
+]
 CODECONTESTS_REQUIRED = ["name", "description", "public_tests", "solutions", "incorrect_solutions", "difficulty"]
-MBPP_COLUMNS = ["task_id", "text", "prompt", "code", "test_list", "test_setup_code", "test_imports", "challenge_test_list"]
+MBPP_COLUMNS = [
+    "task_id",
+    "text",
+    "prompt",
+    "code",
+    "test_list",
+    "test_setup_code",
+    "test_imports",
+    "challenge_test_list",
+]
 MBPP_REQUIRED = ["task_id", "code", "test_list"]
 
 
@@ -54,14 +70,21 @@ def make_budget(tokenizer_dir: str | Path | None, max_tokens: int | None) -> Tok
 
 
 def preparation_metadata(source: str, raw: str | Path | None, budget: TokenBudget) -> dict:
-    return {"preparation": {"source": source, "raw": None if raw is None else str(raw), "max_tokens": budget.max_tokens}}
+    return {
+        "preparation": {"source": source, "raw": None if raw is None else str(raw), "max_tokens": budget.max_tokens}
+    }
 
 
 # ----------------------------------------------------------------------------- CodeContests
 
 
-def prepare_codecontests(raw: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                         max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
+def prepare_codecontests(
+    raw: str | Path,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    max_tokens: int | None = 2048,
+    show_progress: bool = False,
+) -> PreparationReport:
     """Stream CodeContests parquet/arrow files into `<out>/processed/{train,valid,test}.jsonl`."""
     raw = Path(raw)
     split_files = find_split_files(raw)  # a bad path or file fails before the tokenizer loads or anything is written
@@ -69,10 +92,14 @@ def prepare_codecontests(raw: str | Path, out_dir: str | Path, tokenizer_dir: st
     budget = make_budget(tokenizer_dir, max_tokens)
     report = PreparationReport("codecontests")
     for split, files in sorted(split_files.items()):
-        with SplitWriter(processed_path(out_dir, split), budget, preparation_metadata("codecontests", raw, budget)) as writer:
+        with SplitWriter(
+            processed_path(out_dir, split), budget, preparation_metadata("codecontests", raw, budget)
+        ) as writer:
             with progress_bar(f"codecontests {split}", n_rows[split], show_progress) as advance:
                 for path in files:
-                    for row_number, row in enumerate(iter_rows(path, CODECONTESTS_COLUMNS, CODECONTESTS_REQUIRED, "CodeContests")):
+                    for row_number, row in enumerate(
+                        iter_rows(path, CODECONTESTS_COLUMNS, CODECONTESTS_REQUIRED, "CodeContests")
+                    ):
                         write_codecontests_problem(writer, row, f"{path}: row {row_number}")
                         advance(1)
         report.splits[split] = writer.report
@@ -98,8 +125,18 @@ def write_codecontests_problem(writer: SplitWriter, row: dict, where: str) -> No
             if not text.strip():
                 writer.drop("empty solution")
                 continue
-            writer.add(make_record(description, examples, text, f"{row['name']}_{label}_{i}", label == "correct",
-                                   "codecontests", difficulty, has_tests))
+            writer.add(
+                make_record(
+                    description,
+                    examples,
+                    text,
+                    f"{row['name']}_{label}_{i}",
+                    label == "correct",
+                    "codecontests",
+                    difficulty,
+                    has_tests,
+                )
+            )
 
 
 @dataclass
@@ -113,7 +150,11 @@ def python_solutions(column, name: str, where: str) -> PythonSolutions:
     """Python 2/3 solutions of a `{language: [...], solution: [...]}` column."""
     if column is None:
         return PythonSolutions()
-    if not isinstance(column, dict) or not isinstance(column.get("language"), list) or not isinstance(column.get("solution"), list):
+    if (
+        not isinstance(column, dict)
+        or not isinstance(column.get("language"), list)
+        or not isinstance(column.get("solution"), list)
+    ):
         raise DataError(f"{where}: '{name}' is not {{language: [int], solution: [str]}} (got {short_repr(column)})")
     languages, texts = column["language"], column["solution"]
     if len(languages) != len(texts):
@@ -156,8 +197,13 @@ def format_examples(tests) -> str:
 # ----------------------------------------------------------------------------- MBPP
 
 
-def prepare_mbpp(raw: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                 max_tokens: int | None = 2048, show_progress: bool = False) -> PreparationReport:
+def prepare_mbpp(
+    raw: str | Path,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    max_tokens: int | None = 2048,
+    show_progress: bool = False,
+) -> PreparationReport:
     """MBPP parquet/arrow (splits train/valid/test/prompt) → processed JSONL; tests kept in `metadata`."""
     raw = Path(raw)
     split_files = find_split_files(raw)  # a bad path or file fails before the tokenizer loads or anything is written
@@ -189,8 +235,16 @@ def mbpp_record(row: dict, where: str) -> dict:
     if not isinstance(row.get("code"), str):
         raise DataError(f"{where}: 'code' is not a string (got {short_repr(row.get('code'))})")
     return make_record(
-        description, "\n".join(tests), unix_newlines(row["code"]), f"MBPP/{row['task_id']}", True, "mbpp", 0, bool(tests),
-        test_list=tests, test_setup_code=mbpp_setup_code(row, where),
+        description,
+        "\n".join(tests),
+        unix_newlines(row["code"]),
+        f"MBPP/{row['task_id']}",
+        True,
+        "mbpp",
+        0,
+        bool(tests),
+        test_list=tests,
+        test_setup_code=mbpp_setup_code(row, where),
         challenge_test_list=list(row.get("challenge_test_list") or []),
     )
 
@@ -211,19 +265,38 @@ def mbpp_setup_code(row: dict, where: str) -> str:
 # ----------------------------------------------------------------------------- HumanEval
 
 
-def prepare_humaneval(out_dir: str | Path, tokenizer_dir: str | Path | None = None, max_tokens: int | None = None,
-                      raw: str | Path | None = None, show_progress: bool = False) -> PreparationReport:
+def prepare_humaneval(
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    max_tokens: int | None = None,
+    raw: str | Path | None = None,
+    show_progress: bool = False,
+) -> PreparationReport:
     """HumanEval → `<out>/processed/test.jsonl` (canonical solutions; prompt, test, entry_point in `metadata`)."""
     budget = make_budget(tokenizer_dir, max_tokens)
     problems = read_humaneval(raw)
     report = PreparationReport("humaneval")
     source = raw or humaneval_file()
-    with SplitWriter(processed_path(out_dir, "test"), budget, preparation_metadata("humaneval", source, budget)) as writer:
+    with SplitWriter(
+        processed_path(out_dir, "test"), budget, preparation_metadata("humaneval", source, budget)
+    ) as writer:
         with progress_bar("humaneval test", len(problems), show_progress) as advance:
             for problem in problems:
-                writer.add(make_record(problem["prompt"], "", problem["canonical_solution"], problem["task_id"], True,
-                                       "humaneval", 0, True, prompt=problem["prompt"], test=problem["test"],
-                                       entry_point=problem["entry_point"]))
+                writer.add(
+                    make_record(
+                        problem["prompt"],
+                        "",
+                        problem["canonical_solution"],
+                        problem["task_id"],
+                        True,
+                        "humaneval",
+                        0,
+                        True,
+                        prompt=problem["prompt"],
+                        test=problem["test"],
+                        entry_point=problem["entry_point"],
+                    )
+                )
                 advance(1)
     report.splits["test"] = writer.report
     return report
@@ -264,13 +337,13 @@ def program_passes(source: str, timeout_s: float) -> bool:
     """
     result = run_program(source, timeout_s)
     if result.status == "error":
-        raise DataError(f"smoke: the sandbox could not run a test program ({result.reason}); "
-                        f"labels cannot be verified")
+        raise DataError(f"smoke: the sandbox could not run a test program ({result.reason}); labels cannot be verified")
     return result.passed
 
 
-def verify_problem(problem: dict, difficulty: int, incorrect_per_problem: int, max_attempts: int, seed: int,
-                   timeout_s: float) -> VerifiedProblem:
+def verify_problem(
+    problem: dict, difficulty: int, incorrect_per_problem: int, max_attempts: int, seed: int, timeout_s: float
+) -> VerifiedProblem:
     """Run the canonical solution and mutants (seeded order, `return None` last) until enough fail."""
     verified = VerifiedProblem(problem, difficulty)
     verified.canonical_passes = program_passes(humaneval_program(problem, problem["canonical_solution"]), timeout_s)
@@ -298,16 +371,44 @@ def smoke_split(problem: dict) -> str:
 def smoke_records(verified: VerifiedProblem) -> Iterator[dict]:
     problem = verified.problem
     extra = {"test": problem["test"], "entry_point": problem["entry_point"]}
-    yield make_record(problem["prompt"], "", problem["canonical_solution"], f"{problem['task_id']}_correct_0", True,
-                      "humaneval-smoke", verified.difficulty, True, **extra)
+    yield make_record(
+        problem["prompt"],
+        "",
+        problem["canonical_solution"],
+        f"{problem['task_id']}_correct_0",
+        True,
+        "humaneval-smoke",
+        verified.difficulty,
+        True,
+        **extra,
+    )
     for i, mutant in enumerate(verified.failing_mutants):
-        yield make_record(problem["prompt"], "", mutant.source, f"{problem['task_id']}_incorrect_{i}", False,
-                          "humaneval-smoke", verified.difficulty, True, mutation=mutant.description, **extra)
+        yield make_record(
+            problem["prompt"],
+            "",
+            mutant.source,
+            f"{problem['task_id']}_incorrect_{i}",
+            False,
+            "humaneval-smoke",
+            verified.difficulty,
+            True,
+            mutation=mutant.description,
+            **extra,
+        )
 
 
-def prepare_smoke(out_dir: str | Path, tokenizer_dir: str | Path, max_tokens: int = 512, limit: int | None = None,
-                  incorrect_per_problem: int = 2, max_attempts: int = 6, seed: int = 0, timeout_s: float = 5.0,
-                  workers: int = 2, show_progress: bool = False) -> PreparationReport:
+def prepare_smoke(
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    max_tokens: int = 512,
+    limit: int | None = None,
+    incorrect_per_problem: int = 2,
+    max_attempts: int = 6,
+    seed: int = 0,
+    timeout_s: float = 5.0,
+    workers: int = 2,
+    show_progress: bool = False,
+) -> PreparationReport:
     """The smoke set: `<out>/processed/{train,valid}.jsonl` from HumanEval with execution-verified labels.
 
     Correct = canonical solutions that pass their tests; incorrect = up to `incorrect_per_problem`
@@ -321,8 +422,10 @@ def prepare_smoke(out_dir: str | Path, tokenizer_dir: str | Path, max_tokens: in
     difficulties = length_difficulties(problems)
     with progress_bar("smoke: running tests", len(problems), show_progress) as advance:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(verify_problem, p, d, incorrect_per_problem, max_attempts, seed, timeout_s)
-                       for p, d in zip(problems, difficulties)]
+            futures = [
+                pool.submit(verify_problem, p, d, incorrect_per_problem, max_attempts, seed, timeout_s)
+                for p, d in zip(problems, difficulties)
+            ]
             verified = []
             for future in futures:
                 verified.append(future.result())

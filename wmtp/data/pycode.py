@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Iterator
 
 from wmtp.common.files import file_sha256
+from wmtp.common.progress import progress_bar
 from wmtp.data.index import DatasetIndex
 from wmtp.data.prepare import make_budget, processed_path
-from wmtp.common.progress import progress_bar
 from wmtp.data.schema import DataError, make_record
 from wmtp.data.writer import PreparationReport, SplitReport, SplitWriter, TokenBudget
 
@@ -69,8 +69,11 @@ DIFFICULTY_EDGES = (30, 46, 62, 87, 122, 168, 237, 339, 516, 931)
 
 TEST_DIRS = ("test", "tests", "idle_test")
 PACKAGE_DIRS = ("site-packages", "dist-packages")
-SKIP_REASONS = {"test": "in a test folder (test/, tests/, idle_test/)", "test_file": "named test_*.py",
-                "packages": "in site-packages/ or dist-packages/"}
+SKIP_REASONS = {
+    "test": "in a test folder (test/, tests/, idle_test/)",
+    "test_file": "named test_*.py",
+    "packages": "in site-packages/ or dist-packages/",
+}
 
 DROP_NOT_UTF8 = "file is not UTF-8 (file skipped)"
 DROP_NO_PARSE = "file does not parse with this Python (file skipped)"
@@ -184,8 +187,9 @@ class SourceFile:
             warnings.simplefilter("ignore")  # SyntaxWarning: invalid escape sequences in old code
             self.tree = ast.parse(text, filename=rel)
             self.tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-        self.def_token_index = {t.start: i for i, t in enumerate(self.tokens)
-                                if t.type == token.NAME and t.string == "def"}
+        self.def_token_index = {
+            t.start: i for i, t in enumerate(self.tokens) if t.type == token.NAME and t.string == "def"
+        }
         self.def_positions = sorted(self.def_token_index)
         self.string_rows = self._rows_inside_strings()
 
@@ -208,7 +212,7 @@ class SourceFile:
         """The row of the `:` that ends the signature (the first `:` outside brackets after `def`)."""
         i = bisect.bisect_left(self.def_positions, (node.lineno, node.col_offset))
         depth = 0
-        for tok in self.tokens[self.def_token_index[self.def_positions[i]]:]:
+        for tok in self.tokens[self.def_token_index[self.def_positions[i]] :]:
             if tok.type == token.OP:
                 if tok.string in ("(", "[", "{"):
                     depth += 1
@@ -223,7 +227,7 @@ class SourceFile:
         rows = []
         for row in range(first, last + 1):
             line = self.lines[row - 1]
-            rows.append(line[len(indent):] if indent and row not in verbatim and line.startswith(indent) else line)
+            rows.append(line[len(indent) :] if indent and row not in verbatim and line.startswith(indent) else line)
         return "\n".join(rows) + "\n"
 
 
@@ -236,6 +240,7 @@ def docstring_node(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.Expr | N
 
 def is_trivial(statements: list[ast.stmt]) -> bool:
     """Nothing but `pass`, `...` and `raise NotImplementedError[(…)]` (or nothing at all)."""
+
     def trivial(stmt: ast.stmt) -> bool:
         if isinstance(stmt, ast.Pass):
             return True
@@ -254,8 +259,13 @@ def length_difficulty(n_chars: int) -> int:
     return 1 + bisect.bisect_right(DIFFICULTY_EDGES, n_chars)
 
 
-def def_record(source: SourceFile, node: ast.FunctionDef | ast.AsyncFunctionDef, task_id: str, qualname: str,
-               require_docstring: bool) -> dict | str:
+def def_record(
+    source: SourceFile,
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    task_id: str,
+    qualname: str,
+    require_docstring: bool,
+) -> dict | str:
     """The record of one definition, or the reason it is dropped."""
     doc = docstring_node(node)
     if doc is None and require_docstring:
@@ -278,8 +288,20 @@ def def_record(source: SourceFile, node: ast.FunctionDef | ast.AsyncFunctionDef,
             verbatim.difference_update(doc_rows)  # the docstring moves with the code
     instruction = source.text(first, prompt_end, indent, verbatim)
     output = source.text(prompt_end + 1, node.end_lineno, indent, verbatim)
-    return make_record(instruction, "", output, task_id, True, SOURCE, length_difficulty(len(output)), False,
-                       file=source.rel, qualname=qualname, line=first, has_docstring=doc is not None)
+    return make_record(
+        instruction,
+        "",
+        output,
+        task_id,
+        True,
+        SOURCE,
+        length_difficulty(len(output)),
+        False,
+        file=source.rel,
+        qualname=qualname,
+        line=first,
+        has_docstring=doc is not None,
+    )
 
 
 def file_records(path: Path, rel: str, require_docstring: bool = False) -> Iterator[dict | str]:
@@ -308,8 +330,9 @@ class PycodeReport(PreparationReport):
     reused: bool = False
 
 
-def preparation_settings(src: Path, selection: Selection, budget: TokenBudget, limit: int | None,
-                         require_docstring: bool) -> dict:
+def preparation_settings(
+    src: Path, selection: Selection, budget: TokenBudget, limit: int | None, require_docstring: bool
+) -> dict:
     """What the splits were prepared from (stored under `preparation`; equal settings → reuse)."""
     tokenizer_sha256 = None
     if budget.tokenizer is not None and Path(getattr(budget.tokenizer, "path", "")).is_file():
@@ -345,16 +368,26 @@ def reuse_report(out_dir: Path, settings: dict) -> PycodeReport | None:
         preparation = metadata.get("preparation") or {}
         if any(preparation.get(key) != value for key, value in settings.items()):
             return None
-        report.splits[split] = SplitReport(path, preparation.get("kept", 0), preparation.get("n_correct", 0),
-                                           Counter(preparation.get("dropped") or {}))
-    report.notes.append(f"reused {Path(out_dir) / 'processed'}: prepared from the same {settings['pycode']['files']} "
-                        f"files of {settings['raw']} with the same options (--force rebuilds)")
+        report.splits[split] = SplitReport(
+            path, preparation.get("kept", 0), preparation.get("n_correct", 0), Counter(preparation.get("dropped") or {})
+        )
+    report.notes.append(
+        f"reused {Path(out_dir) / 'processed'}: prepared from the same {settings['pycode']['files']} "
+        f"files of {settings['raw']} with the same options (--force rebuilds)"
+    )
     return report
 
 
-def prepare_pycode(out_dir: str | Path, src: str | Path | None = None, tokenizer_dir: str | Path | None = None,
-                   max_tokens: int | None = DEFAULT_MAX_TOKENS, limit: int | None = None,
-                   require_docstring: bool = False, force: bool = False, show_progress: bool = False) -> PycodeReport:
+def prepare_pycode(
+    out_dir: str | Path,
+    src: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    limit: int | None = None,
+    require_docstring: bool = False,
+    force: bool = False,
+    show_progress: bool = False,
+) -> PycodeReport:
     """Functions and methods of the `.py` files under `src` → `<out>/processed/{train,valid,test}.jsonl` + index."""
     src = Path(src) if src is not None else default_src()
     out_dir = Path(out_dir)
@@ -372,9 +405,10 @@ def prepare_pycode(out_dir: str | Path, src: str | Path | None = None, tokenizer
     report = PycodeReport(SOURCE)
     files_per_split = Counter(split_of(rel) for rel, _ in selection.files)
     with contextlib.ExitStack() as stack:
-        writers = {split: stack.enter_context(SplitWriter(processed_path(out_dir, split), budget,
-                                                          {"preparation": settings}))
-                   for split in SPLITS}
+        writers = {
+            split: stack.enter_context(SplitWriter(processed_path(out_dir, split), budget, {"preparation": settings}))
+            for split in SPLITS
+        }
         description = f"pycode: {len(selection.files)} files of {src}"
         with progress_bar(description, len(selection.files), show_progress) as advance:
             for rel, path in selection.files:
@@ -386,9 +420,13 @@ def prepare_pycode(out_dir: str | Path, src: str | Path | None = None, tokenizer
                         writer.add(item)
                 advance(1)
     report.splits = {split: writers[split].report for split in SPLITS}
-    report.notes.append(f"read {len(selection.files)} files of {src} (split by file: "
-                        + ", ".join(f"{split} {files_per_split[split]}" for split in SPLITS) + ")")
+    report.notes.append(
+        f"read {len(selection.files)} files of {src} (split by file: "
+        + ", ".join(f"{split} {files_per_split[split]}" for split in SPLITS)
+        + ")"
+    )
     if selection.skipped:
-        report.notes.append("skipped " + ", ".join(f"{n} files {SKIP_REASONS[key]}"
-                                                   for key, n in sorted(selection.skipped.items())))
+        report.notes.append(
+            "skipped " + ", ".join(f"{n} files {SKIP_REASONS[key]}" for key, n in sorted(selection.skipped.items()))
+        )
     return report

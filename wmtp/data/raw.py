@@ -44,8 +44,10 @@ def find_split_files(raw: Path) -> dict[str, list[Path]]:
             raise DataError(f"{path}: unsupported file type (expected .parquet or .arrow)")
         split = split_of(path)
         if split is None:
-            raise DataError(f"{path}: cannot tell its split (expected a name or folder starting with train, valid, "
-                            f"validation, test or prompt)")
+            raise DataError(
+                f"{path}: cannot tell its split (expected a name or folder starting with train, valid, "
+                f"validation, test or prompt)"
+            )
         splits.setdefault(split, []).append(path)
     return splits
 
@@ -106,8 +108,11 @@ def _arrow_rows(path: Path, columns: list[str], required: list[str], expected: s
     reader = open_arrow(path)
     check_columns(path, reader.schema, required, expected)
     present = [name for name in columns if name in reader.schema.names]
-    batches = reader if isinstance(reader, pa.ipc.RecordBatchStreamReader) else (
-        reader.get_batch(i) for i in range(reader.num_record_batches))
+    batches = (
+        reader
+        if isinstance(reader, pa.ipc.RecordBatchStreamReader)
+        else (reader.get_batch(i) for i in range(reader.num_record_batches))
+    )
     for batch in batches:
         for start in range(0, batch.num_rows, BATCH_ROWS):
             yield from batch.slice(start, BATCH_ROWS).select(present).to_pylist()

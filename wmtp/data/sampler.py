@@ -36,12 +36,22 @@ from wmtp.data.schema import DataError
 class ShardedSampler(Sampler[int]):
     """Disjoint per-rank shards of positions 0..n_items-1, reshuffled per epoch, resumable mid-epoch."""
 
-    def __init__(self, n_items: int, rank: int, world_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
-                 order: Optional[Callable[[int], np.ndarray]] = None):
+    def __init__(
+        self,
+        n_items: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        order: Optional[Callable[[int], np.ndarray]] = None,
+    ):
         if n_items < 0:
             raise DataError(f"sampler: n_items is {n_items}; expected ≥ 0")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"sampler: rank {rank} of world_size {world_size}; expected world_size ≥ 1 and 0 ≤ rank < world_size")
+            raise DataError(
+                f"sampler: rank {rank} of world_size {world_size}; expected world_size ≥ 1 and 0 ≤ rank < world_size"
+            )
         self.n_items = n_items
         self.rank = rank
         self.world_size = world_size
@@ -63,8 +73,10 @@ class ShardedSampler(Sampler[int]):
         if self.order is not None:
             order = np.asarray(self.order(self.epoch), dtype=np.int64)
             if len(order) != self.n_items:
-                raise DataError(f"sampler: the order of epoch {self.epoch} has {len(order)} positions; "
-                                f"expected n_items = {self.n_items}")
+                raise DataError(
+                    f"sampler: the order of epoch {self.epoch} has {len(order)} positions; "
+                    f"expected n_items = {self.n_items}"
+                )
         elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
         else:
@@ -89,8 +101,13 @@ class ShardedSampler(Sampler[int]):
         self.epoch = epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "n_items": self.n_items,
-                "world_size": self.world_size, "seed": self.seed}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "n_items": self.n_items,
+            "world_size": self.world_size,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at `state["position"]` of epoch `state["epoch"]` (other keys are checked when present)."""
@@ -99,9 +116,13 @@ class ShardedSampler(Sampler[int]):
                 raise DataError(f"sampler state: '{key}' is {state.get(key)!r}; expected an integer ≥ 0")
         for key in ("n_items", "world_size", "seed"):
             if key in state and state[key] != getattr(self, key):
-                raise DataError(f"sampler state: saved {key}={state[key]} but this run has {key}={getattr(self, key)}; "
-                                f"the data or the number of ranks changed, so the saved position means nothing here")
+                raise DataError(
+                    f"sampler state: saved {key}={state[key]} but this run has {key}={getattr(self, key)}; "
+                    f"the data or the number of ranks changed, so the saved position means nothing here"
+                )
         if state["position"] > len(self):
-            raise DataError(f"sampler state: position {state['position']} is past this rank's {len(self)} items per epoch")
+            raise DataError(
+                f"sampler state: position {state['position']} is past this rank's {len(self)} items per epoch"
+            )
         self.epoch = state["epoch"]
         self.position = state["position"]

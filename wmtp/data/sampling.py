@@ -54,9 +54,11 @@ class CurriculumStage(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # weights of .nan / .inf are refused
 
     until: float = Field(
-        gt=0, le=1,
-        description="End of this window as a fraction of the stage's optimizer steps over all epochs (0.3 = first 30 %); "
-                    "it starts where the previous one ends.",
+        gt=0,
+        le=1,
+        description="End of this window as a fraction of the stage's optimizer steps over all epochs "
+        "(0.3 = first 30 %); "
+        "it starts where the previous one ends.",
     )
     weights: dict[str, float] = Field(
         description="Bin name → share of this window's samples (normalised; a bin left out gets 0).",
@@ -82,11 +84,14 @@ class SamplingSpec(BaseModel):
         description="correct_only (baseline, rho1) | balanced (critic) | curriculum (verifiable)",
     )
     n_samples: Optional[int] = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Rows to draw; None = every eligible row the strategy can use without repeating one.",
     )
     correct_ratio: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.5,
+        ge=0,
+        le=1,
         description="balanced: fraction of the draw that is correct solutions (the rest incorrect).",
     )
     curriculum_bins: dict[str, tuple[int, int]] = Field(
@@ -105,8 +110,10 @@ class SamplingSpec(BaseModel):
             raise ValueError("expected at least one bin, e.g. {low: [1, 3]}")
         for name, (low, high) in bins.items():
             if not DIFFICULTY_MIN <= low <= high <= DIFFICULTY_MAX:
-                raise ValueError(f"bin {name!r} is [{low}, {high}]; expected [low, high] with "
-                                 f"{DIFFICULTY_MIN} ≤ low ≤ high ≤ {DIFFICULTY_MAX}")
+                raise ValueError(
+                    f"bin {name!r} is [{low}, {high}]; expected [low, high] with "
+                    f"{DIFFICULTY_MIN} ≤ low ≤ high ≤ {DIFFICULTY_MAX}"
+                )
         ordered = sorted(bins.items(), key=lambda item: item[1][0])
         for (name_a, (_, high_a)), (name_b, (low_b, _)) in zip(ordered, ordered[1:]):
             if low_b <= high_a:
@@ -117,15 +124,21 @@ class SamplingSpec(BaseModel):
     def _schedule_matches_bins(self) -> "SamplingSpec":
         stages = self.curriculum_schedule
         if not stages:
-            raise ValueError("curriculum_schedule: expected at least one window, e.g. [{until: 1.0, weights: {low: 1}}]")
+            raise ValueError(
+                "curriculum_schedule: expected at least one window, e.g. [{until: 1.0, weights: {low: 1}}]"
+            )
         ends = [stage.until for stage in stages]
         if any(b <= a for a, b in zip(ends, ends[1:])) or not math.isclose(ends[-1], 1.0):
-            raise ValueError(f"curriculum_schedule: `until` values are {ends}; expected strictly increasing, the last 1.0")
+            raise ValueError(
+                f"curriculum_schedule: `until` values are {ends}; expected strictly increasing, the last 1.0"
+            )
         for i, stage in enumerate(stages):
             unknown = sorted(set(stage.weights) - set(self.curriculum_bins))
             if unknown:
-                raise ValueError(f"curriculum_schedule[{i}].weights: unknown bin(s) {unknown}; "
-                                 f"expected names from curriculum_bins {sorted(self.curriculum_bins)}")
+                raise ValueError(
+                    f"curriculum_schedule[{i}].weights: unknown bin(s) {unknown}; "
+                    f"expected names from curriculum_bins {sorted(self.curriculum_bins)}"
+                )
         return self
 
 
@@ -148,8 +161,10 @@ def draw_correct_only(index: DatasetIndex, n_samples: int | None, rng: np.random
     if len(correct) == 0:
         raise DataError(f"{index.jsonl_path}: no correct rows to sample (strategy correct_only)")
     if n > len(correct):
-        raise DataError(f"sampling.n_samples: {n} requested but {index.jsonl_path} has only {len(correct)} correct rows "
-                        f"(set n_samples ≤ {len(correct)} or null for all)")
+        raise DataError(
+            f"sampling.n_samples: {n} requested but {index.jsonl_path} has only {len(correct)} correct rows "
+            f"(set n_samples ≤ {len(correct)} or null for all)"
+        )
     return rng.permutation(correct)[:n].astype(np.int64)
 
 
@@ -170,9 +185,11 @@ def draw_balanced(index: DatasetIndex, n_samples: int | None, ratio: float, rng:
     n = largest if n_samples is None else n_samples
     n_correct = int(round(n * ratio))
     if n == 0 or n_correct > len(correct) or n - n_correct > len(incorrect):
-        raise DataError(f"sampling.n_samples: {n or 'any'} balanced rows at correct_ratio {ratio} need {n_correct} correct "
-                        f"and {n - n_correct} incorrect rows; {index.jsonl_path} has {len(correct)} and {len(incorrect)} "
-                        f"(at most {largest} rows at this ratio)")
+        raise DataError(
+            f"sampling.n_samples: {n or 'any'} balanced rows at correct_ratio {ratio} need {n_correct} correct "
+            f"and {n - n_correct} incorrect rows; {index.jsonl_path} has {len(correct)} and {len(incorrect)} "
+            f"(at most {largest} rows at this ratio)"
+        )
     chosen = np.concatenate([rng.permutation(correct)[:n_correct], rng.permutation(incorrect)[: n - n_correct]])
     return rng.permutation(chosen).astype(np.int64)
 
@@ -242,8 +259,10 @@ def draw_curriculum(index: DatasetIndex, spec: SamplingSpec, rng: np.random.Gene
     plan = curriculum_plan(spec, n) if n > 0 else None
     if plan is None or np.any(plan.sum(axis=0) > sizes):
         available = ", ".join(f"{name}={size}" for name, size in zip(spec.curriculum_bins, sizes))
-        raise DataError(f"sampling.n_samples: {n or 'any'} curriculum rows do not fit the bins of {index.jsonl_path} "
-                        f"({available}); at most {largest} rows with this schedule")
+        raise DataError(
+            f"sampling.n_samples: {n or 'any'} curriculum rows do not fit the bins of {index.jsonl_path} "
+            f"({available}); at most {largest} rows with this schedule"
+        )
     taken = [0] * len(pools)
     windows = []
     for counts in plan:
@@ -280,21 +299,33 @@ class CurriculumOrder:
     all empty in the draw (a tiny draw) takes the draw's other bins in their drawn proportions.
 
     The order has `len(rows)` positions like any epoch; those past the epoch's steps (or the stage's)
-    are never trained on: they continue the schedule, apart from the trained ones. It depends only on its arguments and the epoch,
-    so a resumed run gets the same order (`ShardedSampler` keeps the place in it).
+    are never trained on: they continue the schedule, apart from the trained ones. It depends only on its
+    arguments and the epoch, so a resumed run gets the same order (`ShardedSampler` keeps the place in it).
     """
 
-    def __init__(self, index: DatasetIndex, rows: np.ndarray, spec: SamplingSpec, *, total_steps: int,
-                 steps_per_epoch: int, rows_per_step: int, seed: int):
+    def __init__(
+        self,
+        index: DatasetIndex,
+        rows: np.ndarray,
+        spec: SamplingSpec,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        rows_per_step: int,
+        seed: int,
+    ):
         self.spec, self.total_steps, self.steps_per_epoch, self.seed = spec, total_steps, steps_per_epoch, seed
         self.rows_per_step = max(rows_per_step, 1)
         self.n = len(rows)
         difficulty = index.difficulty[np.asarray(rows, dtype=np.int64)]
-        self.members = [np.flatnonzero((difficulty >= low) & (difficulty <= high))
-                        for low, high in spec.curriculum_bins.values()]
+        self.members = [
+            np.flatnonzero((difficulty >= low) & (difficulty <= high)) for low, high in spec.curriculum_bins.values()
+        ]
         if sum(len(m) for m in self.members) != self.n:
-            raise DataError(f"{index.jsonl_path}: {self.n - sum(len(m) for m in self.members)} drawn rows are in no "
-                            f"curriculum bin; expected rows drawn by the curriculum strategy")
+            raise DataError(
+                f"{index.jsonl_path}: {self.n - sum(len(m) for m in self.members)} drawn rows are in no "
+                f"curriculum bin; expected rows drawn by the curriculum strategy"
+            )
         sizes = np.array([len(m) for m in self.members], dtype=np.float64)
         self.weights = []
         for stage in spec.curriculum_schedule:

@@ -34,10 +34,16 @@ def is_valid_record(record: Any) -> bool:
     try:
         metadata = record["metadata"]
         return (
-            type(record["instruction"]) is str and type(record["input"]) is str and type(record["output"]) is str
-            and type(record["task_id"]) is str and type(record["is_correct"]) is bool and type(metadata) is dict
-            and type(metadata["source"]) is str and type(metadata["has_tests"]) is bool
-            and type(metadata["difficulty"]) is int and DIFFICULTY_MIN <= metadata["difficulty"] <= DIFFICULTY_MAX
+            type(record["instruction"]) is str
+            and type(record["input"]) is str
+            and type(record["output"]) is str
+            and type(record["task_id"]) is str
+            and type(record["is_correct"]) is bool
+            and type(metadata) is dict
+            and type(metadata["source"]) is str
+            and type(metadata["has_tests"]) is bool
+            and type(metadata["difficulty"]) is int
+            and DIFFICULTY_MIN <= metadata["difficulty"] <= DIFFICULTY_MAX
         )
     except (KeyError, TypeError, IndexError):
         return False
@@ -45,8 +51,15 @@ def is_valid_record(record: Any) -> bool:
 
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type (what a user sees in the file)."""
-    names = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-             dict: "object"}
+    names = {
+        type(None): "null",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -87,7 +100,10 @@ def metadata_problem(metadata: Any) -> str | None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"'metadata.{name}' must be {expected}, got {json_type(value)}"
     if not DIFFICULTY_MIN <= metadata["difficulty"] <= DIFFICULTY_MAX:
-        return f"'metadata.difficulty' is {metadata['difficulty']}; expected {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
+        return (
+            f"'metadata.difficulty' is {metadata['difficulty']}"
+            f"; expected {DIFFICULTY_MIN}..{DIFFICULTY_MAX} (0 = unknown)"
+        )
     return None
 
 

@@ -98,13 +98,24 @@ def write_small_split(jsonl_path: str | Path, n_rows: int, seed: int = 0) -> Dat
             digest.update(line)
             picked["offset"][i], picked["length"][i] = offset, len(line)
             offset += len(line)
-    extra = {"small": {"of": jsonl_path.name, "of_sha256": full.metadata.get("jsonl_sha256"),
-                       "rows_requested": n_rows, "seed": seed, "rule": RULE}}
+    extra = {
+        "small": {
+            "of": jsonl_path.name,
+            "of_sha256": full.metadata.get("jsonl_sha256"),
+            "rows_requested": n_rows,
+            "seed": seed,
+            "rule": RULE,
+        }
+    }
     tokens = full.metadata.get("tokens")
     if isinstance(tokens, dict):  # the counts come from the full index: same tokenizer
         counts = picked["n_tokens"].astype(np.int64)
-        extra["tokens"] = {"tokenizer": tokens.get("tokenizer"), "total": int(counts.sum()),
-                           "max": int(counts.max(initial=0)), "mean": round(float(counts.mean()), 2) if len(counts) else 0.0}
+        extra["tokens"] = {
+            "tokenizer": tokens.get("tokenizer"),
+            "total": int(counts.sum()),
+            "max": int(counts.max(initial=0)),
+            "mean": round(float(counts.mean()), 2) if len(counts) else 0.0,
+        }
     return write_index(out, picked, sources, digest.hexdigest(), None, extra)
 
 
@@ -120,7 +131,11 @@ def write_small_splits(split_dir: str | Path, seed: int = 0) -> dict[str, Datase
     """`train_small` and (when `valid.jsonl` exists) `valid_small` of a prepared split folder."""
     split_dir = split_dir_of(split_dir)
     if not (split_dir / "train.jsonl").is_file():
-        raise DataError(f"{split_dir}: no train.jsonl (expected a prepared split folder, e.g. "
-                        "storage/datasets_v2/smoke/processed)")
-    return {split: write_small_split(split_dir / f"{split}.jsonl", n_rows, seed)
-            for split, n_rows in SMALL_ROWS.items() if (split_dir / f"{split}.jsonl").is_file()}
+        raise DataError(
+            f"{split_dir}: no train.jsonl (expected a prepared split folder, e.g. storage/datasets_v2/smoke/processed)"
+        )
+    return {
+        split: write_small_split(split_dir / f"{split}.jsonl", n_rows, seed)
+        for split, n_rows in SMALL_ROWS.items()
+        if (split_dir / f"{split}.jsonl").is_file()
+    }

@@ -34,7 +34,9 @@ MAX_INDEXED_TOKENS = 65535  # the index stores token counts as uint16; longer re
 def format_prompt(instruction: str, input_text: str = "") -> str:
     """The Alpaca prompt, ending with the response marker (the model writes the output after it)."""
     if input_text:
-        return f"{PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n{RESPONSE_MARKER}"
+        return (
+            f"{PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n{RESPONSE_MARKER}"
+        )
     return f"{PREAMBLE}\n\n### Instruction:\n{instruction}\n\n{RESPONSE_MARKER}"
 
 

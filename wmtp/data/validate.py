@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wmtp.common.progress import progress_bar
 from wmtp.data.index import (
     INDEX_DTYPE,
     IndexBuilder,
@@ -21,7 +22,6 @@ from wmtp.data.index import (
     read_rows,
     rebuild_hint,
 )
-from wmtp.common.progress import progress_bar
 from wmtp.data.schema import DataError, parse_line
 from wmtp.data.template import count_tokens
 
@@ -61,7 +61,9 @@ def validate_file(jsonl_path: str | Path, tokenizer=None, show_progress: bool = 
     jsonl_path = Path(jsonl_path)
     check = FileCheck(jsonl_path)
     builder = IndexBuilder()
-    with progress_bar(f"validating {jsonl_path.name}", jsonl_path.stat().st_size, show_progress, unit="bytes") as advance:
+    with progress_bar(
+        f"validating {jsonl_path.name}", jsonl_path.stat().st_size, show_progress, unit="bytes"
+    ) as advance:
         scanner = LineScanner(jsonl_path, on_bytes=advance)
         for line_number, offset, raw in scanner:
             check.n_lines = line_number
@@ -72,8 +74,10 @@ def validate_file(jsonl_path: str | Path, tokenizer=None, show_progress: bool = 
                 continue
             builder.add(offset, len(raw), record, count_tokens(tokenizer, record) if tokenizer is not None else 0)
     if check.bad_lines > MAX_LINE_PROBLEMS:
-        check.problems.append(f"{jsonl_path}: … and {check.bad_lines - MAX_LINE_PROBLEMS} more bad lines "
-                              f"(only the first {MAX_LINE_PROBLEMS} are listed)")
+        check.problems.append(
+            f"{jsonl_path}: … and {check.bad_lines - MAX_LINE_PROBLEMS} more bad lines "
+            f"(only the first {MAX_LINE_PROBLEMS} are listed)"
+        )
     if check.bad_lines:
         return check  # the index of a file with bad lines is meaningless: fix the lines first
     check.problems.extend(index_problems(jsonl_path, builder.finish(), scanner.sha256, tokenizer is not None))
@@ -96,19 +100,25 @@ def index_problems(jsonl_path: Path, scanned: np.ndarray, sha256: str, compare_t
     meta_file = metadata_path(jsonl_path)
     problems = []
     if metadata.get("jsonl_sha256") != sha256:
-        problems.append(f"{jsonl_path}: SHA-256 {sha256[:16]}… differs from {meta_file.name}'s "
-                        f"{str(metadata.get('jsonl_sha256'))[:16]}… (changed after indexing); {rebuild_hint(jsonl_path)}")
+        problems.append(
+            f"{jsonl_path}: SHA-256 {sha256[:16]}… differs from {meta_file.name}'s "
+            f"{str(metadata.get('jsonl_sha256'))[:16]}… (changed after indexing); {rebuild_hint(jsonl_path)}"
+        )
     if len(stored) != len(scanned):
-        problems.append(f"{index_path(jsonl_path)}: {len(stored)} rows but the file has {len(scanned)} lines; "
-                        f"{rebuild_hint(jsonl_path)}")
+        problems.append(
+            f"{index_path(jsonl_path)}: {len(stored)} rows but the file has {len(scanned)} lines; "
+            f"{rebuild_hint(jsonl_path)}"
+        )
         return problems
     fields = [name for name in INDEX_DTYPE.names if compare_tokens or name != "n_tokens"]
     for name in fields:
         differs = np.flatnonzero(stored[name] != scanned[name])
         if len(differs):
             row = int(differs[0])
-            problems.append(f"{jsonl_path}:{row + 1}: index {name} is {stored[name][row]} but the line gives "
-                            f"{scanned[name][row]} ({len(differs)} of {len(stored)} rows differ); {rebuild_hint(jsonl_path)}")
+            problems.append(
+                f"{jsonl_path}:{row + 1}: index {name} is {stored[name][row]} but the line gives "
+                f"{scanned[name][row]} ({len(differs)} of {len(stored)} rows differ); {rebuild_hint(jsonl_path)}"
+            )
     problems.extend(metadata_count_problems(meta_file, metadata, scanned))
     return problems
 
@@ -122,5 +132,8 @@ def metadata_count_problems(meta_file: Path, metadata: dict, scanned: np.ndarray
         "n_incorrect": len(scanned) - n_correct,
         "difficulty_histogram": {str(int(d)): int(c) for d, c in zip(difficulties, counts)},
     }
-    return [f"{meta_file}: '{key}' is {metadata.get(key)!r} but the file gives {value!r}"
-            for key, value in expected.items() if metadata.get(key) != value]
+    return [
+        f"{meta_file}: '{key}' is {metadata.get(key)!r} but the file gives {value!r}"
+        for key, value in expected.items()
+        if metadata.get(key) != value
+    ]

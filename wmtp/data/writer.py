@@ -29,8 +29,12 @@ class SplitReport:
         return self.kept - self.n_correct
 
     def to_dict(self) -> dict:
-        return {"kept": self.kept, "n_correct": self.n_correct, "n_incorrect": self.n_incorrect,
-                "dropped": dict(sorted(self.dropped.items()))}
+        return {
+            "kept": self.kept,
+            "n_correct": self.n_correct,
+            "n_incorrect": self.n_incorrect,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
 
 
 @dataclass
@@ -63,7 +67,9 @@ class TokenBudget:
     def count(self, record: dict) -> int:
         if self.tokenizer is None:
             return 0
-        return self.prompt_tokens(record["instruction"], record["input"]) + len(encode_response(self.tokenizer, record["output"]))
+        return self.prompt_tokens(record["instruction"], record["input"]) + len(
+            encode_response(self.tokenizer, record["output"])
+        )
 
     def fits(self, n_tokens: int) -> bool:
         return self.max_tokens is None or n_tokens <= self.max_tokens
@@ -121,7 +127,15 @@ class SplitWriter:
             if stale.exists():
                 os.unlink(stale)
         self._output.__exit__(None, None, None)
-        metadata = {**self.extra_metadata, "preparation": {**self.extra_metadata.get("preparation", {}),
-                                                           **self.report.to_dict()}}
-        write_index(self.path, self.builder.finish(), self.builder.sources, self.digest.hexdigest(),
-                    self.budget.tokenizer, metadata)
+        metadata = {
+            **self.extra_metadata,
+            "preparation": {**self.extra_metadata.get("preparation", {}), **self.report.to_dict()},
+        }
+        write_index(
+            self.path,
+            self.builder.finish(),
+            self.builder.sources,
+            self.digest.hexdigest(),
+            self.budget.tokenizer,
+            metadata,
+        )

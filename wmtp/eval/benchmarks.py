@@ -29,7 +29,8 @@ MBPP_FEW_SHOT_TASK_IDS = (2, 3, 4)
 MBPP_FEW_SHOT = (
     {
         "text": "Write a function to find the similar elements from the given two tuple lists.",
-        "code": "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n  return (res) ",
+        "code": "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n"
+        "  return (res) ",
         "test_list": [
             "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
             "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
@@ -49,8 +50,10 @@ MBPP_FEW_SHOT = (
         ],
     },
     {
-        "text": "Write a function to find the largest integers from a given list of numbers using heap queue algorithm.",
-        "code": "import heapq as hq\ndef heap_queue_largest(nums,n):\n  largest_nums = hq.nlargest(n, nums)\n  return largest_nums",
+        "text": "Write a function to find the largest integers from a given list of numbers "
+        "using heap queue algorithm.",
+        "code": "import heapq as hq\ndef heap_queue_largest(nums,n):\n"
+        "  largest_nums = hq.nlargest(n, nums)\n  return largest_nums",
         "test_list": [
             "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] ",
             "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
@@ -171,7 +174,10 @@ def load_humaneval(path: Optional[Path] = None) -> Benchmark:
 
 def mbpp_task_block(text: str, test_list: list[str]) -> str:
     tests = "\n".join(test_list)
-    return f"You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+    return (
+        f"You are an expert Python programmer, and here is your task: {text} "
+        f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+    )
 
 
 def mbpp_prompt(text: str, test_list: list[str]) -> str:

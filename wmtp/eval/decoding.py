@@ -21,7 +21,6 @@ import torch
 
 from wmtp.model.transformer import GEMM_MIN_ROWS, OutputProjection, Transformer
 
-
 FULL_MAX_ROWS = 16  # `HeadLogits.full_pays`: up to this many vectors, one projection of all is the cheaper
 
 
@@ -62,8 +61,12 @@ class HeadLogits:
         instead of once per index. With more rows the extra multiplies cost more than the read.
         """
         output, total = self.output, self.hidden.shape[:-1].numel()
-        return (output is not None and output.output.weight_t is not None
-                and GEMM_MIN_ROWS <= rows and GEMM_MIN_ROWS <= total <= FULL_MAX_ROWS)
+        return (
+            output is not None
+            and output.output.weight_t is not None
+            and GEMM_MIN_ROWS <= rows
+            and GEMM_MIN_ROWS <= total <= FULL_MAX_ROWS
+        )
 
     @torch.inference_mode()
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:

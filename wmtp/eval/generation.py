@@ -30,8 +30,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from wmtp.eval.decoding import CachedMTP
 from wmtp.errors import EvalError
+from wmtp.eval.decoding import CachedMTP
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class GenerationConfig:
         reserve = model.n_future_tokens if self.speculative else 1
         if self.max_new_tokens + reserve >= model.args.max_seq_len:
             raise EvalError(
-                f"--max-new-tokens {self.max_new_tokens} leaves no room for a prompt in max_seq_len={model.args.max_seq_len}"
+                f"--max-new-tokens {self.max_new_tokens} "
+                f"leaves no room for a prompt in max_seq_len={model.args.max_seq_len}"
             )
         return self
 
@@ -270,8 +271,9 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, rest / mass.clamp(min=torch.finfo(rest.dtype).tiny), p)
 
 
-def verify_sampled(p_BHV: torch.Tensor, q_BKV: torch.Tensor, drafts_BK: torch.Tensor,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_sampled(
+    p_BHV: torch.Tensor, q_BKV: torch.Tensor, drafts_BK: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative sampling's verification of K = H − 1 drafts per row.
 
     `p_BHV`: head 1's distribution at the H pending positions (position j predicts the token at j + 1,

@@ -38,8 +38,10 @@ def check_same_tokenizer(policy_dir: Path, reference: str) -> None:
     except Exception:  # no tokenizer in the reference dir: the vocab size check below still applies
         return
     if policy_sp != reference_sp:
-        raise EvalError(f"--reference {reference}: its tokenizer differs from the policy's ({policy_dir}); "
-                        "per-token losses are only comparable with the same tokenizer")
+        raise EvalError(
+            f"--reference {reference}: its tokenizer differs from the policy's ({policy_dir}); "
+            "per-token losses are only comparable with the same tokenizer"
+        )
 
 
 def token_loss_report(
@@ -55,10 +57,10 @@ def token_loss_report(
     """(summary, per-token excess losses) over the response tokens of the first `limit` rows of `data`."""
     from torch.utils.data import DataLoader
 
+    from wmtp.common.progress import progress_bar
     from wmtp.data.collate import MTPCollator
     from wmtp.data.dataset import JsonlSamples
     from wmtp.data.index import DatasetIndex
-    from wmtp.common.progress import progress_bar
     from wmtp.eval.runner import pick_device, resolve_model_dir
     from wmtp.model import Transformer, load_model, load_tokenizer
     from wmtp.model.mtp_loss import IGNORE_INDEX
@@ -83,11 +85,17 @@ def token_loss_report(
     policy = load_model(policy_dir, device=device, dtype=dtype).eval()
     ref_model = load_reference_model(reference, device).eval()
     if isinstance(ref_model, Transformer) and ref_model.args.vocab_size != policy.args.vocab_size:
-        raise EvalError(f"--reference {reference}: vocab_size {ref_model.args.vocab_size} differs from the "
-                        f"policy's {policy.args.vocab_size}")
+        raise EvalError(
+            f"--reference {reference}: vocab_size {ref_model.args.vocab_size} differs from the "
+            f"policy's {policy.args.vocab_size}"
+        )
     tokenizer = load_tokenizer(policy_dir)
-    loader = DataLoader(JsonlSamples(data, np.arange(n_rows), index), batch_size=batch_size, shuffle=False,
-                        collate_fn=MTPCollator(tokenizer, 1, max_length))
+    loader = DataLoader(
+        JsonlSamples(data, np.arange(n_rows), index),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=MTPCollator(tokenizer, 1, max_length),
+    )
     policy_parts, reference_parts = [], []
     with torch.inference_mode(), progress_bar("token losses", total=n_rows, enabled=progress) as advance:
         for batch in loader:
@@ -99,8 +107,10 @@ def token_loss_report(
             else:
                 ref_logits = ref_model(tokens)
             if ref_logits.shape[-1] != policy_logits.shape[-1]:
-                raise EvalError(f"--reference {reference}: {ref_logits.shape[-1]} logits per token, the policy has "
-                                f"{policy_logits.shape[-1]}; the two models need the same vocabulary")
+                raise EvalError(
+                    f"--reference {reference}: {ref_logits.shape[-1]} logits per token, the policy has "
+                    f"{policy_logits.shape[-1]}; the two models need the same vocabulary"
+                )
             valid = labels != IGNORE_INDEX
             policy_parts.append(token_losses(policy_logits, labels)[valid].float().cpu())
             reference_parts.append(token_losses(ref_logits, labels)[valid].float().cpu())
@@ -123,8 +133,13 @@ def token_loss_report(
         "std_excess_loss": float(excess.std()),
         "excess_quantiles": {q: float(v) for q, v in zip(("p05", "p25", "p50", "p75", "p95"), quantiles)},
         "fraction_excess_positive": float((excess > 0).mean()),
-        "config": {"batch_size": batch_size, "limit": limit, "max_length": max_length, "device": device,
-                   "dtype": dtype},
+        "config": {
+            "batch_size": batch_size,
+            "limit": limit,
+            "max_length": max_length,
+            "device": device,
+            "dtype": dtype,
+        },
     }
     return summary, excess
 
@@ -143,8 +158,10 @@ def plot_excess_histogram(excess: np.ndarray, summary: dict, path: Path) -> Path
     ax.axvline(summary["mean_excess_loss"], color="k", linestyle="--", label=f"mean {summary['mean_excess_loss']:.4f}")
     ax.set_xlabel("excess loss  L_policy − L_reference  (nats)")
     ax.set_ylabel("response tokens")
-    ax.set_title(f"{summary['tokens']:,} tokens of {summary['rows']} rows; "
-                 f"{100 * summary['fraction_excess_positive']:.1f}% above 0")
+    ax.set_title(
+        f"{summary['tokens']:,} tokens of {summary['rows']} rows; "
+        f"{100 * summary['fraction_excess_positive']:.1f}% above 0"
+    )
     ax.legend()
     fig.tight_layout()
     with atomic_output(path, "wb") as handle:

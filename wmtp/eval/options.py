@@ -51,11 +51,18 @@ class EvalOptions(BaseModel):
     def _check(self) -> "EvalOptions":
         for k in self.ks:
             if not 1 <= k <= self.n:
-                raise RuleError("ks", f"pass@{k} needs 1 ≤ k ≤ n = {self.n} samples per problem; raise n or drop {k} "
-                                      f"(got {self.ks})", ("n",))
+                raise RuleError(
+                    "ks",
+                    f"pass@{k} needs 1 ≤ k ≤ n = {self.n} samples per problem; raise n or drop {k} (got {self.ks})",
+                    ("n",),
+                )
         if self.n > 1 and self.temperature == 0:
-            raise RuleError("n", f"{self.n} greedy samples would all be the same completion; set temperature > 0 "
-                                 f"(e.g. 0.8) or n 1 (got {self.n})", ("temperature",))
+            raise RuleError(
+                "n",
+                f"{self.n} greedy samples would all be the same completion; set temperature > 0 "
+                f"(e.g. 0.8) or n 1 (got {self.n})",
+                ("temperature",),
+            )
         return self
 
     @classmethod

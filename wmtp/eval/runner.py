@@ -16,8 +16,9 @@ stage dir (`stage_tracking`: its `mlflow_run_id` and spec's tracking URI; a `$ML
 another run is refused), when a run id is passed (training's end-of-stage evaluation), when a run is
 active (this process's `mlflow` run or `$MLFLOW_RUN_ID`), or when `$MLFLOW_TRACKING_URI` is set (a
 new run). Logged to an existing run, the options become params `eval_run.<benchmark>.<option>`
-(`eval.*` are already the spec's params there, and MLflow refuses to change a param's value). `score_file` is `wmtp eval score`: the same execution and
-scoring path for an existing `{task_id, completion}` samples file.
+(`eval.*` are already the spec's params there, and MLflow refuses to change a param's value).
+`score_file` is `wmtp eval score`: the same execution and scoring path for an existing
+`{task_id, completion}` samples file.
 
 Every option is checked before anything is generated: `EvalOptions` (wmtp.eval.options) when it is
 built (a k larger than n, n > 1 at temperature 0, a bad limit), the benchmark file when it is loaded.
@@ -25,7 +26,6 @@ built (a k larger than n, n > 1 at temperature 0, a bad limit), the benchmark fi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.errors import EvalError
+from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.options import EvalOptions
 from wmtp.eval.passk import SUMMARY_KS, resolve_ks
-from wmtp.sandbox import SandboxLimits, default_workers
 from wmtp.eval.scoring import pass_at_k_metrics, read_samples, score_samples, write_results
+from wmtp.sandbox import SandboxLimits, default_workers
 from wmtp.tracking import DEFAULT_EXPERIMENT
 
 SAMPLES_FILE = "samples.jsonl"
@@ -84,8 +84,9 @@ def select_problems(benchmark: Benchmark, limit: Optional[int]) -> Benchmark:
     if limit is None or limit >= len(benchmark.problems):
         return benchmark
     keys = list(benchmark.problems)[:limit]
-    return Benchmark(benchmark.name, {k: benchmark.problems[k] for k in keys}, benchmark.stop,
-                     benchmark.source, benchmark.skipped)
+    return Benchmark(
+        benchmark.name, {k: benchmark.problems[k] for k in keys}, benchmark.stop, benchmark.source, benchmark.skipped
+    )
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -118,7 +119,7 @@ def default_progress() -> bool:
 def evaluate(
     model_dir: Path,
     benchmark: str | Benchmark,
-    options: EvalOptions = EvalOptions(),
+    options: Optional[EvalOptions] = None,
     *,
     out_dir: Optional[Path] = None,
     data: Optional[Path] = None,
@@ -133,12 +134,13 @@ def evaluate(
 ) -> EvalResult:
     """Generate `options.n` completions per problem, run them in the sandbox, write samples + summary, track.
 
-    `benchmark` is `humaneval` / `mbpp` (`data` = the MBPP file) or a loaded `Benchmark`. `options` were
-    checked when built (`EvalOptions`); `device` None / `auto` picks cuda, else mps, else cpu; `dtype`
-    None: bfloat16 on cuda, float32 elsewhere. `mlflow=False` never talks to MLflow; otherwise see the
+    `benchmark` is `humaneval` / `mbpp` (`data` = the MBPP file) or a loaded `Benchmark`. `options`
+    (default: `EvalOptions()`) were checked when built; `device` None / `auto` picks cuda, else mps, else
+    cpu; `dtype` None: bfloat16 on cuda, float32 elsewhere. `mlflow=False` never talks to MLflow; otherwise see the
     module doc.
     """
     check_workers(workers)
+    options = EvalOptions() if options is None else options
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, data)
     bench = select_problems(bench, options.limit)
     if mlflow and mlflow_run_id is None:
@@ -158,9 +160,15 @@ def evaluate(
     device, dtype = pick_device(device, dtype)
     model = load_model(model_dir, device=device, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
-    config = GenerationConfig(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                              top_p=options.top_p, stop=bench.stop, seed=seed, batch_size=options.batch_size,
-                              speculative=options.speculative).validate(model)
+    config = GenerationConfig(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        stop=bench.stop,
+        seed=seed,
+        batch_size=options.batch_size,
+        speculative=options.speculative,
+    ).validate(model)
 
     keys = list(bench.problems)
     n = options.n
@@ -176,28 +184,44 @@ def evaluate(
     samples = []
     for i, completion in enumerate(completions):
         problem = bench.problems[keys[i // n]]
-        samples.append({"task_id": problem.task_id, "completion": completion.text, "n_tokens": completion.n_tokens,
-                        "finish_reason": completion.finish_reason})
+        samples.append(
+            {
+                "task_id": problem.task_id,
+                "completion": completion.text,
+                "n_tokens": completion.n_tokens,
+                "finish_reason": completion.finish_reason,
+            }
+        )
     limits = SandboxLimits(timeout_s=options.timeout_s)
     started = time.perf_counter()
     with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
-        records, summary = score_samples(samples, bench, report_ks(options.ks, n), limits, workers,
-                                         on_result=lambda _i, _r: advance(1))
+        records, summary = score_samples(
+            samples, bench, report_ks(options.ks, n), limits, workers, on_result=lambda _i, _r: advance(1)
+        )
     execution_s = time.perf_counter() - started
 
     generation = stats.to_dict()
-    summary.update({
-        "model": str(model_dir),
-        "decoding_tokens_per_second": stats.tokens_per_second,
-        "finish_reasons": dict(sorted(Counter(c.finish_reason for c in completions).items())),
-        "prompts_truncated": sum(c.prompt_truncated for c in completions),
-        "generation": generation,
-        "execution_seconds": execution_s,
-        "execution_samples_per_second": len(samples) / execution_s if execution_s else 0.0,
-        "config": {**options.model_dump(), "ks": report_ks(options.ks, n), "seed": seed, "device": device, "dtype": dtype,
-                   "workers": workers or min(default_workers(), len(samples)), "stop": list(bench.stop),
-                   "benchmark_source": bench.source},
-    })
+    summary.update(
+        {
+            "model": str(model_dir),
+            "decoding_tokens_per_second": stats.tokens_per_second,
+            "finish_reasons": dict(sorted(Counter(c.finish_reason for c in completions).items())),
+            "prompts_truncated": sum(c.prompt_truncated for c in completions),
+            "generation": generation,
+            "execution_seconds": execution_s,
+            "execution_samples_per_second": len(samples) / execution_s if execution_s else 0.0,
+            "config": {
+                **options.model_dump(),
+                "ks": report_ks(options.ks, n),
+                "seed": seed,
+                "device": device,
+                "dtype": dtype,
+                "workers": workers or min(default_workers(), len(samples)),
+                "stop": list(bench.stop),
+                "benchmark_source": bench.source,
+            },
+        }
+    )
     if options.speculative:
         summary["acceptance_rate"] = stats.acceptance_rate
     summary = order_summary(summary)
@@ -214,7 +238,15 @@ def order_summary(summary: dict) -> dict:
     """Headline keys first (benchmark, model, pass@k, lengths, speed), details after."""
     head = ["benchmark", "model", "n_tasks", "n_samples", "samples_per_task"]
     head += [k for k in summary if k.startswith("pass@")]
-    head += ["ci95", "ci95_method", "exact_match", "mean_completion_tokens", "mean_completion_chars", "decoding_tokens_per_second", "acceptance_rate"]
+    head += [
+        "ci95",
+        "ci95_method",
+        "exact_match",
+        "mean_completion_tokens",
+        "mean_completion_chars",
+        "decoding_tokens_per_second",
+        "acceptance_rate",
+    ]
     ordered = {k: summary[k] for k in head if k in summary}
     ordered.update({k: v for k, v in summary.items() if k not in ordered})
     return ordered
@@ -260,8 +292,9 @@ def score_file(
     from wmtp.common.progress import progress_bar
 
     with progress_bar(f"execute {bench.name}", total=len(samples), enabled=progress) as advance:
-        records, summary = score_samples(samples, bench, chosen_ks, SandboxLimits(timeout_s=timeout), workers,
-                                         on_result=lambda _i, _r: advance(1))
+        records, summary = score_samples(
+            samples, bench, chosen_ks, SandboxLimits(timeout_s=timeout), workers, on_result=lambda _i, _r: advance(1)
+        )
     summary["samples_file"] = str(samples_path)
     results_path = Path(results_path or f"{samples_path}_results.jsonl")
     summary_path = Path(summary_path or f"{samples_path}_summary.json")
@@ -301,13 +334,17 @@ def stage_tracking(path: Path) -> Optional[tuple[str, Optional[str]]]:
     if uri and "***" in uri:
         from_env = os.environ.get("MLFLOW_TRACKING_URI")
         if not from_env or redact_uri(from_env) != uri:
-            raise EvalError(f"{spec_file}: tracking.uri is stored redacted ({uri}); set MLFLOW_TRACKING_URI to "
-                            "that server's full URI, or pass --no-mlflow")
+            raise EvalError(
+                f"{spec_file}: tracking.uri is stored redacted ({uri}); set MLFLOW_TRACKING_URI to "
+                "that server's full URI, or pass --no-mlflow"
+            )
         uri = from_env
     other = os.environ.get("MLFLOW_RUN_ID")
     if other and other != run_id:
-        raise EvalError(f"MLFLOW_RUN_ID={other} is not the run of stage {path} ({run_id}): "
-                        "unset it to log to the stage's run, or pass --no-mlflow")
+        raise EvalError(
+            f"MLFLOW_RUN_ID={other} is not the run of stage {path} ({run_id}): "
+            "unset it to log to the stage's run, or pass --no-mlflow"
+        )
     return run_id, uri
 
 
@@ -329,10 +366,12 @@ def log_new_params(client, run_id: str, params: dict[str, str]) -> None:
     if fresh:
         client.log_batch(run_id, params=[Param(k, v) for k, v in fresh.items()])
     if changed:
-        print(f"warning: run {run_id} already has {changed[0]}"
-              + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
-              + " from an earlier evaluation with other options; this one's are in its summary.json",
-              file=sys.stderr)
+        print(
+            f"warning: run {run_id} already has {changed[0]}"
+            + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+            + " from an earlier evaluation with other options; this one's are in its summary.json",
+            file=sys.stderr,
+        )
 
 
 def eval_metrics(summary: dict) -> dict[str, float]:
@@ -360,8 +399,13 @@ def active_run(uri: Optional[str]) -> tuple[Optional[str], Optional[str]]:
 EVAL_HTTP_TIMEOUT_S, EVAL_HTTP_RETRIES = 10, 1  # per request, logging into an existing run
 
 
-def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[str] = None,
-                     uri: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT) -> Optional[str]:
+def track_evaluation(
+    summary: dict,
+    artifacts: Sequence[Path],
+    run_id: Optional[str] = None,
+    uri: Optional[str] = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> Optional[str]:
     """Log pass@k and the files to MLflow; returns the run id (None when nothing asked for tracking).
 
     A failing server never fails the evaluation: the files are already written; one warning is printed.
@@ -376,8 +420,9 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
     metrics = eval_metrics(summary)
     if run_id is None:  # a run of its own
         tags = {"kind": "eval", "benchmark": summary["benchmark"], "model": summary.get("model", "")}
-        tracker = MlflowTracker(uri, experiment, f"eval/{Path(summary.get('model', 'samples')).name}/"
-                                f"{summary['benchmark']}", tags)
+        tracker = MlflowTracker(
+            uri, experiment, f"eval/{Path(summary.get('model', 'samples')).name}/{summary['benchmark']}", tags
+        )
         tracker.log_params({"eval": summary.get("config", {}), "model": summary.get("model", "")})
         tracker.log_metrics(metrics, step=0)
         for path in artifacts:
@@ -399,8 +444,10 @@ def track_evaluation(summary: dict, artifacts: Sequence[Path], run_id: Optional[
                 client.log_artifact(run_id, str(path), f"eval/{summary['benchmark']}")
     except Exception as exc:  # the server or store failed: the summary is on disk anyway
         message = redact(f"{type(exc).__name__}: {exc}", uri)[:200]  # credentials never printed
-        print(f"warning: MLflow at {redact_uri(uri)} failed ({message}); "
-              "evaluation results are in the files only", file=sys.stderr)
+        print(
+            f"warning: MLflow at {redact_uri(uri)} failed ({message}); evaluation results are in the files only",
+            file=sys.stderr,
+        )
     return run_id
 
 

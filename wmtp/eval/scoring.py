@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from wmtp.common.files import write_text_atomic
-from wmtp.eval.benchmarks import Benchmark, read_jsonl
 from wmtp.errors import EvalError
+from wmtp.eval.benchmarks import Benchmark, read_jsonl
 from wmtp.eval.passk import CI_METHOD, exact_match, mean_pass_at_k, pass_at_k_ci95, resolve_ks
 from wmtp.sandbox import Sandbox, SandboxLimits, default_workers
 
@@ -51,8 +51,13 @@ def execute_samples(
         results = sandbox.run_many(programs, limits, on_result)
         isolation = vars(sandbox.isolation)
     records = [
-        {**sample, "passed": result.passed, "status": result.status, "result": result.reason or result.status,
-         "exact_match": exact_match(sample["completion"], benchmark.problem(sample["task_id"]).reference)}
+        {
+            **sample,
+            "passed": result.passed,
+            "status": result.status,
+            "result": result.reason or result.status,
+            "exact_match": exact_match(sample["completion"], benchmark.problem(sample["task_id"]).reference),
+        }
         for sample, result in zip(samples, results)
     ]
     return records, isolation

@@ -36,9 +36,7 @@ class ModelArgs:
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if not 1 <= self.n_future_tokens <= self.n_layers:
-            problems.append(
-                f"n_future_tokens={self.n_future_tokens} must be between 1 and n_layers={self.n_layers}"
-            )
+            problems.append(f"n_future_tokens={self.n_future_tokens} must be between 1 and n_layers={self.n_layers}")
         if problems:
             raise CheckpointError("invalid model params: " + "; ".join(problems))
 
@@ -69,9 +67,7 @@ class ModelArgs:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
-            raise CheckpointError(
-                f"{source}: unknown key(s) {unknown}; expected a subset of {sorted(known)}"
-            )
+            raise CheckpointError(f"{source}: unknown key(s) {unknown}; expected a subset of {sorted(known)}")
         values = {**params, **{k: v for k, v in overrides.items() if v is not None}}
         try:
             return cls(**values)

@@ -118,8 +118,7 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, "
-                f"params.json implies {tuple(tensor.shape)}"
+                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, params.json implies {tuple(tensor.shape)}"
             )
 
 

@@ -44,8 +44,11 @@ BLOCK_KEYS = {
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-TOP_KEYS = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
+TOP_KEYS = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -101,26 +104,45 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
         bos, eos = tokenizer.bos_id, tokenizer.eos_id
         pad = tokenizer.sp.pad_id() if tokenizer.sp.pad_id() >= 0 else None
     config = LlamaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden_dim,
-        num_hidden_layers=n_blocks, num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
-        head_dim=args.head_dim, hidden_act="silu", max_position_embeddings=args.max_seq_len,
-        rms_norm_eps=args.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, dtype=str(dtype).removeprefix("torch."),
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.ffn_hidden_dim,
+        num_hidden_layers=n_blocks,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        dtype=str(dtype).removeprefix("torch."),
     )
     config.architectures = ["LlamaForCausalLM"]
     with atomic_dir(out) as tmp:
         from safetensors.torch import save_file
 
         config.save_pretrained(tmp)
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}, indent=2) + "\n")
-        save_file({k: v.detach().contiguous() for k, v in hf_state.items()}, tmp / HF_WEIGHTS,
-                  metadata={"format": "pt"})
+        (tmp / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}, indent=2) + "\n"
+        )
+        save_file(
+            {k: v.detach().contiguous() for k, v in hf_state.items()}, tmp / HF_WEIGHTS, metadata={"format": "pt"}
+        )
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp)
-    return {"layers": n_blocks, "trunk": args.n_trunk_layers, "dropped_heads": args.n_future_tokens - 1,
-            "tokenizer": tokenizer is not None, "dtype": str(dtype).removeprefix("torch.")}
+    return {
+        "layers": n_blocks,
+        "trunk": args.n_trunk_layers,
+        "dropped_heads": args.n_future_tokens - 1,
+        "tokenizer": tokenizer is not None,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def write_hf_tokenizer(tokenizer, dest: Path) -> None:
@@ -152,16 +174,25 @@ def write_hf_tokenizer(tokenizer, dest: Path) -> None:
     unk = sp.id_to_piece(sp.unk_id())
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     bos, eos = sp.id_to_piece(tokenizer.bos_id), sp.id_to_piece(tokenizer.eos_id)
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)]
+    )
     backend.add_special_tokens([AddedToken(sp.id_to_piece(i), normalized=False, special=True) for i in specials])
     backend.save(str(dest / "tokenizer.json"))
-    config = {"tokenizer_class": "TokenizersBackend", "bos_token": bos, "eos_token": eos, "unk_token": unk,
-              "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-              "split_special_tokens": True}
+    config = {
+        "tokenizer_class": "TokenizersBackend",
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": unk,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
+    }
     if sp.pad_id() >= 0:
         config["pad_token"] = sp.id_to_piece(sp.pad_id())
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -249,15 +280,23 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, n_future_tokens
     multiple_of, multiplier = ffn_params(dim, config["intermediate_size"])
     rope = config.get("rope_parameters") or {}
     args = ModelArgs(
-        dim=dim, n_layers=n_blocks - 1 + n_future_tokens, n_heads=config["num_attention_heads"],
-        n_kv_heads=config.get("num_key_value_heads"), vocab_size=config["vocab_size"], multiple_of=multiple_of,
-        ffn_dim_multiplier=multiplier, norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        dim=dim,
+        n_layers=n_blocks - 1 + n_future_tokens,
+        n_heads=config["num_attention_heads"],
+        n_kv_heads=config.get("num_key_value_heads"),
+        vocab_size=config["vocab_size"],
+        multiple_of=multiple_of,
+        ffn_dim_multiplier=multiplier,
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-        n_future_tokens=n_future_tokens, max_seq_len=int(config.get("max_position_embeddings", 2048)),
+        n_future_tokens=n_future_tokens,
+        max_seq_len=int(config.get("max_position_embeddings", 2048)),
     )
     if args.ffn_hidden_dim != config["intermediate_size"]:
-        raise CheckpointError(f"{hf_dir / 'config.json'}: intermediate_size={config['intermediate_size']} "
-                              "cannot be expressed by multiple_of / ffn_dim_multiplier")
+        raise CheckpointError(
+            f"{hf_dir / 'config.json'}: intermediate_size={config['intermediate_size']} "
+            "cannot be expressed by multiple_of / ffn_dim_multiplier"
+        )
     hf_state = read_hf_state(hf_dir)
     state: dict[str, torch.Tensor] = {}
     wanted = {hf: ours for ours, hf in TOP_KEYS.items()}
@@ -266,8 +305,9 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, n_future_tokens
             wanted[f"model.layers.{i}.{hf}"] = f"layers.{i}.{ours}"
     missing = sorted(set(wanted) - set(hf_state))
     if missing:
-        raise CheckpointError(f"{hf_dir}: weights lack {missing[0]!r}" + (f" (+{len(missing) - 1} more)"
-                                                                            if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"{hf_dir}: weights lack {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     for hf, ours in wanted.items():
         w = hf_state[hf]
         if ours.endswith("attention.wq.weight"):
@@ -281,7 +321,12 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, n_future_tokens
             state[f"extra_heads.{head}.{ours}"] = state[f"layers.{last}.{ours}"].clone()
     tokenizer_model = hf_dir / "tokenizer.model"
     tokenizer_model = tokenizer_model if tokenizer_model.is_file() else None
-    write_model_dir(out, args, state, source=f"hf:{hf_dir.resolve()}", tokenizer_model=tokenizer_model,
-                    extra_metadata={"hf_import": {"copied_heads_from_block": last,
-                                                  "n_future_tokens": n_future_tokens}})
+    write_model_dir(
+        out,
+        args,
+        state,
+        source=f"hf:{hf_dir.resolve()}",
+        tokenizer_model=tokenizer_model,
+        extra_metadata={"hf_import": {"copied_heads_from_block": last, "n_future_tokens": n_future_tokens}},
+    )
     return {"trunk": args.n_trunk_layers, "heads": n_future_tokens, "tokenizer": tokenizer_model is not None}

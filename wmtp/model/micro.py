@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-
 from wmtp.errors import CheckpointError
 from wmtp.model.args import ModelArgs
 from wmtp.model.checkpoint import save_model
@@ -70,8 +69,13 @@ def micro_reference_args(vocab_size: int) -> ModelArgs:
     )
 
 
-def build_micro_models(out_dir: Path, corpus: Iterable[str], seed: int = 0, vocab_size: int = 1024,
-                       log: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+def build_micro_models(
+    out_dir: Path,
+    corpus: Iterable[str],
+    seed: int = 0,
+    vocab_size: int = 1024,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Path]:
     """Write `<out>/micro-mtp` and `<out>/micro-ref` standard model directories sharing one tokenizer,
     trained on `corpus` (every caller passes HumanEval's code: `wmtp.data.humaneval.humaneval_code_texts`).
 
@@ -88,12 +92,13 @@ def build_micro_models(out_dir: Path, corpus: Iterable[str], seed: int = 0, voca
     staging = Path(tempfile.mkdtemp(prefix=".micro-build.", dir=out_dir))
     try:
         log(f"training a SentencePiece BPE tokenizer (vocab {vocab_size}) on HumanEval's code")
-        tokenizer_file = train_sentencepiece(corpus, staging / "tokenizer" / "tokenizer.model",
-                                             vocab_size)
+        tokenizer_file = train_sentencepiece(corpus, staging / "tokenizer" / "tokenizer.model", vocab_size)
         built = {}
         for name, args in builds.items():
-            log(f"initialising {name} ({args.n_layers} blocks, dim {args.dim}, "
-                f"{args.n_future_tokens} head{'s' if args.n_future_tokens != 1 else ''}, seed {seed}) and saving it")
+            log(
+                f"initialising {name} ({args.n_layers} blocks, dim {args.dim}, "
+                f"{args.n_future_tokens} head{'s' if args.n_future_tokens != 1 else ''}, seed {seed}) and saving it"
+            )
             model = Transformer(args)
             model.init_weights(seed)
             built[name] = save_model(

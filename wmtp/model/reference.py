@@ -21,8 +21,7 @@ from wmtp.errors import CheckpointError, WmtpError
 KEY = "rho1.reference"
 HF_EXTRA = f"{KEY}: hf: references need the `hf` extra (pip install 'weighted-mtp[hf]')"
 # Encoded by both tokenizers of an `hf:` reference: code, indentation, digits, non-ASCII (byte fallback).
-PROBE_TEXT = ('def mean(xs: list[float]) -> float:\n    """Average of 12 values — ok."""\n'
-              "    return sum(xs) / len(xs)\n")
+PROBE_TEXT = 'def mean(xs: list[float]) -> float:\n    """Average of 12 values — ok."""\n    return sum(xs) / len(xs)\n'
 # Where our model dirs keep params and tokenizer (standard layout first, then a Meta release dir);
 # the same places `load_model` and `load_tokenizer` read, without importing torch-heavy modules.
 PARAMS_CANDIDATES = ("configs/params.json", "params.json")
@@ -76,8 +75,9 @@ def check_reference_fits(policy: str | os.PathLike, reference: str) -> None:
     else:
         ref_vocab, ref_ids = model_dir_vocab_size(Path(reference)), None
     if ref_vocab is not None and ref_vocab != policy_vocab:
-        raise WmtpError(f"{KEY}: {reference} has vocab {ref_vocab} but the policy {policy} has {policy_vocab}"
-                        f"{MUST_SHARE}")
+        raise WmtpError(
+            f"{KEY}: {reference} has vocab {ref_vocab} but the policy {policy} has {policy_vocab}{MUST_SHARE}"
+        )
     policy_tok = model_dir_tokenizer(policy_dir)
     if policy_tok is None:
         return
@@ -85,8 +85,10 @@ def check_reference_fits(policy: str | os.PathLike, reference: str) -> None:
         from wmtp.model.tokenizer import Tokenizer
 
         if ref_ids is not None and ref_ids != Tokenizer(policy_tok).encode(PROBE_TEXT):
-            raise WmtpError(f"{KEY}: {reference}'s tokenizer encodes a probe text to other ids than the policy "
-                            f"{policy}'s {policy_tok.name}{MUST_SHARE}")
+            raise WmtpError(
+                f"{KEY}: {reference}'s tokenizer encodes a probe text to other ids than the policy "
+                f"{policy}'s {policy_tok.name}{MUST_SHARE}"
+            )
         return
     ref_tok = model_dir_tokenizer(Path(reference))
     if ref_tok is None:
@@ -95,8 +97,10 @@ def check_reference_fits(policy: str | os.PathLike, reference: str) -> None:
 
     policy_hash, ref_hash = sha256_file(policy_tok), sha256_file(ref_tok)
     if ref_hash != policy_hash:
-        raise WmtpError(f"{KEY}: {reference} has another tokenizer (tokenizer.model SHA-256 {ref_hash[:12]}…) "
-                        f"than the policy {policy} ({policy_hash[:12]}…){MUST_SHARE}")
+        raise WmtpError(
+            f"{KEY}: {reference} has another tokenizer (tokenizer.model SHA-256 {ref_hash[:12]}…) "
+            f"than the policy {policy} ({policy_hash[:12]}…){MUST_SHARE}"
+        )
 
 
 def hf_vocab_and_probe_ids(name: str) -> tuple[Optional[int], Optional[list[int]]]:

@@ -118,8 +118,9 @@ class Attention(nn.Module):
         layer.write(k, v_BSND)
         if step.from_start:  # a prompt pass from position 0: its own keys are all there is
             gqa = self.n_kv_heads != self.n_heads
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v_BSND.transpose(1, 2),
-                                                 is_causal=seqlen > 1, enable_gqa=gqa).transpose(1, 2)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v_BSND.transpose(1, 2), is_causal=seqlen > 1, enable_gqa=gqa
+            ).transpose(1, 2)
         else:
             group = self.n_heads // self.n_kv_heads
             q_grouped = q.transpose(1, 2).reshape(bsz, self.n_kv_heads, group * seqlen, self.head_dim)
@@ -231,8 +232,10 @@ class DecodingProjections:
         heads = self.n_heads + self.n_kv_heads
         if self.wqkv is not None:
             qkv = self.wqkv(x_BSD)
-            return (qkv[..., : heads * self.head_dim].view(bsz, seqlen, heads, self.head_dim),
-                    qkv[..., heads * self.head_dim :].view(bsz, seqlen, self.n_kv_heads, self.head_dim))
+            return (
+                qkv[..., : heads * self.head_dim].view(bsz, seqlen, heads, self.head_dim),
+                qkv[..., heads * self.head_dim :].view(bsz, seqlen, self.n_kv_heads, self.head_dim),
+            )
         q = self.wq(x_BSD).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         return torch.cat((q, k), dim=2), self.wv(x_BSD).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
@@ -261,8 +264,9 @@ _DECODING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictio
 
 
 @torch.no_grad()
-def decoding_projections(model: "Transformer", fast: Optional[bool] = None
-                         ) -> tuple[list[DecodingProjections], "OutputProjection"]:
+def decoding_projections(
+    model: "Transformer", fast: Optional[bool] = None
+) -> tuple[list[DecodingProjections], "OutputProjection"]:
     """Every block's `DecodingProjections` (trunk, then heads in order) and `output_logits` for decoding.
 
     `fast` (default: on the CPU in float32, where its bits are checked) fuses and copies weights as
@@ -275,8 +279,12 @@ def decoding_projections(model: "Transformer", fast: Optional[bool] = None
     cached = _DECODING.get(model)
     if cached is None or cached[0] != key:
         blocks = [*model.layers[:-1], *model.heads]
-        cached = (key, [DecodingProjections(b, fast) for b in blocks], Projection(weight, fast),
-                  decoding_norm(model.norm, fast))
+        cached = (
+            key,
+            [DecodingProjections(b, fast) for b in blocks],
+            Projection(weight, fast),
+            decoding_norm(model.norm, fast),
+        )
         _DECODING[model] = cached
     return cached[1], OutputProjection(cached[3], cached[2])
 
@@ -308,10 +316,19 @@ class KVCache:
     write) costs no device→host sync, and is computed once per forward, not once per block.
     """
 
-    def __init__(self, n_blocks: int, batch: int, max_len: int, args: ModelArgs,
-                 rope_cos: torch.Tensor, rope_sin: torch.Tensor, device=None, dtype=None,
-                 projections: Optional[list[DecodingProjections]] = None,
-                 output: Optional["OutputProjection"] = None):
+    def __init__(
+        self,
+        n_blocks: int,
+        batch: int,
+        max_len: int,
+        args: ModelArgs,
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+        device=None,
+        dtype=None,
+        projections: Optional[list[DecodingProjections]] = None,
+        output: Optional["OutputProjection"] = None,
+    ):
         if max_len > rope_cos.shape[0]:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len={rope_cos.shape[0]}")
         if projections is None or len(projections) != n_blocks:
@@ -418,9 +435,7 @@ class Transformer(nn.Module):
         self.args = args
         self.n_future_tokens = args.n_future_tokens
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(
-            TransformerBlock(args) for _ in range(args.n_layers - args.n_future_tokens + 1)
-        )
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers - args.n_future_tokens + 1))
         self.extra_heads = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_future_tokens - 1))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
@@ -479,8 +494,10 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             index = self.args.n_trunk_layers + head_index
             if index >= len(kv_cache.layers):
-                raise ValueError(f"the cache holds {len(kv_cache.layers) - self.args.n_trunk_layers} heads, "
-                                 f"head {head_index + 1} asked for")
+                raise ValueError(
+                    f"the cache holds {len(kv_cache.layers) - self.args.n_trunk_layers} heads, "
+                    f"head {head_index + 1} asked for"
+                )
             cache = kv_cache.layers[index]
         return self.heads[head_index](h_trunk_BSD, cos, sin, cache)
 
@@ -506,8 +523,18 @@ class Transformer(nn.Module):
         weight = self.tok_embeddings.weight
         n_blocks = self.args.n_trunk_layers + n_heads
         projections, output = decoding_projections(self)
-        return KVCache(n_blocks, batch, max_len, self.args, self.rope_cos, self.rope_sin,
-                       device=weight.device, dtype=weight.dtype, projections=projections[:n_blocks], output=output)
+        return KVCache(
+            n_blocks,
+            batch,
+            max_len,
+            self.args,
+            self.rope_cos,
+            self.rope_sin,
+            device=weight.device,
+            dtype=weight.dtype,
+            projections=projections[:n_blocks],
+            output=output,
+        )
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:

@@ -197,12 +197,14 @@ def _remove_cgroup(path: str) -> None:
     for directory in (os.path.join(path, "run"), path):
         if not os.path.isdir(directory):
             continue
-        def members() -> list[int]:
+
+        def members(directory: str = directory) -> list[int]:
             try:
                 with open(os.path.join(directory, "cgroup.procs")) as f:
                     return [int(pid) for pid in f.read().split()]
             except OSError:
                 return []
+
         _kill_until_gone(members)
         for _ in range(100):
             try:
@@ -296,7 +298,8 @@ class Sandbox:
             raise
         first = self._all[0].info
         self.isolation = Isolation(
-            **{name: first[name] for name in Isolation.__dataclass_fields__ if name != "notes"}, notes=list(first["notes"])
+            **{name: first[name] for name in Isolation.__dataclass_fields__ if name != "notes"},
+            notes=list(first["notes"]),
         )
 
     def _add_zygote(self) -> None:

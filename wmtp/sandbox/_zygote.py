@@ -248,24 +248,37 @@ def _set_up(config: dict) -> tuple[dict, MemoryCgroup | None]:
     uid = UID_BASE + os.getpid() if is_root and config.get("drop_privileges", True) else None
     cgroup, no_cgroup = _memory_cgroup()  # before the filesystem turns read-only (see MemoryCgroup)
     info = {
-        "uid": uid, "base": "", "user_namespace": False, "readonly_fs": False, "private_tmpfs": False,
-        "no_network": False, "memory_cgroup": cgroup and cgroup.version, "memory_cgroup_path": cgroup and cgroup.path,
+        "uid": uid,
+        "base": "",
+        "user_namespace": False,
+        "readonly_fs": False,
+        "private_tmpfs": False,
+        "no_network": False,
+        "memory_cgroup": cgroup and cgroup.version,
+        "memory_cgroup_path": cgroup and cgroup.path,
         "notes": [],
     }
     if cgroup is None:
-        info["notes"].append(f"no memory cgroup ({no_cgroup}): memory is limited per process only, so a program "
-                             "may hold up to max_processes x memory_mb")
+        info["notes"].append(
+            f"no memory cgroup ({no_cgroup}): memory is limited per process only, so a program "
+            "may hold up to max_processes x memory_mb"
+        )
     isolate = config.get("isolate", True)
     if isolate and not is_root:
         try:
             _enter_user_namespace()
             info["user_namespace"] = True
         except OSError as exc:
-            info["notes"].append(f"no user namespace ({exc.strerror or exc}): outside its temp dir, "
-                                 "files are protected by the guard only")
+            info["notes"].append(
+                f"no user namespace ({exc.strerror or exc}): outside its temp dir, "
+                "files are protected by the guard only"
+            )
     elif not isolate:
-        info["notes"].append("isolation off: outside its temp dir, files are protected by the guard only"
-                             if not is_root else "isolation off: no read-only view, no private network")
+        info["notes"].append(
+            "isolation off: outside its temp dir, files are protected by the guard only"
+            if not is_root
+            else "isolation off: no read-only view, no private network"
+        )
     base = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     os.chmod(base, 0o711)
     info["base"] = base
@@ -495,7 +508,6 @@ def _read_text(path: str) -> str:
         return ""
 
 
-
 # ---------------------------------------------------------------- the program's process
 
 
@@ -548,9 +560,32 @@ def _guard(work_dir: str) -> None:
     builtins.help = None
     os.environ["OMP_NUM_THREADS"] = "1"
     for name in (
-        "kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
-        "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
-        "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir",
+        "kill",
+        "system",
+        "putenv",
+        "remove",
+        "removedirs",
+        "rmdir",
+        "fchdir",
+        "setuid",
+        "fork",
+        "forkpty",
+        "killpg",
+        "rename",
+        "renames",
+        "truncate",
+        "replace",
+        "unlink",
+        "fchmod",
+        "fchown",
+        "chmod",
+        "chown",
+        "chroot",
+        "lchflags",
+        "lchmod",
+        "lchown",
+        "getcwd",
+        "chdir",
     ):
         setattr(os, name, None)
     shutil_module.rmtree = None
@@ -828,8 +863,10 @@ def run_one(request: dict, info: dict, cgroup: MemoryCgroup | None = None) -> di
         status_text = _authentic(f.read(MAC_CHARS + 1 + 8 * REASON_CHARS), key)
     status, reason = _verdict(status_text, timed_out, main_status)
     if oom_kills and status != "passed":
-        reason = (f"memory limit: the program's processes together exceeded {request['memory_mb']} MiB "
-                  f"({oom_kills} killed)" + (f"; {reason}" if reason else ""))
+        reason = (
+            f"memory limit: the program's processes together exceeded {request['memory_mb']} MiB "
+            f"({oom_kills} killed)" + (f"; {reason}" if reason else "")
+        )
     if left:
         status, reason = "error", f"{left} processes could not be killed"
     stdout, stdout_truncated = _read_capped(paths["stdout"], request["max_output_bytes"])
@@ -862,7 +899,7 @@ def _read_line(buffer: bytearray) -> bytes | None:
 def _reply(obj: dict) -> None:
     data = (json.dumps(obj) + "\n").encode()
     while data:
-        data = data[os.write(1, data):]
+        data = data[os.write(1, data) :]
 
 
 def main() -> None:

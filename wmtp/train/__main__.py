@@ -16,11 +16,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m wmtp.train", description=__doc__)
     parser.add_argument("spec", help="jobs/<experiment>.yaml or an experiment name")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--preset", dest="presets", action="append", default=[], metavar="NAME",
-                        help="a jobs/presets/ layer (repeatable: applied in order)")
+    parser.add_argument(
+        "--preset",
+        dest="presets",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a jobs/presets/ layer (repeatable: applied in order)",
+    )
     parser.add_argument("--run-dir", type=Path, default=None)
-    parser.add_argument("--stage", dest="stages", action="append", default=[], metavar="NAME",
-                        help="run only this stage of the experiment (repeatable); default: every stage")
+    parser.add_argument(
+        "--stage",
+        dest="stages",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this stage of the experiment (repeatable); default: every stage",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved spec of every stage and exit")
     return parser.parse_args(argv)
 

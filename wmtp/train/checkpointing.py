@@ -90,12 +90,19 @@ def rng_to_files(rng_states: list[dict]) -> tuple[dict[str, torch.Tensor], list[
             tensors[f"rank{rank}.cuda.{device}"] = cuda
         name, key, pos, has_gauss, cached_gaussian = state["numpy"]
         version, internal, gauss_next = state["python"]
-        rest.append({
-            "numpy": {"bit_generator": name, "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached_gaussian": float(cached_gaussian)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-            "cuda_devices": len(state.get("cuda", [])),
-        })
+        rest.append(
+            {
+                "numpy": {
+                    "bit_generator": name,
+                    "key": key.tolist(),
+                    "pos": int(pos),
+                    "has_gauss": int(has_gauss),
+                    "cached_gaussian": float(cached_gaussian),
+                },
+                "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+                "cuda_devices": len(state.get("cuda", [])),
+            }
+        )
     return tensors, rest
 
 
@@ -105,8 +112,13 @@ def rng_from_files(tensors: dict[str, torch.Tensor], saved: dict, rank: int) -> 
     return {
         "torch": tensors[f"rank{rank}.torch"],
         "cuda": [tensors[f"rank{rank}.cuda.{d}"] for d in range(saved.get("cuda_devices", 0))],
-        "numpy": (n["bit_generator"], np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                  n["cached_gaussian"]),
+        "numpy": (
+            n["bit_generator"],
+            np.asarray(n["key"], dtype=np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        ),
         "python": (p["version"], tuple(p["internal"]), p["gauss_next"]),
     }
 
@@ -148,9 +160,9 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], saved: dict, optimize
     again, so the restored param groups are what the uninterrupted run had."""
     state: dict[str, dict] = {}
     for key, value in tensors.items():
-        if not key.startswith("state.") or "." not in key[len("state."):]:
+        if not key.startswith("state.") or "." not in key[len("state.") :]:
             raise ValueError(f"unexpected tensor {key!r} (expected state.<parameter>.<name>)")
-        fqn, name = key[len("state."):].rsplit(".", 1)
+        fqn, name = key[len("state.") :].rsplit(".", 1)
         state.setdefault(fqn, {})[name] = value
     for fqn, entries in saved.get("scalars", {}).items():
         state.setdefault(fqn, {}).update(entries)
@@ -158,8 +170,9 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], saved: dict, optimize
     groups = []
     for i, group in enumerate(saved["param_groups"]):
         live = live_groups[i] if i < len(live_groups) else {}
-        groups.append({k: tuple(v) if isinstance(v, list) and isinstance(live.get(k), tuple) else v
-                       for k, v in group.items()})
+        groups.append(
+            {k: tuple(v) if isinstance(v, list) and isinstance(live.get(k), tuple) else v for k, v in group.items()}
+        )
     return {"state": state, "param_groups": groups}
 
 
@@ -223,8 +236,14 @@ def write_checkpoint(name, run_dir, module, model_state, optim_state, rng_states
     rng_tensors, rng_json = rng_to_files(rng_states)
     try:
         with atomic_dir(root / name, replace=True) as tmp:  # on failure, removed before the space is measured
-            populate_model_dir(tmp, inner.model.args, policy, source=f"wmtp training checkpoint {name}",
-                               tokenizer_model=tokenizer.path, extra_metadata={"train_step": train_state["step"]})
+            populate_model_dir(
+                tmp,
+                inner.model.args,
+                policy,
+                source=f"wmtp training checkpoint {name}",
+                tokenizer_model=tokenizer.path,
+                extra_metadata={"train_step": train_state["step"]},
+            )
             if value_head:
                 write_tensors(value_head, tmp / VALUE_HEAD_FILE)
             write_tensors(optim_tensors, tmp / OPTIMIZER_FILE)
@@ -240,7 +259,8 @@ def write_checkpoint(name, run_dir, module, model_state, optim_state, rng_states
             raise CheckpointError(
                 f"{run_dir}: no space left on the device for checkpoint {name} (needs about {human_bytes(needed)}, "
                 f"{human_bytes(free)} free); the previous checkpoints are intact: free some space and rerun "
-                f"the same command to resume") from None
+                f"the same command to resume"
+            ) from None
         raise
     return root / name
 
@@ -256,7 +276,8 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return type(exc).__name__ == "SafetensorError" and (
-        f"os error {errno.ENOSPC})" in str(exc) or f"os error {errno.EDQUOT})" in str(exc))
+        f"os error {errno.ENOSPC})" in str(exc) or f"os error {errno.EDQUOT})" in str(exc)
+    )
 
 
 def human_bytes(n: float) -> str:
@@ -316,7 +337,8 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
             raise CheckpointError(
                 f"{p / LEGACY_TRAIN_STATE}: written by an older wmtp that stored the train state as a pickle, "
                 f"which is never loaded (unpickling runs code); start a fresh run dir (another --run-dir), "
-                f"or remove {p} to resume from another checkpoint")
+                f"or remove {p} to resume from another checkpoint"
+            )
     candidates = [p for p in dirs if (p / TRAIN_STATE).is_file()]
     if not candidates:
         return None
@@ -336,8 +358,13 @@ def is_scheduler_state(value) -> bool:
     # LambdaLR.load_state_dict copies every key into the scheduler and each non-null lr_lambdas entry
     # into a function's attributes: only plain data with null functions is accepted.
     lambdas = value.get("lr_lambdas", []) if isinstance(value, dict) else None
-    return (isinstance(value, dict) and non_negative_int(value.get("last_epoch")) and "optimizer" not in value
-            and isinstance(lambdas, list) and all(f is None for f in lambdas))
+    return (
+        isinstance(value, dict)
+        and non_negative_int(value.get("last_epoch"))
+        and "optimizer" not in value
+        and isinstance(lambdas, list)
+        and all(f is None for f in lambdas)
+    )
 
 
 def is_early_stopping_state(value) -> bool:
@@ -345,16 +372,27 @@ def is_early_stopping_state(value) -> bool:
 
 
 def is_optimizer_json(value) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in value["param_groups"])
-            and isinstance(value.get("scalars", {}), dict)
-            and all(isinstance(v, dict) for v in value.get("scalars", {}).values()))
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in value["param_groups"])
+        and isinstance(value.get("scalars", {}), dict)
+        and all(isinstance(v, dict) for v in value.get("scalars", {}).values())
+    )
 
 
 def is_rng_list(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(r, dict) and isinstance(r.get("numpy"), dict) and isinstance(r.get("python"), dict)
-        and non_negative_int(r.get("cuda_devices", 0)) for r in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(r, dict)
+            and isinstance(r.get("numpy"), dict)
+            and isinstance(r.get("python"), dict)
+            and non_negative_int(r.get("cuda_devices", 0))
+            for r in value
+        )
+    )
 
 
 # Top-level keys of train_state.json, with what each must be (checked before anything is restored).
@@ -412,10 +450,16 @@ def check_model_keys(ckpt: Path, saved: dict[str, torch.Tensor], module) -> None
     expected = {k: tuple(v.shape) for k, v in unwrap(module).state_dict().items()}
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {expected[k]}" for k in expected
-              if k in saved and tuple(saved[k].shape) != expected[k]]
-    found = (("missing from the checkpoint", missing), ("not in this model", unexpected),
-             ("shape saved vs this model's", shapes))
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs {expected[k]}"
+        for k in expected
+        if k in saved and tuple(saved[k].shape) != expected[k]
+    ]
+    found = (
+        ("missing from the checkpoint", missing),
+        ("not in this model", unexpected),
+        ("shape saved vs this model's", shapes),
+    )
     parts = [f"{label}: {listing(keys)}" for label, keys in found if keys]
     if parts:
         raise CheckpointError(f"{ckpt}: saved from another model than this run's (model.path?): {'; '.join(parts)}")
@@ -444,7 +488,8 @@ def load_checkpoint(ckpt: Path, module, optimizer, ctx: DistContext) -> dict:
     rng_saved = state.pop("rng")
     if len(rng_saved) != ctx.world_size:
         raise CheckpointError(
-            f"{ckpt}: saved by {len(rng_saved)} rank(s), resumed with {ctx.world_size}; resume needs the same world size"
+            f"{ckpt}: saved by {len(rng_saved)} rank(s), resumed with {ctx.world_size}; "
+            f"resume needs the same world size"
         )
     model_state = {f"model.{k}": v for k, v in read_safetensors(ckpt / WEIGHTS_FILE).items()}
     if (ckpt / VALUE_HEAD_FILE).is_file():
@@ -458,18 +503,21 @@ def load_checkpoint(ckpt: Path, module, optimizer, ctx: DistContext) -> dict:
     try:
         rng = rng_from_files(rng_tensors, rng_saved[ctx.rank], ctx.rank)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise CheckpointError(f"{ckpt}: rank {ctx.rank}'s RNG state in {RNG_FILE} / {TRAIN_STATE} is incomplete "
-                              f"({first_line(exc)})") from None
+        raise CheckpointError(
+            f"{ckpt}: rank {ctx.rank}'s RNG state in {RNG_FILE} / {TRAIN_STATE} is incomplete ({first_line(exc)})"
+        ) from None
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(module, model_state, options=options)
     try:
         set_optimizer_state_dict(module, optimizer, optim_state, options=options)
     except Exception as exc:  # another optimizer or other trainable parameters than this run's
-        raise CheckpointError(f"{ckpt / OPTIMIZER_FILE}: does not fit this run's optimizer "
-                              f"({first_line(exc)})") from None
+        raise CheckpointError(
+            f"{ckpt / OPTIMIZER_FILE}: does not fit this run's optimizer ({first_line(exc)})"
+        ) from None
     try:
         set_rng_state(rng)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{ckpt}: rank {ctx.rank}'s RNG state in {RNG_FILE} / {TRAIN_STATE} is invalid "
-                              f"({first_line(exc)})") from None
+        raise CheckpointError(
+            f"{ckpt}: rank {ctx.rank}'s RNG state in {RNG_FILE} / {TRAIN_STATE} is invalid ({first_line(exc)})"
+        ) from None
     return state

@@ -32,14 +32,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 from wmtp.assets import asset_dir
 from wmtp.errors import RuleError, WmtpError
 from wmtp.train.sections import (
-    DataSection, DistributedSection, EarlyStoppingSection, EvalSection, ModelSection, OutputSection, Section,
-    TrackingSection, TrainSection)
+    DataSection,
+    DistributedSection,
+    EarlyStoppingSection,
+    EvalSection,
+    ModelSection,
+    OutputSection,
+    Section,
+    TrackingSection,
+    TrainSection,
+)
 
 
 class SpecError(WmtpError):
@@ -91,9 +98,12 @@ class StageSpec(Section):
     @model_validator(mode="after")
     def _check_across_sections(self) -> "StageSpec":
         if self.model.max_seq_len is not None and self.model.max_seq_len < self.data.max_length:
-            raise RuleError("model.max_seq_len", f"expected ≥ data.max_length, which is {self.data.max_length} "
-                            f"(RoPE positions for the longest sample), or null (got {self.model.max_seq_len})",
-                            ("data.max_length",))
+            raise RuleError(
+                "model.max_seq_len",
+                f"expected ≥ data.max_length, which is {self.data.max_length} "
+                f"(RoPE positions for the longest sample), or null (got {self.model.max_seq_len})",
+                ("data.max_length",),
+            )
         self.check_validation_rows(world_size=1)  # one rank at least; launchers check their own count
         self.check_device()
         return self
@@ -105,16 +115,25 @@ class StageSpec(Section):
         disagree."""
         ranks = self.launch_world_size()
         if self.train.device == "mps" and ranks > 1:
-            raise RuleError("train.device", f"mps runs one process; expected distributed.strategy none (or "
-                            f"train.device cpu / cuda for {ranks} processes) (got mps)",
-                            ("distributed.strategy", "distributed.nproc_per_node"))
+            raise RuleError(
+                "train.device",
+                f"mps runs one process; expected distributed.strategy none (or "
+                f"train.device cpu / cuda for {ranks} processes) (got mps)",
+                ("distributed.strategy", "distributed.nproc_per_node"),
+            )
         if self.train.device == "mps" and self.model.dtype == "bfloat16":
-            raise RuleError("model.dtype", "bfloat16 is not supported on mps (train.device); expected float32, "
-                            "float16 or auto (got bfloat16)", ("train.device",))
+            raise RuleError(
+                "model.dtype",
+                "bfloat16 is not supported on mps (train.device); expected float32, float16 or auto (got bfloat16)",
+                ("train.device",),
+            )
         if self.model.dtype == "float16" and self.distributed.strategy == "fsdp" and ranks > 1:
-            raise RuleError("model.dtype", "float16 (loss scaling) does not run under distributed.strategy fsdp; "
-                            "expected auto, float32 or bfloat16, or strategy ddp (got float16)",
-                            ("distributed.strategy",))
+            raise RuleError(
+                "model.dtype",
+                "float16 (loss scaling) does not run under distributed.strategy fsdp; "
+                "expected auto, float32 or bfloat16, or strategy ddp (got float16)",
+                ("distributed.strategy",),
+            )
 
     def check_validation_rows(self, world_size: int) -> None:
         """Every rank runs the same number of full validation batches: fewer rows than one batch on each
@@ -123,9 +142,13 @@ class StageSpec(Section):
         every rank of a run before its run dir exists (`wmtp.train.runner.check_inputs`)."""
         per_round = world_size * self.train.batch_size
         if self.data.valid and self.data.valid_samples is not None and self.data.valid_samples < per_round:
-            raise RuleError("data.valid_samples", f"fewer rows than one batch per rank, so validation would never "
-                            f"run; expected ≥ ranks × train.batch_size = {world_size} × {self.train.batch_size} = "
-                            f"{per_round}, or null (got {self.data.valid_samples})", ("train.batch_size",))
+            raise RuleError(
+                "data.valid_samples",
+                f"fewer rows than one batch per rank, so validation would never "
+                f"run; expected ≥ ranks × train.batch_size = {world_size} × {self.train.batch_size} = "
+                f"{per_round}, or null (got {self.data.valid_samples})",
+                ("train.batch_size",),
+            )
 
     def launch_world_size(self) -> int:
         """Processes `wmtp train` starts on this machine: nproc_per_node under DDP / FSDP, else one."""
@@ -172,17 +195,24 @@ def check_metric_names(cls, spec: StageSpec) -> None:
         twice = sorted({name for name in names if names.count(name) > 1})
         clash = sorted(set(names) & set(LOOP_METRICS)) if kind == "train" else []
         if twice or clash:
-            raise RuleError("objective", f"the {cls.name} objective's declared {kind} metrics name "
-                            f"{twice or clash} {'twice' if twice else 'as the loop does'} (got {cls.name!r})")
+            raise RuleError(
+                "objective",
+                f"the {cls.name} objective's declared {kind} metrics name "
+                f"{twice or clash} {'twice' if twice else 'as the loop does'} (got {cls.name!r})",
+            )
     monitor = spec.early_stopping.monitor or cls.default_monitor
     heads = [int(k) for k in re.findall(r"head_(\d+)", monitor)]
-    losses = [f"val/{k}" for k in cls.declared_metrics(spec, max([1, *heads])).validation
-              if k.split("/")[0] in ("loss", "ce")]
+    losses = [
+        f"val/{k}" for k in cls.declared_metrics(spec, max([1, *heads])).validation if k.split("/")[0] in ("loss", "ce")
+    ]
     if monitor not in losses:
         shown = ", ".join(dict.fromkeys(re.sub(r"head_\d+$", "head_K", k) for k in losses))
         heads_note = " (K: a head of the model)" if "head_K" in shown else ""
-        raise RuleError("early_stopping.monitor", f"{monitor!r} is not a validation loss of the {cls.name} objective "
-                        f"(lower is better); expected one of {shown}{heads_note} (got {monitor!r})")
+        raise RuleError(
+            "early_stopping.monitor",
+            f"{monitor!r} is not a validation loss of the {cls.name} objective "
+            f"(lower is better); expected one of {shown}{heads_note} (got {monitor!r})",
+        )
 
 
 @functools.cache
@@ -225,7 +255,8 @@ def parse_stage_spec(data: dict) -> StageSpec:
         if member is None:
             names = tuple(stage_spec_classes())
             create_model("ObjectiveChoice", objective=(Literal[names], ...)).model_validate(
-                data if isinstance(data, dict) else {})
+                data if isinstance(data, dict) else {}
+            )
         else:
             member.model_validate(data)
         raise
@@ -387,8 +418,9 @@ def find_experiment(experiment: str) -> SpecSource:
     if shipped.is_file():
         return SpecSource(shipped)
     available = sorted({*experiment_names(LOCAL_JOBS), *experiment_names(asset_dir("jobs"))})
-    raise SpecError(f"experiment {experiment!r}: no jobs/{experiment}.yaml; available: {available} "
-                    "(./jobs, then the shipped jobs/)")
+    raise SpecError(
+        f"experiment {experiment!r}: no jobs/{experiment}.yaml; available: {available} (./jobs, then the shipped jobs/)"
+    )
 
 
 def resolve_spec_path(experiment: str) -> Path:
@@ -425,8 +457,13 @@ def load_experiment(
     for name in [preset] if isinstance(preset, str) else list(preset or []):
         preset_file = layer_file(spec_path, f"presets/{name}.yaml")
         if not preset_file.is_file():
-            names = sorted({p.stem for folder in (spec_path.parent, asset_dir("jobs"))
-                            for p in (folder / "presets").glob("*.yaml")})
+            names = sorted(
+                {
+                    p.stem
+                    for folder in (spec_path.parent, asset_dir("jobs"))
+                    for p in (folder / "presets").glob("*.yaml")
+                }
+            )
             raise SpecError(f"preset {name!r}: no {preset_file}; available: {names}")
         preset_layer.append((str(preset_file), read_yaml(preset_file)))
     override_layers = [(f"--set {text}", nest(*parse_override(text))) for text in overrides or []]
@@ -448,8 +485,12 @@ def load_experiment(
         merged.setdefault("stage", stage)
         merged["experiment"] = name
         # Which objectives' sections each layer may set (check_objective_sections), layer by layer.
-        reach = ["any"] * len(layers) + ["own", "experiment", "own"] + ["any"] * len(preset_layer) \
+        reach = (
+            ["any"] * len(layers)
+            + ["own", "experiment", "own"]
+            + ["any"] * len(preset_layer)
             + ["experiment"] * len(override_layers)
+        )
         resolved.append((stage, stage_layers, merged, reach))
     check_objective_sections(name, spec_path, resolved)
     stages = []
@@ -495,18 +536,23 @@ def check_objective_sections(name: str, spec_path: Path, resolved: list[tuple[st
                 owner = owners[section]
                 if may_set == "own":
                     if owner != objective:
-                        raise SpecError(f"{layer_name}: {path}: a setting of the {owner} objective; stage {stage} "
-                                        f"runs the {objective} objective")
+                        raise SpecError(
+                            f"{layer_name}: {path}: a setting of the {owner} objective; stage {stage} "
+                            f"runs the {objective} objective"
+                        )
                 elif may_set == "experiment" and owner not in used:
                     origin = f"{spec_path}, from {layer_name}" if layer_name.startswith("--set ") else layer_name
-                    raise SpecError(f"{origin}: {path}: a setting of the {owner} objective, which no stage of "
-                                    f"experiment {name} runs (its objectives: {', '.join(used)})")
+                    raise SpecError(
+                        f"{origin}: {path}: a setting of the {owner} objective, which no stage of "
+                        f"experiment {name} runs (its objectives: {', '.join(used)})"
+                    )
 
 
 @functools.cache
 def sections_model(sections: tuple[tuple[str, type[Section]], ...]) -> type[Section]:
-    return create_model("ObjectiveSections", __base__=Section,
-                        **{section: (Optional[config], None) for section, config in sections})
+    return create_model(
+        "ObjectiveSections", __base__=Section, **{section: (Optional[config], None) for section, config in sections}
+    )
 
 
 def check_unused_sections(resolved: list[tuple[str, list, dict, list]]) -> None:
@@ -538,8 +584,9 @@ def select_stages(experiment: Experiment, names: Optional[list[str]]) -> Experim
     known = [spec.stage for spec in experiment.stages]
     for name in names:
         if name not in known:
-            raise SpecError(f"--stage {name}: not a stage of experiment {experiment.name}; its stages: "
-                            f"{', '.join(known)}")
+            raise SpecError(
+                f"--stage {name}: not a stage of experiment {experiment.name}; its stages: {', '.join(known)}"
+            )
     return Experiment(name=experiment.name, stages=[spec for spec in experiment.stages if spec.stage in names])
 
 

@@ -45,8 +45,9 @@ class TrainSampling:
     total_steps: int
 
 
-def build_train_sampler(index: DatasetIndex, rows: np.ndarray, sampling: SamplingSpec, train: TrainSection,
-                        ctx: DistContext) -> TrainSampling:
+def build_train_sampler(
+    index: DatasetIndex, rows: np.ndarray, sampling: SamplingSpec, train: TrainSection, ctx: DistContext
+) -> TrainSampling:
     """This rank's sampler over the drawn `rows`, and the stage's length in micro-batches and optimizer steps.
 
     A curriculum's windows are fractions of the stage's optimizer steps over all epochs, so its order
@@ -58,11 +59,18 @@ def build_train_sampler(index: DatasetIndex, rows: np.ndarray, sampling: Samplin
         total_steps = min(total_steps, train.max_steps)
     order = None
     if sampling.strategy == "curriculum":
-        order = CurriculumOrder(index, rows, sampling, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                                rows_per_step=ctx.world_size * train.batch_size * train.grad_accum_steps,
-                                seed=train.seed)
-    sampler = ShardedSampler(len(rows), ctx.rank, ctx.world_size, seed=train.seed, shuffle=order is None,
-                             drop_last=True, order=order)
+        order = CurriculumOrder(
+            index,
+            rows,
+            sampling,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            rows_per_step=ctx.world_size * train.batch_size * train.grad_accum_steps,
+            seed=train.seed,
+        )
+    sampler = ShardedSampler(
+        len(rows), ctx.rank, ctx.world_size, seed=train.seed, shuffle=order is None, drop_last=True, order=order
+    )
     return TrainSampling(sampler, micro, total_steps)
 
 
@@ -80,8 +88,13 @@ def build_train_data(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext)
         worker_init_fn=ignore_preemption_signal if spec.data.num_workers > 0 else None,
         drop_last=True,
     )
-    return TrainData(loader=loader, sampler=sampler, n_rows=len(rows),
-                     micro_batches_per_epoch=sampling.micro_batches_per_epoch, total_steps=sampling.total_steps)
+    return TrainData(
+        loader=loader,
+        sampler=sampler,
+        n_rows=len(rows),
+        micro_batches_per_epoch=sampling.micro_batches_per_epoch,
+        total_steps=sampling.total_steps,
+    )
 
 
 def build_valid_loader(spec: StageSpec, tokenizer, n_heads: int, ctx: DistContext) -> DataLoader | None:

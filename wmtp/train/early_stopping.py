@@ -70,7 +70,7 @@ class EarlyStopping:
     def observe_step(self, metrics: dict[str, float]) -> None:
         """Record the step's global gradient norm (the same on every rank)."""
         if "grad_norm" in metrics:
-            self.state.grad_norms = (self.state.grad_norms + [metrics["grad_norm"]])[-self.cfg.grad_norm_window:]
+            self.state.grad_norms = (self.state.grad_norms + [metrics["grad_norm"]])[-self.cfg.grad_norm_window :]
 
     def observe_validation(self, metrics: dict[str, float]) -> None:
         """Record a validation's monitored loss and prediction variance (reduced over ranks)."""
@@ -109,9 +109,14 @@ class EarlyStopping:
     def local_verdict(self) -> tuple[bool, str]:
         """(stop?, why) from this rank's state, by `mode`."""
         # signal → (what it says when it fires, what it says when healthy, its check)
-        health = {"grad_norm": ("unstable gradients", "stable gradients", self.unstable),
-                  "pred_var": ("prediction variance out of range", "prediction variance in range",
-                               self.pred_var_out_of_range)}
+        health = {
+            "grad_norm": ("unstable gradients", "stable gradients", self.unstable),
+            "pred_var": (
+                "prediction variance out of range",
+                "prediction variance in range",
+                self.pred_var_out_of_range,
+            ),
+        }
         used = [health[s] for s in self.health_signals]
         problems = [bad for bad, _, check in used if check()]
         if self.cfg.mode == "all":
@@ -134,8 +139,10 @@ class EarlyStopping:
 
     def outcome(self) -> dict[str, float]:
         """Numbers for `early_stopping/*` metrics: counter, best, and the critic's signals."""
-        out = {"early_stopping/bad_validations": float(self.state.bad_validations),
-               "early_stopping/stopped": float(self.state.stopped_reason is not None)}
+        out = {
+            "early_stopping/bad_validations": float(self.state.bad_validations),
+            "early_stopping/stopped": float(self.state.stopped_reason is not None),
+        }
         if math.isfinite(self.state.best):
             out["early_stopping/best"] = self.state.best
         if "grad_norm" in self.health_signals:
@@ -148,4 +155,4 @@ class EarlyStopping:
     def load_state_dict(self, state: dict) -> None:
         known = {f.name for f in fields(EarlyStoppingState)}
         self.state = EarlyStoppingState(**{k: v for k, v in state.items() if k in known})
-        self.state.grad_norms = self.state.grad_norms[-self.cfg.grad_norm_window:]
+        self.state.grad_norms = self.state.grad_norms[-self.cfg.grad_norm_window :]

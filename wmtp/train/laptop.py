@@ -44,8 +44,10 @@ def build_micro_pair(missing: Path, log: Log) -> None:
 
     partner = missing.parent / next(name for name in MICRO_MODELS if name != missing.name)
     if partner.exists():
-        raise WmtpError(f"{missing} is missing but {partner} exists; they share one tokenizer, so they are "
-                        f"built together: remove {partner} and run again")
+        raise WmtpError(
+            f"{missing} is missing but {partner} exists; they share one tokenizer, so they are "
+            f"built together: remove {partner} and run again"
+        )
     log(f"--micro: {missing} is missing: building the micro model pair (wmtp model micro --out {missing.parent})")
     build_micro_models(missing.parent, humaneval_code_texts(), log=lambda line: log(f"  {line}"))
 
@@ -54,13 +56,22 @@ def build_smoke(tokenizer_dir: Path, log: Log) -> None:
     """`wmtp data prepare smoke` into SMOKE_DIR, counting tokens with the micro model's tokenizer."""
     from wmtp.data.prepare import prepare_smoke, summary_counts
 
-    log(f"--micro: {SMOKE_DIR} is missing: preparing the smoke dataset (wmtp data prepare smoke; runs every "
-        "HumanEval test once, a minute or two)")
-    report = prepare_smoke(SMOKE_DIR, tokenizer_dir, limit=SMOKE_PROBLEMS, workers=min(8, os.cpu_count() or 2),
-                           show_progress=sys.stderr.isatty())
+    log(
+        f"--micro: {SMOKE_DIR} is missing: preparing the smoke dataset (wmtp data prepare smoke; runs every "
+        "HumanEval test once, a minute or two)"
+    )
+    report = prepare_smoke(
+        SMOKE_DIR,
+        tokenizer_dir,
+        limit=SMOKE_PROBLEMS,
+        workers=min(8, os.cpu_count() or 2),
+        show_progress=sys.stderr.isatty(),
+    )
     counts = summary_counts(report)
-    log(f"  kept {counts['kept']} samples ({', '.join(f'{n} {s.kept}' for n, s in report.splits.items())}), "
-        f"dropped {counts['dropped']}")
+    log(
+        f"  kept {counts['kept']} samples ({', '.join(f'{n} {s.kept}' for n, s in report.splits.items())}), "
+        f"dropped {counts['dropped']}"
+    )
 
 
 def build_small(spec: StageSpec, log: Log) -> None:
@@ -69,10 +80,12 @@ def build_small(spec: StageSpec, log: Log) -> None:
 
     split_dir = Path(spec.data.train).parent
     log(f"--micro: {spec.data.train_file} is missing: writing the small splits (wmtp data small {split_dir})")
-    for split, index in write_small_splits(split_dir).items():
+    for index in write_small_splits(split_dir).values():
         meta = index.metadata
-        log(f"  {index.jsonl_path.name}: {meta['n_samples']} rows ({meta['n_correct']} correct, "
-            f"{meta['n_incorrect']} incorrect)")
+        log(
+            f"  {index.jsonl_path.name}: {meta['n_samples']} rows ({meta['n_correct']} correct, "
+            f"{meta['n_incorrect']} incorrect)"
+        )
 
 
 def is_smoke_split(path: Optional[str]) -> bool:
@@ -92,6 +105,9 @@ def build_missing(experiment: Experiment, log: Log = print) -> None:
             build_smoke(Path(spec.model.path), log)
     for spec in experiment.stages:
         wanted = [spec.data.train_file, spec.data.valid_file]
-        if spec.data.split_variant == "small" and Path(spec.data.train).exists() and \
-                any(p is not None and not Path(p).exists() for p in wanted):
+        if (
+            spec.data.split_variant == "small"
+            and Path(spec.data.train).exists()
+            and any(p is not None and not Path(p).exists() for p in wanted)
+        ):
             build_small(spec, log)

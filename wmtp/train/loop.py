@@ -29,16 +29,16 @@ import torch.distributed as dist
 from wmtp.device import precision
 from wmtp.distributed import DistContext, all_reduce_any, all_reduce_mean, parallelize, unwrap
 from wmtp.model import ValueHead, load_model, load_tokenizer
+from wmtp.tracking import Tracker, make_tracker
 from wmtp.train import checkpointing as ckpt
-from wmtp.train.flops import mfu, peak_flops
 from wmtp.train.config import StageSpec, dump_spec
 from wmtp.train.data_loading import build_train_data, build_valid_loader, move_batch
 from wmtp.train.early_stopping import EarlyStopping
+from wmtp.train.flops import mfu, peak_flops
 from wmtp.train.objectives import LOOP_METRICS, Objective, TrainModule, build_objective, pooled_metrics
 from wmtp.train.progress import StageProgress
 from wmtp.train.resume import drop_metrics_after
 from wmtp.train.schedule import build_scheduler
-from wmtp.tracking import Tracker, make_tracker
 
 MAX_WEIGHT_SAMPLES = 200_000  # token weights kept for the end-of-run histogram
 # LOOP_METRICS: what the loop logs besides the objective's (wmtp.train.objectives.base says which).
@@ -104,8 +104,13 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -127,8 +132,9 @@ def build_optimizer(params, t, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, **kernel)
 
 
-def window_normalizers(batches: list[dict], ctx: DistContext, device,
-                       objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+def window_normalizers(
+    batches: list[dict], ctx: DistContext, device, objective: Objective
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-rank normalizers N_global/W for the MTP heads and the value loss over an accumulation window.
 
     N_global is the objective's target count (`Objective.target_counts`: valid targets, or for
@@ -199,7 +205,7 @@ def reduce_metrics(metrics: dict[str, float], keys: list[str], ctx: DistContext,
     sign = torch.tensor([-1.0 if kind == "max" else 1.0 for kind in kinds], dtype=torch.float64, device=device)
     extremes = torch.where(present.bool(), sign * values, math.inf)
     dist.all_reduce(extremes, op=dist.ReduceOp.MIN)
-    total, count = sums[: len(keys)], sums[len(keys):]
+    total, count = sums[: len(keys)], sums[len(keys) :]
     reduced = {}
     for i, (key, kind) in enumerate(zip(keys, kinds)):
         if count[i] > 0:
@@ -225,8 +231,12 @@ class Trainer:
         self.device = ctx.device
         seed_everything(spec.train.seed)  # identical init of new modules (value head) on every rank
         self.tokenizer = load_tokenizer(spec.model.path)
-        model = load_model(spec.model.path, device=self.device, dtype=model_dtype(spec, self.device),
-                           max_seq_len=spec.model.max_seq_len)
+        model = load_model(
+            spec.model.path,
+            device=self.device,
+            dtype=model_dtype(spec, self.device),
+            max_seq_len=spec.model.max_seq_len,
+        )
         self.objective: Objective = build_objective(spec, self.device, earlier)
         value_head = ValueHead(model.args.dim).to(self.device) if self.objective.uses_value_head else None
         inner = TrainModule(model, value_head)
@@ -237,10 +247,17 @@ class Trainer:
         self.data = build_train_data(spec, self.tokenizer, self.n_heads, ctx)
         self.valid_loader = build_valid_loader(spec, self.tokenizer, self.n_heads, ctx)
         # auto on CUDA: FSDP2 mixed precision when FSDP shards (no autocast then), else bf16 autocast.
-        mixed = precision(spec.model.dtype, self.device.type,
-                          fsdp=spec.distributed.strategy == "fsdp" and ctx.is_distributed)
-        self.module = parallelize(inner, spec.distributed.strategy, ctx, spec.distributed.activation_checkpointing,
-                                  compile=spec.train.compile, fsdp_param_dtype=mixed.fsdp_param_dtype)
+        mixed = precision(
+            spec.model.dtype, self.device.type, fsdp=spec.distributed.strategy == "fsdp" and ctx.is_distributed
+        )
+        self.module = parallelize(
+            inner,
+            spec.distributed.strategy,
+            ctx,
+            spec.distributed.activation_checkpointing,
+            compile=spec.train.compile,
+            fsdp_param_dtype=mixed.fsdp_param_dtype,
+        )
         reference = getattr(self.objective, "reference", None)  # Rho-1's frozen model, outside the shards
         if mixed.fsdp_param_dtype is not None and isinstance(reference, torch.nn.Module):
             # With no autocast it would compute in fp32: give it the policy's dtype (it only scores
@@ -260,8 +277,9 @@ class Trainer:
                 f"{t.batch_size} × grad_accum_steps={t.grad_accum_steps} × {ctx.world_size} rank(s)"
             )
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, t.warmup_steps, t.schedule, t.min_lr_ratio)
-        self.early_stopping = EarlyStopping(spec.early_stopping, self.objective.early_stopping_signals,
-                                            self.objective.default_monitor)
+        self.early_stopping = EarlyStopping(
+            spec.early_stopping, self.objective.early_stopping_signals, self.objective.default_monitor
+        )
         self.check_monitor()
         self.state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_val": math.inf, "tokens": 0.0}
         self.history = History()
@@ -272,8 +290,9 @@ class Trainer:
         # weights already cast earlier in the step, e.g. by Rho-1's no-grad pass of the policy), so
         # it is off then (costing one cast per use of a weight instead of one per step).
         cache = spec.distributed.activation_checkpointing != "selective"
-        self.autocast = (torch.autocast(self.device.type, dtype=mixed.autocast, cache_enabled=cache)
-                         if mixed.autocast else None)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=mixed.autocast, cache_enabled=cache) if mixed.autocast else None
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if mixed.loss_scaling else None
 
     # ------------------------------------------------------------------ metrics
@@ -294,16 +313,25 @@ class Trainer:
         if self.early_stopping.monitor not in available:
             from wmtp.train.config import SpecError
 
-            raise SpecError(f"early_stopping.monitor: {self.early_stopping.monitor!r} is not a validation loss "
-                            f"of the {self.objective.name} objective (lower is better); expected one of {available}")
+            raise SpecError(
+                f"early_stopping.monitor: {self.early_stopping.monitor!r} is not a validation loss "
+                f"of the {self.objective.name} objective (lower is better); expected one of {available}"
+            )
 
     # ------------------------------------------------------------------ state
 
     def train_state(self) -> dict:
-        return {**self.state, "scheduler": self.scheduler.state_dict(),
-                "early_stopping": self.early_stopping.state_dict(),
-                "sampler": {"epoch": self.state["epoch"], "position": self.state["micro_in_epoch"] * self.spec.train.batch_size},
-                "total_steps": self.total_steps, "spec_hash": self.spec.spec_hash()}
+        return {
+            **self.state,
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "sampler": {
+                "epoch": self.state["epoch"],
+                "position": self.state["micro_in_epoch"] * self.spec.train.batch_size,
+            },
+            "total_steps": self.total_steps,
+            "spec_hash": self.spec.spec_hash(),
+        }
 
     def resume_if_possible(self) -> bool:
         """Load the stage dir's latest checkpoint, if any (once: train_stage resumes before tracking starts)."""
@@ -329,8 +357,9 @@ class Trainer:
         return True
 
     def save(self, name: str) -> Path:
-        path = ckpt.save_checkpoint(name, self.stage_dir, self.module, self.optimizer, self.train_state(),
-                                    self.ctx, self.tokenizer)
+        path = ckpt.save_checkpoint(
+            name, self.stage_dir, self.module, self.optimizer, self.train_state(), self.ctx, self.tokenizer
+        )
         if self.ctx.is_main and name.startswith(ckpt.STEP_PREFIX):
             ckpt.prune_step_checkpoints(self.stage_dir, self.spec.train.keep_last)
         return path
@@ -366,7 +395,10 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = combine_metrics(outputs, window=True) | {"grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        metrics = combine_metrics(outputs, window=True) | {
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
         metrics["tokens"] = float(n_tokens)
         metrics["flops"] = self.objective.model_flops(self.model_args, n_tokens, sum_len_sq)
         return metrics
@@ -374,8 +406,11 @@ class Trainer:
     def speed_metrics(self, tokens: float, flops: float, elapsed: float) -> dict[str, float]:
         """Throughput of one log interval: all ranks' tokens/s, per device, this rank's MFU and peak memory."""
         elapsed = max(elapsed, 1e-9)
-        metrics = {"tokens_per_s": tokens / elapsed, "tokens_per_s_per_device": tokens / self.ctx.world_size / elapsed,
-                   "memory/peak_gib": peak_memory_gib(self.device)}
+        metrics = {
+            "tokens_per_s": tokens / elapsed,
+            "tokens_per_s_per_device": tokens / self.ctx.world_size / elapsed,
+            "memory/peak_gib": peak_memory_gib(self.device),
+        }
         utilisation = mfu(flops / elapsed, self.peak_flops)
         if utilisation is not None:
             metrics["mfu"] = utilisation
@@ -422,8 +457,9 @@ class Trainer:
         started, tokens_since, flops_since = time.perf_counter(), 0.0, 0.0
         while self.state["step"] < self.total_steps and self.state["epoch"] < t.num_epochs:
             self.data.sampler.set_epoch(self.state["epoch"])
-            self.data.sampler.load_state_dict({"epoch": self.state["epoch"],
-                                               "position": self.state["micro_in_epoch"] * t.batch_size})
+            self.data.sampler.load_state_dict(
+                {"epoch": self.state["epoch"], "position": self.state["micro_in_epoch"] * t.batch_size}
+            )
             batches = iter(self.data.loader)
             while self.state["micro_in_epoch"] + t.grad_accum_steps <= self.data.micro_batches_per_epoch:
                 window = [next(batches) for _ in range(t.grad_accum_steps)]
@@ -431,7 +467,9 @@ class Trainer:
                 self.state["micro_in_epoch"] += t.grad_accum_steps
                 self.state["step"] += 1
                 step = self.state["step"]
-                metrics["epoch"] = self.state["epoch"] + self.state["micro_in_epoch"] / self.data.micro_batches_per_epoch
+                metrics["epoch"] = (
+                    self.state["epoch"] + self.state["micro_in_epoch"] / self.data.micro_batches_per_epoch
+                )
                 # This rank's tokens × world size: the mean over ranks (reduce_metrics) is the global sum.
                 step_tokens = metrics.pop("tokens") * self.ctx.world_size
                 tokens_since += step_tokens
@@ -509,8 +547,10 @@ class Trainer:
         tracker.set_tags({"early_stopping.reason": reason, "early_stopping.step": str(step)})
         if self.ctx.is_main:
             best = outcome.get("early_stopping/best", math.nan)
-            print(f"early stopping at step {step}: {reason} ({self.early_stopping.monitor} best {best:.4f}, "
-                  f"{self.early_stopping.state.bad_validations} validation(s) without improvement)")
+            print(
+                f"early stopping at step {step}: {reason} ({self.early_stopping.monitor} best {best:.4f}, "
+                f"{self.early_stopping.state.bad_validations} validation(s) without improvement)"
+            )
 
     def write_local_metrics(self, step: int, metrics: dict) -> None:
         """Append to <stage_dir>/metrics.jsonl on rank 0: the run's numbers without any server."""
@@ -546,25 +586,45 @@ class Trainer:
         if self.ctx.is_main:
             from wmtp.train.plots import write_plots
 
-            for png in write_plots(self.history, self.stage_dir / "plots", self.n_heads,
-                                   experiment=self.spec.experiment, stage=self.spec.stage):
+            for png in write_plots(
+                self.history,
+                self.stage_dir / "plots",
+                self.n_heads,
+                experiment=self.spec.experiment,
+                stage=self.spec.stage,
+            ):
                 tracker.log_artifact(png, "plots")
         return final
 
 
-def train_stage(spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path],
-                parent: Optional[Tracker] = None) -> StageResult:
+def train_stage(
+    spec: StageSpec, stage_dir: Path, ctx: DistContext, earlier: dict[str, Path], parent: Optional[Tracker] = None
+) -> StageResult:
     """Train one stage in `stage_dir` (resuming when it holds a checkpoint) and track it on rank 0, in a run
     named `<job>/<stage>` (the job: the run dir's name) nested under the job's run `parent`, if given."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, stage_dir, ctx, earlier)
     trainer.resume_if_possible()  # before tracking: what was logged after the checkpoint goes first (below)
-    tags = {"experiment": spec.experiment, "stage": spec.stage, "objective": spec.objective,
-            "git_commit": git_commit(), "spec_hash": spec.spec_hash(), "run_dir": str(stage_dir.resolve()),
-            "job": stage_dir.resolve().parent.name}
+    tags = {
+        "experiment": spec.experiment,
+        "stage": spec.stage,
+        "objective": spec.objective,
+        "git_commit": git_commit(),
+        "spec_hash": spec.spec_hash(),
+        "run_dir": str(stage_dir.resolve()),
+        "job": stage_dir.resolve().parent.name,
+    }
     run_name = spec.tracking.run_name or f"{tags['job']}/{spec.stage}"
-    tracker = make_tracker(ctx.is_main, spec.tracking.uri, spec.tracking.experiment, run_name, tags,
-                           spec.tracking.buffer_size, stage_dir=stage_dir, parent=parent)
+    tracker = make_tracker(
+        ctx.is_main,
+        spec.tracking.uri,
+        spec.tracking.experiment,
+        run_name,
+        tags,
+        spec.tracking.buffer_size,
+        stage_dir=stage_dir,
+        parent=parent,
+    )
     if ctx.is_main:
         # Each step once, with the values of the run that goes on: the interrupted run's entries after
         # the checkpoint (all of them when it saved none) are dropped before anything is logged again.

@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: containers and CI have no display
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-import torch  # noqa: E402
 
 LOSS_PNG = "loss_per_head.png"
 WEIGHTS_PNG = "token_weights.png"  # wmtp.compare reads it back by this name
@@ -70,14 +70,22 @@ def loss_figure(history, n_heads: int, experiment: str, stage: str) -> Figure:
     fig.suptitle(title(experiment, stage, "loss"))
 
     ax = axes[0]
-    train = [("loss/total", "train: total", 2.0, "C0")] + [(f"loss/head_{k}", f"train: head {k}", 1.0, f"C{k}")
-                                                           for k in range(1, n_heads + 1)]
+    train = [("loss/total", "train: total", 2.0, "C0")] + [
+        (f"loss/head_{k}", f"train: head {k}", 1.0, f"C{k}") for k in range(1, n_heads + 1)
+    ]
     for key, label, width, color in train:
         steps, values = points(history.train, key)
         if steps:
             drawn += steps
-            ax.plot(steps, values, color=color, linewidth=width,
-                    marker="o" if len(steps) <= MARKED_UP_TO else None, markersize=3, label=label)
+            ax.plot(
+                steps,
+                values,
+                color=color,
+                linewidth=width,
+                marker="o" if len(steps) <= MARKED_UP_TO else None,
+                markersize=3,
+                label=label,
+            )
     steps, values = points(history.valid, "val/loss")
     if steps:
         drawn += steps
@@ -95,8 +103,9 @@ def loss_figure(history, n_heads: int, experiment: str, stage: str) -> Figure:
             steps, values = points(history.valid, key)
             if steps:
                 drawn += steps
-                ax.plot(steps, values, "--", color=f"C{k}", marker="o", markersize=4, linewidth=1,
-                        label=f"val/ce head {k}")  # head k has the same colour in both panels
+                ax.plot(
+                    steps, values, "--", color=f"C{k}", marker="o", markersize=4, linewidth=1, label=f"val/ce head {k}"
+                )  # head k has the same colour in both panels
         ax.set_title("validation cross-entropy (unweighted, comparable across experiments)", fontsize="medium")
         ax.set_ylabel("cross-entropy (nats)")
 
@@ -116,4 +125,3 @@ def weight_figure(weights: torch.Tensor, experiment: str, stage: str) -> Figure:
     ax.set_ylabel("tokens")
     ax.set_title(f"{weights.numel():,} tokens, mean {weights.mean():.3f}", fontsize="medium")
     return fig
-

@@ -44,9 +44,14 @@ class StageProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                console=Console(file=self.stream))
+            self.bar = Progress(
+                TextColumn(f"[bold]{label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(file=self.stream),
+            )
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
@@ -59,8 +64,10 @@ class StageProgress:
             elapsed = time.monotonic() - self.started
             done = step - self.start  # steps this process ran (a resumed stage starts at `start`)
             eta = elapsed / done * (self.total - step) if done > 0 else 0.0
-            self.line(f"step {step}/{self.total} {step_summary(metrics)} tokens/s {metrics['tokens_per_s']:.0f} "
-                      f"elapsed {clock(elapsed)} eta {clock(eta)}")
+            self.line(
+                f"step {step}/{self.total} {step_summary(metrics)} tokens/s {metrics['tokens_per_s']:.0f} "
+                f"elapsed {clock(elapsed)} eta {clock(eta)}"
+            )
 
     def validation(self, step: int, monitor: str, value: Optional[float], is_best: bool) -> None:
         if not self.enabled or value is None:

@@ -70,8 +70,9 @@ class PycodeOptions:
         shown = dataclasses.asdict(self)
         shown.pop("out")
         shown.pop("threads")
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in shown.items()}
+        return {
+            k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in shown.items()
+        }
 
 
 @dataclass
@@ -117,8 +118,13 @@ def build_tokenizer(options: PycodeOptions, src: Path, log: Log) -> Path:
     selection, files = train_split_files(src, options.limit)
     if not files:
         raise WmtpError(f"{src}: no source file falls in the pycode train split (limit {options.limit})")
-    identity = {"vocab_size": options.vocab_size, "train_files": len(files), "chunk_chars": CHUNK_CHARS,
-                "train_files_sha256": Selection(src, files).sha256(), "src": str(src.resolve())}
+    identity = {
+        "vocab_size": options.vocab_size,
+        "train_files": len(files),
+        "chunk_chars": CHUNK_CHARS,
+        "train_files_sha256": Selection(src, files).sha256(),
+        "src": str(src.resolve()),
+    }
     folder = Path(options.data_dir) / f"tokenizer-v{options.vocab_size}"
     info = folder / TOKENIZER_INFO
     if (folder / "tokenizer.model").is_file() and info.is_file() and json.loads(info.read_text()) == identity:
@@ -126,8 +132,10 @@ def build_tokenizer(options: PycodeOptions, src: Path, log: Log) -> Path:
         return folder
     texts = [piece for _, path in files if (text := read_source(path)) for piece in chunk_text(text)]
     started = time.perf_counter()
-    log(f"training a SentencePiece BPE tokenizer (vocab {options.vocab_size}) on the {len(files)} train-split "
-        f"files of {src} ({sum(map(len, texts)) / 1e6:.1f} M characters)")
+    log(
+        f"training a SentencePiece BPE tokenizer (vocab {options.vocab_size}) on the {len(files)} train-split "
+        f"files of {src} ({sum(map(len, texts)) / 1e6:.1f} M characters)"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=folder))
     try:
@@ -164,18 +172,29 @@ def build_init_model(options: PycodeOptions, tokenizer_dir: Path, dest: Path, lo
     model = Transformer(args)
     model.init_weights(options.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"initialising the model: {options.trunk_layers} trunk + {options.head_layers} head blocks, dim "
-        f"{options.dim}, vocab {options.vocab_size}, {n_params / 1e6:.1f}M parameters (seed {options.seed})")
-    return save_model(model, dest, source=f"wmtp model pycode (random init, seed={options.seed})",
-                      tokenizer_model=tokenizer_dir / "tokenizer.model",
-                      tokenizer_source="SentencePiece BPE trained on the pycode train split's source files")
+    log(
+        f"initialising the model: {options.trunk_layers} trunk + {options.head_layers} head blocks, dim "
+        f"{options.dim}, vocab {options.vocab_size}, {n_params / 1e6:.1f}M parameters (seed {options.seed})"
+    )
+    return save_model(
+        model,
+        dest,
+        source=f"wmtp model pycode (random init, seed={options.seed})",
+        tokenizer_model=tokenizer_dir / "tokenizer.model",
+        tokenizer_source="SentencePiece BPE trained on the pycode train split's source files",
+    )
 
 
 def training_overrides(options: PycodeOptions, init_dir: Path) -> list[str]:
     """`--set` overrides of jobs/pycode.yaml: this build's model, data and step budget, then the user's."""
     data = Path(options.data_dir) / "processed"
-    return [f"model.path={init_dir}", f"data.train={data / 'train.jsonl'}", f"data.valid={data / 'valid.jsonl'}",
-            f"train.max_steps={options.steps}", *options.overrides]
+    return [
+        f"model.path={init_dir}",
+        f"data.train={data / 'train.jsonl'}",
+        f"data.valid={data / 'valid.jsonl'}",
+        f"train.max_steps={options.steps}",
+        *options.overrides,
+    ]
 
 
 def train_model(options: PycodeOptions, init_dir: Path, run_dir: Path, log: Log) -> dict:
@@ -189,8 +208,10 @@ def train_model(options: PycodeOptions, init_dir: Path, run_dir: Path, log: Log)
     spec = experiment.stages[0]
     if spec.launch_world_size() != 1:
         raise WmtpError("wmtp model pycode trains in one process; expected distributed.strategy none")
-    log(f"training {options.steps} steps of jobs/{EXPERIMENT}.yaml (batch {spec.train.batch_size}, max_length "
-        f"{spec.data.max_length}, lr {spec.train.lr}) in {run_dir}")
+    log(
+        f"training {options.steps} steps of jobs/{EXPERIMENT}.yaml (batch {spec.train.batch_size}, max_length "
+        f"{spec.data.max_length}, lr {spec.train.lr}) in {run_dir}"
+    )
     Preemption.install()
     ctx = init_distributed(spec.distributed.backend, spec.train.device)
     started = time.perf_counter()
@@ -204,10 +225,19 @@ def train_model(options: PycodeOptions, init_dir: Path, run_dir: Path, log: Log)
         raise WmtpError(f"training stopped before its final checkpoint (preempted at step {result.steps})")
     metrics = result.last_metrics
     tokens = metrics.get("tokens", 0.0)
-    return {"steps": result.steps, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "final_train_loss": metrics.get("loss/total"), "batch_size": spec.train.batch_size,
-            "max_length": spec.data.max_length, "lr": spec.train.lr, "device": str(ctx.device),
-            "final_checkpoint": result.final, "stage_dir": result.stage_dir}
+    return {
+        "steps": result.steps,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "final_train_loss": metrics.get("loss/total"),
+        "batch_size": spec.train.batch_size,
+        "max_length": spec.data.max_length,
+        "lr": spec.train.lr,
+        "device": str(ctx.device),
+        "final_checkpoint": result.final,
+        "stage_dir": result.stage_dir,
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -228,8 +258,12 @@ def head_losses(model, tokenizer, jsonl: Path, rows: int, max_length: int, batch
 
     index = DatasetIndex.load(jsonl)
     n_rows, n_heads = min(rows, len(index)), model.n_future_tokens
-    loader = DataLoader(JsonlSamples(jsonl, np.arange(n_rows), index), batch_size=batch_size, shuffle=False,
-                        collate_fn=MTPCollator(tokenizer, n_heads, max_length))
+    loader = DataLoader(
+        JsonlSamples(jsonl, np.arange(n_rows), index),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=MTPCollator(tokenizer, n_heads, max_length),
+    )
     device = next(model.parameters()).device
     ce_sum, correct, count = [0.0] * n_heads, [0] * n_heads, [0] * n_heads
     model.eval()
@@ -240,13 +274,17 @@ def head_losses(model, tokenizer, jsonl: Path, rows: int, max_length: int, batch
                 logits = model.forward_head(trunk, k).float()
                 labels = batch["labels"][:, :, k].to(device)
                 valid = labels != IGNORE_INDEX
-                ce_sum[k] += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                                             reduction="sum").item()
+                ce_sum[k] += F.cross_entropy(
+                    logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                ).item()
                 correct[k] += int(((logits.argmax(-1) == labels) & valid).sum())
                 count[k] += int(valid.sum())
-    return {"rows": n_rows, "targets_per_head": count,
-            "ce_per_head": [s / max(c, 1) for s, c in zip(ce_sum, count)],
-            "top1_per_head": [r / max(c, 1) for r, c in zip(correct, count)]}
+    return {
+        "rows": n_rows,
+        "targets_per_head": count,
+        "ce_per_head": [s / max(c, 1) for s, c in zip(ce_sum, count)],
+        "top1_per_head": [r / max(c, 1) for r, c in zip(correct, count)],
+    }
 
 
 def held_out_prompts(test_jsonl: Path, n: int) -> list[str]:
@@ -272,13 +310,17 @@ def decoding_stats(model, tokenizer, prompts: list[str], max_new_tokens: int) ->
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, speculative=True, batch_size=1)
     _, stats = generate(model, tokenizer, prompts, config)
     out = stats.to_dict()
-    out.update(prompts=len(prompts), max_new_tokens=max_new_tokens,
-               tokens_per_forward=stats.n_tokens / max(stats.forward_passes + len(prompts), 1))
+    out.update(
+        prompts=len(prompts),
+        max_new_tokens=max_new_tokens,
+        tokens_per_forward=stats.n_tokens / max(stats.forward_passes + len(prompts), 1),
+    )
     return out
 
 
-def evaluate_model(model_dir: Path, options: PycodeOptions, max_length: int, prompts: list[str], log: Log,
-                   label: str) -> dict:
+def evaluate_model(
+    model_dir: Path, options: PycodeOptions, max_length: int, prompts: list[str], log: Log, label: str
+) -> dict:
     """Per-head validation loss and self-speculative decoding stats of one model dir (float32, CPU/GPU)."""
     import torch
 
@@ -287,12 +329,15 @@ def evaluate_model(model_dir: Path, options: PycodeOptions, max_length: int, pro
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(model_dir, device=device, dtype="float32").eval(), load_tokenizer(model_dir)
     started = time.perf_counter()
-    valid = head_losses(model, tokenizer, Path(options.data_dir) / "processed" / "valid.jsonl",
-                        options.valid_rows, max_length)
+    valid = head_losses(
+        model, tokenizer, Path(options.data_dir) / "processed" / "valid.jsonl", options.valid_rows, max_length
+    )
     decoding = decoding_stats(model, tokenizer, prompts, options.max_new_tokens)
-    log(f"  {label}: validation CE per head {fmt(valid['ce_per_head'])}; acceptance "
+    log(
+        f"  {label}: validation CE per head {fmt(valid['ce_per_head'])}; acceptance "
         f"{decoding['acceptance_rate']:.3f}, {decoding['tokens_per_forward']:.2f} tokens/forward "
-        f"({time.perf_counter() - started:.0f} s)")
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     return {"validation": valid, "decoding": decoding}
 
 
@@ -312,10 +357,14 @@ def publish_model(final_checkpoint: Path, stage_dir: Path, dest: Path, report: d
 
     model = load_model(final_checkpoint, dtype="float32")
     steps = report["training"]["steps"]
-    save_model(model, dest, source=f"wmtp model pycode (jobs/{EXPERIMENT}.yaml, {steps} steps)",
-               tokenizer_model=final_checkpoint / "tokenizer" / "tokenizer.model",
-               tokenizer_source="SentencePiece BPE trained on the pycode train split's source files",
-               train_step=steps)
+    save_model(
+        model,
+        dest,
+        source=f"wmtp model pycode (jobs/{EXPERIMENT}.yaml, {steps} steps)",
+        tokenizer_model=final_checkpoint / "tokenizer" / "tokenizer.model",
+        tokenizer_source="SentencePiece BPE trained on the pycode train split's source files",
+        train_step=steps,
+    )
     (dest / "training").mkdir()
     for name in ("spec.yaml", "metrics.jsonl"):
         if (stage_dir / name).is_file():
@@ -332,8 +381,10 @@ def existing_build(options: PycodeOptions) -> Optional[dict]:
     if not Path(options.out).exists():
         return None
     if not report_file.is_file():
-        raise WmtpError(f"{options.out}: exists but is not a `wmtp model pycode` build (no {REPORT_FILE}); "
-                        "choose another --out or pass --force to replace it")
+        raise WmtpError(
+            f"{options.out}: exists but is not a `wmtp model pycode` build (no {REPORT_FILE}); "
+            "choose another --out or pass --force to replace it"
+        )
     return json.loads(report_file.read_text())
 
 
@@ -349,10 +400,16 @@ def build_pycode_model(options: PycodeOptions, force: bool = False, log: Log = p
     out = Path(options.out)
     if not force and (previous := existing_build(options)) is not None:
         if previous.get("options") != options.identity():
-            raise WmtpError(f"{out}: already built with other options (see its {REPORT_FILE}); pass --force "
-                            "to rebuild it or choose another --out")
-        return BuildResult(out, previous, reused=True,
-                           notes=[f"reused {out}: built with the same options ({REPORT_FILE}; --force rebuilds)"])
+            raise WmtpError(
+                f"{out}: already built with other options (see its {REPORT_FILE}); pass --force "
+                "to rebuild it or choose another --out"
+            )
+        return BuildResult(
+            out,
+            previous,
+            reused=True,
+            notes=[f"reused {out}: built with the same options ({REPORT_FILE}; --force rebuilds)"],
+        )
     src = Path(options.src) if options.src is not None else default_src()
     threads = torch.get_num_threads()
     if options.threads > 0:
@@ -377,15 +434,20 @@ def build_in_staging(options: PycodeOptions, src: Path, log: Log) -> BuildResult
     try:
         init_dir = build_init_model(options, tokenizer_dir, staging / "init", log)
         training = train_model(options, init_dir, staging / "run", log)
-        log(f"  {training['steps']} steps in {training['seconds']:.0f} s ({training['tokens_per_s']:.0f} tokens/s), "
-            f"final train loss {training['final_train_loss']:.3f}")
+        log(
+            f"  {training['steps']} steps in {training['seconds']:.0f} s ({training['tokens_per_s']:.0f} tokens/s), "
+            f"final train loss {training['final_train_loss']:.3f}"
+        )
         prompts = held_out_prompts(Path(options.data_dir) / "processed" / "test.jsonl", options.prompts)
-        log(f"evaluating: {options.valid_rows} valid rows, {len(prompts)} test prompts (≤ {options.max_new_tokens} "
-            "new tokens, greedy self-speculative, batch 1)")
+        log(
+            f"evaluating: {options.valid_rows} valid rows, {len(prompts)} test prompts (≤ {options.max_new_tokens} "
+            "new tokens, greedy self-speculative, batch 1)"
+        )
         max_length = training["max_length"]
-        evaluation = {"random_init": evaluate_model(init_dir, options, max_length, prompts, log, "random init"),
-                      "trained": evaluate_model(training["final_checkpoint"], options, max_length, prompts, log,
-                                                "trained")}
+        evaluation = {
+            "random_init": evaluate_model(init_dir, options, max_length, prompts, log, "random init"),
+            "trained": evaluate_model(training["final_checkpoint"], options, max_length, prompts, log, "trained"),
+        }
         report = make_report(options, data, training, evaluation, time.perf_counter() - started)
         built = publish_model(training["final_checkpoint"], training["stage_dir"], staging / "model", report)
         replace_dir(built, out)  # an existing `out` is moved aside first, restored if the rename fails
@@ -415,11 +477,13 @@ def summary_lines(result: BuildResult) -> list[str]:
     r = result.report
     m, t, ev = r["model"], r["training"], r["evaluation"]
     heads = m["head_layers"]
-    lines = [f"{result.out}: {m['trunk_layers']} trunk + {heads} head blocks, dim {m['dim']}, vocab "
-             f"{m['vocab_size']}; data {', '.join(f'{k} {v}' for k, v in r['data'].items())} records",
-             f"training: {t['steps']} steps × batch {t['batch_size']} (max_length {t['max_length']}) on {t['device']} "
-             f"in {t['seconds']:.0f} s, {t['tokens']:,.0f} tokens ({t['tokens_per_s']:.0f} tokens/s), final train "
-             f"loss {t['final_train_loss']:.3f}; whole build {r['build_seconds']:.0f} s"]
+    lines = [
+        f"{result.out}: {m['trunk_layers']} trunk + {heads} head blocks, dim {m['dim']}, vocab "
+        f"{m['vocab_size']}; data {', '.join(f'{k} {v}' for k, v in r['data'].items())} records",
+        f"training: {t['steps']} steps × batch {t['batch_size']} (max_length {t['max_length']}) on {t['device']} "
+        f"in {t['seconds']:.0f} s, {t['tokens']:,.0f} tokens ({t['tokens_per_s']:.0f} tokens/s), final train "
+        f"loss {t['final_train_loss']:.3f}; whole build {r['build_seconds']:.0f} s",
+    ]
     valid = ev["trained"]["validation"]
     lines.append(f"validation on {valid['rows']} valid rows ({valid['targets_per_head'][0]:,} targets per head):")
     lines.append(" " * 22 + "".join(f"{f'head {k + 1}':>9}" for k in range(heads)))
@@ -430,10 +494,14 @@ def summary_lines(result: BuildResult) -> list[str]:
         v = ev[key]["validation"]
         lines.append(f"  {'top-1 ' + label:<20}" + "".join(f"{x:9.3f}" for x in v["top1_per_head"]))
     d = ev["trained"]["decoding"]
-    lines.append(f"self-speculative greedy decoding, {d['prompts']} held-out test prompts, ≤ {d['max_new_tokens']} "
-                 "new tokens, batch 1:")
+    lines.append(
+        f"self-speculative greedy decoding, {d['prompts']} held-out test prompts, ≤ {d['max_new_tokens']} "
+        "new tokens, batch 1:"
+    )
     for label, key in (("random init", "random_init"), ("trained", "trained")):
         d = ev[key]["decoding"]
-        lines.append(f"  {label:<12} acceptance {d['acceptance_rate']:.3f} ({d['accepted']}/{d['drafted']} drafts), "
-                     f"{d['tokens_per_forward']:.2f} tokens/forward, {d['n_tokens']} tokens in {d['seconds']:.1f} s")
+        lines.append(
+            f"  {label:<12} acceptance {d['acceptance_rate']:.3f} ({d['accepted']}/{d['drafted']} drafts), "
+            f"{d['tokens_per_forward']:.2f} tokens/forward, {d['n_tokens']} tokens in {d['seconds']:.1f} s"
+        )
     return lines

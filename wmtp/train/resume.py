@@ -25,8 +25,14 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from wmtp.common.files import write_text_atomic
-from wmtp.train.config import (Experiment, SpecError, drop_foreign_sections, format_validation_error, parse_stage_spec,
-                               read_yaml)
+from wmtp.train.config import (
+    Experiment,
+    SpecError,
+    drop_foreign_sections,
+    format_validation_error,
+    parse_stage_spec,
+    read_yaml,
+)
 
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -141,16 +147,19 @@ def check_run_dir(experiment: Experiment, run_dir: Optional[Path]) -> None:
         try:
             saved = read_saved_spec(path)
         except SpecError as exc:
-            raise SpecError(f"stage {spec.stage}: the spec this run dir was started with cannot be read: "
-                            f"{exc}") from None
+            raise SpecError(
+                f"stage {spec.stage}: the spec this run dir was started with cannot be read: {exc}"
+            ) from None
         # spec.yaml holds URLs redacted (`dump_spec`): compare like with like, and never print a credential.
         from wmtp.tracking import redact_urls
 
         differences = spec_differences(saved, redact_urls(spec.to_dict()))
         if differences:
-            raise SpecError(f"stage {spec.stage}: run dir {run_dir} was started with another spec: "
-                            f"{describe_differences(differences)}; resume with the same spec, or start a new "
-                            "run dir (--run-dir NEW or leave --run-dir out)")
+            raise SpecError(
+                f"stage {spec.stage}: run dir {run_dir} was started with another spec: "
+                f"{describe_differences(differences)}; resume with the same spec, or start a new "
+                "run dir (--run-dir NEW or leave --run-dir out)"
+            )
 
 
 def drop_metrics_after(path: Path, step: int) -> int:

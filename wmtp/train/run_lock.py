@@ -109,8 +109,10 @@ def acquire(run_dir: Path | str) -> RunLock:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise RunDirBusy(f"run dir {run_dir} is in use by {describe(holder_of_busy(path))}: one writer per "
-                                 "run dir; wait for it to finish or pass another --run-dir") from None
+                raise RunDirBusy(
+                    f"run dir {run_dir} is in use by {describe(holder_of_busy(path))}: one writer per "
+                    "run dir; wait for it to finish or pass another --run-dir"
+                ) from None
             raise WmtpError(f"{path}: cannot lock the run dir ({exc.strerror})") from None
         try:
             current = os.stat(path)
@@ -121,11 +123,16 @@ def acquire(run_dir: Path | str) -> RunLock:
         os.close(fd)  # the holder released (and removed) the file between our open and flock: try the new one
     previous = read_holder(path)
     if previous is not None or os.fstat(fd).st_size:
-        print(f"warning: run dir {run_dir}: taking over the stale lock of {describe(previous)}, which no longer "
-              "holds it", file=sys.stderr)
-    record = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": redact(" ".join(sys.argv))}  # a --set tracking.uri may carry credentials
+        print(
+            f"warning: run dir {run_dir}: taking over the stale lock of {describe(previous)}, which no longer holds it",
+            file=sys.stderr,
+        )
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": redact(" ".join(sys.argv)),
+    }  # a --set tracking.uri may carry credentials
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     lock = RunLock(path, fd)

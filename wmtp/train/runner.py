@@ -43,14 +43,17 @@ def input_paths(spec: StageSpec) -> list[tuple[str, str, str]]:
     model and data, then what its objective declares (`Objective.input_paths`), then the evaluation's files."""
     small = spec.data.split_variant == "small"
     prepared = f"a prepared JSONL (wmtp data prepare{', then wmtp data small DIR' if small else ''})"
-    paths = [("model.path", spec.model.path, "a model dir (wmtp model convert-meta / micro)"),
-             ("data.train", spec.data.train_file, prepared)]
+    paths = [
+        ("model.path", spec.model.path, "a model dir (wmtp model convert-meta / micro)"),
+        ("data.train", spec.data.train_file, prepared),
+    ]
     if spec.data.valid_file:
         paths.append(("data.valid", spec.data.valid_file, prepared))
     paths += [(p.key, p.path, p.expected) for p in spec.objective_class.input_paths(spec)]
     if spec.eval is not None and spec.eval.data:
-        paths.append(("eval.data", spec.eval.data,
-                      f"the {spec.eval.benchmark} file to evaluate the final checkpoint on"))
+        paths.append(
+            ("eval.data", spec.eval.data, f"the {spec.eval.benchmark} file to evaluate the final checkpoint on")
+        )
     if spec.eval is not None and spec.eval.mbpp_data:
         paths.append(("eval.mbpp_data", spec.eval.mbpp_data, "the MBPP file to evaluate the final checkpoint on"))
     return paths
@@ -96,8 +99,10 @@ def check_stage_needs(experiment: Experiment, run_dir: Path) -> None:
         needed = stage_needs(spec)
         if needed and needed not in earlier and not stage_is_finished(run_dir / needed):
             instead = spec.objective_class.instead_of_stage
-            raise SpecError(f"stage {spec.stage} needs the final checkpoint of stage {needed} in "
-                            f"{run_dir / needed} (run --stage {needed} first)" + (f" or {instead}" if instead else ""))
+            raise SpecError(
+                f"stage {spec.stage} needs the final checkpoint of stage {needed} in "
+                f"{run_dir / needed} (run --stage {needed} first)" + (f" or {instead}" if instead else "")
+            )
         earlier.add(spec.stage)
 
 
@@ -178,8 +183,10 @@ def run_stages(experiment: Experiment, run_dir: Path, ctx: DistContext, job=None
             return results  # exit promptly: the rerun resumes this stage (and evaluates what is pending)
         earlier[spec.stage] = result.final
         if ctx.is_main:
-            print(f"{spec.stage}: {result.steps} steps, final checkpoint {result.final}"
-                  + (" (stopped early)" if result.stopped_early else ""))
+            print(
+                f"{spec.stage}: {result.steps} steps, final checkpoint {result.final}"
+                + (" (stopped early)" if result.stopped_early else "")
+            )
         if spec.eval is not None:
             to_evaluate.append((spec, stage_dir))
         if not ctx.is_distributed:
@@ -224,17 +231,32 @@ def evaluate_stage(spec: StageSpec, stage_dir: Path) -> Optional[dict]:
     first = None
     for benchmark, data, out_dir in runs:
         try:
-            result = evaluate(stage_dir / "checkpoints" / "final", benchmark, options, out_dir=out_dir, data=data,
-                              seed=spec.train.seed, device=spec.train.device, progress=False,
-                              mlflow=run_id is not None, mlflow_run_id=run_id, tracking_uri=spec.tracking.uri)
+            result = evaluate(
+                stage_dir / "checkpoints" / "final",
+                benchmark,
+                options,
+                out_dir=out_dir,
+                data=data,
+                seed=spec.train.seed,
+                device=spec.train.device,
+                progress=False,
+                mlflow=run_id is not None,
+                mlflow_run_id=run_id,
+                tracking_uri=spec.tracking.uri,
+            )
         except WmtpError as exc:
             print(f"{spec.stage}: {benchmark} evaluation skipped: {exc}", file=sys.stderr)
             continue
         s = result.summary
-        passes = ", ".join(f"{k} {v:.4f} (95% CI {s['ci95'][k][0]:.4f}–{s['ci95'][k][1]:.4f})"
-                           for k, v in s.items() if k.startswith("pass@"))
-        print(f"{spec.stage}: {benchmark} {passes}, exact match {s['exact_match']:.4f} "
-              f"({s['n_tasks']} problems), {result.summary_path}")
+        passes = ", ".join(
+            f"{k} {v:.4f} (95% CI {s['ci95'][k][0]:.4f}–{s['ci95'][k][1]:.4f})"
+            for k, v in s.items()
+            if k.startswith("pass@")
+        )
+        print(
+            f"{spec.stage}: {benchmark} {passes}, exact match {s['exact_match']:.4f} "
+            f"({s['n_tasks']} problems), {result.summary_path}"
+        )
         first = first or s
     return first
 
@@ -257,8 +279,12 @@ def stage_run_id(spec: StageSpec, stage_dir: Path) -> Optional[str]:
         if experiment is None:
             return None
         run_dir = str(stage_dir.resolve()).replace("'", "\\'")
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_dir = '{run_dir}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.run_dir = '{run_dir}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None
     except Exception as exc:  # tracking is best effort: the summary is written either way
         from wmtp.tracking import redact, resolve_tracking_uri

@@ -98,7 +98,9 @@ def explained_variance(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_B
 EV_SUM_KEYS = ("value/n", "value/sum_g", "value/sum_g2", "value/sum_r", "value/sum_r2", "value/sum_v", "value/sum_v2")
 
 
-def explained_variance_sums(values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_BS: torch.Tensor) -> dict[str, float]:
+def explained_variance_sums(
+    values_BS: torch.Tensor, returns_BS: torch.Tensor, mask_BS: torch.Tensor
+) -> dict[str, float]:
     """n, Σg, Σg², Σr, Σr², Σv, Σv² over masked positions, with g = G, v = V and r = G − V (float64)."""
     g = returns_BS.detach().double()[mask_BS]
     v = values_BS.detach().double()[mask_BS]

@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import Field
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.net import display_url, unreachable_cause
 from wmtp_cli.platform.target import JobRow, Target
 from wmtp_cli.platform.targets import DnsLabel, DnsSubdomain, ImageRef, Quantity, TargetSettings
-from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.context import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CONTAINER_NAME = "pytorch"
@@ -54,19 +53,24 @@ def choice_problems(context: JobContext) -> list[str]:
     """What the user's settings ask for that cannot run: more processes than GPUs, pod names too long."""
     settings, problems = context.settings, []
     if settings["gpus_per_node"] and context.nproc_per_node > settings["gpus_per_node"]:
-        problems.append(f"distributed.nproc_per_node {context.nproc_per_node} exceeds targets.k8s.gpus_per_node "
-                        f"{settings['gpus_per_node']} (one process per GPU)")
+        problems.append(
+            f"distributed.nproc_per_node {context.nproc_per_node} exceeds targets.k8s.gpus_per_node "
+            f"{settings['gpus_per_node']} (one process per GPU)"
+        )
     longest_pod = f"{context.name}-worker-{max(settings['nodes'] - 2, 0)}"
     if len(longest_pod) > MAX_NAME_LENGTH:
-        problems.append(f"metadata.name: {context.name!r} is too long for its pod names ({longest_pod!r} > "
-                        f"{MAX_NAME_LENGTH})")
+        problems.append(
+            f"metadata.name: {context.name!r} is too long for its pod names ({longest_pod!r} > {MAX_NAME_LENGTH})"
+        )
     return problems
 
 
 # ---------------------------------------------------------------- the API
 
-INSTALL_HINT = ("the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
-                "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)")
+INSTALL_HINT = (
+    "the Kubernetes client is not installed: pip install 'weighted-mtp[k8s]' "
+    "(`wmtp submit … --dry-run` and `wmtp render` give the PyTorchJob without it)"
+)
 
 
 def kubernetes_modules():
@@ -98,7 +102,9 @@ def api_client():
         config.load_incluster_config(client_configuration=configuration)
         return client.ApiClient(configuration)
     except config.ConfigException:
-        raise WmtpError("no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), or run inside a cluster") from None
+        raise WmtpError(
+            "no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), or run inside a cluster"
+        ) from None
 
 
 def call_api(api, action: str, function, *args, **kwargs):
@@ -112,8 +118,9 @@ def call_api(api, action: str, function, *args, **kwargs):
     except ApiException as exc:
         raise WmtpError(f"Kubernetes API refused to {action}: {exc.status} {exc.reason}: {api_message(exc)}") from None
     except HTTPError as exc:
-        raise WmtpError(f"cannot reach the Kubernetes API server at {server_url(api)} to {action}: "
-                        f"{unreachable_cause(exc)}") from None
+        raise WmtpError(
+            f"cannot reach the Kubernetes API server at {server_url(api)} to {action}: {unreachable_cause(exc)}"
+        ) from None
 
 
 def server_url(api) -> str:
@@ -137,12 +144,23 @@ def create_job(doc: dict, context: JobContext, server_dry_run: bool) -> list[str
     with api_client() as api:
         custom = client.CustomObjectsApi(api)
         kwargs = {"dry_run": "All"} if server_dry_run else {}
-        call_api(api, "create the PyTorchJob", custom.create_namespaced_custom_object,
-                 GROUP, VERSION, namespace, PLURAL, doc, **kwargs)
+        call_api(
+            api,
+            "create the PyTorchJob",
+            custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            doc,
+            **kwargs,
+        )
     if server_dry_run:
         return [f"server dry run accepted PyTorchJob {context.name} in namespace {namespace} (nothing created)"]
-    return [f"created PyTorchJob {context.name} in namespace {namespace}",
-            f"follow it: wmtp status {context.name} --target k8s ; wmtp logs {context.name} --target k8s"]
+    return [
+        f"created PyTorchJob {context.name} in namespace {namespace}",
+        f"follow it: wmtp status {context.name} --target k8s ; wmtp logs {context.name} --target k8s",
+    ]
 
 
 def status(name: str, settings: dict[str, Any]) -> list[str]:
@@ -150,8 +168,16 @@ def status(name: str, settings: dict[str, Any]) -> list[str]:
     client, _ = kubernetes_modules()
 
     with api_client() as api:
-        job = call_api(api, "read the PyTorchJob", client.CustomObjectsApi(api).get_namespaced_custom_object,
-                       GROUP, VERSION, settings["namespace"], PLURAL, name)
+        job = call_api(
+            api,
+            "read the PyTorchJob",
+            client.CustomObjectsApi(api).get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            settings["namespace"],
+            PLURAL,
+            name,
+        )
     state = job_state(job)
     replicas = (job.get("status") or {}).get("replicaStatuses") or {}
     counts = ", ".join(f"{role}: {json.dumps(value, sort_keys=True)}" for role, value in sorted(replicas.items()))
@@ -173,12 +199,28 @@ def logs(name: str, settings: dict[str, Any], tail: int, follow: bool = False) -
     with api_client() as api:
         core = client.CoreV1Api(api)
         if not follow:
-            text = call_api(api, "read the Master pod's log", core.read_namespaced_pod_log,
-                            pod, namespace, container=CONTAINER_NAME, tail_lines=tail)
+            text = call_api(
+                api,
+                "read the Master pod's log",
+                core.read_namespaced_pod_log,
+                pod,
+                namespace,
+                container=CONTAINER_NAME,
+                tail_lines=tail,
+            )
             yield from text.splitlines()
             return
-        response = call_api(api, "follow the Master pod's log", core.read_namespaced_pod_log, pod, namespace,
-                            container=CONTAINER_NAME, tail_lines=tail, follow=True, _preload_content=False)
+        response = call_api(
+            api,
+            "follow the Master pod's log",
+            core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=CONTAINER_NAME,
+            tail_lines=tail,
+            follow=True,
+            _preload_content=False,
+        )
         try:
             yield from stream_lines(api, response)
         finally:
@@ -203,8 +245,17 @@ def delete(name: str, settings: dict[str, Any]) -> list[str]:
 
     namespace = settings["namespace"]
     with api_client() as api:
-        call_api(api, "delete the PyTorchJob", client.CustomObjectsApi(api).delete_namespaced_custom_object,
-                 GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background")
+        call_api(
+            api,
+            "delete the PyTorchJob",
+            client.CustomObjectsApi(api).delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            propagation_policy="Background",
+        )
     return [f"deleted PyTorchJob {name} in namespace {namespace} (its pods go with it)"]
 
 
@@ -213,13 +264,27 @@ def list_pytorchjobs(settings: dict[str, Any]) -> list[JobRow]:
     client, _ = kubernetes_modules()
 
     with api_client() as api:
-        listed = call_api(api, "list the PyTorchJobs", client.CustomObjectsApi(api).list_namespaced_custom_object,
-                          GROUP, VERSION, settings["namespace"], PLURAL, label_selector=OWN_LABEL)
+        listed = call_api(
+            api,
+            "list the PyTorchJobs",
+            client.CustomObjectsApi(api).list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            settings["namespace"],
+            PLURAL,
+            label_selector=OWN_LABEL,
+        )
     rows = []
     for job in listed.get("items") or []:
         metadata = job.get("metadata") or {}
-        rows.append(JobRow(metadata.get("name", "?"), metadata.get("name", "?"), job_state(job),
-                           parse_time(metadata.get("creationTimestamp"))))
+        rows.append(
+            JobRow(
+                metadata.get("name", "?"),
+                metadata.get("name", "?"),
+                job_state(job),
+                parse_time(metadata.get("creationTimestamp")),
+            )
+        )
     return rows
 
 
@@ -233,13 +298,17 @@ def parse_time(stamp: Any):
 
 class K8sTarget(Target):
     name = "k8s"
-    summary = ("a Kubeflow `PyTorchJob` (`k8s/pytorchjob.yaml.j2`): one `Master` + `Worker`s for more nodes, "
-               "container `pytorch`, `nprocPerNode`, GPU limits, `/dev/shm`, the storage PVC, MLflow credentials "
-               "from a `Secret`; created with `CustomObjectsApi.create_namespaced_custom_object` (the tests keep "
-               "the template within the training-operator's admission rules)")
-    needs = ("`pip install 'weighted-mtp[k8s]'`, a kubeconfig (`KUBECONFIG`, `~/.kube/config`) or in-cluster "
-             "credentials; the training-operator v1.7 or newer (v1.6 silently drops `spec.nprocPerNode`: one "
-             "process per pod); for `nodes` > 1, a `ReadWriteMany` storage PVC (every pod mounts it)")
+    summary = (
+        "a Kubeflow `PyTorchJob` (`k8s/pytorchjob.yaml.j2`): one `Master` + `Worker`s for more nodes, "
+        "container `pytorch`, `nprocPerNode`, GPU limits, `/dev/shm`, the storage PVC, MLflow credentials "
+        "from a `Secret`; created with `CustomObjectsApi.create_namespaced_custom_object` (the tests keep "
+        "the template within the training-operator's admission rules)"
+    )
+    needs = (
+        "`pip install 'weighted-mtp[k8s]'`, a kubeconfig (`KUBECONFIG`, `~/.kube/config`) or in-cluster "
+        "credentials; the training-operator v1.7 or newer (v1.6 silently drops `spec.nprocPerNode`: one "
+        "process per pod); for `nodes` > 1, a `ReadWriteMany` storage PVC (every pod mounts it)"
+    )
     settings_model = K8sSettings
     template = "k8s/pytorchjob.yaml.j2"
     env_file_credentials = True

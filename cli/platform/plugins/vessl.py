@@ -29,16 +29,14 @@ import posixpath
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from wmtp.errors import WmtpError
 from wmtp_cli.platform.net import display_url, unreachable_cause
 from wmtp_cli.platform.target import JobRow, Target
-from wmtp_cli.platform.targets import (GitRef, GitUrl, HttpUrl, ImageRef, PlainName, TargetSettings,
-                                       VesslVolume)
+from wmtp_cli.platform.targets import GitRef, GitUrl, HttpUrl, ImageRef, PlainName, TargetSettings, VesslVolume
 from wmtp_storage_sync.vessl_telemetry import opt_out_of_vessl_telemetry
-from wmtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from wmtp_cli.platform.context import JobContext
-    from wmtp_cli.platform.context import RenderedJob
+    from wmtp_cli.platform.context import JobContext, RenderedJob
 
 
 class VesslSettings(TargetSettings):
@@ -59,8 +57,10 @@ class VesslSettings(TargetSettings):
 
 
 TRACKING_SECRET = "MLFLOW_TRACKING_URI"
-REMOTE_HINT = (f"set targets.vessl.mlflow_uri=https://… (or add {TRACKING_SECRET} to env.secrets, a VESSL "
-               "secret), or keep the store with the checkpoints: --set targets.vessl.local_tracking=true")
+REMOTE_HINT = (
+    f"set targets.vessl.mlflow_uri=https://… (or add {TRACKING_SECRET} to env.secrets, a VESSL "
+    "secret), or keep the store with the checkpoints: --set targets.vessl.local_tracking=true"
+)
 
 
 def export_path(context: JobContext) -> str:
@@ -86,10 +86,15 @@ def extra_context(context: JobContext) -> dict[str, Any]:
 
 def tracking_conflict(settings: dict[str, Any], secret_names: list[str]) -> Optional[str]:
     """Two settings that would both write MLFLOW_TRACKING_URI into the run's env (a duplicate YAML key)."""
-    sources = [label for label, present in (
-        ("targets.vessl.mlflow_uri", settings.get("mlflow_uri")),
-        ("targets.vessl.local_tracking", settings.get("local_tracking")),
-        (f"{TRACKING_SECRET} in env.secrets", TRACKING_SECRET in secret_names)) if present]
+    sources = [
+        label
+        for label, present in (
+            ("targets.vessl.mlflow_uri", settings.get("mlflow_uri")),
+            ("targets.vessl.local_tracking", settings.get("local_tracking")),
+            (f"{TRACKING_SECRET} in env.secrets", TRACKING_SECRET in secret_names),
+        )
+        if present
+    ]
     if len(sources) > 1:
         return f"{' and '.join(sources)} both set {TRACKING_SECRET} for the VESSL run; keep one"
     return None
@@ -115,20 +120,25 @@ def tracking_problem(context: JobContext) -> Optional[str]:
     """Why the run's MLflow data would be lost, or None: the trainer's store must be a server, or a
     file store under the exported output.root (targets.vessl.local_tracking, or such a tracking.uri)."""
     settings = context.settings
-    through_env = bool(settings.get("mlflow_uri") or settings.get("local_tracking")
-                       or TRACKING_SECRET in context.secret_names)
+    through_env = bool(
+        settings.get("mlflow_uri") or settings.get("local_tracking") or TRACKING_SECRET in context.secret_names
+    )
     exported = export_path(context)
     for stage, uri in context.tracking_uris.items():
         if uri is None:  # the trainer falls back to $MLFLOW_TRACKING_URI, else storage/mlflow in the container
             if through_env:
                 continue
-            return ("no MLflow tracking server for the VESSL run: the trainer would write an sqlite store inside "
-                    f"the container, which is never exported; {REMOTE_HINT}")
+            return (
+                "no MLflow tracking server for the VESSL run: the trainer would write an sqlite store inside "
+                f"the container, which is never exported; {REMOTE_HINT}"
+            )
         path = container_store_path(uri, context.workdir)
         if path is not None and not (path + "/").startswith(exported):
-            return (f"tracking.uri ({stage}): the store {path} is inside the VESSL container but not under "
-                    f"output.root ({exported}, the only exported dir); point it at a tracking server "
-                    f"(https://…) or at a path under {exported}, or unset it and {REMOTE_HINT}")
+            return (
+                f"tracking.uri ({stage}): the store {path} is inside the VESSL container but not under "
+                f"output.root ({exported}, the only exported dir); point it at a tracking server "
+                f"(https://…) or at a path under {exported}, or unset it and {REMOTE_HINT}"
+            )
     return None
 
 
@@ -147,8 +157,10 @@ def import_sdk():
     try:
         import vessl
     except ImportError:
-        raise WmtpError("the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
-                        "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)") from None
+        raise WmtpError(
+            "the VESSL SDK is not installed: pip install 'weighted-mtp[vessl]' "
+            "(`wmtp submit … --dry-run` and `wmtp render` give the run YAML without it)"
+        ) from None
     except Exception as exc:  # the import itself calls the API (who is this token?); urllib3 gives up
         raise WmtpError(f"cannot reach the VESSL API at {api_host()}: {unreachable_cause(exc)}") from None
     if getattr(vessl.vessl_api, "user", None) is None:
@@ -172,8 +184,9 @@ def resolved_scope(vessl, settings: dict[str, Any]) -> dict[str, str]:
     try:
         return {"organization_name": _get_organization_name(**scope), "project_name": _get_project_name(**scope)}
     except Exception as exc:  # InvalidOrganizationError / InvalidProjectError: nothing configured
-        raise WmtpError(f"VESSL: {describe(exc)}: set targets.vessl.organization and targets.vessl.project "
-                        "(or `vessl configure`)") from None
+        raise WmtpError(
+            f"VESSL: {describe(exc)}: set targets.vessl.organization and targets.vessl.project (or `vessl configure`)"
+        ) from None
 
 
 def describe(exc: BaseException) -> str:
@@ -197,15 +210,20 @@ def create_run(manifest: str, context: JobContext) -> list[str]:
     try:
         clusters = [entry.name for entry in vessl.list_clusters(organization_name=scope["organization_name"])]
     except Exception as exc:  # VesslApiException (e.g. unknown organization) or a network error
-        raise WmtpError(f"VESSL could not list the clusters of organization {scope['organization_name']!r}: "
-                        f"{describe(exc)}") from None
+        raise WmtpError(
+            f"VESSL could not list the clusters of organization {scope['organization_name']!r}: {describe(exc)}"
+        ) from None
     if cluster not in clusters:
-        raise WmtpError(f"targets.vessl.cluster: {cluster!r} is not a cluster of VESSL organization "
-                        f"{scope['organization_name']!r} (available: {', '.join(clusters) or 'none'})")
+        raise WmtpError(
+            f"targets.vessl.cluster: {cluster!r} is not a cluster of VESSL organization "
+            f"{scope['organization_name']!r} (available: {', '.join(clusters) or 'none'})"
+        )
     try:
         created = vessl.vessl_api.run_spec_create_from_yamlapi(
-            organization_name=scope["organization_name"], project_name=scope["project_name"],
-            run_spec_create_from_yamlapi_input={"yaml_spec": manifest})
+            organization_name=scope["organization_name"],
+            project_name=scope["project_name"],
+            run_spec_create_from_yamlapi_input={"yaml_spec": manifest},
+        )
     except Exception as exc:  # the SDK raises its own VesslApiException tree; report it as one line
         raise WmtpError(f"VESSL refused the run in {where}: {describe(exc)}") from None
     number = created.run_execution.id
@@ -220,8 +238,10 @@ def create_run(manifest: str, context: JobContext) -> list[str]:
 def run_id(name: str) -> int:
     """The run id a lifecycle command was given; VESSL knows runs by number, not by name."""
     if not name.isdigit():
-        raise WmtpError(f"{name!r}: for --target vessl pass the numeric run id printed by `wmtp submit` "
-                        "(or `wmtp ls --target vessl`)")
+        raise WmtpError(
+            f"{name!r}: for --target vessl pass the numeric run id printed by `wmtp submit` "
+            "(or `wmtp ls --target vessl`)"
+        )
     return int(name)
 
 
@@ -313,11 +333,13 @@ def one_line(exc: Exception) -> str:
 
 class VesslTarget(Target):
     name = "vessl"
-    summary = ("a VESSL run YAML (`vessl/run.yaml.j2`): `resources{cluster, preset}`, the image, code from git at "
-               "`/code`, the storage volume imported at `/data/storage`, `output.root` exported to the checkpoint "
-               "volume; the cluster checked, the run created from the YAML and its status read, each call in "
-               "`targets.vessl.organization`/`project` (else the SDK's defaults), telemetry opted out; MLflow must "
-               "outlive the container (below)")
+    summary = (
+        "a VESSL run YAML (`vessl/run.yaml.j2`): `resources{cluster, preset}`, the image, code from git at "
+        "`/code`, the storage volume imported at `/data/storage`, `output.root` exported to the checkpoint "
+        "volume; the cluster checked, the run created from the YAML and its status read, each call in "
+        "`targets.vessl.organization`/`project` (else the SDK's defaults), telemetry opted out; MLflow must "
+        "outlive the container (below)"
+    )
     needs = "`pip install 'weighted-mtp[vessl]'`, `VESSL_ACCESS_TOKEN` or `vessl configure`"
     settings_model = VesslSettings
     template = "vessl/run.yaml.j2"

@@ -25,20 +25,33 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wmtp.train.objectives.base import (LOOP_METRICS, VALUE_HEAD_FILE, InputPath, MetricNames, Objective,
-                                        ObjectiveOutput, ce_totals, head_metrics, lazy_module, per_head_weights,
-                                        pooled_metrics, stat_names)
+from wmtp.train.objectives.base import (
+    LOOP_METRICS,
+    VALUE_HEAD_FILE,
+    InputPath,
+    MetricNames,
+    Objective,
+    ObjectiveOutput,
+    ce_totals,
+    head_metrics,
+    lazy_module,
+    per_head_weights,
+    pooled_metrics,
+    stat_names,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from wmtp.train.objectives._train_module import TrainModule
-    from wmtp.train.objectives.baseline import BaselineObjective
-    from wmtp.train.objectives.critic import CriticObjective, CriticSection
-    from wmtp.train.objectives.rho1 import Rho1Objective, Rho1Section
-    from wmtp.train.objectives.verifiable import TDSection, VerifiableObjective, load_value_head
+    from wmtp.train.config import StageSpec
 
-# `StageSpec` (wmtp.train.config) is named in annotations only: config imports this registry (see base.py).
+    # The lazy exports (_LAZY below), named for type checkers.
+    from wmtp.train.objectives._train_module import TrainModule  # noqa: F401
+    from wmtp.train.objectives.baseline import BaselineObjective  # noqa: F401
+    from wmtp.train.objectives.critic import CriticObjective, CriticSection  # noqa: F401
+    from wmtp.train.objectives.rho1 import Rho1Objective, Rho1Section  # noqa: F401
+    from wmtp.train.objectives.verifiable import TDSection, VerifiableObjective, load_value_head  # noqa: F401
+
 NOT_OBJECTIVES = ("base",)  # helper modules of the package (and any `_name`)
 
 
@@ -57,13 +70,16 @@ def _registry(modules: tuple[str, ...]) -> dict[str, type[Objective]]:
         cls = getattr(module, "OBJECTIVE", None)
         # A developer's mistake: one line naming the module, raised whenever a spec loads (and by the tests).
         if not (isinstance(cls, type) and issubclass(cls, Objective)) or cls.name != module_name:
-            raise TypeError(f"{module.__name__}: an objective module must define OBJECTIVE, an Objective subclass "
-                            f"named {module_name!r}")
+            raise TypeError(
+                f"{module.__name__}: an objective module must define OBJECTIVE, an Objective subclass "
+                f"named {module_name!r}"
+            )
         if (cls.section is None) != (cls.config is None):
             raise TypeError(f"{module.__name__}: {cls.__name__} declares section and config together, or neither")
         if cls.section is not None and cls.section in sections:
-            raise TypeError(f"{module.__name__}: section {cls.section!r} is already the {sections[cls.section]} "
-                            "objective's")
+            raise TypeError(
+                f"{module.__name__}: section {cls.section!r} is already the {sections[cls.section]} objective's"
+            )
         if cls.section is not None:
             sections[cls.section] = cls.name
         found[cls.name] = cls
@@ -110,6 +126,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LOOP_METRICS", "VALUE_HEAD_FILE", "InputPath", "MetricNames", "Objective", "ObjectiveOutput",
-           "build_objective", "ce_totals", "head_metrics", "lazy_module", "module_names", "objective_class",
-           "objectives", "per_head_weights", "pooled_metrics", "section_owners", "stat_names", *_LAZY]
+__all__ = [
+    "LOOP_METRICS",
+    "VALUE_HEAD_FILE",
+    "InputPath",
+    "MetricNames",
+    "Objective",
+    "ObjectiveOutput",
+    "build_objective",
+    "ce_totals",
+    "head_metrics",
+    "lazy_module",
+    "module_names",
+    "objective_class",
+    "objectives",
+    "per_head_weights",
+    "pooled_metrics",
+    "section_owners",
+    "stat_names",
+    *_LAZY,
+]

@@ -11,8 +11,7 @@ from wmtp.model import Transformer, ValueHead
 if TYPE_CHECKING:
     import torch
 
-# `Objective` and `ObjectiveOutput` (wmtp.train.objectives.base) name this class in their annotations, so
-# they are named here as strings only: importing them, even for type checking, would be an import cycle.
+    from wmtp.train.objectives.base import Objective, ObjectiveOutput
 
 
 class TrainModule(nn.Module):

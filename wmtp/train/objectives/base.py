@@ -24,11 +24,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from wmtp.train.config import StageSpec
     from wmtp.train.objectives._train_module import TrainModule
     from wmtp.train.sections import Section
-
-# `StageSpec` (wmtp.train.config) is named in annotations only, as a string: config asks this registry for
-# the objectives' sections and rules, so importing it here, even for type checking, would be a cycle.
 
 
 class lazy_module:  # noqa: N801 (used as a module)
@@ -57,8 +55,17 @@ VALUE_HEAD_FILE = "value_head.safetensors"  # written into every checkpoint of a
 # epoch); `tokens` = input tokens (attention mask) seen since the stage began, all ranks, so runs compare by
 # data seen. `tokens_per_s_per_device`, `mfu` (model FLOPs utilisation, wmtp.train.flops; only with a known
 # peak) and `memory/peak_gib` (most device memory, or on CPU the process's peak RSS) every log_interval.
-LOOP_METRICS = ["loss/total", "grad_norm", "lr", "tokens_per_s", "epoch", "tokens", "tokens_per_s_per_device",
-                "mfu", "memory/peak_gib"]
+LOOP_METRICS = [
+    "loss/total",
+    "grad_norm",
+    "lr",
+    "tokens_per_s",
+    "epoch",
+    "tokens",
+    "tokens_per_s_per_device",
+    "mfu",
+    "memory/peak_gib",
+]
 
 
 class InputPath(NamedTuple):
@@ -267,8 +274,9 @@ class Objective:
         """
         labels = batch["labels"] if labels is None else labels
         weights_BSH = None if weights_BS is None else per_head_weights(weights_BS, labels.shape[2])
-        mtp = mtp_loss.mtp_loss_recomputed(module.model, h_trunk, labels, weights_BSH, self.spec.train.head_weights,
-                                           batch.get("num_valid_H"))
+        mtp = mtp_loss.mtp_loss_recomputed(
+            module.model, h_trunk, labels, weights_BSH, self.spec.train.head_weights, batch.get("num_valid_H")
+        )
         loss = mtp.total + (0.0 if extra is None else extra)
         metrics = {"loss/mtp": mtp.total.item(), **head_metrics(mtp.per_head)}
         out = ObjectiveOutput(loss=loss, metrics=metrics, per_head=mtp.per_head)

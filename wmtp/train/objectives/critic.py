@@ -9,9 +9,19 @@ from typing import Literal
 
 from pydantic import Field
 
+from wmtp.train.objectives.base import (
+    VALUE_POOLED,
+    VALUE_TOTALS,
+    MetricNames,
+    Objective,
+    ObjectiveOutput,
+    flops,
+    stat_names,
+    stats,
+    td,
+    torch,
+)
 from wmtp.train.sections import Fraction, Section
-from wmtp.train.objectives.base import (VALUE_POOLED, VALUE_TOTALS, MetricNames, Objective, ObjectiveOutput,
-                                        flops, stat_names, stats, td, torch)
 
 
 class CriticSection(Section):
@@ -40,8 +50,11 @@ class CriticObjective(Objective):
 
     @classmethod
     def declared_metrics(cls, spec, n_heads):
-        return MetricNames(train=["loss/value", "value/explained_variance", "value/pred_var", *stat_names("value")],
-                           totals=VALUE_TOTALS, pooled=VALUE_POOLED)
+        return MetricNames(
+            train=["loss/value", "value/explained_variance", "value/pred_var", *stat_names("value")],
+            totals=VALUE_TOTALS,
+            pooled=VALUE_POOLED,
+        )
 
     def prepare(self, module, device):
         module.model.requires_grad_(False)
@@ -56,8 +69,9 @@ class CriticObjective(Objective):
         values = module.values(h_trunk)
         mask = batch["response_mask"]
         returns = td.value_returns(mask, batch["is_correct"], cfg.gamma)
-        loss = td.value_loss(values, returns, mask, cfg.value_loss, cfg.huber_delta,
-                             normalizer=batch.get("num_response"))
+        loss = td.value_loss(
+            values, returns, mask, cfg.value_loss, cfg.huber_delta, normalizer=batch.get("num_response")
+        )
         selected = values.detach()[mask]
         metrics = {
             "loss/value": loss.item(),

@@ -19,10 +19,22 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from wmtp.errors import RuleError
+from wmtp.train.objectives.base import (
+    WEIGHT_METRICS,
+    InputPath,
+    MetricNames,
+    Objective,
+    ce_pooled_names,
+    ce_total_names,
+    lazy_module,
+    mtp_loss,
+    mtp_metric_names,
+    per_head_weights,
+    stat_names,
+    stats,
+    torch,
+)
 from wmtp.train.sections import Section, check_below
-from wmtp.train.objectives.base import (WEIGHT_METRICS, InputPath, MetricNames, Objective, ce_pooled_names,
-                                        ce_total_names, lazy_module, mtp_loss, mtp_metric_names, per_head_weights,
-                                        stat_names, stats, torch)
 
 weights = lazy_module("wmtp.weighting.rho1")
 
@@ -71,8 +83,11 @@ class Rho1Objective(Objective):
     @classmethod
     def declared_metrics(cls, spec, n_heads):
         mode = ["rho1/kept_fraction"] if spec.rho1.mode == "tokenskip" else WEIGHT_METRICS
-        return MetricNames(train=[*mtp_metric_names(n_heads), *stat_names("excess_loss"), *mode],
-                           totals=ce_total_names(n_heads), pooled=ce_pooled_names(n_heads))
+        return MetricNames(
+            train=[*mtp_metric_names(n_heads), *stat_names("excess_loss"), *mode],
+            totals=ce_total_names(n_heads),
+            pooled=ce_pooled_names(n_heads),
+        )
 
     @classmethod
     def build(cls, spec, device, earlier_outputs):

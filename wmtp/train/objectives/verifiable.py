@@ -12,10 +12,23 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from wmtp.errors import CheckpointError
+from wmtp.train.objectives.base import (
+    VALUE_HEAD_FILE,
+    VALUE_POOLED,
+    VALUE_TOTALS,
+    WEIGHT_METRICS,
+    InputPath,
+    MetricNames,
+    Objective,
+    ce_pooled_names,
+    ce_total_names,
+    mtp_metric_names,
+    stat_names,
+    stats,
+    td,
+    torch,
+)
 from wmtp.train.sections import Fraction, Section, check_below
-from wmtp.train.objectives.base import (VALUE_HEAD_FILE, VALUE_POOLED, VALUE_TOTALS, WEIGHT_METRICS, InputPath,
-                                        MetricNames, Objective, ce_pooled_names, ce_total_names, mtp_metric_names,
-                                        stat_names, stats, td, torch)
 
 CRITIC_STAGE = "critic"  # the earlier stage whose final checkpoint holds the value head
 
@@ -76,10 +89,16 @@ class VerifiableObjective(Objective):
     @classmethod
     def declared_metrics(cls, spec, n_heads):
         return MetricNames(
-            train=[*mtp_metric_names(n_heads), "loss/value", "value/explained_variance", *stat_names("td"),
-                   *WEIGHT_METRICS],
+            train=[
+                *mtp_metric_names(n_heads),
+                "loss/value",
+                "value/explained_variance",
+                *stat_names("td"),
+                *WEIGHT_METRICS,
+            ],
             totals=[*ce_total_names(n_heads), *VALUE_TOTALS],
-            pooled=[*ce_pooled_names(n_heads), *VALUE_POOLED])
+            pooled=[*ce_pooled_names(n_heads), *VALUE_POOLED],
+        )
 
     @classmethod
     def build(cls, spec, device, earlier_outputs):
@@ -115,8 +134,16 @@ class VerifiableObjective(Objective):
         if self.anchor is not None:
             with torch.no_grad():
                 anchor_values = self.anchor(module.model.norm(h_trunk.detach()))
-        v_loss = td.value_loss(values, returns, mask, cfg.value_loss, cfg.huber_delta, anchor_values, cfg.value_clip,
-                               normalizer=batch.get("num_response"))
+        v_loss = td.value_loss(
+            values,
+            returns,
+            mask,
+            cfg.value_loss,
+            cfg.huber_delta,
+            anchor_values,
+            cfg.value_clip,
+            normalizer=batch.get("num_response"),
+        )
         out = self.mtp_output(module, batch, h_trunk, weights, extra=cfg.value_coef * v_loss)
         out.metrics.update(
             {
