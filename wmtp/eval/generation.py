@@ -32,17 +32,22 @@ import torch
 
 from wmtp.errors import EvalError
 from wmtp.eval.decoding import CachedMTP
+from wmtp.eval.options import EvalOptions
+
+_OPTIONS = EvalOptions()  # the decoding defaults are the evaluation options' (one declaration)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus sampling mass (1 = off)
+    """How `generate` decodes: the decoding part of `EvalOptions`, plus the stop sequences and the seed."""
+
+    max_new_tokens: int = _OPTIONS.max_new_tokens
+    temperature: float = _OPTIONS.temperature  # 0 = greedy
+    top_p: float = _OPTIONS.top_p  # nucleus sampling mass (1 = off)
     stop: tuple[str, ...] = ()  # cut the completion at the first of these
     seed: int = 0
-    batch_size: int = 8  # rows decoded together
-    speculative: bool = False  # self-speculative decoding / sampling with the extra heads
+    batch_size: int = _OPTIONS.batch_size  # rows decoded together
+    speculative: bool = _OPTIONS.speculative  # self-speculative decoding / sampling with the extra heads
 
     def validate(self, model) -> "GenerationConfig":
         """The checks that need the model; each value's own range is `EvalOptions`' (wmtp.eval.options)."""
